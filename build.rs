@@ -1,0 +1,22 @@
+//! Compiles `proto/**/*.proto` with prost-build into `OUT_DIR`.
+//!
+//! protoc comes from `protoc-bin-vendored`, so a fresh machine needs no system protoc. Type names
+//! are enabled with the `type.googleapis.com` domain so that `prost::Name::type_url()` equals what
+//! every other language's `Any.pack` writes.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/connect/example/v1/hello.proto"];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let protoc: PathBuf = protoc_bin_vendored::protoc_bin_path()?;
+    let mut config = prost_build::Config::new();
+    config
+        .protoc_executable(protoc)
+        .enable_type_names()
+        .type_name_domain(["."], "type.googleapis.com");
+    config.compile_protos(&protos, &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! Sans-IO framing: one protobuf-delimited `google.protobuf.Any` per frame.
+//!
+//! A frame is the `Any`'s encoded length as a base-128 varint followed by the `Any`'s bytes. This
+//! is what `writeDelimitedTo` (Java), `protodelim` (Go), `serialize_length_prefixed` (Python) and
+//! `encodeDelimited` (protobuf.js) write, so peers in those languages need no code of ours.
+//!
+//! The codec touches no I/O: [`Codec::decode`] takes whatever bytes have arrived and returns
+//! `Ok(None)` until a whole frame is there; [`Codec::encode`] appends a frame to an outgoing
+//! buffer. [`crate::Connection`] is the only place that moves these bytes to and from a socket.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use connect::codec::Codec;
+//! use prost_types::Any;
+//!
+//! let codec = Codec::new();
+//! let any = Any { type_url: "type.googleapis.com/x.Y".into(), value: vec![1, 2, 3] };
+//! let mut wire = BytesMut::new();
+//! codec.encode(&any, &mut wire)?;
+//!
+//! // Bytes arrive in pieces: the codec waits for the whole frame.
+//! let mut received = BytesMut::from(&wire[..5]);
+//! assert_eq!(codec.decode(&mut received)?, None);
+//! received.extend_from_slice(&wire[5..]);
+//! assert_eq!(codec.decode(&mut received)?, Some(any));
+//! assert!(received.is_empty());
+//! # Ok::<(), connect::Error>(())
+//! ```
+
+use bytes::{Buf, BufMut, BytesMut};
+use prost::encoding::{encode_varint, encoded_len_varint};
+use prost::{Message, Name};
+use prost_types::Any;
+
+use crate::error::{Error, Result};
+
+/// Default maximum length of one frame's `Any` bytes: 16 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// The longest valid base-128 varint for a 64-bit value.
+const MAX_VARINT_LEN: usize = 10;
+
+/// Encoder and decoder of delimited-`Any` frames, with a maximum frame length.
+///
+/// The maximum applies to the `Any` bytes (the length prefix's value) in both directions: a
+/// peer announcing a longer frame is refused before any memory is reserved for it, and a local
+/// message that would encode longer is refused before anything is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codec {
+    max_frame_len: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Codec {
+    /// A codec with the [default maximum frame length](DEFAULT_MAX_FRAME_LEN).
+    pub const fn new() -> Self {
+        Self {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+
+    /// A codec accepting frames of at most `max_frame_len` bytes.
+    pub const fn with_max_frame_len(max_frame_len: usize) -> Self {
+        Self { max_frame_len }
+    }
+
+    /// The maximum length of one frame's `Any` bytes.
+    pub const fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// Takes one frame off the front of `src`.
+    ///
+    /// Returns `Ok(None)` when `src` does not yet hold a whole frame; in that case `src` is left
+    /// untouched apart from reserving room for the rest of the announced frame (never more than
+    /// the maximum frame length). On success the frame's bytes are removed from `src`.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if the length prefix exceeds the maximum,
+    /// [`Error::InvalidLengthPrefix`] if it is not a valid varint, and [`Error::Decode`] if the
+    /// frame's bytes are not a valid `Any`. After an error the byte stream cannot be trusted to
+    /// be in sync any more; the connection should be closed.
+    pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Any>> {
+        let Some((prefix_len, frame_len)) = self.decode_header(src)? else {
+            return Ok(None);
+        };
+        let total = prefix_len + frame_len;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        let any = Any::decode(&src[prefix_len..total]);
+        src.advance(total);
+        any.map(Some).map_err(|source| Error::Decode {
+            type_name: Any::full_name(),
+            source,
+        })
+    }
+
+    /// Reads and checks the length prefix at the front of `src` without consuming anything.
+    ///
+    /// Returns the prefix's own length and the frame length it announces, or `None` if the
+    /// prefix is still incomplete.
+    fn decode_header(&self, src: &[u8]) -> Result<Option<(usize, usize)>> {
+        let mut value: u64 = 0;
+        for (i, &byte) in src.iter().take(MAX_VARINT_LEN).enumerate() {
+            // The tenth byte may only carry the 64th bit.
+            if i == MAX_VARINT_LEN - 1 && byte > 1 {
+                return Err(Error::InvalidLengthPrefix);
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return match usize::try_from(value) {
+                    Ok(len) if len <= self.max_frame_len => Ok(Some((i + 1, len))),
+                    _ => Err(Error::FrameTooLarge {
+                        len: value,
+                        max: self.max_frame_len,
+                    }),
+                };
+            }
+        }
+        if src.len() >= MAX_VARINT_LEN {
+            Err(Error::InvalidLengthPrefix)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Appends `any` as one frame to `dst`.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if the encoded `Any` is longer than the maximum; `dst` is then
+    /// left unchanged.
+    pub fn encode(&self, any: &Any, dst: &mut BytesMut) -> Result<()> {
+        let len = any.encoded_len();
+        self.check_len(len)?;
+        dst.reserve(encoded_len_varint(len as u64) + len);
+        encode_varint(len as u64, dst);
+        any.encode_raw(dst);
+        Ok(())
+    }
+
+    /// Appends `msg`, packed in an `Any` with type URL [`Name::type_url`], as one frame to `dst`.
+    ///
+    /// The bytes are identical to `encode(&Any::from_msg(msg)?, dst)`, but the message is encoded
+    /// straight into `dst` instead of into an intermediate `Any`.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if the frame would be longer than the maximum; `dst` is then left
+    /// unchanged.
+    pub fn encode_message<M: Message + Name>(&self, msg: &M, dst: &mut BytesMut) -> Result<()> {
+        let type_url = M::type_url();
+        let value_len = msg.encoded_len();
+        // Fields of google.protobuf.Any: 1 = type_url (string), 2 = value (bytes). Like every
+        // protobuf encoder, leave out fields that hold their default (empty) value.
+        let url_field_len = field_len(type_url.len());
+        let value_field_len = field_len(value_len);
+        let len = url_field_len + value_field_len;
+        self.check_len(len)?;
+        dst.reserve(encoded_len_varint(len as u64) + len);
+        encode_varint(len as u64, dst);
+        if url_field_len > 0 {
+            dst.put_u8(0x0a);
+            encode_varint(type_url.len() as u64, dst);
+            dst.put_slice(type_url.as_bytes());
+        }
+        if value_field_len > 0 {
+            dst.put_u8(0x12);
+            encode_varint(value_len as u64, dst);
+            msg.encode_raw(dst);
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.max_frame_len {
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max: self.max_frame_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Encoded length of a length-delimited field with a one-byte key, or 0 when empty.
+fn field_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(len as u64) + len
+    }
+}
+
+/// The full protobuf name in a type URL: everything after the last `/` (the whole URL if it has
+/// none), which is how every official protobuf library matches an `Any` to a message type.
+///
+/// ```
+/// assert_eq!(
+///     connect::codec::type_name("type.googleapis.com/connect.example.v1.HelloWorld"),
+///     "connect.example.v1.HelloWorld"
+/// );
+/// ```
+pub fn type_name(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(name: &str, value: &[u8]) -> Any {
+        Any {
+            type_url: format!("type.googleapis.com/{name}"),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn round_trip_several_frames_in_one_buffer() {
+        let codec = Codec::new();
+        let msgs = [
+            any("a.B", b"x"),
+            any("c.D", &[]),
+            Any::default(),
+            any("e.F", &[0; 300]),
+        ];
+        let mut buf = BytesMut::new();
+        for m in &msgs {
+            codec.encode(m, &mut buf).unwrap();
+        }
+        for m in &msgs {
+            assert_eq!(codec.decode(&mut buf).unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn incomplete_input_is_never_an_error() {
+        let codec = Codec::new();
+        let mut wire = BytesMut::new();
+        codec.encode(&any("a.B", &[7; 200]), &mut wire).unwrap();
+        for cut in 0..wire.len() {
+            let mut part = BytesMut::from(&wire[..cut]);
+            assert_eq!(codec.decode(&mut part).unwrap(), None, "cut at {cut}");
+            assert_eq!(part.len(), cut, "nothing consumed at cut {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocating() {
+        let codec = Codec::with_max_frame_len(1024);
+        let mut buf = BytesMut::new();
+        encode_varint(1025, &mut buf);
+        let capacity = buf.capacity();
+        match codec.decode(&mut buf) {
+            Err(Error::FrameTooLarge {
+                len: 1025,
+                max: 1024,
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(buf.capacity(), capacity);
+
+        let mut huge = BytesMut::new();
+        encode_varint(u64::MAX, &mut huge);
+        assert!(matches!(
+            codec.decode(&mut huge),
+            Err(Error::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn reserve_is_bounded_by_the_announced_length() {
+        let codec = Codec::with_max_frame_len(1 << 20);
+        let mut buf = BytesMut::new();
+        encode_varint(1000, &mut buf);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() >= 1002 && buf.capacity() < 4096,
+            "{}",
+            buf.capacity()
+        );
+    }
+
+    #[test]
+    fn invalid_varints() {
+        let codec = Codec::new();
+        // Eleven continuation bytes: longer than any u64 varint.
+        let mut buf = BytesMut::from(&[0xff; 11][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::InvalidLengthPrefix)
+        ));
+        // Ten bytes whose last carries more than the 64th bit.
+        let mut buf =
+            BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(Error::InvalidLengthPrefix)
+        ));
+        // Nine continuation bytes: still possibly valid, so wait.
+        let mut buf = BytesMut::from(&[0x80; 9][..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn non_any_bytes_are_a_decode_error() {
+        let codec = Codec::new();
+        // A frame of 3 bytes: field 1, wire type 2, length 5, but only 1 byte follows.
+        let mut buf = BytesMut::from(&[0x03, 0x0a, 0x05, 0x41][..]);
+        match codec.decode(&mut buf) {
+            Err(Error::Decode { type_name, .. }) => assert_eq!(type_name, "google.protobuf.Any"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outgoing_frames_respect_the_maximum() {
+        let codec = Codec::with_max_frame_len(16);
+        let mut buf = BytesMut::new();
+        let err = codec.encode(&any("a.B", &[0; 32]), &mut buf).unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { max: 16, .. }));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn encode_message_matches_encoding_an_any() {
+        let codec = Codec::new();
+        let values = [
+            prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            },
+            prost_types::Duration {
+                seconds: 5,
+                nanos: 7,
+            },
+        ];
+        for v in values {
+            let mut direct = BytesMut::new();
+            codec.encode_message(&v, &mut direct).unwrap();
+            let mut via_any = BytesMut::new();
+            codec
+                .encode(&Any::from_msg(&v).unwrap(), &mut via_any)
+                .unwrap();
+            assert_eq!(direct, via_any);
+        }
+    }
+
+    #[test]
+    fn type_names() {
+        assert_eq!(type_name("type.googleapis.com/a.b.C"), "a.b.C");
+        assert_eq!(type_name("example.com/x/y/a.C"), "a.C");
+        assert_eq!(type_name("a.C"), "a.C");
+        assert_eq!(type_name(""), "");
+    }
+}

@@ -1,0 +1,368 @@
+//! [`Connection`]: frames over any `futures-io` byte stream, and its reader and writer halves.
+
+mod framed;
+mod reader;
+mod writer;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_sink::Sink;
+use futures_util::io::{ReadHalf, WriteHalf};
+use futures_util::AsyncReadExt;
+use prost::{Message, Name};
+use prost_types::Any;
+
+use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
+use crate::error::{Error, Result};
+
+pub(crate) use reader::unpack;
+pub use reader::ConnectionReader;
+pub use writer::ConnectionWriter;
+
+/// Default write-buffer high-water mark: 64 KiB.
+pub const DEFAULT_WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// Settings of a connection.
+///
+/// ```
+/// let config = connect::Config::default().with_max_frame_len(1 << 20);
+/// assert_eq!(config.max_frame_len(), 1 << 20);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    max_frame_len: usize,
+    write_high_water: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            write_high_water: DEFAULT_WRITE_HIGH_WATER,
+        }
+    }
+}
+
+impl Config {
+    /// Largest `Any` accepted or sent in one frame, in bytes (default 16 MiB). A peer announcing
+    /// a larger frame loses its connection before anything is allocated for the frame.
+    pub fn with_max_frame_len(mut self, max_frame_len: usize) -> Self {
+        self.max_frame_len = max_frame_len;
+        self
+    }
+
+    /// Bytes the writer buffers before a `feed` has to wait for the transport (default 64 KiB).
+    /// Bounds the writer's memory to this plus one frame.
+    pub fn with_write_high_water(mut self, bytes: usize) -> Self {
+        self.write_high_water = bytes;
+        self
+    }
+
+    /// See [`with_max_frame_len`](Self::with_max_frame_len).
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// See [`with_write_high_water`](Self::with_write_high_water).
+    pub fn write_high_water(&self) -> usize {
+        self.write_high_water
+    }
+
+    pub(crate) fn codec(&self) -> Codec {
+        Codec::with_max_frame_len(self.max_frame_len)
+    }
+}
+
+/// What is known about a connection: a process-unique id and, where the transport has them,
+/// its addresses. Shared by both halves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    id: u64,
+    local_addr: Option<SocketAddr>,
+    peer_addr: Option<SocketAddr>,
+}
+
+impl Default for ConnectionInfo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnectionInfo {
+    /// Info with a fresh id and no addresses.
+    pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            local_addr: None,
+            peer_addr: None,
+        }
+    }
+
+    /// Sets the local address.
+    pub fn with_local_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.local_addr = addr;
+        self
+    }
+
+    /// Sets the peer's address.
+    pub fn with_peer_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.peer_addr = addr;
+        self
+    }
+
+    /// Process-unique number of this connection, for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Local address, if the transport has one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The peer's address, if the transport has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+}
+
+impl fmt::Display for ConnectionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "connection #{}", self.id)?;
+        if let Some(peer) = self.peer_addr {
+            write!(f, " with {peer}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A bidirectional stream of delimited-`Any` frames over a byte stream `T` (TCP, TLS, an
+/// in-memory pipe: anything `futures-io` `AsyncRead + AsyncWrite`).
+///
+/// Use it as a whole ([`Stream`] of `Result<Any>` and [`Sink`] of `Any`, or the typed
+/// [`send_message`](Self::send_message) and [`recv_message`](Self::recv_message)), or
+/// [`split`](Self::split) it into a [`ConnectionReader`] and a [`ConnectionWriter`] that can live
+/// in different tasks.
+///
+/// ```
+/// # futures::executor::block_on(async {
+/// use connect::proto::example::HelloWorld;
+/// use connect::Connection;
+/// use futures::io::Cursor;
+///
+/// // Write two messages into a buffer, then read them back.
+/// let mut conn = Connection::new(Cursor::new(Vec::new()));
+/// conn.feed_message(&HelloWorld { text: "hi".into(), sequence: 1 }).await?;
+/// conn.send_message(&HelloWorld { text: "there".into(), sequence: 2 }).await?;
+/// let (reader, writer) = conn.split();
+/// let bytes = reader.reunite(writer).unwrap().into_inner().into_inner();
+///
+/// let mut conn = Connection::new(Cursor::new(bytes));
+/// let first: HelloWorld = conn.recv_message().await?.unwrap();
+/// let second: HelloWorld = conn.recv_message().await?.unwrap();
+/// assert_eq!((first.sequence, second.text.as_str()), (1, "there"));
+/// assert!(conn.recv().await?.is_none()); // clean end of stream
+/// # Ok::<(), connect::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Connection<T> {
+    reader: ConnectionReader<ReadHalf<T>>,
+    writer: ConnectionWriter<WriteHalf<T>>,
+}
+
+impl<T: AsyncRead + AsyncWrite> Connection<T> {
+    /// A connection over `io` with the default [`Config`] and no addresses.
+    pub fn new(io: T) -> Self {
+        Self::with_config(io, &Config::default(), ConnectionInfo::new())
+    }
+
+    /// A connection over `io` with the given settings and info (transports fill in addresses).
+    pub fn with_config(io: T, config: &Config, info: ConnectionInfo) -> Self {
+        let info = Arc::new(info);
+        let (read_half, write_half) = io.split();
+        Self {
+            reader: ConnectionReader {
+                io: read_half,
+                state: framed::ReadState::new(config.codec()),
+                info: info.clone(),
+            },
+            writer: ConnectionWriter {
+                io: write_half,
+                state: framed::WriteState::new(config.codec(), config.write_high_water),
+                info,
+            },
+        }
+    }
+
+    /// Splits into a reader and a writer, which can be used from different tasks.
+    /// [`ConnectionReader::reunite`] puts them back together.
+    pub fn split(
+        self,
+    ) -> (
+        ConnectionReader<ReadHalf<T>>,
+        ConnectionWriter<WriteHalf<T>>,
+    ) {
+        (self.reader, self.writer)
+    }
+
+    /// Gives back the byte stream. Bytes received but not yet decoded and frames encoded but not
+    /// yet written are dropped; call [`flush`](Self::flush) first.
+    pub fn into_inner(self) -> T
+    where
+        T: Unpin,
+    {
+        self.reader
+            .io
+            .reunite(self.writer.io)
+            .unwrap_or_else(|_| unreachable!("a Connection's halves always belong together"))
+    }
+
+    /// Addresses and identity of this connection.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.reader.info
+    }
+
+    /// The peer's address, if the transport has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.info().peer_addr()
+    }
+
+    /// Local address, if the transport has one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.info().local_addr()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    /// See [`ConnectionReader::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Any>> {
+        self.reader.recv().await
+    }
+
+    /// See [`ConnectionReader::recv_message`].
+    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
+        self.reader.recv_message().await
+    }
+
+    /// See [`ConnectionWriter::send_message`].
+    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        self.writer.send_message(msg).await
+    }
+
+    /// See [`ConnectionWriter::feed_message`].
+    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        self.writer.feed_message(msg).await
+    }
+
+    /// See [`ConnectionWriter::send_any`].
+    pub async fn send_any(&mut self, any: &Any) -> Result<()> {
+        self.writer.send_any(any).await
+    }
+
+    /// See [`ConnectionWriter::feed_any`].
+    pub async fn feed_any(&mut self, any: &Any) -> Result<()> {
+        self.writer.feed_any(any).await
+    }
+
+    /// See [`ConnectionWriter::flush`].
+    pub async fn flush(&mut self) -> Result<()> {
+        self.writer.flush().await
+    }
+
+    /// See [`ConnectionWriter::close`].
+    pub async fn close(&mut self) -> Result<()> {
+        self.writer.close().await
+    }
+}
+
+impl<T> ConnectionReader<ReadHalf<T>> {
+    /// Whether `writer` is the other half of the same connection.
+    pub fn is_pair_of(&self, writer: &ConnectionWriter<WriteHalf<T>>) -> bool {
+        self.io.is_pair_of(&writer.io)
+    }
+
+    /// Puts the two halves of a [`Connection`] back together, keeping whatever either has
+    /// buffered.
+    ///
+    /// # Errors
+    /// If the halves come from different connections, both are handed back unchanged.
+    // The error is as large as the success: it hands both halves back by value.
+    #[allow(clippy::result_large_err)]
+    pub fn reunite(
+        self,
+        writer: ConnectionWriter<WriteHalf<T>>,
+    ) -> Result<Connection<T>, ReuniteError<T>> {
+        if self.is_pair_of(&writer) {
+            Ok(Connection {
+                reader: self,
+                writer,
+            })
+        } else {
+            Err(ReuniteError(self, writer))
+        }
+    }
+}
+
+/// [`ConnectionReader::reunite`] was given halves of two different connections; here they are
+/// back.
+pub struct ReuniteError<T>(
+    pub ConnectionReader<ReadHalf<T>>,
+    pub ConnectionWriter<WriteHalf<T>>,
+);
+
+impl<T> fmt::Debug for ReuniteError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReuniteError")
+            .field("reader", &self.0.info)
+            .field("writer", &self.1.info)
+            .finish()
+    }
+}
+
+impl<T> fmt::Display for ReuniteError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tried to reunite halves of different connections ({} and {})",
+            self.0.info, self.1.info
+        )
+    }
+}
+
+impl<T> std::error::Error for ReuniteError<T> {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for Connection<T> {
+    type Item = Result<Any>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().reader).poll_next(cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Any> for Connection<T> {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.get_mut().writer).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Any) -> Result<()> {
+        Pin::new(&mut self.get_mut().writer).start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.get_mut().writer).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Pin::new(&mut self.get_mut().writer).poll_close(cx)
+    }
+}

@@ -1,0 +1,386 @@
+//! Typed dispatch: route each incoming `Any` to the handler registered for its message type.
+//!
+//! Handlers are async closures taking the unpacked message and a [`Context`], returning a
+//! [`Reply`]: nothing, one message or several, written back on the same connection in order.
+//! Routing is by full protobuf name (the part of the type URL after the last `/`), so peers may
+//! use any type-URL prefix. A message whose type has no handler goes to the fallback handler if
+//! one is set, and otherwise comes back as [`Error::UnknownType`] carrying the message: nothing
+//! is dropped silently.
+//!
+//! ```
+//! # futures::executor::block_on(async {
+//! use connect::dispatch::{Context, Dispatcher, Reply};
+//! use connect::proto::example::HelloWorld;
+//! use prost_types::Any;
+//!
+//! let dispatcher = Dispatcher::new()
+//!     .on(|hello: HelloWorld, _cx: Context| async move {
+//!         Ok::<_, connect::Error>(Reply::message(&HelloWorld { text: hello.text.to_uppercase(), ..hello }))
+//!     });
+//!
+//! let request = Any::from_msg(&HelloWorld { text: "hi".into(), sequence: 1 }).unwrap();
+//! let reply = dispatcher.dispatch(request, Context::detached()).await?;
+//! let answer: HelloWorld = reply.into_iter().next().unwrap().to_msg().unwrap();
+//! assert_eq!(answer.text, "HI");
+//!
+//! // No handler and no fallback: the message comes back in the error.
+//! let unknown = Any { type_url: "type.googleapis.com/x.Unknown".into(), value: vec![] };
+//! assert!(matches!(
+//!     dispatcher.dispatch(unknown, Context::detached()).await,
+//!     Err(connect::Error::UnknownType(any)) if any.type_url.ends_with("x.Unknown")
+//! ));
+//! # Ok::<(), connect::Error>(()) }).unwrap();
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::{FutureExt, StreamExt};
+use prost::{Message, Name};
+use prost_types::Any;
+
+use crate::codec::type_name;
+use crate::connection::{unpack, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter};
+use crate::error::{Error, Result};
+
+/// The error type handlers may return: anything that converts into a boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a handler sees besides the message: which connection it came from.
+#[derive(Clone, Debug)]
+pub struct Context {
+    info: Arc<ConnectionInfo>,
+}
+
+impl Context {
+    /// Context of a message received on the connection described by `info`.
+    pub fn new(info: Arc<ConnectionInfo>) -> Self {
+        Self { info }
+    }
+
+    /// Context for dispatching a message that did not come from a connection (tests, replays).
+    pub fn detached() -> Self {
+        Self::new(Arc::new(ConnectionInfo::new()))
+    }
+
+    /// The connection the message arrived on.
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.info
+    }
+}
+
+/// Messages a handler sends back on the connection its message came from, in order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reply(ReplyMessages);
+
+#[derive(Clone, Debug, Default, PartialEq)]
+enum ReplyMessages {
+    #[default]
+    None,
+    One(Any),
+    Many(Vec<Any>),
+}
+
+impl Reply {
+    /// No reply.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Reply with `msg`, packed in an `Any` with type URL [`Name::type_url`].
+    pub fn message<M: Message + Name>(msg: &M) -> Self {
+        Self::any(pack(msg))
+    }
+
+    /// Reply with `any` as is.
+    pub fn any(any: Any) -> Self {
+        Self(ReplyMessages::One(any))
+    }
+
+    /// Adds `msg` after the messages already in this reply.
+    pub fn and_message<M: Message + Name>(self, msg: &M) -> Self {
+        self.and_any(pack(msg))
+    }
+
+    /// Adds `any` after the messages already in this reply.
+    pub fn and_any(self, any: Any) -> Self {
+        Self(match self.0 {
+            ReplyMessages::None => ReplyMessages::One(any),
+            ReplyMessages::One(first) => ReplyMessages::Many(vec![first, any]),
+            ReplyMessages::Many(mut all) => {
+                all.push(any);
+                ReplyMessages::Many(all)
+            }
+        })
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            ReplyMessages::None => true,
+            ReplyMessages::One(_) => false,
+            ReplyMessages::Many(all) => all.is_empty(),
+        }
+    }
+}
+
+impl IntoIterator for Reply {
+    type Item = Any;
+    type IntoIter = std::vec::IntoIter<Any>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self.0 {
+            ReplyMessages::None => Vec::new(),
+            ReplyMessages::One(any) => vec![any],
+            ReplyMessages::Many(all) => all,
+        }
+        .into_iter()
+    }
+}
+
+impl From<()> for Reply {
+    fn from(_: ()) -> Self {
+        Self::none()
+    }
+}
+
+impl From<Any> for Reply {
+    fn from(any: Any) -> Self {
+        Self::any(any)
+    }
+}
+
+impl From<Option<Any>> for Reply {
+    fn from(any: Option<Any>) -> Self {
+        any.map(Self::any).unwrap_or_default()
+    }
+}
+
+impl From<Vec<Any>> for Reply {
+    fn from(all: Vec<Any>) -> Self {
+        Self(ReplyMessages::Many(all))
+    }
+}
+
+fn pack<M: Message + Name>(msg: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: msg.encode_to_vec(),
+    }
+}
+
+/// A type-erased handler: decodes the `Any` as its message type and runs.
+trait ErasedHandler: Send + Sync {
+    fn call(&self, any: Any, cx: Context) -> BoxFuture<Result<Reply>>;
+}
+
+struct TypedHandler<M, F> {
+    handler: F,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M, F, Fut, R, E> ErasedHandler for TypedHandler<M, F>
+where
+    M: Message + Name + Default + 'static,
+    F: Fn(M, Context) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    R: Into<Reply>,
+    E: Into<BoxError>,
+{
+    fn call(&self, any: Any, cx: Context) -> BoxFuture<Result<Reply>> {
+        match unpack::<M>(any) {
+            Ok(msg) => Box::pin((self.handler)(msg, cx).map(|result| {
+                result.map(Into::into).map_err(|e| Error::Handler {
+                    type_name: M::full_name(),
+                    source: e.into(),
+                })
+            })),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+struct FallbackHandler<F>(F);
+
+impl<F, Fut, R, E> ErasedHandler for FallbackHandler<F>
+where
+    F: Fn(Any, Context) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    R: Into<Reply>,
+    E: Into<BoxError>,
+{
+    fn call(&self, any: Any, cx: Context) -> BoxFuture<Result<Reply>> {
+        let type_name = type_name(&any.type_url).to_owned();
+        Box::pin((self.0)(any, cx).map(move |result| {
+            result.map(Into::into).map_err(|e| Error::Handler {
+                type_name,
+                source: e.into(),
+            })
+        }))
+    }
+}
+
+/// Routes incoming messages to typed handlers by their protobuf full name.
+///
+/// Build it once with [`on`](Self::on) and [`fallback`](Self::fallback), share it (it is
+/// `Send + Sync`; wrap it in an `Arc`), and [`serve`](Self::serve) each connection with it.
+#[derive(Default)]
+pub struct Dispatcher {
+    handlers: HashMap<String, Box<dyn ErasedHandler>>,
+    fallback: Option<Box<dyn ErasedHandler>>,
+}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut types: Vec<_> = self.handlers.keys().collect();
+        types.sort();
+        f.debug_struct("Dispatcher")
+            .field("types", &types)
+            .field("fallback", &self.fallback.is_some())
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher with no handlers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handles messages of type `M` with `handler`, replacing any earlier handler for `M`.
+    ///
+    /// The handler gets the decoded message and a [`Context`], and returns a future resolving to
+    /// something that converts into a [`Reply`] (`()`, an `Any`, a [`Reply`]…) or an error. An
+    /// error ends [`serve`](Self::serve) with [`Error::Handler`]. A message of type `M` whose
+    /// bytes do not decode as `M` is an [`Error::Decode`].
+    pub fn on<M, F, Fut, R, E>(mut self, handler: F) -> Self
+    where
+        M: Message + Name + Default + 'static,
+        F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Into<Reply> + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let handler = TypedHandler {
+            handler,
+            _message: PhantomData,
+        };
+        self.handlers.insert(M::full_name(), Box::new(handler));
+        self
+    }
+
+    /// Handles every message whose type has no handler of its own.
+    pub fn fallback<F, Fut, R, E>(mut self, handler: F) -> Self
+    where
+        F: Fn(Any, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Into<Reply> + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.fallback = Some(Box::new(FallbackHandler(handler)));
+        self
+    }
+
+    /// Whether a message with this type URL would reach a handler (its own or the fallback).
+    pub fn handles(&self, type_url: &str) -> bool {
+        self.fallback.is_some() || self.handlers.contains_key(type_name(type_url))
+    }
+
+    /// Runs the handler for one message and returns its reply.
+    ///
+    /// # Errors
+    /// [`Error::UnknownType`] carrying the message if no handler (and no fallback) takes its
+    /// type; [`Error::Decode`] if it does not decode as the handler's type; [`Error::Handler`] if
+    /// the handler fails.
+    pub async fn dispatch(&self, any: Any, cx: Context) -> Result<Reply> {
+        let handler = self
+            .handlers
+            .get(type_name(&any.type_url))
+            .or(self.fallback.as_ref());
+        match handler {
+            Some(handler) => handler.call(any, cx).await,
+            None => Err(Error::UnknownType(Box::new(any))),
+        }
+    }
+
+    /// Serves one connection until the peer closes it: each message goes to its handler, in
+    /// order, and the replies are written back in order.
+    ///
+    /// Replies are buffered while more input is already waiting and flushed as soon as there
+    /// is none, so a burst of requests is answered with few system calls. When the peer
+    /// closes cleanly the writer is flushed and closed, and `Ok(())` is returned.
+    ///
+    /// # Errors
+    /// The first error ends serving: a bad frame from the peer, an I/O error, or any error of
+    /// [`dispatch`](Self::dispatch). Only this connection is affected.
+    pub async fn serve<T>(&self, connection: Connection<T>) -> Result<()>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut reader, mut writer) = connection.split();
+        self.serve_split(&mut reader, &mut writer).await
+    }
+
+    /// [`serve`](Self::serve) for a connection already split into halves.
+    pub async fn serve_split<R, W>(
+        &self,
+        reader: &mut ConnectionReader<R>,
+        writer: &mut ConnectionWriter<W>,
+    ) -> Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let result = self.serve_messages(reader, writer).await;
+        if let Err(e) = &result {
+            // Replies to the messages before the failure are already accepted: deliver them.
+            if let Err(flush_error) = writer.flush().await {
+                log::debug!(
+                    "{}: flushing after {e} failed: {flush_error}",
+                    reader.info()
+                );
+            }
+        }
+        result
+    }
+
+    async fn serve_messages<R, W>(
+        &self,
+        reader: &mut ConnectionReader<R>,
+        writer: &mut ConnectionWriter<W>,
+    ) -> Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let info = reader.info.clone();
+        loop {
+            // Flush replies only when no further input is ready: that batches the answers to a
+            // burst of requests into one write.
+            // Polled with this task's waker (not a no-op one) so a wake-up is never lost.
+            let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_unpin(cx))).await;
+            let next = match ready_now {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    writer.flush().await?;
+                    reader.next().await
+                }
+            };
+            let Some(any) = next.transpose()? else {
+                log::debug!("{info}: peer closed the connection");
+                return writer.close().await;
+            };
+            for reply in self.dispatch(any, Context::new(info.clone())).await? {
+                writer.feed_any(&reply).await?;
+            }
+        }
+    }
+}

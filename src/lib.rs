@@ -1,0 +1,96 @@
+//! # connect
+//!
+//! Brokerless messaging over TCP: peers exchange typed protobuf messages directly, each one
+//! packed in a `google.protobuf.Any` and written as one length-delimited frame. Any language with
+//! an official protobuf library can talk to a `connect` peer without code of ours.
+//!
+//! ## How bytes flow
+//!
+//! ```text
+//!   your message ──► Any { type_url, value } ──► varint length ++ Any bytes ──► socket
+//!   (prost)          (codec::Codec::encode_message)   (ConnectionWriter buffers, writes, flushes)
+//!
+//!   socket ──► ConnectionReader (reads into one buffer) ──► Codec::decode ──► Any
+//!          ──► Dispatcher (by full name after the last '/') ──► your typed handler ──► Reply
+//! ```
+//!
+//! * [`codec`]: sans-IO framing. No I/O; incomplete input is "need more", never an error; the
+//!   maximum frame length is checked before allocating.
+//! * [`Connection`]: frames over any `futures-io` `AsyncRead + AsyncWrite`;
+//!   [`split`](Connection::split) into [`ConnectionReader`] (a `Stream`) and
+//!   [`ConnectionWriter`] (a `Sink`), [`reunite`](ConnectionReader::reunite) them again.
+//! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
+//! * [`transport`]: the only code that names a runtime (async-std TCP by default). The rest
+//!   runs on smol, tokio (through `tokio_util::compat`) or anything `futures-io`.
+//!
+//! ## Wire format
+//!
+//! Each frame is the `Any`'s byte length as a base-128 varint, then the `Any`'s bytes: exactly
+//! what Java's `writeDelimitedTo`, Go's `protodelim`, Python's `serialize_length_prefixed` and
+//! protobuf.js's `encodeDelimited` produce. Type URLs are `type.googleapis.com/<full.name>`, as
+//! every `Any.pack` writes them. See `proto/PROTOCOL.md` in the repository for the full spec with
+//! byte-level examples.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use connect::dispatch::{Context, Dispatcher, Reply};
+//! use connect::proto::example::HelloWorld;
+//! use connect::transport::tcp::{self, TcpListener};
+//! use std::sync::Arc;
+//!
+//! # async_std::task::block_on(async {
+//! // A server that answers every HelloWorld.
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let dispatcher = Arc::new(Dispatcher::new().on(|hello: HelloWorld, _: Context| async move {
+//!     let text = format!("hello, {}", hello.text);
+//!     Ok::<_, connect::Error>(Reply::message(&HelloWorld { text, ..hello }))
+//! }));
+//! async_std::task::spawn(async move {
+//!     let conn = listener.accept().await?;
+//!     dispatcher.serve(conn).await
+//! });
+//!
+//! // A client.
+//! let mut conn = tcp::connect(addr).await?;
+//! conn.send_message(&HelloWorld { text: "world".into(), sequence: 1 }).await?;
+//! let reply: HelloWorld = conn.recv_message().await?.expect("a reply");
+//! assert_eq!(reply.text, "hello, world");
+//! # Ok::<(), connect::Error>(()) }).unwrap();
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `async-std` | yes | [`transport::tcp`]: TCP client and listener on async-std |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod connection;
+pub mod dispatch;
+mod error;
+pub mod transport;
+
+pub use connection::{
+    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, ReuniteError,
+    DEFAULT_WRITE_HIGH_WATER,
+};
+pub use error::{Error, Result};
+
+/// Re-exported so callers need not depend on the same versions themselves.
+pub use prost;
+/// Re-exported so callers need not depend on the same versions themselves.
+pub use prost_types;
+
+/// Protobuf messages generated from `proto/` at build time.
+pub mod proto {
+    /// Messages used by the examples and tests (package `connect.example.v1`).
+    pub mod example {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.example.v1.rs"));
+    }
+}

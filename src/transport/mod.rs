@@ -1,0 +1,12 @@
+//! Transports: how a [`Connection`](crate::Connection) gets its byte stream. These are the only
+//! modules that name an async runtime.
+//!
+//! | module | runtime | feature |
+//! |---|---|---|
+//! | [`tcp`] | async-std | `async-std` (default) |
+//!
+//! Any other runtime works through [`Connection::new`](crate::Connection::new) over its own
+//! stream type (smol's `TcpStream` directly, tokio's through `tokio_util::compat`).
+
+#[cfg(feature = "async-std")]
+pub mod tcp;
