@@ -1,0 +1,174 @@
+//! Helpers shared by the integration tests: running the example binaries and a Python with the
+//! official protobuf package.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+
+/// Root of the repository.
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of a compiled example. `cargo test` builds the examples before running tests.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "example {name} is not built at {}: run the whole `cargo test` (it builds the examples)",
+        path.display()
+    );
+    path
+}
+
+/// An example server running as a child process; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// Starts example `name` with `args` and waits for its `listening on <addr>` line.
+    pub fn start(name: &str, args: &[&str]) -> Server {
+        let mut child = Command::new(example(name))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).expect("read example stdout");
+            assert!(
+                n > 0,
+                "example {name} exited before printing `listening on`"
+            );
+            if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                let addr = addr.parse().expect("address after `listening on`");
+                return Server {
+                    child,
+                    addr,
+                    stdout,
+                };
+            }
+        }
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python interpreter with the official `protobuf` package (and `grpcio-tools`, whose bundled
+/// protoc generates Python classes from our .proto files), in a virtualenv under the target
+/// directory. Made once; later runs reuse it.
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+        let python = venv.join("bin").join("python");
+        let ready = venv.join(".ready");
+        // Several test binaries may get here at once: only one builds the virtualenv.
+        std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR")).expect("target tmp dir");
+        let lock = std::fs::File::create(venv.with_extension("lock")).expect("lock file");
+        lock.lock().expect("lock the virtualenv");
+        if !ready.exists() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+            run(Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "protobuf>=5.28",
+                "grpcio-tools",
+            ]));
+            std::fs::write(&ready, b"").expect("mark virtualenv ready");
+        }
+        python
+    })
+}
+
+/// Generates Python classes for every .proto file under `proto/` into a fresh directory and
+/// returns it (to be put on `PYTHONPATH`).
+pub fn python_protos() -> PathBuf {
+    let out =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("python-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("output dir");
+    let protos: Vec<PathBuf> = walk(&repo_root().join("proto"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "proto"))
+        .collect();
+    let include = repo_root().join("proto");
+    run(Command::new(python())
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", include.display()))
+        .arg(format!("--python_out={}", out.display()))
+        .args(&protos)
+        .current_dir(repo_root()));
+    out
+}
+
+/// Runs a Python script from `tests/python/` with the generated classes on its path; panics with
+/// its output if it fails, returns its stdout otherwise.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let gen = python_protos();
+    let output = Command::new(python())
+        .arg(repo_root().join("tests").join("python").join(script))
+        .args(args)
+        .env("PYTHONPATH", &gen)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    print!("{stdout}");
+    stdout
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
