@@ -48,22 +48,27 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        // From here on `Drop` kills the child, whatever happens.
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stdout,
+        };
         let mut line = String::new();
         loop {
             line.clear();
-            let n = stdout.read_line(&mut line).expect("read example stdout");
+            let n = server
+                .stdout
+                .read_line(&mut line)
+                .expect("read example stdout");
             assert!(
                 n > 0,
                 "example {name} exited before printing `listening on`"
             );
             if let Some(addr) = line.trim().strip_prefix("listening on ") {
-                let addr = addr.parse().expect("address after `listening on`");
-                return Server {
-                    child,
-                    addr,
-                    stdout,
-                };
+                server.addr = addr.parse().expect("address after `listening on`");
+                return server;
             }
         }
     }
