@@ -4,9 +4,12 @@
 //! | module | runtime | feature |
 //! |---|---|---|
 //! | [`tcp`] | async-std | `async-std` (default) |
+//! | `sctp` (SCTP over UDP) | async-std | `sctp` |
 //!
 //! Any other runtime works through [`Connection::new`](crate::Connection::new) over its own
 //! stream type (smol's `TcpStream` directly, tokio's through `tokio_util::compat`).
 
+#[cfg(feature = "sctp")]
+pub mod sctp;
 #[cfg(feature = "async-std")]
 pub mod tcp;

@@ -1,0 +1,641 @@
+//! SCTP over UDP on loopback: the same `Connection` API as TCP, through real UDP sockets, a
+//! lossy relay and garbage datagrams.
+//!
+//! Run with `cargo test --features sctp --test sctp`.
+#![cfg(feature = "sctp")]
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use async_std::future::timeout;
+use async_std::task;
+use connect::dispatch::{Context, Dispatcher, Reply};
+use connect::proto::example::HelloWorld;
+use connect::transport::sctp::{self, SctpConfig, SctpConnection, SctpListener};
+use connect::{Config, Error};
+use futures::StreamExt;
+use prost_types::Any;
+
+/// Generous bound for whole test steps, so a hang fails instead of blocking CI.
+const STEP: Duration = Duration::from_secs(60);
+
+fn hello(sequence: u64, text: impl Into<String>) -> HelloWorld {
+    HelloWorld {
+        text: text.into(),
+        sequence,
+    }
+}
+
+fn echo_dispatcher() -> Arc<Dispatcher> {
+    Arc::new(
+        Dispatcher::new()
+            .on(|hello: HelloWorld, _: Context| async move {
+                Ok::<_, Error>(Reply::message(&hello))
+            })
+            .fallback(|any: Any, _: Context| async move { Ok::<_, Error>(Reply::any(any)) }),
+    )
+}
+
+/// An echo server on a fresh listener: every accepted association is served by the
+/// dispatcher in its own task. Returns the address and the serve results, one per connection.
+async fn echo_server(
+    config: SctpConfig,
+) -> (
+    SocketAddr,
+    async_std::channel::Receiver<connect::Result<()>>,
+    task::JoinHandle<()>,
+) {
+    let listener = SctpListener::bind_with("127.0.0.1:0", config)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr();
+    let (done_tx, done_rx) = async_std::channel::unbounded();
+    let dispatcher = echo_dispatcher();
+    let server = task::spawn(async move {
+        let mut incoming = listener.incoming();
+        while let Some(conn) = incoming.next().await {
+            let conn = conn.expect("accept");
+            let dispatcher = dispatcher.clone();
+            let done_tx = done_tx.clone();
+            task::spawn(async move {
+                let _ = done_tx.send(dispatcher.serve(conn).await).await;
+            });
+        }
+    });
+    (addr, done_rx, server)
+}
+
+/// Sends `count` greetings from one task while another reads the echoes, and checks that
+/// every one comes back once, in order. Ends with a graceful shutdown.
+async fn pipelined_echo(conn: SctpConnection, count: u64) {
+    pipelined_echo_padded(conn, count, 0).await
+}
+
+/// [`pipelined_echo`] with `padding` more bytes of text per message.
+async fn pipelined_echo_padded(conn: SctpConnection, count: u64, padding: usize) {
+    let pad = ".".repeat(padding);
+    let text = move |i: u64| format!("message {i}{pad}");
+    let expected_text = text.clone();
+    let (mut reader, mut writer) = conn.split();
+    let sender = task::spawn(async move {
+        for i in 0..count {
+            let msg = hello(i, text(i));
+            // Mostly batched, every tenth on its own: both many-frames-per-packet and
+            // one-frame-per-message traffic.
+            if i % 10 == 0 {
+                writer.send_message(&msg).await.expect("send");
+            } else {
+                writer.feed_message(&msg).await.expect("feed");
+            }
+        }
+        writer.flush().await.expect("flush");
+        writer
+    });
+    for i in 0..count {
+        let reply: HelloWorld = reader
+            .recv_message()
+            .await
+            .expect("recv")
+            .unwrap_or_else(|| panic!("stream ended after {i} of {count} replies"));
+        assert_eq!(reply.sequence, i, "out of order or duplicated");
+        assert_eq!(reply.text, expected_text(i));
+    }
+    let writer = sender.await;
+    let conn = reader.reunite(writer).expect("halves of one connection");
+    sctp::shutdown(conn).await.expect("graceful shutdown");
+}
+
+#[async_std::test]
+async fn echo_through_the_dispatcher() {
+    let (addr, done, _server) = echo_server(SctpConfig::default()).await;
+    let mut conn = sctp::connect(addr).await.expect("connect");
+    assert_eq!(conn.peer_addr(), Some(addr));
+    for (i, text) in ["hello", "bonjour", "hallo"].into_iter().enumerate() {
+        conn.send_message(&hello(i as u64, text))
+            .await
+            .expect("send");
+        let reply: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
+        assert_eq!((reply.sequence, reply.text.as_str()), (i as u64, text));
+    }
+    // Any type goes through the fallback.
+    let other = Any::from_msg(&prost_types::Duration {
+        seconds: 7,
+        nanos: 0,
+    })
+    .expect("pack");
+    conn.send_any(&other).await.expect("send any");
+    assert_eq!(conn.recv().await.expect("recv"), Some(other));
+
+    timeout(STEP, sctp::shutdown(conn))
+        .await
+        .expect("shutdown in time")
+        .expect("shutdown");
+    // The server saw a clean end of stream and closed its side without error.
+    let served = timeout(STEP, done.recv()).await.expect("in time");
+    served.expect("serve result").expect("served cleanly");
+}
+
+#[async_std::test]
+async fn twenty_thousand_messages_in_order() {
+    let (addr, done, _server) = echo_server(SctpConfig::default()).await;
+    let conn = sctp::connect(addr).await.expect("connect");
+    timeout(STEP, pipelined_echo(conn, 20_000))
+        .await
+        .expect("in time");
+    let served = timeout(STEP, done.recv()).await.expect("in time");
+    served.expect("serve result").expect("served cleanly");
+}
+
+#[async_std::test]
+async fn several_clients_share_one_listener_port() {
+    let (addr, done, _server) = echo_server(SctpConfig::default()).await;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            task::spawn(async move {
+                let conn = sctp::connect(addr).await.expect("connect");
+                pipelined_echo(conn, 500).await;
+            })
+        })
+        .collect();
+    for client in clients {
+        timeout(STEP, client).await.expect("in time");
+    }
+    for _ in 0..8 {
+        let served = timeout(STEP, done.recv()).await.expect("in time");
+        served.expect("serve result").expect("served cleanly");
+    }
+}
+
+/// Length of the frame (the `Any`'s bytes) that carries `msg`.
+fn frame_len(msg: &HelloWorld) -> usize {
+    use prost::Message;
+    Any::from_msg(msg).expect("pack").encoded_len()
+}
+
+#[async_std::test]
+async fn frames_up_to_the_maximum_size() {
+    const MAX: usize = 4 * 1024 * 1024;
+    let config =
+        SctpConfig::default().with_connection_config(Config::default().with_max_frame_len(MAX));
+    let (addr, _done, _server) = echo_server(config.clone()).await;
+    let mut conn = sctp::connect_with(addr, &config).await.expect("connect");
+
+    let mut sizes = vec![0, 1, 1199, 1200, 65_535, 65_536, 65_537, 1 << 20];
+    // A greeting whose frame (the Any's bytes) is exactly the maximum.
+    let largest = MAX - (frame_len(&hello(0, "x".repeat(MAX - 100))) - (MAX - 100));
+    assert_eq!(frame_len(&hello(0, "x".repeat(largest))), MAX);
+    sizes.push(largest);
+    for len in sizes {
+        let msg = hello(0, "x".repeat(len));
+        conn.send_message(&msg).await.expect("send");
+        let reply: HelloWorld = timeout(STEP, conn.recv_message())
+            .await
+            .expect("in time")
+            .expect("recv")
+            .expect("reply");
+        assert_eq!(reply, msg, "frame of {len} bytes");
+    }
+    // One byte too many is refused locally, and the connection stays usable.
+    let too_big = hello(0, "x".repeat(largest + 1));
+    assert!(matches!(
+        conn.send_message(&too_big).await,
+        Err(Error::FrameTooLarge { max: MAX, .. })
+    ));
+    conn.send_message(&hello(2, "still fine"))
+        .await
+        .expect("send");
+    let reply: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
+    assert_eq!(reply.sequence, 2);
+    sctp::shutdown(conn).await.expect("shutdown");
+}
+
+#[async_std::test]
+async fn an_oversized_frame_from_the_peer_ends_only_its_connection() {
+    let small =
+        SctpConfig::default().with_connection_config(Config::default().with_max_frame_len(1024));
+    let (addr, done, _server) = echo_server(small).await;
+
+    let mut good = sctp::connect(addr).await.expect("connect");
+    let mut bad = sctp::connect(addr).await.expect("connect");
+    bad.send_message(&hello(1, "x".repeat(4096)))
+        .await
+        .expect("send");
+    let served = timeout(STEP, done.recv()).await.expect("in time");
+    assert!(
+        matches!(served, Ok(Err(Error::FrameTooLarge { max: 1024, .. }))),
+        "{served:?}"
+    );
+    // The bad client sees its stream end; the good one carries on.
+    assert!(timeout(STEP, bad.recv())
+        .await
+        .expect("in time")
+        .expect("clean end")
+        .is_none());
+    good.send_message(&hello(2, "fine")).await.expect("send");
+    let reply: HelloWorld = good.recv_message().await.expect("recv").expect("reply");
+    assert_eq!(reply.sequence, 2);
+}
+
+#[async_std::test]
+async fn writes_wait_while_the_peer_does_not_read() {
+    let config = SctpConfig::default()
+        .with_send_buffer(256 * 1024)
+        .with_receive_window(256 * 1024);
+    let listener = SctpListener::bind_with("127.0.0.1:0", config.clone())
+        .await
+        .expect("bind");
+    let mut client = sctp::connect_with(listener.local_addr(), &config)
+        .await
+        .expect("connect");
+    let mut server = listener.accept().await.expect("accept");
+
+    // Nobody reads on the server: writing must stall long before 64 MiB are accepted.
+    let chunk = hello(0, "y".repeat(16 * 1024));
+    let mut accepted = 0usize;
+    let mut stalled = false;
+    while accepted < 64 << 20 {
+        match timeout(Duration::from_secs(2), client.send_message(&chunk)).await {
+            Ok(sent) => sent.expect("send"),
+            Err(_) => {
+                stalled = true;
+                break;
+            }
+        }
+        accepted += 16 * 1024;
+    }
+    assert!(
+        stalled,
+        "{accepted} bytes accepted without the peer reading"
+    );
+    // Window + send buffer + the writer's own buffer, and some slack for framing.
+    assert!(
+        accepted < 2 << 20,
+        "{accepted} bytes accepted before stalling"
+    );
+
+    // Once the server reads, everything arrives (the stalled message too, it was buffered).
+    let expected = accepted / (16 * 1024) + 1;
+    let reader = task::spawn(async move {
+        for _ in 0..expected {
+            let m: HelloWorld = server.recv_message().await.expect("recv").expect("message");
+            assert_eq!(m.text.len(), 16 * 1024);
+        }
+        server
+    });
+    timeout(STEP, client.flush())
+        .await
+        .expect("in time")
+        .expect("flush");
+    timeout(STEP, reader).await.expect("in time");
+}
+
+#[async_std::test]
+async fn connecting_to_a_silent_port_times_out() {
+    // A UDP socket that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let config = SctpConfig::default().with_handshake_timeout(Duration::from_millis(500));
+    let result = timeout(
+        STEP,
+        sctp::connect_with(silent.local_addr().unwrap(), &config),
+    )
+    .await
+    .expect("in time");
+    match result {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+        other => panic!("expected a time-out, got {other:?}"),
+    }
+}
+
+#[async_std::test]
+async fn accepted_connections_outlive_the_listener() {
+    let listener = SctpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr();
+    let mut client = sctp::connect(addr).await.expect("connect");
+    let server = listener.accept().await.expect("accept");
+    drop(listener);
+    let serve = task::spawn(async move { echo_dispatcher().serve(server).await });
+    client.send_message(&hello(5, "after")).await.expect("send");
+    let reply: HelloWorld = client.recv_message().await.expect("recv").expect("reply");
+    assert_eq!(reply.sequence, 5);
+    sctp::shutdown(client).await.expect("shutdown");
+    timeout(STEP, serve)
+        .await
+        .expect("in time")
+        .expect("served");
+    // New associations are refused now.
+    let config = SctpConfig::default().with_handshake_timeout(Duration::from_millis(500));
+    assert!(sctp::connect_with(addr, &config).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage datagrams
+
+/// CRC32c (Castagnoli), as SCTP's checksum, bit by bit: enough for a handful of test packets.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet with a valid checksum: common header, then `chunks`.
+fn sctp_packet(verification_tag: u32, chunks: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&5000u16.to_be_bytes());
+    packet.extend_from_slice(&5000u16.to_be_bytes());
+    packet.extend_from_slice(&verification_tag.to_be_bytes());
+    packet.extend_from_slice(&[0; 4]);
+    packet.extend_from_slice(chunks);
+    let crc = crc32c(&packet);
+    packet[8..12].copy_from_slice(&crc.to_le_bytes());
+    packet
+}
+
+fn garbage() -> Vec<Vec<u8>> {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut datagrams = vec![
+        vec![],
+        vec![0],
+        vec![0xff; 11],
+        vec![0; 12],
+        vec![0xff; 1500],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    // Random bytes of every size class.
+    for len in [13, 64, 512, 1200, 9000, 65_000] {
+        datagrams.push((0..len).map(|_| rng.next() as u8).collect());
+    }
+    // Well-formed SCTP with valid checksums: DATA, SACK, ABORT and SHUTDOWN for unknown
+    // verification tags, a truncated chunk, and an INIT with nonsense parameters.
+    let data_chunk = [
+        0u8, 3, 0, 20, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 53, 1, 2, 3, 4,
+    ];
+    let sack = [3u8, 0, 0, 16, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0];
+    let abort = [6u8, 0, 0, 4];
+    let shutdown = [7u8, 0, 0, 8, 0, 0, 0, 1];
+    let truncated = [0u8, 3, 0xff, 0xff, 1, 2];
+    for tag in [1, 0xdead_beef, u32::MAX] {
+        for chunk in [&data_chunk[..], &sack, &abort, &shutdown, &truncated] {
+            datagrams.push(sctp_packet(tag, chunk));
+        }
+    }
+    let mut init = vec![
+        1u8, 0, 0, 0x20, 0, 0, 0, 9, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
+    ];
+    init.extend_from_slice(&[0xc0, 0x00, 0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8]);
+    datagrams.push(sctp_packet(0, &init));
+    // A valid checksum over random chunk bytes.
+    for _ in 0..50 {
+        let chunk: Vec<u8> = (0..(rng.next() % 200) as usize)
+            .map(|_| rng.next() as u8)
+            .collect();
+        datagrams.push(sctp_packet(rng.next() as u32, &chunk));
+    }
+    datagrams
+}
+
+#[async_std::test]
+async fn garbage_datagrams_do_not_disturb_associations() {
+    let (addr, done, _server) = echo_server(SctpConfig::default()).await;
+    let mut conn = sctp::connect(addr).await.expect("connect");
+    conn.send_message(&hello(0, "before")).await.expect("send");
+    let _: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
+
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let datagrams = garbage();
+    // Garbage while traffic flows: the pipelined echo runs concurrently.
+    let spray = {
+        let datagrams = datagrams.clone();
+        thread::spawn(move || {
+            for _ in 0..5 {
+                for d in &datagrams {
+                    let _ = attacker.send_to(d, addr);
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    for i in 1..=2000 {
+        conn.feed_message(&hello(i, "during")).await.expect("feed");
+    }
+    conn.flush().await.expect("flush");
+    for i in 1..=2000 {
+        let reply: HelloWorld = timeout(STEP, conn.recv_message())
+            .await
+            .expect("in time")
+            .expect("recv")
+            .expect("reply");
+        assert_eq!(reply.sequence, i);
+    }
+    spray.join().expect("spray thread");
+
+    // The listener still accepts new associations, and the old one still works.
+    let second = sctp::connect(addr).await.expect("connect after garbage");
+    timeout(STEP, pipelined_echo(second, 100))
+        .await
+        .expect("in time");
+    conn.send_message(&hello(9999, "after"))
+        .await
+        .expect("send");
+    let reply: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
+    assert_eq!(reply.sequence, 9999);
+    sctp::shutdown(conn).await.expect("shutdown");
+    for _ in 0..2 {
+        let served = timeout(STEP, done.recv()).await.expect("in time");
+        served.expect("serve result").expect("served cleanly");
+    }
+}
+
+#[async_std::test]
+async fn garbage_to_a_client_port_does_not_disturb_it() {
+    let (addr, _done, _server) = echo_server(SctpConfig::default()).await;
+    let mut conn = sctp::connect(addr).await.expect("connect");
+    // A client's UDP socket is connected to its server, so the kernel drops datagrams from
+    // anyone else before they reach the driver.
+    let client_addr = conn.local_addr().expect("local addr");
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for d in garbage() {
+        let _ = attacker.send_to(&d, client_addr);
+    }
+    conn.send_message(&hello(1, "ok")).await.expect("send");
+    let reply: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
+    assert_eq!(reply.sequence, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lossy relay
+
+/// xorshift64*: a small deterministic generator, so a failing run can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `per_mille` / 1000.
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.next() % 1000 < per_mille
+    }
+}
+
+/// A UDP relay between one client and a server that drops `loss_per_mille` of the datagrams
+/// each way and holds back some (`reorder_per_mille`) to send after the next one. Runs on two
+/// threads until `stop` is set.
+struct LossyRelay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<(u64, u64)>>,
+}
+
+impl LossyRelay {
+    fn start(server: SocketAddr, loss_per_mille: u64, reorder_per_mille: u64, seed: u64) -> Self {
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+        back.connect(server).expect("connect relay to server");
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .expect("timeout");
+        }
+        let addr = front.local_addr().expect("relay addr");
+        let front = Arc::new(front);
+        let back = Arc::new(back);
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+
+        // Direction 1: client -> server.
+        let upstream = {
+            let (front, back, client, stop) =
+                (front.clone(), back.clone(), client.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut rng = XorShift(seed);
+                relay(
+                    &stop,
+                    &mut rng,
+                    loss_per_mille,
+                    reorder_per_mille,
+                    |buf| {
+                        let (n, from) = front.recv_from(buf)?;
+                        *client.lock().unwrap() = Some(from);
+                        Ok(n)
+                    },
+                    |d| back.send(d).map(drop),
+                )
+            })
+        };
+        // Direction 2: server -> client.
+        let downstream = {
+            let (front, back, client, stop) = (front, back, client, stop.clone());
+            thread::spawn(move || {
+                let mut rng = XorShift(seed ^ 0x5555_5555_5555_5555);
+                relay(
+                    &stop,
+                    &mut rng,
+                    loss_per_mille,
+                    reorder_per_mille,
+                    |buf| back.recv(buf),
+                    |d| match *client.lock().unwrap() {
+                        Some(to) => front.send_to(d, to).map(drop),
+                        None => Ok(()),
+                    },
+                )
+            })
+        };
+        LossyRelay {
+            addr,
+            stop,
+            threads: vec![upstream, downstream],
+        }
+    }
+
+    /// Stops the relay and returns (datagrams forwarded, datagrams dropped) over both ways.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("relay thread"))
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+}
+
+fn relay(
+    stop: &AtomicBool,
+    rng: &mut XorShift,
+    loss_per_mille: u64,
+    reorder_per_mille: u64,
+    mut recv: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+    mut send: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> (u64, u64) {
+    let mut buf = vec![0u8; 65_536];
+    let mut held: Option<Vec<u8>> = None;
+    let (mut forwarded, mut dropped) = (0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        let n = match recv(&mut buf) {
+            Ok(n) => n,
+            Err(_) => {
+                // Quiet for a moment: release a held datagram rather than keep it forever.
+                if let Some(d) = held.take() {
+                    let _ = send(&d);
+                }
+                continue;
+            }
+        };
+        if rng.chance(loss_per_mille) {
+            dropped += 1;
+            continue;
+        }
+        forwarded += 1;
+        if held.is_none() && rng.chance(reorder_per_mille) {
+            held = Some(buf[..n].to_vec());
+            continue;
+        }
+        let _ = send(&buf[..n]);
+        if let Some(d) = held.take() {
+            let _ = send(&d);
+        }
+    }
+    (forwarded, dropped)
+}
+
+async fn echo_through_lossy_relay(loss_per_mille: u64, seed: u64) {
+    let (server, done, _server) = echo_server(SctpConfig::default()).await;
+    let relay = LossyRelay::start(server, loss_per_mille, 20, seed);
+    let conn = timeout(STEP, sctp::connect(relay.addr))
+        .await
+        .expect("in time")
+        .expect("connect through the relay");
+    timeout(STEP, pipelined_echo_padded(conn, 5000, 200))
+        .await
+        .expect("in time");
+    let served = timeout(STEP, done.recv()).await.expect("in time");
+    served.expect("serve result").expect("served cleanly");
+    let (forwarded, dropped) = relay.stop();
+    println!("relay: {forwarded} datagrams forwarded, {dropped} dropped");
+    assert!(dropped > 0, "the relay dropped nothing");
+}
+
+#[async_std::test]
+async fn every_message_once_in_order_through_one_percent_loss() {
+    echo_through_lossy_relay(10, 1).await;
+}
+
+#[async_std::test]
+async fn every_message_once_in_order_through_five_percent_loss() {
+    echo_through_lossy_relay(50, 2).await;
+}
