@@ -639,3 +639,93 @@ async fn every_message_once_in_order_through_one_percent_loss() {
 async fn every_message_once_in_order_through_five_percent_loss() {
     echo_through_lossy_relay(50, 2).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Clean-up
+
+/// Waits (at most 10 s) until nothing holds UDP port `addr` any more: its endpoint driver has
+/// ended and dropped the socket.
+async fn port_released(addr: SocketAddr) -> bool {
+    for _ in 0..200 {
+        if UdpSocket::bind(("127.0.0.1", addr.port())).is_ok() {
+            return true;
+        }
+        task::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[async_std::test]
+async fn drivers_stop_once_their_associations_are_gone() {
+    let listener = SctpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server_addr = listener.local_addr();
+    let mut client = sctp::connect(server_addr).await.expect("connect");
+    let client_addr = client.local_addr().expect("local addr");
+    let server = listener.accept().await.expect("accept");
+    let serve = task::spawn(async move { echo_dispatcher().serve(server).await });
+    client.send_message(&hello(1, "bye")).await.expect("send");
+    let _: HelloWorld = client.recv_message().await.expect("recv").expect("reply");
+    sctp::shutdown(client).await.expect("shutdown");
+    serve.await.expect("served");
+    assert!(
+        port_released(client_addr).await,
+        "the client's driver still holds {client_addr}"
+    );
+    assert!(
+        !port_released_now(server_addr),
+        "the listener's port closed while the listener lives"
+    );
+    drop(listener);
+    assert!(
+        port_released(server_addr).await,
+        "the listener's driver still holds {server_addr}"
+    );
+}
+
+#[async_std::test]
+async fn a_dropped_connection_ends_its_stream_and_goes_away() {
+    let listener = SctpListener::bind("127.0.0.1:0").await.expect("bind");
+    let client = sctp::connect(listener.local_addr()).await.expect("connect");
+    let client_addr = client.local_addr().expect("local addr");
+    let mut server = listener.accept().await.expect("accept");
+    // Dropped without closing: the peer still reads a clean end of stream...
+    drop(client);
+    let end = timeout(STEP, server.recv()).await.expect("in time");
+    assert!(end.expect("clean end").is_none());
+    // ...and once the server closes too, the association shuts down and the client's
+    // background driver ends.
+    server.close().await.expect("close");
+    assert!(
+        port_released(client_addr).await,
+        "the dropped client's driver still holds {client_addr}"
+    );
+}
+
+fn port_released_now(addr: SocketAddr) -> bool {
+    UdpSocket::bind(("127.0.0.1", addr.port())).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Examples
+
+#[test]
+fn sctp_client_example_talks_to_the_sctp_echo_server_example() {
+    let server = support::Server::start("sctp-echo-server", &["127.0.0.1:0"]);
+    let output = std::process::Command::new(support::example("sctp-client"))
+        .arg(server.addr.to_string())
+        .output()
+        .expect("run sctp-client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "sctp-client failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "reply #1: \"hello\"",
+        "reply #2: \"bonjour\"",
+        "reply #3: \"hallo\"",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
