@@ -364,6 +364,15 @@ fn sctp_packet(verification_tag: u32, chunks: &[u8]) -> Vec<u8> {
     packet
 }
 
+/// An INIT (with an unknown parameter) that opens a handshake the sender never finishes.
+fn init_packet(initiate_tag: u32) -> Vec<u8> {
+    let mut init = vec![1u8, 0, 0, 0x20];
+    init.extend_from_slice(&initiate_tag.to_be_bytes());
+    init.extend_from_slice(&[0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1]);
+    init.extend_from_slice(&[0xc0, 0x00, 0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8]);
+    sctp_packet(0, &init)
+}
+
 fn garbage() -> Vec<Vec<u8>> {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut datagrams = vec![
@@ -392,11 +401,7 @@ fn garbage() -> Vec<Vec<u8>> {
             datagrams.push(sctp_packet(tag, chunk));
         }
     }
-    let mut init = vec![
-        1u8, 0, 0, 0x20, 0, 0, 0, 9, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
-    ];
-    init.extend_from_slice(&[0xc0, 0x00, 0x00, 0x0c, 1, 2, 3, 4, 5, 6, 7, 8]);
-    datagrams.push(sctp_packet(0, &init));
+    datagrams.push(init_packet(9));
     // A valid checksum over random chunk bytes.
     for _ in 0..50 {
         let chunk: Vec<u8> = (0..(rng.next() % 200) as usize)
@@ -457,6 +462,36 @@ async fn garbage_datagrams_do_not_disturb_associations() {
         let served = timeout(STEP, done.recv()).await.expect("in time");
         served.expect("serve result").expect("served cleanly");
     }
+}
+
+#[async_std::test]
+async fn abandoned_handshakes_expire() {
+    // INITs whose sender never answers fill the backlog, then time out and make room again.
+    let config = SctpConfig::default()
+        .with_backlog(4)
+        .with_handshake_timeout(Duration::from_millis(300));
+    let listener = SctpListener::bind_with("127.0.0.1:0", config.clone())
+        .await
+        .expect("bind");
+    let addr = listener.local_addr();
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for tag in 1..=20 {
+        attacker
+            .send_to(&init_packet(tag), addr)
+            .expect("send INIT");
+    }
+    // While the backlog is full of half-open handshakes, a real client is refused...
+    let quick = SctpConfig::default().with_handshake_timeout(Duration::from_millis(100));
+    assert!(sctp::connect_with(addr, &quick).await.is_err());
+    // ...and once they have expired, it gets in.
+    task::sleep(Duration::from_millis(500)).await;
+    let client = sctp::connect_with(addr, &config).await.expect("connect");
+    let server = listener.accept().await.expect("accept");
+    let serve = task::spawn(async move { echo_dispatcher().serve(server).await });
+    timeout(STEP, pipelined_echo(client, 10))
+        .await
+        .expect("in time");
+    serve.await.expect("served");
 }
 
 #[async_std::test]
@@ -728,4 +763,31 @@ fn sctp_client_example_talks_to_the_sctp_echo_server_example() {
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
+}
+
+#[async_std::test]
+async fn data_read_after_the_association_shut_down_is_not_lost() {
+    // Half-close as with TCP: the server ends its side first and reads the client's messages
+    // only after the client has sent them all, ended its side and shut SCTP down.
+    let listener = SctpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut client = sctp::connect(listener.local_addr()).await.expect("connect");
+    let mut server = listener.accept().await.expect("accept");
+    server.close().await.expect("server close");
+    assert!(client.recv().await.expect("clean end").is_none());
+    for i in 0..1000 {
+        client.feed_message(&hello(i, "late")).await.expect("feed");
+    }
+    timeout(STEP, sctp::shutdown(client))
+        .await
+        .expect("in time")
+        .expect("client shutdown");
+    for i in 0..1000 {
+        let m: HelloWorld = server
+            .recv_message()
+            .await
+            .expect("recv")
+            .unwrap_or_else(|| panic!("end of stream after {i} messages"));
+        assert_eq!(m.sequence, i);
+    }
+    assert!(server.recv().await.expect("clean end").is_none());
 }

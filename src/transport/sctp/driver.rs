@@ -75,6 +75,9 @@ pub(super) struct Assoc {
     pub(super) write_waker: Option<Waker>,
     /// A received message only partly read so far.
     pub(super) pending: Option<Chunks>,
+    /// Messages taken out of the association when the peer started SCTP's shutdown, which
+    /// ends with `sctp-proto` dropping whatever was not read yet. Bounded by the receive window.
+    pub(super) received: VecDeque<Chunks>,
     pub(super) fin_sent: bool,
     /// Everything written, the end-of-stream marker included, has been acknowledged.
     pub(super) fin_acked: bool,
@@ -97,6 +100,7 @@ impl Assoc {
             read_waker: None,
             write_waker: None,
             pending: None,
+            received: VecDeque::new(),
             fin_sent: false,
             fin_acked: false,
             fin_received: false,
@@ -142,6 +146,7 @@ impl Assoc {
         self.read_waker = None;
         self.write_waker = None;
         self.pending = None;
+        self.received.clear();
         self.deadline = Some(Instant::now() + linger);
         if self.connected && self.lost.is_none() {
             if let Err(e) = self.send_fin() {
@@ -323,6 +328,8 @@ impl State {
             }
             if assoc.owner == Owner::Dropped {
                 discard_incoming(assoc);
+            } else if assoc.inner.is_closing() {
+                keep_incoming(assoc);
             }
             let buffered = assoc.buffered();
             if assoc.fin_sent && buffered == Some(0) {
@@ -381,7 +388,11 @@ impl State {
                     }
                 }
             }
-            if assoc.owner == Owner::Dropped && (assoc.lost.is_some() || assoc.finished) {
+            // Half-open associations that never completed their handshake go too: nobody
+            // will ever accept them.
+            let abandoned = assoc.owner == Owner::Dropped
+                || (assoc.owner == Owner::Unaccepted && !assoc.connected);
+            if abandoned && assoc.finished {
                 remove.push(handle);
                 continue;
             }
@@ -490,6 +501,24 @@ fn discard_incoming(assoc: &mut Assoc) {
     while let Ok(Some(chunks)) = stream.read_sctp() {
         if chunks.ppi == FIN_PPI {
             assoc.fin_received = true;
+        }
+    }
+}
+
+/// Moves what has arrived out of a closing association, where its stream can still read it
+/// after the association is gone.
+fn keep_incoming(assoc: &mut Assoc) {
+    let Ok(mut stream) = assoc.inner.stream(STREAM_ID) else {
+        return;
+    };
+    let mut moved = false;
+    while let Ok(Some(chunks)) = stream.read_sctp() {
+        assoc.received.push_back(chunks);
+        moved = true;
+    }
+    if moved {
+        if let Some(w) = assoc.read_waker.take() {
+            w.wake();
         }
     }
 }

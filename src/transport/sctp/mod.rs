@@ -489,9 +489,12 @@ impl AsyncRead for SctpStream {
             if assoc.fin_received {
                 break Poll::Ready(Ok(0));
             }
-            let message = match assoc.inner.stream(driver::STREAM_ID) {
-                Ok(mut stream) => stream.read_sctp(),
-                Err(e) => Err(e),
+            let message = match assoc.received.pop_front() {
+                Some(chunks) => Ok(Some(chunks)),
+                None => match assoc.inner.stream(driver::STREAM_ID) {
+                    Ok(mut stream) => stream.read_sctp(),
+                    Err(e) => Err(e),
+                },
             };
             match message {
                 Ok(Some(chunks)) => {
