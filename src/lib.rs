@@ -65,6 +65,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `async-std` | yes | [`transport::tcp`]: TCP client and listener on async-std |
+//! | `sctp` | no | `transport::sctp`: SCTP over UDP (userspace, `sctp-proto`) on async-std |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

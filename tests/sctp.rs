@@ -791,3 +791,41 @@ async fn data_read_after_the_association_shut_down_is_not_lost() {
     }
     assert!(server.recv().await.expect("clean end").is_none());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Other runtimes: the driver runs on async-std's executor, the connection on any.
+
+async fn echo_once_each_way() -> connect::Result<()> {
+    let listener = SctpListener::bind("127.0.0.1:0").await?;
+    let mut client = sctp::connect(listener.local_addr()).await?;
+    let server = listener.accept().await?;
+    let dispatcher = echo_dispatcher();
+    let serve = dispatcher.serve(server);
+    let talk = async {
+        client.send_message(&hello(3, "other runtime")).await?;
+        let reply: HelloWorld = client.recv_message().await?.expect("reply");
+        assert_eq!(reply.sequence, 3);
+        sctp::shutdown(client).await
+    };
+    let (served, talked) = futures::join!(serve, talk);
+    served.and(talked)
+}
+
+#[test]
+fn connections_work_from_smol() {
+    smol::block_on(timeout(STEP, echo_once_each_way()))
+        .expect("in time")
+        .expect("echo on smol");
+}
+
+#[test]
+fn connections_work_from_tokio() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime
+        .block_on(timeout(STEP, echo_once_each_way()))
+        .expect("in time")
+        .expect("echo on tokio");
+}
