@@ -204,7 +204,14 @@ pub(super) struct State {
 
 impl State {
     /// Asks the driver to run: after a write, a read that freed receive window, a close.
+    ///
+    /// Wakes it only once per driver run: `dirty` is cleared when the driver starts a round
+    /// with the lock held, so while it is set a wake-up is already on its way. (Waking per
+    /// write cost more than the SCTP processing itself.)
     pub(super) fn wake_driver(&mut self) {
+        if self.dirty {
+            return;
+        }
         self.dirty = true;
         if let Some(w) = &self.driver_waker {
             w.wake_by_ref();
