@@ -312,6 +312,20 @@ async fn connecting_to_a_silent_port_times_out() {
 }
 
 #[async_std::test]
+async fn connecting_to_a_closed_port_is_refused() {
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .unwrap();
+    // The socket is gone: the kernel answers the INIT with port unreachable.
+    let result = timeout(STEP, sctp::connect(closed)).await.expect("in time");
+    match result {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[async_std::test]
 async fn accepted_connections_outlive_the_listener() {
     let listener = SctpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr();
@@ -828,4 +842,20 @@ fn connections_work_from_tokio() {
         .block_on(timeout(STEP, echo_once_each_way()))
         .expect("in time")
         .expect("echo on tokio");
+}
+
+#[async_std::test]
+async fn a_client_notices_when_the_server_process_is_gone() {
+    let server = support::Server::start("sctp-echo-server", &["127.0.0.1:0"]);
+    let mut conn = sctp::connect(server.addr).await.expect("connect");
+    conn.send_message(&hello(1, "hi")).await.expect("send");
+    let _: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
+    drop(server); // killed: its UDP port is closed
+                  // The next packet meets a closed port, and the connection fails instead of hanging.
+    let _ = conn.send_message(&hello(2, "anyone?")).await;
+    let result = timeout(STEP, conn.recv()).await.expect("in time");
+    match result {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        other => panic!("expected a reset, got {other:?}"),
+    }
 }

@@ -200,6 +200,8 @@ pub(super) struct State {
     pub(super) config: Arc<SctpConfig>,
     /// Set if the socket failed for good; every association then fails with it.
     pub(super) failed: Option<io::ErrorKind>,
+    /// A client's socket reported the peer's port unreachable.
+    refused: bool,
 }
 
 impl State {
@@ -298,6 +300,11 @@ impl State {
                 assoc.close(AssociationError::TransportError);
                 log::debug!("SCTP: association failed with its socket: {kind:?}");
             }
+            if self.refused {
+                // Port unreachable on a client's connected socket: nobody (any more) at the
+                // peer's address, what a TCP reset would say.
+                assoc.close(AssociationError::Reset);
+            }
             if assoc.deadline.is_some_and(|d| d <= now) {
                 if assoc.owner == Owner::Dropped {
                     log::debug!("SCTP: linger time over, closing an association");
@@ -307,6 +314,7 @@ impl State {
                 if assoc.owner == Owner::Dropped || !assoc.connected {
                     assoc.close(AssociationError::TimedOut);
                 }
+                assoc.deadline = None;
             }
             let inner = &mut assoc.inner;
             let ticked = catch_unwind(AssertUnwindSafe(|| {
@@ -590,6 +598,7 @@ impl Shared {
                 outgoing: VecDeque::new(),
                 config,
                 failed: None,
+                refused: false,
             }),
         }))
     }
@@ -671,8 +680,12 @@ impl Driver {
                     }
                     break;
                 }
-                // ICMP errors (port unreachable after the peer went away) and the like: the
-                // association notices through its own timers.
+                // Only a connected (client) socket reports this: the peer's port is closed.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !state.listening => {
+                    log::debug!("SCTP: peer port unreachable");
+                    state.refused = true;
+                }
+                // Other ICMP errors and the like: the association notices through its timers.
                 Err(e) => {
                     log::trace!("SCTP: receive error: {e}");
                     errors += 1;

@@ -440,11 +440,17 @@ impl SctpStream {
         if assoc.connected {
             return Poll::Ready(Ok(()));
         }
-        if let Some(reason) = &assoc.lost {
-            return Poll::Ready(Err(lost_error(reason)));
+        match &assoc.lost {
+            Some(sctp_proto::AssociationError::Reset) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "SCTP: nobody listens at the peer's UDP port",
+            ))),
+            Some(reason) => Poll::Ready(Err(lost_error(reason))),
+            None => {
+                assoc.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
-        assoc.read_waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 
     /// Ready once SCTP's shutdown is over (or the association ended otherwise).
