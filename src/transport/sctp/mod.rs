@@ -59,8 +59,15 @@
 //! * **Timers** are tuned for a LAN by default (RTO 200 ms initially, 20 ms minimum, 1 s
 //!   maximum); use [`SctpConfig::with_rto`] across a WAN.
 //! * **Bad input**: datagrams that are not SCTP, carry a wrong checksum or an unknown
-//!   verification tag are dropped without touching any association. A peer is detected as gone
-//!   only when it stops acknowledging data (after [`SctpConfig::with_max_retransmits`]).
+//!   verification tag are dropped without touching any association. Handshakes that are never
+//!   completed expire after [`SctpConfig::with_handshake_timeout`] and are bounded by
+//!   [`SctpConfig::with_backlog`]. Whatever a peer sends inside its own association affects that
+//!   association only (a packet that made `sctp-proto` panic would end just that association).
+//! * **A vanished peer** is noticed when it stops acknowledging data (after
+//!   [`SctpConfig::with_max_retransmits`]) or, for a client, at once when its server's port is
+//!   closed (ICMP port unreachable, like a TCP reset). `sctp-proto` sends no heartbeats, so an
+//!   idle association to a peer that vanished silently stays open, as an idle TCP connection
+//!   without keep-alive does.
 
 mod driver;
 
@@ -236,8 +243,9 @@ impl SctpConfig {
 /// Connects to `addr` with the default [`SctpConfig`].
 ///
 /// # Errors
-/// [`Error::Io`](crate::Error::Io) if no address answered the handshake (a time-out after about 6 s when nobody
-/// answers), or the local UDP socket could not be made.
+/// [`Error::Io`](crate::Error::Io): `ConnectionRefused` if nothing listens at the UDP port,
+/// `TimedOut` if nobody answers the handshake in time (see
+/// [`SctpConfig::with_handshake_timeout`]), or the local UDP socket could not be made.
 pub async fn connect(addr: impl ToSocketAddrs) -> Result<SctpConnection> {
     connect_with(addr, &SctpConfig::default()).await
 }
