@@ -968,3 +968,23 @@ fn cpu_seconds() -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+#[async_std::test]
+async fn ipv6_loopback() {
+    let listener = match SctpListener::bind("[::1]:0").await {
+        Ok(listener) => listener,
+        Err(e) => {
+            println!("SKIPPED ipv6_loopback: cannot bind [::1]: {e} (no IPv6 on this host)");
+            return;
+        }
+    };
+    let addr = listener.local_addr();
+    assert!(addr.is_ipv6());
+    let client = sctp::connect(addr).await.expect("connect over IPv6");
+    let server = listener.accept().await.expect("accept");
+    let serve = task::spawn(async move { echo_dispatcher().serve(server).await });
+    timeout(STEP, pipelined_echo(client, 100))
+        .await
+        .expect("in time");
+    serve.await.expect("served");
+}
