@@ -38,7 +38,7 @@
 //!
 //! The other choice, one SCTP message per frame, was left out on purpose: `sctp-proto` delivers
 //! only whole messages and needs each to fit its receive buffer, so a 16 MiB maximum frame would
-//! mean a 16 MiB receive buffer per association, reserved for any peer. Cutting the stream into
+//! mean a 16 MiB receive buffer per association, which any peer could fill. Cutting the stream into
 //! bounded messages keeps per-association memory at the receive window (1 MiB by default)
 //! whatever the frame size, and TCP and SCTP peers share every line of the framing code.
 //!
