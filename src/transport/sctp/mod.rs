@@ -83,7 +83,7 @@ use async_std::net::ToSocketAddrs;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
-use sctp_proto::{AssociationHandle, PayloadProtocolIdentifier, TransportConfig};
+use sctp_proto::{AssociationHandle, TransportConfig};
 
 use self::driver::{lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI, MAX_MESSAGE};
 use crate::connection::{Config, Connection, ConnectionInfo};
@@ -514,7 +514,7 @@ impl AsyncRead for SctpStream {
                 Ok(Some(chunks)) => {
                     read_any = true;
                     match chunks.ppi {
-                        FIN_PPI | PayloadProtocolIdentifier::StringEmpty => {
+                        FIN_PPI => {
                             assoc.fin_received = true;
                         }
                         DATA_PPI if chunks.len() <= buf.len() => {
