@@ -10,7 +10,7 @@
 //! that trips a bug in the protocol crate ends that association only, never the driver (which
 //! serves every other association on the port).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -87,6 +87,10 @@ pub(super) struct Assoc {
     pub(super) finished: bool,
     /// Handshake deadline (before `connected`) or linger deadline (once `Dropped`).
     deadline: Option<Instant>,
+    /// When the driver has to look at this association again unless something touches it.
+    next_wake: Option<Instant>,
+    /// Had more packets than fit the send queue last time.
+    more_to_send: bool,
 }
 
 impl Assoc {
@@ -107,6 +111,8 @@ impl Assoc {
             shutdown_started: false,
             finished: false,
             deadline: Some(handshake_deadline),
+            next_wake: None,
+            more_to_send: false,
         }
     }
 
@@ -194,6 +200,12 @@ pub(super) struct State {
     driver_waker: Option<Waker>,
     /// A stream changed something the driver must look at.
     dirty: bool,
+    /// Associations with news (a datagram, a stream operation) since the driver last ran:
+    /// only these and those with a timer due are processed, so idle associations cost
+    /// nothing per packet.
+    touched: HashSet<AssociationHandle>,
+    /// Process every association on the next run.
+    touch_all: bool,
     /// Some association had more to send than fit in `outgoing`.
     backlogged: bool,
     outgoing: VecDeque<(SocketAddr, Bytes)>,
@@ -210,7 +222,12 @@ impl State {
     /// Wakes it only once per driver run: `dirty` is cleared when the driver starts a round
     /// with the lock held, so while it is set a wake-up is already on its way. (Waking per
     /// write cost more than the SCTP processing itself.)
-    pub(super) fn wake_driver(&mut self) {
+    pub(super) fn wake_driver(&mut self, handle: AssociationHandle) {
+        self.touched.insert(handle);
+        self.wake();
+    }
+
+    fn wake(&mut self) {
         if self.dirty {
             return;
         }
@@ -231,7 +248,7 @@ impl State {
         let deadline = Instant::now() + self.config.handshake_timeout;
         self.assocs
             .insert(handle, Assoc::new(inner, Owner::Stream, deadline));
-        self.wake_driver();
+        self.wake_driver(handle);
         Ok(handle)
     }
 
@@ -250,7 +267,8 @@ impl State {
                 assoc.drop_owner(linger);
             }
         }
-        self.wake_driver();
+        self.touch_all = true;
+        self.wake();
     }
 
     fn handshaking(&self) -> usize {
@@ -266,6 +284,7 @@ impl State {
         match routed {
             Ok(None) => log::trace!("SCTP: ignored a datagram from {remote}"),
             Ok(Some((handle, DatagramEvent::AssociationEvent(event)))) => {
+                self.touched.insert(handle);
                 if let Some(assoc) = self.assocs.get_mut(&handle) {
                     let inner = &mut assoc.inner;
                     if catch_unwind(AssertUnwindSafe(|| inner.handle_event(event))).is_err() {
@@ -283,6 +302,7 @@ impl State {
                 let deadline = now + self.config.handshake_timeout;
                 self.assocs
                     .insert(handle, Assoc::new(inner, Owner::Unaccepted, deadline));
+                self.touched.insert(handle);
             }
             Err(_) => log::error!("SCTP: a datagram from {remote} crashed the endpoint's parser"),
         }
@@ -295,7 +315,16 @@ impl State {
         let mut remove = Vec::new();
         let high_water = self.config.send_buffer;
         let backlog = self.config.backlog;
+        let all = std::mem::take(&mut self.touch_all) || self.failed.is_some() || self.refused;
+        let touched = std::mem::take(&mut self.touched);
         for (&handle, assoc) in self.assocs.iter_mut() {
+            let due = assoc.next_wake.is_some_and(|t| t <= now);
+            if !(all || due || assoc.more_to_send || touched.contains(&handle)) {
+                if let Some(t) = assoc.next_wake {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+                continue;
+            }
             if let Some(kind) = self.failed {
                 assoc.close(AssociationError::TransportError);
                 log::debug!("SCTP: association failed with its socket: {kind:?}");
@@ -379,6 +408,7 @@ impl State {
                 }
             }
             self.backlogged |= more_to_send;
+            assoc.more_to_send = more_to_send;
             // `sctp-proto` does not report the end of a shutdown it started: it is over once
             // SHUTDOWN COMPLETE went out and no timer is left.
             if assoc.shutdown_started && !more_to_send && assoc.inner.poll_timeout().is_none() {
@@ -411,10 +441,11 @@ impl State {
                 remove.push(handle);
                 continue;
             }
-            for t in [assoc.inner.poll_timeout(), assoc.deadline]
+            assoc.next_wake = [assoc.inner.poll_timeout(), assoc.deadline]
                 .into_iter()
                 .flatten()
-            {
+                .min();
+            if let Some(t) = assoc.next_wake {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
@@ -594,6 +625,8 @@ impl Shared {
                 listening,
                 driver_waker: None,
                 dirty: false,
+                touched: HashSet::new(),
+                touch_all: false,
                 backlogged: false,
                 outgoing: VecDeque::new(),
                 config,

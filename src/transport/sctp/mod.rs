@@ -467,7 +467,7 @@ impl SctpStream {
         match state.assocs.get_mut(&self.handle) {
             Some(assoc) if !assoc.finished => {
                 assoc.read_waker = Some(cx.waker().clone());
-                state.wake_driver();
+                state.wake_driver(self.handle);
                 Poll::Pending
             }
             _ => Poll::Ready(()),
@@ -546,7 +546,7 @@ impl AsyncRead for SctpStream {
         };
         if read_any {
             // Reading frees receive window, which the peer may be waiting for.
-            state.wake_driver();
+            state.wake_driver(self.handle);
         }
         result
     }
@@ -587,7 +587,7 @@ impl AsyncWrite for SctpStream {
         let written = stream
             .write_sctp(&Bytes::copy_from_slice(&buf[..n]), DATA_PPI)
             .map_err(to_io);
-        state.wake_driver();
+        state.wake_driver(self.handle);
         Poll::Ready(written)
     }
 
@@ -615,7 +615,7 @@ impl AsyncWrite for SctpStream {
             return Poll::Ready(Ok(()));
         }
         assoc.write_waker = Some(cx.waker().clone());
-        state.wake_driver();
+        state.wake_driver(self.handle);
         Poll::Pending
     }
 }
@@ -627,7 +627,7 @@ impl Drop for SctpStream {
         if let Some(assoc) = state.assocs.get_mut(&self.handle) {
             assoc.drop_owner(linger);
         }
-        state.wake_driver();
+        state.wake_driver(self.handle);
     }
 }
 
