@@ -212,6 +212,8 @@ pub(super) struct State {
     pub(super) config: Arc<SctpConfig>,
     /// Set if the socket failed for good; every association then fails with it.
     pub(super) failed: Option<io::ErrorKind>,
+    /// The socket is connected to its one peer (a client's): the kernel reports ICMP errors.
+    connected_socket: bool,
     /// A client's socket reported the peer's port unreachable.
     refused: bool,
 }
@@ -631,6 +633,7 @@ impl Shared {
                 outgoing: VecDeque::new(),
                 config,
                 failed: None,
+                connected_socket: peer.is_some(),
                 refused: false,
             }),
         }))
@@ -714,7 +717,9 @@ impl Driver {
                     break;
                 }
                 // Only a connected (client) socket reports this: the peer's port is closed.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !state.listening => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused && state.connected_socket =>
+                {
                     log::debug!("SCTP: peer port unreachable");
                     state.refused = true;
                 }
