@@ -86,6 +86,11 @@ pub use prost;
 /// Re-exported so callers need not depend on the same versions themselves.
 pub use prost_types;
 
+// The README's Rust examples are compiled as doctests, so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Protobuf messages generated from `proto/` at build time.
 pub mod proto {
     /// Messages used by the examples and tests (package `connect.example.v1`).

@@ -97,7 +97,7 @@ impl ReadState {
     }
 
     /// Bytes received but not yet returned as frames (carried over by `reunite`).
-    pub(crate) fn buffered(&self) -> usize {
+    pub(crate) fn buffered_len(&self) -> usize {
         self.buf.len()
     }
 }
@@ -208,7 +208,7 @@ impl WriteState {
     }
 
     /// Bytes encoded but not yet written.
-    pub(crate) fn buffered(&self) -> usize {
+    pub(crate) fn buffered_len(&self) -> usize {
         self.buf.len()
     }
 }

@@ -67,8 +67,8 @@ impl<R> ConnectionReader<R> {
     }
 
     /// Bytes received but not yet returned as messages.
-    pub fn buffered(&self) -> usize {
-        self.state.buffered()
+    pub fn buffered_len(&self) -> usize {
+        self.state.buffered_len()
     }
 }
 

@@ -93,8 +93,8 @@ impl<W> ConnectionWriter<W> {
     }
 
     /// Bytes encoded but not yet written to the transport.
-    pub fn buffered(&self) -> usize {
-        self.state.buffered()
+    pub fn buffered_len(&self) -> usize {
+        self.state.buffered_len()
     }
 }
 
