@@ -197,6 +197,7 @@ impl Error {
                 | Error::InvalidLengthPrefix
                 | Error::Decode { .. }
                 | Error::Truncated { .. }
+                | Error::Tls(TlsError::Protocol(_))
         )
     }
 }

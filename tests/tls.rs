@@ -586,3 +586,30 @@ fn handshakes_run_over_any_futures_io_stream_on_smol() {
         assert_eq!(server_task.await.unwrap().as_deref(), Some("client-1"));
     }));
 }
+
+#[async_std::test]
+async fn a_server_that_never_answers_times_the_client_handshake_out() {
+    bounded("test", async {
+        // Accepts TCP, then says nothing.
+        let silent = async_std::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = async_std::task::spawn(async move { silent.accept().await.map(|(s, _)| s) });
+
+        let ca = Ca::new("test CA");
+        let client = tls::TlsClientConfig::builder()
+            .trust(ca.certificates())
+            .with_handshake_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        match tls::connect(addr, "localhost", &client).await {
+            Err(Error::Tls(TlsError::HandshakeTimeout(t))) => {
+                assert_eq!(t, Duration::from_millis(200))
+            }
+            other => panic!("expected a handshake timeout, got {:?}", other.map(|_| ())),
+        }
+        drop(held.await);
+    })
+    .await;
+}
