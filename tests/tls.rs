@@ -613,3 +613,46 @@ async fn a_server_that_never_answers_times_the_client_handshake_out() {
     })
     .await;
 }
+
+#[async_std::test]
+async fn dispatcher_handlers_see_the_verified_client_identity() {
+    bounded("test", async {
+        let ca = Ca::new("test CA");
+        let server = ca.issue("server", &["localhost"], Role::Server);
+        let client_leaf = ca.issue("client-7", &["client-7.example"], Role::Client);
+        let mut listener = TlsListener::bind("127.0.0.1:0", server_config(&server, Some(&ca)))
+            .await
+            .unwrap();
+        let addr = listener.local_addr();
+        // Answers each greeting with the name the client proved, not the one it claims.
+        let dispatcher = Dispatcher::new().on(|hello: HelloWorld, cx: Context| async move {
+            let proven = cx
+                .connection()
+                .peer_identity()
+                .and_then(|id| id.common_name().map(str::to_owned))
+                .unwrap_or_default();
+            Ok::<_, Error>(Reply::message(&HelloWorld {
+                text: format!("{} is really {proven}", hello.text),
+                ..hello
+            }))
+        });
+        let served = async_std::task::spawn(async move {
+            let conn = listener.accept().await?;
+            dispatcher.serve(conn).await
+        });
+
+        let client = client_config(ca.certificates(), Some(&client_leaf));
+        let mut conn = tls::connect(addr, "localhost", &client).await.unwrap();
+        conn.send_message(&HelloWorld {
+            text: "admin".into(),
+            sequence: 1,
+        })
+        .await
+        .unwrap();
+        let reply: HelloWorld = conn.recv_message().await.unwrap().unwrap();
+        assert_eq!(reply.text, "admin is really client-7");
+        conn.close().await.unwrap();
+        served.await.expect("served cleanly");
+    })
+    .await;
+}
