@@ -2,8 +2,8 @@
 //! replies, like `tcp-client`.
 //!
 //! ```text
-//! cargo run --example tls-client 127.0.0.1:7879 --ca certs/ca.pem [--server-name localhost] \
-//!     [--cert certs/client.pem --key certs/client.key]
+//! cargo run --example tls-client 127.0.0.1:7879 --ca target/certs/ca.pem [--server-name localhost] \
+//!     [--cert target/certs/client.pem --key target/certs/client.key]
 //! ```
 //!
 //! The server's certificate must be signed by `--ca` and valid for `--server-name` (default:

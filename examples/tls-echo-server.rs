@@ -2,9 +2,9 @@
 //! `tcp-echo-server` but over TLS, optionally requiring client certificates (mutual TLS).
 //!
 //! ```text
-//! cargo run --example make-certs certs       # a local CA, server and client certificates
-//! cargo run --example tls-echo-server 127.0.0.1:7879 --cert certs/server.pem --key certs/server.key \
-//!     [--client-ca certs/ca.pem]
+//! cargo run --example make-certs target/certs       # a local CA, server and client certificates
+//! cargo run --example tls-echo-server 127.0.0.1:7879 --cert target/certs/server.pem --key target/certs/server.key \
+//!     [--client-ca target/certs/ca.pem]
 //! ```
 //!
 //! Once bound it prints `listening on <ip:port>` (the real port when ADDR has port 0). With

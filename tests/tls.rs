@@ -656,3 +656,50 @@ async fn dispatcher_handlers_see_the_verified_client_identity() {
     })
     .await;
 }
+
+#[async_std::test]
+async fn a_tcp_close_without_close_notify_is_not_a_clean_end() {
+    bounded("test", async {
+        let ca = Ca::new("test CA");
+        let server = ca.issue("server", &["localhost"], Role::Server);
+        let mut listener = TlsListener::bind("127.0.0.1:0", server_config(&server, None))
+            .await
+            .unwrap();
+        let addr = listener.local_addr();
+        let server_side = async_std::task::spawn(async move {
+            let mut conn = listener.accept().await?;
+            let first = conn.recv().await?;
+            Ok::<_, Error>((first, conn.recv().await))
+        });
+
+        let client = client_config(ca.certificates(), None);
+        let mut conn = tls::connect(addr, "localhost", &client).await.unwrap();
+        let msg = HelloWorld {
+            text: "then cut".into(),
+            sequence: 1,
+        };
+        conn.send_message(&msg).await.unwrap();
+        // Shut TCP down under TLS, as an attacker truncating the stream would.
+        let stream = conn.into_inner();
+        stream
+            .get_ref()
+            .0
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .unwrap();
+
+        let (first, after) = server_side.await.expect("accepted");
+        assert_eq!(
+            first
+                .expect("first message")
+                .to_msg::<HelloWorld>()
+                .unwrap(),
+            msg
+        );
+        match after {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+            other => panic!("a truncated TLS stream must not end cleanly: {other:?}"),
+        }
+    })
+    .await;
+}

@@ -19,7 +19,9 @@ use crate::error::{Error, Result, TlsError};
 ///
 /// Errors rustls reports while reading or writing (an alert from the peer, a broken record)
 /// come out as [`Error::Tls`] from the [`Connection`] on top, not as opaque I/O errors.
-/// Closing sends TLS `close_notify`, then closes `S` (for TCP: shuts its write side down).
+/// Closing sends TLS `close_notify`, then closes `S` (for TCP: shuts its write side down). A peer
+/// whose stream ends without `close_notify` (a truncation, or a crashed peer) makes the reader
+/// fail with an [`Error::Io`] of kind `UnexpectedEof` instead of ending cleanly.
 #[derive(Debug)]
 pub struct TlsStream<S> {
     inner: futures_rustls::TlsStream<S>,
