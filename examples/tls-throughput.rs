@@ -125,6 +125,15 @@ async fn main() -> anyhow::Result<()> {
     let tcp_addr = tcp_server().await?;
     let tls_addr = tls_server(server_tls).await?;
 
+    // What was negotiated, from the TLS stream under a probe connection.
+    let mut probe = tls::connect(tls_addr, "localhost", &client_tls)
+        .await?
+        .into_inner();
+    let (_, session) = probe.get_ref();
+    let suite = session.negotiated_cipher_suite().map(|s| s.suite());
+    println!("TLS: {:?}, {suite:?}", session.protocol_version());
+    futures::AsyncWriteExt::close(&mut probe).await?;
+
     println!("echo over loopback, best of {rounds} rounds (payload MiB/s one way)");
     println!(
         "{:>8} {:>9} | {:>12} {:>10} | {:>12} {:>10} | {:>9}",
