@@ -65,6 +65,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `async-std` | yes | [`transport::tcp`]: TCP client and listener on async-std |
+//! | `tls` | yes | `transport::tls`: TLS 1.3/1.2 with rustls (ring), mutual TLS; listener on async-std |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -76,10 +77,10 @@ mod error;
 pub mod transport;
 
 pub use connection::{
-    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, ReuniteError,
-    DEFAULT_WRITE_HIGH_WATER,
+    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
+    ReuniteError, DEFAULT_WRITE_HIGH_WATER,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, TlsError};
 
 /// Re-exported so callers need not depend on the same versions themselves.
 pub use prost;

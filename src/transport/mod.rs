@@ -4,9 +4,12 @@
 //! | module | runtime | feature |
 //! |---|---|---|
 //! | [`tcp`] | async-std | `async-std` (default) |
+//! | `tls` | any `futures-io` stream; client and listener on async-std | `tls` (default) |
 //!
 //! Any other runtime works through [`Connection::new`](crate::Connection::new) over its own
 //! stream type (smol's `TcpStream` directly, tokio's through `tokio_util::compat`).
 
 #[cfg(feature = "async-std")]
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
