@@ -73,6 +73,7 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod session;
 pub mod transport;
 
 pub use connection::{
@@ -92,5 +93,11 @@ pub mod proto {
     pub mod example {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.example.v1.rs"));
+    }
+
+    /// The session layer's control messages (package `connect.v1`); see [`crate::session`].
+    pub mod v1 {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.v1.rs"));
     }
 }
