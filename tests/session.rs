@@ -527,3 +527,103 @@ fn sessions_run_on_tokio_too() {
         ));
     });
 }
+
+/// The byte-level examples of proto/PROTOCOL.md, section 8, are what our encoder writes.
+#[test]
+fn spec_examples_match_our_encoder() {
+    use connect::proto::v1::{Ping, Pong};
+    fn hex<M: prost::Message + Name>(msg: &M) -> String {
+        let mut buf = bytes::BytesMut::new();
+        connect::codec::Codec::new()
+            .encode_message(msg, &mut buf)
+            .unwrap();
+        buf.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    fn spec(text: &str) -> String {
+        // Hex digits from the spec, quoted strings expanded to their bytes.
+        let mut out = String::new();
+        for (i, part) in text.split('"').enumerate() {
+            if i % 2 == 1 {
+                out.extend(part.bytes().map(|b| format!("{b:02x}")));
+            } else {
+                out.extend(part.split_whitespace());
+            }
+        }
+        out
+    }
+    let hello = Hello {
+        versions: vec![1],
+        properties: [("product".to_owned(), "py".to_owned())].into(),
+        heartbeat_ms: 10_000,
+        max_frame_len: 1 << 20,
+        credentials: Some(Credentials::plain("alice", "s3cret")),
+        capabilities: vec![],
+    };
+    assert_eq!(
+        hex(&hello),
+        spec(
+            "54 0a 24 74 79 70 65 2e 67 6f 6f 67 6c 65 61 70 69 73 2e 63 6f 6d 2f 63 6f 6e 6e 65 63 74
+             2e 76 31 2e 48 65 6c 6c 6f 12 2c 0a 01 01 12 0d 0a 07 70 72 6f 64 75 63 74 12 02 70 79 18 90 4e
+             20 80 80 40 2a 11 0a 0f 0a 05 61 6c 69 63 65 12 06 73 33 63 72 65 74"
+        )
+    );
+    let welcome = Welcome {
+        version: 1,
+        session_id: "5f0c".into(),
+        heartbeat_ms: 5000,
+        max_frame_len: 1 << 20,
+        identity: "alice".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        hex(&welcome),
+        spec(
+            r#"40 0a 26 "type.googleapis.com/connect.v1.Welcome"
+               12 16 08 01 12 04 "5f0c" 20 88 27 28 80 80 40 3a 05 "alice""#
+        )
+    );
+    let refuse = Refuse {
+        code: ReasonCode::AuthenticationFailed as i32,
+        reason: "authentication failed".into(),
+        versions: vec![],
+    };
+    assert_eq!(
+        hex(&refuse),
+        spec(
+            r#"42 0a 25 "type.googleapis.com/connect.v1.Refuse" 12 19 08 05 12 15 "authentication failed""#
+        )
+    );
+    let refuse = Refuse {
+        code: ReasonCode::UnsupportedVersion as i32,
+        reason: String::new(),
+        versions: vec![1],
+    };
+    assert_eq!(
+        hex(&refuse),
+        spec(r#"2e 0a 25 "type.googleapis.com/connect.v1.Refuse" 12 05 08 04 1a 01 01"#)
+    );
+    assert_eq!(
+        hex(&Ping { id: 1 }),
+        spec(r#"29 0a 23 "type.googleapis.com/connect.v1.Ping" 12 02 08 01"#)
+    );
+    assert_eq!(
+        hex(&Pong { id: 1 }),
+        spec(r#"29 0a 23 "type.googleapis.com/connect.v1.Pong" 12 02 08 01"#)
+    );
+    assert_eq!(
+        hex(&Ping { id: 0 }),
+        spec(r#"25 0a 23 "type.googleapis.com/connect.v1.Ping""#)
+    );
+    let close = Close {
+        code: ReasonCode::Normal as i32,
+        reason: "bye".into(),
+    };
+    assert_eq!(
+        hex(&close),
+        spec(r#"2f 0a 24 "type.googleapis.com/connect.v1.Close" 12 07 08 01 12 03 "bye""#)
+    );
+    assert_eq!(
+        hex(&CloseOk {}),
+        spec(r#"28 0a 26 "type.googleapis.com/connect.v1.CloseOk""#)
+    );
+}
