@@ -179,6 +179,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             // After a Close either way no new message is taken; those already queued are
             // still sent when the peer closed (below), and dropped when this side closed
             // (they were queued after the Close).
+            // Sends from now on fail with how the session is ending (recorded before the queue
+            // closes, so a woken writer finds it); `finish` records the final end.
+            if let Some(outcome) = self.state.outcome() {
+                self.shared.set_end(outcome.clone());
+            }
             self.outbound.close();
             self.outbound_closed = true;
         }

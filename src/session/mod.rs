@@ -545,7 +545,9 @@ impl Stream for Session {
 impl crate::dispatch::Dispatcher {
     /// Serves one session like [`serve`](Self::serve) serves a connection: each application
     /// message goes to its handler, replies go back in order. Returns `Ok(())` once the peer
-    /// has closed the session gracefully.
+    /// has closed the session gracefully. Messages the peer sent before its `Close` are all
+    /// handled; replies to those still queued when the `Close` arrived are dropped (the peer
+    /// no longer takes application messages).
     ///
     /// # Errors
     /// The session's end if it was not graceful, or any error of
@@ -554,13 +556,17 @@ impl crate::dispatch::Dispatcher {
     pub async fn serve_session(&self, session: Session) -> Result<()> {
         let (mut reader, mut writer) = session.split();
         let info = reader.info().connection_arc();
+        let mut replies_dropped = false;
         loop {
             // As in `serve`: flush replies only when no further request is waiting.
             let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_unpin(cx))).await;
             let next = match ready_now {
                 Poll::Ready(next) => next,
                 Poll::Pending => {
-                    writer.flush().await?;
+                    match writer.flush().await {
+                        Err(Error::Session(end)) if end.is_graceful() => replies_dropped = true,
+                        other => other?,
+                    }
                     reader.next().await
                 }
             };
@@ -569,9 +575,20 @@ impl crate::dispatch::Dispatcher {
             };
             let context = crate::dispatch::Context::new(info.clone());
             match self.dispatch(any, context).await {
+                Ok(_) if replies_dropped => {}
                 Ok(reply) => {
                     for any in reply {
-                        writer.feed_any(any).await?;
+                        match writer.feed_any(any).await {
+                            Ok(()) => {}
+                            // The peer closed while requests were still queued: they are still
+                            // handled (handlers may have effects), but nobody reads replies.
+                            Err(Error::Session(end)) if end.is_graceful() => {
+                                log::debug!("{}: {end}; dropping replies", reader.info());
+                                replies_dropped = true;
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
                 Err(e) => {

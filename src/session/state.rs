@@ -88,6 +88,11 @@ impl SessionState {
         self.rtt
     }
 
+    /// How the session will end once the close handshake (under way) completes.
+    pub(crate) fn outcome(&self) -> Option<&SessionEnd> {
+        self.outcome.as_ref()
+    }
+
     /// Set once the session is over; the driver then stops.
     pub(crate) fn end(&self) -> Option<&SessionEnd> {
         self.end.as_ref()
