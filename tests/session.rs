@@ -216,15 +216,16 @@ async fn client_gives_up_on_a_server_that_never_answers() {
 #[async_std::test]
 async fn idle_sessions_stay_up_for_many_heartbeat_intervals() {
     bounded("test", async {
-        let heartbeat = Duration::from_millis(20);
+        // Generous tolerance: the machine is shared and tests run in parallel.
+        let heartbeat = Duration::from_millis(40);
         let config = SessionConfig::new()
             .with_heartbeat(Some(heartbeat))
-            .with_missed_heartbeats(3);
+            .with_missed_heartbeats(6);
         let (addr, accepted) = server(config.clone()).await;
         let mut client = tcp::connect_session(addr, &config).await.unwrap();
         let mut server = accepted.await.unwrap();
-        // Twenty-five intervals of application silence.
-        async_std::task::sleep(heartbeat * 25).await;
+        // Twenty intervals of application silence.
+        async_std::task::sleep(heartbeat * 20).await;
         assert!(client.end().is_none(), "{:?}", client.end());
         assert!(server.end().is_none(), "{:?}", server.end());
         assert!(client.rtt().is_some() && server.rtt().is_some());
@@ -498,7 +499,9 @@ fn sessions_run_on_tokio_too() {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(20)));
+        let config = SessionConfig::new()
+            .with_heartbeat(Some(Duration::from_millis(20)))
+            .with_missed_heartbeats(10);
         let server_config = config.clone();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();

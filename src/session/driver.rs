@@ -247,7 +247,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
 
     /// Sends control frames, flushes, and shuts the write side down once the close handshake
     /// is done.
-    fn poll_write(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
         while self.state.wants_transmit() {
             match Pin::new(&mut self.writer).poll_ready(cx) {
@@ -263,7 +263,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                     self.state.fail(SessionEnd::Transport(Arc::new(e)));
                     return true;
                 }
-                self.state.on_sent(now);
+                // Control frames do not postpone our own Ping (the state counted a Ping when it
+                // made it): answering the peer's Pings must not stop ours, or only one side
+                // would ever measure the round-trip time.
                 self.unflushed = true;
                 progress = true;
             }
@@ -359,7 +361,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for SessionDriver<T> {
             let now = Instant::now();
             let mut progress = this.poll_read(cx, now, &mut budget);
             progress |= this.poll_outbound(cx, now, &mut budget);
-            progress |= this.poll_write(cx, now);
+            progress |= this.poll_write(cx);
             if let Some(rtt) = this.state.rtt() {
                 let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
                 this.shared.rtt_nanos.store(nanos, Ordering::Relaxed);

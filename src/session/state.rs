@@ -224,7 +224,7 @@ impl SessionState {
         self.fail(SessionEnd::ProtocolViolation { reason });
     }
 
-    /// A frame (application or control) was handed to the connection writer.
+    /// An application message was handed to the connection writer.
     pub(crate) fn on_sent(&mut self, now: Instant) {
         self.last_sent = now;
     }
@@ -345,6 +345,16 @@ mod tests {
         // Next heartbeat one interval after the ping.
         assert_eq!(s.poll_timeout(), Some(t0 + 2 * HB));
         assert!(s.end().is_none());
+    }
+
+    #[test]
+    fn answering_pings_does_not_postpone_ours() {
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        s.handle_frame(pack(&Ping { id: 9 }), t0 + HB / 2);
+        let _: Pong = unpack(&s.poll_transmit().unwrap());
+        s.handle_timeout(t0 + HB);
+        let _: Ping = unpack(&s.poll_transmit().unwrap());
     }
 
     #[test]
