@@ -630,3 +630,21 @@ fn spec_examples_match_our_encoder() {
         spec(r#"28 0a 26 "type.googleapis.com/connect.v1.CloseOk""#)
     );
 }
+
+#[async_std::test]
+async fn a_welcome_over_our_frame_limit_is_a_protocol_violation() {
+    bounded("test", async {
+        // frozen_server's Welcome says 1 MiB; we asked for 64 KiB.
+        let (addr, _frozen) = frozen_server(0).await;
+        let config = SessionConfig::new().with_max_frame_len(64 * 1024);
+        let result = tcp::connect_session(addr, &config).await;
+        assert!(
+            matches!(
+                result,
+                Err(Error::Session(SessionEnd::ProtocolViolation { .. }))
+            ),
+            "{result:?}"
+        );
+    })
+    .await;
+}

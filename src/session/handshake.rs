@@ -326,7 +326,15 @@ where
             welcome.version
         )));
     }
-    let max_frame_len = (welcome.max_frame_len as usize).max(MIN_MAX_FRAME_LEN);
+    // The server picks the smaller value; more than we asked for would let it make us buffer
+    // frames larger than we agreed to.
+    let max_frame_len = welcome.max_frame_len as usize;
+    let asked = config.max_frame_len.max(MIN_MAX_FRAME_LEN);
+    if !(MIN_MAX_FRAME_LEN..=asked).contains(&max_frame_len) {
+        return Err(violation(format!(
+            "Welcome set max_frame_len {max_frame_len}, outside {MIN_MAX_FRAME_LEN}..={asked}"
+        )));
+    }
     let session_info = SessionInfo {
         session_id: welcome.session_id,
         version: welcome.version,
