@@ -423,8 +423,10 @@ impl SessionWriter {
     }
 
     /// Closes the session gracefully: everything queued before is delivered, then the peer is
-    /// told `code` and `reason`; returns once the peer has acknowledged (while the reader still
-    /// receives whatever the peer sent before its acknowledgement).
+    /// told `code` and `reason`; returns once the peer has acknowledged. Whatever the peer sent
+    /// before its acknowledgement still reaches the [`SessionReader`]; if the peer may send more
+    /// than the queue holds meanwhile, keep reading (from another task, after
+    /// [`Session::split`]), or the close waits for the reader and may time out.
     ///
     /// # Errors
     /// `Error::Session(SessionEnd::CloseTimeout)` if the peer did not acknowledge within the
