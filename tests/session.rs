@@ -661,3 +661,40 @@ async fn a_welcome_over_our_frame_limit_is_a_protocol_violation() {
     })
     .await;
 }
+
+#[test]
+fn sessions_run_on_smol_too() {
+    smol::block_on(async {
+        let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = SessionConfig::new()
+            .with_heartbeat(Some(Duration::from_millis(20)))
+            .with_missed_heartbeats(10)
+            .with_credentials(Credentials::bearer("t"))
+            .with_authenticator(BearerAuthenticator::new().with_token("t", "smol-client"));
+        let server_config = config.clone();
+        let server = smol::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let conn = connect::Connection::new(stream);
+            let (mut session, driver) = session::accept(conn, &server_config).await.unwrap();
+            let driver = smol::spawn(driver);
+            while let Some(any) = session.recv().await.unwrap() {
+                session.send_any(any).await.unwrap();
+            }
+            driver.await
+        });
+        let stream = smol::net::TcpStream::connect(addr).await.unwrap();
+        let conn = connect::Connection::new(stream);
+        let (mut session, driver) = session::connect(conn, &config).await.unwrap();
+        let driver = smol::spawn(driver);
+        assert_eq!(session.info().identity(), Some("smol-client"));
+        smol::Timer::after(Duration::from_millis(100)).await;
+        session.send_message(&hello("smol", 3)).await.unwrap();
+        let back: HelloWorld = session.recv_message().await.unwrap().unwrap();
+        assert_eq!(back.sequence, 3);
+        assert!(session.rtt().is_some());
+        session.close(ReasonCode::Normal, "").await.unwrap();
+        assert!(driver.await.is_graceful());
+        assert!(matches!(server.await, SessionEnd::ClosedByPeer { .. }));
+    });
+}
