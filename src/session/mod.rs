@@ -459,7 +459,7 @@ impl SessionWriter {
         self.shared.rtt()
     }
 
-    /// How the session ended, once it has.
+    /// How the session ended (or, during a close handshake, is ending), once known.
     pub fn end(&self) -> Option<SessionEnd> {
         self.shared.end()
     }
@@ -490,7 +490,7 @@ impl Session {
         self.reader.rtt()
     }
 
-    /// How the session ended, once it has.
+    /// How the session ended (or, during a close handshake, is ending), once known.
     pub fn end(&self) -> Option<SessionEnd> {
         self.reader.shared.end()
     }

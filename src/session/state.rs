@@ -292,13 +292,17 @@ impl SessionState {
             }
         }
         if let Some(heartbeat) = self.heartbeat {
-            if now >= self.last_sent + heartbeat && !self.wants_transmit() {
-                let id = self.next_ping_id;
-                self.next_ping_id += 1;
-                self.ping_in_flight = Some((id, now));
-                self.transmit.push_back(pack(&Ping { id }));
-                // Counts as sent now, so the next heartbeat is one interval later even if the
-                // transport is slow to take this one.
+            if now >= self.last_sent + heartbeat {
+                // With a control frame still waiting (the transport is not taking frames), a
+                // Ping would only queue up behind it.
+                if !self.wants_transmit() {
+                    let id = self.next_ping_id;
+                    self.next_ping_id += 1;
+                    self.ping_in_flight = Some((id, now));
+                    self.transmit.push_back(pack(&Ping { id }));
+                }
+                // Counts as sent now either way, so the next deadline is one interval ahead:
+                // the driver is never asked to handle a deadline that has already passed.
                 self.last_sent = now;
             }
         }
@@ -355,6 +359,30 @@ mod tests {
         let _: Pong = unpack(&s.poll_transmit().unwrap());
         s.handle_timeout(t0 + HB);
         let _: Ping = unpack(&s.poll_transmit().unwrap());
+    }
+
+    #[test]
+    fn deadlines_always_move_past_now() {
+        // A driver that handles every deadline must never be handed one that has passed
+        // already, or it would spin; in particular while the transport takes no frames.
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        let mut now = t0;
+        for step in 0..50u32 {
+            if step % 2 == 0 {
+                // The peer keeps talking, but our Pings are never taken off the queue.
+                s.handle_frame(pack(&Pong { id: 0 }), now);
+            }
+            let next = s.poll_timeout().unwrap();
+            assert!(next > now, "step {step}");
+            now = next;
+            s.handle_timeout(now);
+            if s.end().is_some() {
+                break;
+            }
+            assert!(s.poll_timeout().unwrap() > now, "step {step}");
+        }
+        assert!(s.wants_transmit());
     }
 
     #[test]
