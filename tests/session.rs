@@ -698,3 +698,57 @@ fn sessions_run_on_smol_too() {
         assert!(matches!(server.await, SessionEnd::ClosedByPeer { .. }));
     });
 }
+
+#[async_std::test]
+async fn a_frame_over_the_negotiated_maximum_ends_the_session() {
+    bounded("test", async {
+        // The hand-written server agrees on 1 MiB, then sends 2 MiB.
+        let (addr, frozen) = frozen_server(0).await;
+        let config = SessionConfig::new().with_heartbeat(None);
+        let conn = tcp::connect(addr).await.unwrap();
+        let (mut session, driver) = session::connect(conn, &config).await.unwrap();
+        let driver = async_std::task::spawn(driver);
+        let mut raw = frozen.await;
+        let big = prost_types::Any {
+            type_url: "type.googleapis.com/x.Big".into(),
+            value: vec![0; 2 << 20],
+        };
+        // The peer may see its write fail once we close; that is fine.
+        let _ = raw.send_any(&big).await;
+        assert!(matches!(
+            driver.await,
+            SessionEnd::ProtocolViolation { reason } if reason.contains("exceeds")
+        ));
+        assert!(matches!(
+            session.recv().await,
+            Err(Error::Session(SessionEnd::ProtocolViolation { .. }))
+        ));
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn an_application_message_after_close_is_a_protocol_violation() {
+    bounded("test", async {
+        let (addr, frozen) = frozen_server(0).await;
+        let config = SessionConfig::new().with_heartbeat(None);
+        let conn = tcp::connect(addr).await.unwrap();
+        let (session, driver) = session::connect(conn, &config).await.unwrap();
+        let driver = async_std::task::spawn(driver);
+        let mut raw = frozen.await;
+        raw.send_message(&Close {
+            code: ReasonCode::GoingAway as i32,
+            reason: "going".into(),
+        })
+        .await
+        .unwrap();
+        raw.send_message(&hello("too late", 1)).await.unwrap();
+        let end = driver.await;
+        assert!(
+            matches!(&end, SessionEnd::ProtocolViolation { reason } if reason.contains("after Close")),
+            "{end:?}"
+        );
+        drop(session);
+    })
+    .await;
+}

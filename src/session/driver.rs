@@ -154,7 +154,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let end = match &e {
-                        Error::FrameTooLarge { .. } => SessionEnd::ProtocolViolation {
+                        // Bad bytes from the peer (PROTOCOL.md, section 6).
+                        Error::FrameTooLarge { .. }
+                        | Error::InvalidLengthPrefix
+                        | Error::Decode { .. } => SessionEnd::ProtocolViolation {
                             reason: e.to_string(),
                         },
                         _ => SessionEnd::Transport(Arc::new(e)),

@@ -527,6 +527,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a peer sends, in whatever order, the state machine neither panics nor
+        /// lets a control message through to the application.
+        #[test]
+        fn arbitrary_frames_never_panic(
+            frames in proptest::collection::vec(
+                (0usize..10, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)),
+                0..40,
+            ),
+            close_first in proptest::prelude::any::<bool>(),
+        ) {
+            const NAMES: [&str; 10] = [
+                "Hello", "Welcome", "Refuse", "Ping", "Pong", "Close", "CloseOk", "Unknown",
+                "", "x.App",
+            ];
+            let t0 = Instant::now();
+            let mut s = state(t0);
+            if close_first {
+                s.close(ReasonCode::Normal, String::new(), t0);
+            }
+            for (i, (name, value)) in frames.into_iter().enumerate() {
+                let now = t0 + Duration::from_millis(i as u64);
+                let type_url = match NAMES[name] {
+                    "x.App" => "type.googleapis.com/x.App".to_owned(),
+                    n => format!("type.googleapis.com/connect.v1.{n}"),
+                };
+                if let Some(app) = s.handle_frame(Any { type_url, value }, now) {
+                    proptest::prop_assert!(!app.type_url.contains("connect.v1."));
+                }
+                s.handle_timeout(now);
+                s.ack_close(now);
+                while s.poll_transmit().is_some() {}
+                if s.end().is_some() {
+                    break;
+                }
+            }
+        }
+    }
+
     #[test]
     fn end_of_stream_without_close_is_a_disconnect() {
         let mut s = state(Instant::now());
