@@ -752,3 +752,39 @@ async fn an_application_message_after_close_is_a_protocol_violation() {
     })
     .await;
 }
+
+#[async_std::test]
+async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
+    bounded("test", async {
+        // One message at a time waits for the application: the driver must be woken each
+        // time the application takes one.
+        let config = SessionConfig::new()
+            .with_receive_buffer_len(1)
+            .with_heartbeat(Some(Duration::from_millis(50)));
+        let (addr, accepted) = server(config.clone()).await;
+        let mut client = tcp::connect_session(addr, &config).await.unwrap();
+        let mut server = accepted.await.unwrap();
+        let sender = async_std::task::spawn(async move {
+            for i in 0..2000 {
+                server
+                    .feed_message(&hello(&"p".repeat(1000), i))
+                    .await
+                    .unwrap();
+            }
+            server.flush().await.unwrap();
+            server
+        });
+        for i in 0..2000 {
+            let m: HelloWorld = client.recv_message().await.unwrap().unwrap();
+            assert_eq!(m.sequence, i);
+            if i % 500 == 0 {
+                // A slow application: the driver stops reading, and the silence this causes
+                // is not the peer's fault.
+                async_std::task::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let _server = sender.await;
+        client.close(ReasonCode::Normal, "").await.unwrap();
+    })
+    .await;
+}

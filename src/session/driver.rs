@@ -19,8 +19,8 @@ use futures_util::{FutureExt, StreamExt};
 use prost_types::Any;
 
 use super::state::{Phase, SessionState};
+use super::{queued_len, SessionWriter, Shared};
 use super::{Outbound, Session, SessionConfig, SessionEnd, SessionInfo, SessionReader};
-use super::{SessionWriter, Shared};
 use crate::connection::{ConnectionReader, ConnectionWriter};
 use crate::error::{Error, Result};
 use crate::proto::v1::ReasonCode;
@@ -45,6 +45,8 @@ pub struct SessionDriver<T> {
     inbound: mpsc::Sender<Any>,
     /// A received application message waiting for room in the inbound queue.
     pending_in: Option<Any>,
+    /// Bytes of received messages the inbound queue may hold (beyond one message).
+    inbound_byte_limit: usize,
     outbound: mpsc::Receiver<Outbound>,
     /// The outbound queue is closed to new items (after a Close either way).
     outbound_closed: bool,
@@ -87,6 +89,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             info,
             end: Mutex::new(None),
             rtt_nanos: Default::default(),
+            inbound_bytes: Default::default(),
+            driver_waker: Default::default(),
         });
         let (inbound, inbound_rx) = mpsc::channel(config.queue_len());
         let (outbound_tx, outbound) = mpsc::channel(config.queue_len());
@@ -108,6 +112,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             shared,
             inbound,
             pending_in: None,
+            inbound_byte_limit: config.receive_buffer_len(),
             outbound,
             outbound_closed: false,
             outbound_done: false,
@@ -127,8 +132,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         let mut progress = false;
         loop {
             if let Some(any) = self.pending_in.take() {
+                let len = queued_len(&any);
+                if !self.inbound_has_room(len, cx) {
+                    self.pending_in = Some(any);
+                    self.state.on_receive_blocked(now);
+                    return progress;
+                }
                 match self.inbound.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
+                        self.shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
                         // Only fails if the reader is gone, which drops the message as below.
                         let _ = self.inbound.start_send(any);
                     }
@@ -173,6 +185,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 Poll::Pending => return progress,
             }
         }
+    }
+
+    /// Whether a received message of `len` bytes fits under the inbound byte bound (one
+    /// message always fits in an empty queue). If not, the reader wakes the driver when it
+    /// takes a message.
+    fn inbound_has_room(&self, len: usize, cx: &mut Context<'_>) -> bool {
+        let fits = |queued: usize| queued == 0 || queued + len <= self.inbound_byte_limit;
+        if fits(self.shared.inbound_bytes.load(Ordering::Acquire)) {
+            return true;
+        }
+        self.shared.driver_waker.register(cx.waker());
+        // The reader may have taken messages between the check and the registration.
+        fits(self.shared.inbound_bytes.load(Ordering::Acquire))
     }
 
     /// Moves queued application messages into the connection writer.

@@ -63,6 +63,7 @@ pub struct SessionConfig {
     handshake_timeout: Duration,
     close_timeout: Duration,
     queue_len: usize,
+    receive_buffer_len: usize,
     credentials: Option<Credentials>,
     authenticator: Option<Arc<dyn Authenticator>>,
 }
@@ -82,6 +83,7 @@ impl Default for SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(10),
             queue_len: 64,
+            receive_buffer_len: 4 * 1024 * 1024,
             credentials: None,
             authenticator: None,
         }
@@ -98,6 +100,7 @@ impl fmt::Debug for SessionConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("queue_len", &self.queue_len)
+            .field("receive_buffer_len", &self.receive_buffer_len)
             // Credentials' Debug redacts secrets.
             .field("credentials", &self.credentials)
             .field("authenticator", &self.authenticator.is_some())
@@ -107,8 +110,9 @@ impl fmt::Debug for SessionConfig {
 
 impl SessionConfig {
     /// Defaults: heartbeat 10 s, dead after 3 missed intervals, 16 MiB frames, handshake and
-    /// close timeouts 10 s, queues of 64 messages each way, properties `product`, `version`
-    /// and `platform`, no credentials, no authenticator (every `Hello` is accepted).
+    /// close timeouts 10 s, queues of 64 messages each way and at most 4 MiB of received
+    /// messages waiting, properties `product`, `version` and `platform`, no credentials, no
+    /// authenticator (every `Hello` is accepted).
     pub fn new() -> Self {
         Self::default()
     }
@@ -153,9 +157,17 @@ impl SessionConfig {
     }
 
     /// How many messages wait between the application and the driver in each direction
-    /// (default 64). Received messages take memory up to this times the maximum frame length.
+    /// (default 64).
     pub fn with_queue_len(mut self, messages: usize) -> Self {
         self.queue_len = messages.max(1);
+        self
+    }
+
+    /// How many bytes of received messages may wait for the application (default 4 MiB; one
+    /// message is always let through, so the bound is this plus one maximum frame). When full,
+    /// the driver stops reading until the application takes messages.
+    pub fn with_receive_buffer_len(mut self, bytes: usize) -> Self {
+        self.receive_buffer_len = bytes;
         self
     }
 
@@ -191,6 +203,10 @@ impl SessionConfig {
 
     pub(crate) fn queue_len(&self) -> usize {
         self.queue_len
+    }
+
+    pub(crate) fn receive_buffer_len(&self) -> usize {
+        self.receive_buffer_len
     }
 
     fn heartbeat_ms(&self) -> u32 {

@@ -81,13 +81,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
+use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
 use prost::{Message, Name};
 use prost_types::Any;
@@ -267,6 +268,16 @@ struct Shared {
     end: Mutex<Option<SessionEnd>>,
     /// Latest round-trip time in nanoseconds; 0 until measured.
     rtt_nanos: AtomicU64,
+    /// Bytes of received messages waiting for the application (bounded by the driver).
+    inbound_bytes: AtomicUsize,
+    /// Woken when the application takes a received message: the driver may be waiting for
+    /// room under the byte bound.
+    driver_waker: AtomicWaker,
+}
+
+/// What a received message counts against the byte bound of the inbound queue.
+fn queued_len(any: &Any) -> usize {
+    any.type_url.len() + any.value.len()
 }
 
 impl Shared {
@@ -354,7 +365,13 @@ impl Stream for SessionReader {
             return Poll::Ready(None);
         }
         match self.inbound.poll_next_unpin(cx) {
-            Poll::Ready(Some(any)) => Poll::Ready(Some(Ok(any))),
+            Poll::Ready(Some(any)) => {
+                self.shared
+                    .inbound_bytes
+                    .fetch_sub(queued_len(&any), Ordering::AcqRel);
+                self.shared.driver_waker.wake();
+                Poll::Ready(Some(Ok(any)))
+            }
             Poll::Ready(None) => {
                 self.finished = true;
                 match self.shared.end() {
