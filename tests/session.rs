@@ -475,26 +475,29 @@ async fn dispatcher_serves_a_session() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = async_std::task::spawn(async move {
-            let dispatcher = Dispatcher::new().on(|m: HelloWorld, _: Context| async move {
+            let dispatcher = Dispatcher::new().on(|m: HelloWorld, cx: Context| async move {
+                // Handlers see who they serve.
+                let who = cx.session().and_then(|s| s.identity()).unwrap_or("?");
                 Ok::<_, Error>(Reply::message(&HelloWorld {
-                    text: m.text.to_uppercase(),
+                    text: format!("{} for {who}", m.text.to_uppercase()),
                     ..m
                 }))
             });
             let conn = listener.accept().await?;
-            let session = tcp::accept_session(conn, &SessionConfig::new()).await?;
+            let auth = BearerAuthenticator::new().with_token("t", "bob");
+            let config = SessionConfig::new().with_authenticator(auth);
+            let session = tcp::accept_session(conn, &config).await?;
             dispatcher.serve_session(session).await
         });
-        let mut client = tcp::connect_session(addr, &SessionConfig::new())
-            .await
-            .unwrap();
+        let config = SessionConfig::new().with_credentials(Credentials::bearer("t"));
+        let mut client = tcp::connect_session(addr, &config).await.unwrap();
         for i in 0..50 {
             client.feed_message(&hello("abc", i)).await.unwrap();
         }
         client.flush().await.unwrap();
         for i in 0..50 {
             let m: HelloWorld = client.recv_message().await.unwrap().unwrap();
-            assert_eq!((m.text.as_str(), m.sequence), ("ABC", i));
+            assert_eq!((m.text.as_str(), m.sequence), ("ABC for bob", i));
         }
         client.close(ReasonCode::Normal, "").await.unwrap();
         server.await.unwrap();

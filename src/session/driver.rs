@@ -86,7 +86,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             now,
         );
         let shared = Arc::new(Shared {
-            info,
+            info: Arc::new(info),
             end: Mutex::new(None),
             rtt_nanos: Default::default(),
             inbound_bytes: Default::default(),

@@ -264,7 +264,7 @@ impl fmt::Display for SessionInfo {
 /// State shared by the driver and the handles.
 #[derive(Debug)]
 struct Shared {
-    info: SessionInfo,
+    info: Arc<SessionInfo>,
     end: Mutex<Option<SessionEnd>>,
     /// Latest round-trip time in nanoseconds; 0 until measured.
     rtt_nanos: AtomicU64,
@@ -563,7 +563,8 @@ impl Stream for Session {
 
 impl crate::dispatch::Dispatcher {
     /// Serves one session like [`serve`](Self::serve) serves a connection: each application
-    /// message goes to its handler, replies go back in order. Returns `Ok(())` once the peer
+    /// message goes to its handler (whose [`Context::session`](crate::dispatch::Context::session)
+    /// tells the authenticated identity), replies go back in order. Returns `Ok(())` once the peer
     /// has closed the session gracefully. Messages the peer sent before its `Close` are all
     /// handled; replies to those still queued when the `Close` arrived are dropped (the peer
     /// no longer takes application messages).
@@ -574,7 +575,7 @@ impl crate::dispatch::Dispatcher {
     /// `REASON_CODE_INTERNAL_ERROR`).
     pub async fn serve_session(&self, session: Session) -> Result<()> {
         let (mut reader, mut writer) = session.split();
-        let info = reader.info().connection_arc();
+        let info = reader.shared.info.clone();
         let mut replies_dropped = false;
         loop {
             // As in `serve`: flush replies only when no further request is waiting.
@@ -592,7 +593,7 @@ impl crate::dispatch::Dispatcher {
             let Some(any) = next.transpose()? else {
                 return Ok(());
             };
-            let context = crate::dispatch::Context::new(info.clone());
+            let context = crate::dispatch::Context::for_session(info.clone());
             match self.dispatch(any, context).await {
                 Ok(_) if replies_dropped => {}
                 Ok(reply) => {
