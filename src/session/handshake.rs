@@ -144,7 +144,8 @@ impl SessionConfig {
     }
 
     /// How long the handshake may take (default 10 s): the accepting side refuses a peer that
-    /// sends no `Hello` in time; the connecting side gives up waiting for the answer.
+    /// sends no `Hello` in time (and refuses with `INTERNAL_ERROR` if its authenticator takes
+    /// longer than this); the connecting side gives up waiting for the answer.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -438,9 +439,23 @@ where
     let credentials = hello.credentials.unwrap_or_default();
     let identity = match &config.authenticator {
         None => None,
-        Some(authenticator) => match authenticator.authenticate(&credentials, &info).await {
-            Ok(identity) => Some(identity),
-            Err(why) => {
+        Some(authenticator) => match timeout(
+            config.handshake_timeout,
+            authenticator.authenticate(&credentials, &info),
+        )
+        .await
+        {
+            Some(Ok(identity)) => Some(identity),
+            None => {
+                log::warn!(
+                    "{info}: the authenticator gave no answer within {:?}",
+                    config.handshake_timeout
+                );
+                let code = ReasonCode::InternalError;
+                let reason = "authentication unavailable".to_owned();
+                return Err(refuse(reader, writer, config, code, reason).await);
+            }
+            Some(Err(why)) => {
                 // The mechanism and the authenticator's reason only: never the credentials.
                 log::warn!(
                     "{info}: authentication failed ({}): {why}",
