@@ -86,6 +86,11 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+
+    /// A session was refused or has ended; the [`SessionEnd`](crate::session::SessionEnd) says
+    /// why (closed by either side, refused, peer unresponsive, transport failure, ...).
+    #[error("session ended: {0}")]
+    Session(crate::session::SessionEnd),
 }
 
 /// Transports speak `futures-io`, whose traits only return `io::Error`; a transport that fails

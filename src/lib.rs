@@ -20,6 +20,8 @@
 //!   [`split`](Connection::split) into [`ConnectionReader`] (a `Stream`) and
 //!   [`ConnectionWriter`] (a `Sink`), [`reunite`](ConnectionReader::reunite) them again.
 //! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
+//! * [`session`]: handshake (negotiation, authentication), heartbeats with dead-peer detection
+//!   and graceful close on top of a connection, as control messages of [`proto::v1`].
 //! * [`transport`]: the only code that names a runtime (async-std TCP by default). The rest
 //!   runs on smol, tokio (through `tokio_util::compat`) or anything `futures-io`.
 //!
@@ -74,6 +76,7 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod session;
 pub mod transport;
 
 pub use connection::{
@@ -98,5 +101,11 @@ pub mod proto {
     pub mod example {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.example.v1.rs"));
+    }
+
+    /// The session layer's control messages (package `connect.v1`); see [`crate::session`].
+    pub mod v1 {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.v1.rs"));
     }
 }
