@@ -248,7 +248,11 @@ pub async fn accept_session(
     Ok(session)
 }
 
-/// Runs a session driver on an async-std task until the session ends.
-pub fn spawn_driver(driver: crate::session::SessionDriver<TcpStream>) {
+/// Runs a session driver on an async-std task until the session ends. Works for a session over
+/// any transport (TCP, TLS, …).
+pub fn spawn_driver<T>(driver: crate::session::SessionDriver<T>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     async_std::task::spawn(driver);
 }
