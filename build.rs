@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/connect/example/v1/hello.proto"];
+    let protos = [
+        "proto/connect/example/v1/hello.proto",
+        "proto/connect/v1/session.proto",
+    ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -16,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config
         .protoc_executable(protoc)
         .enable_type_names()
-        .type_name_domain(["."], "type.googleapis.com");
+        .type_name_domain(["."], "type.googleapis.com")
+        // Secrets: src/session/auth.rs implements a Debug that redacts them.
+        .skip_debug([".connect.v1.Plain", ".connect.v1.Bearer"]);
     config.compile_protos(&protos, &["proto"])?;
     Ok(())
 }

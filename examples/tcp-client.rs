@@ -3,28 +3,107 @@
 //! ```text
 //! cargo run --example tcp-echo-server &
 //! cargo run --example tcp-client [ADDR]      # ADDR defaults to 127.0.0.1:7878
+//!
+//! cargo run --example tcp-echo-server -- --user alice --password s3cret &
+//! cargo run --example tcp-client -- --user alice --password s3cret [ADDR]
 //! ```
+//!
+//! `--session` (implied by `--user`/`--password`) opens a session: handshake, heartbeats
+//! (`--heartbeat-ms MS`), and a graceful close at the end.
 
+use std::time::Duration;
+
+use anyhow::Context as _;
 use connect::proto::example::HelloWorld;
+use connect::proto::v1::{Credentials, ReasonCode};
+use connect::session::SessionConfig;
 use connect::transport::tcp;
 
 const GREETINGS: [&str; 3] = ["hello", "bonjour", "hallo"];
 
+#[derive(Default)]
+struct Args {
+    addr: Option<String>,
+    session: bool,
+    user: Option<String>,
+    password: Option<String>,
+    heartbeat_ms: Option<u64>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--session" => args.session = true,
+            "--user" => args.user = Some(value()?),
+            "--password" => args.password = Some(value()?),
+            "--heartbeat-ms" => args.heartbeat_ms = Some(value()?.parse()?),
+            flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}"),
+            _ => args.addr = Some(arg),
+        }
+    }
+    Ok(args)
+}
+
+fn greeting(sequence: u64, text: &str) -> HelloWorld {
+    HelloWorld {
+        text: text.into(),
+        sequence,
+    }
+}
+
 #[async_std::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7878".into());
-    let mut conn = tcp::connect(&addr).await?;
+    let args = parse_args()?;
+    let addr = args.addr.clone().unwrap_or_else(|| "127.0.0.1:7878".into());
+    let mut config = SessionConfig::new().with_property("name", "tcp-client");
+    match (&args.user, &args.password) {
+        (Some(user), Some(password)) => {
+            config = config.with_credentials(Credentials::plain(user, password))
+        }
+        (None, None) if args.session => {}
+        (None, None) => return bare(&addr).await,
+        _ => anyhow::bail!("--user and --password go together"),
+    }
+    if let Some(ms) = args.heartbeat_ms {
+        config = config.with_heartbeat(Some(Duration::from_millis(ms)));
+    }
+
+    let mut session = tcp::connect_session(&addr, &config).await?;
+    let info = session.info();
+    println!(
+        "session {} with {addr}: version {}, heartbeat {:?}, identity {:?}",
+        info.session_id(),
+        info.version(),
+        info.heartbeat(),
+        info.identity()
+    );
+    for (sequence, text) in (1..).zip(GREETINGS) {
+        session.feed_message(&greeting(sequence, text)).await?;
+    }
+    session.flush().await?;
+    for _ in GREETINGS {
+        let reply: HelloWorld = session
+            .recv_message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session ended early"))?;
+        println!("reply #{}: {:?}", reply.sequence, reply.text);
+    }
+    session.close(ReasonCode::Normal, "done").await?;
+    println!("closed: {:?}", session.end());
+    Ok(())
+}
+
+/// Bare frames, no session.
+async fn bare(addr: &str) -> anyhow::Result<()> {
+    let mut conn = tcp::connect(addr).await?;
     println!("connected to {addr}");
 
     // Pipelined: all requests go out in one write, then the replies are read in order.
     for (sequence, text) in (1..).zip(GREETINGS) {
-        conn.feed_message(&HelloWorld {
-            text: text.into(),
-            sequence,
-        })
-        .await?;
+        conn.feed_message(&greeting(sequence, text)).await?;
     }
     conn.flush().await?;
     for _ in GREETINGS {

@@ -5,25 +5,74 @@
 //! with any message. A peer that sends garbage loses only its own connection.
 //!
 //! ```text
-//! cargo run --example tcp-echo-server [ADDR]     # ADDR defaults to 127.0.0.1:7878
+//! cargo run --example tcp-echo-server [ADDR]                 # bare frames (the default)
+//! cargo run --example tcp-echo-server -- --session [ADDR]    # sessions, anonymous clients
+//! cargo run --example tcp-echo-server -- --user NAME --password PW [--heartbeat-ms MS] [ADDR]
 //! ```
 //!
-//! Once bound it prints `listening on <ip:port>` (the real port when ADDR has port 0).
+//! ADDR defaults to 127.0.0.1:7878. `--user`/`--password` set the one account the server
+//! accepts (PLAIN) and imply `--session`. Once bound it prints `listening on <ip:port>` (the
+//! real port when ADDR has port 0).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::proto::example::HelloWorld;
-use connect::transport::tcp::TcpListener;
+use connect::session::{PlainAuthenticator, SessionConfig};
+use connect::transport::tcp::{self, TcpListener};
 use futures::StreamExt;
 use prost_types::Any;
+
+#[derive(Default)]
+struct Args {
+    addr: Option<String>,
+    session: bool,
+    user: Option<String>,
+    password: Option<String>,
+    heartbeat_ms: Option<u64>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--session" => args.session = true,
+            "--user" => args.user = Some(value()?),
+            "--password" => args.password = Some(value()?),
+            "--heartbeat-ms" => args.heartbeat_ms = Some(value()?.parse()?),
+            flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}"),
+            _ => args.addr = Some(arg),
+        }
+    }
+    Ok(args)
+}
 
 #[async_std::main]
 async fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7878".into());
+    let args = parse_args()?;
+    let addr = args.addr.clone().unwrap_or_else(|| "127.0.0.1:7878".into());
+
+    // With credentials or --session: sessions. Otherwise bare frames.
+    let session_config = match (&args.user, &args.password) {
+        (Some(user), Some(password)) => {
+            let auth = PlainAuthenticator::new().with_user(user, password);
+            Some(SessionConfig::new().with_authenticator(auth))
+        }
+        (None, None) => args.session.then(SessionConfig::new),
+        _ => anyhow::bail!("--user and --password go together"),
+    };
+    let session_config = session_config.map(|config| {
+        let config = config.with_property("name", "tcp-echo-server");
+        Arc::new(match args.heartbeat_ms {
+            Some(ms) => config.with_heartbeat(Some(Duration::from_millis(ms))),
+            None => config,
+        })
+    });
 
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
@@ -45,14 +94,29 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => {
                 log::warn!("accept failed: {e}");
                 // Typically out of file descriptors: give connections a moment to close.
-                async_std::task::sleep(std::time::Duration::from_millis(50)).await;
+                async_std::task::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let dispatcher = dispatcher.clone();
+        let session_config = session_config.clone();
         async_std::task::spawn(async move {
             let info = conn.info().clone();
-            match dispatcher.serve(conn).await {
+            let result = match session_config {
+                None => dispatcher.serve(conn).await,
+                Some(config) => match tcp::accept_session(conn, &config).await {
+                    Ok(session) => {
+                        log::info!(
+                            "{} open, identity {:?}",
+                            session.info(),
+                            session.info().identity()
+                        );
+                        dispatcher.serve_session(session).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
                 Ok(()) => log::info!("{info} closed"),
                 Err(e) => log::warn!("{info} ended: {e}"),
             }

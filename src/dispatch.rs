@@ -54,16 +54,34 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// What a handler sees besides the message: which connection it came from.
+/// What a handler sees besides the message: which connection (and session, if any) it came
+/// from.
 #[derive(Clone, Debug)]
 pub struct Context {
     info: Arc<ConnectionInfo>,
+    session: Option<Arc<crate::session::SessionInfo>>,
 }
 
 impl Context {
     /// Context of a message received on the connection described by `info`.
     pub fn new(info: Arc<ConnectionInfo>) -> Self {
-        Self { info }
+        Self {
+            info,
+            session: None,
+        }
+    }
+
+    /// Context of a message received in a session.
+    pub fn for_session(session: Arc<crate::session::SessionInfo>) -> Self {
+        Self {
+            info: session.connection_arc(),
+            session: Some(session),
+        }
+    }
+
+    /// The session the message arrived in (with the peer's authenticated identity), if any.
+    pub fn session(&self) -> Option<&crate::session::SessionInfo> {
+        self.session.as_deref()
     }
 
     /// Context for dispatching a message that did not come from a connection (tests, replays).

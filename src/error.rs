@@ -1,6 +1,8 @@
 //! The crate's error type.
 
 use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use prost_types::Any;
 
@@ -13,7 +15,12 @@ use prost_types::Any;
 pub enum Error {
     /// The underlying transport failed.
     #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(#[source] io::Error),
+
+    /// TLS failed: a certificate was rejected (by us or by the peer), the handshake timed out or
+    /// broke the protocol, or a TLS setting was invalid. See [`TlsError`] for the cases.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 
     /// A frame's length prefix announced more bytes than the configured maximum. Raised before
     /// anything is allocated for the frame. On the sending side the message was not written and
@@ -79,6 +86,107 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+
+    /// A session was refused or has ended; the [`SessionEnd`](crate::session::SessionEnd) says
+    /// why (closed by either side, refused, peer unresponsive, transport failure, ...).
+    #[error("session ended: {0}")]
+    Session(crate::session::SessionEnd),
+}
+
+/// Transports speak `futures-io`, whose traits only return `io::Error`; a transport that fails
+/// for a typed reason (TLS) puts a [`TlsError`] inside the `io::Error`, and it comes back out
+/// here, so readers and writers report [`Error::Tls`] without knowing the transport.
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<TlsError>()) {
+            match e.into_inner().map(|inner| inner.downcast::<TlsError>()) {
+                Some(Ok(tls)) => return Error::Tls(*tls),
+                // Unreachable: checked just above. Keep the error rather than lose it.
+                Some(Err(other)) => return Error::Io(io::Error::other(other)),
+                None => return Error::Io(io::Error::other("empty I/O error")),
+            }
+        }
+        Error::Io(e)
+    }
+}
+
+/// What went wrong with TLS (inside [`Error::Tls`]).
+///
+/// The certificate cases name what *this* side found wrong with the peer's certificate; when the
+/// peer rejected ours, the handshake (or, with TLS 1.3 client certificates, the first read)
+/// fails with [`PeerRejected`](Self::PeerRejected) and the alert the peer sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The peer's certificate is not signed by any certificate authority we trust (wrong CA, or
+    /// an untrusted self-signed certificate).
+    #[error("peer certificate is signed by an unknown certificate authority")]
+    UnknownIssuer,
+
+    /// The server's certificate is valid, but not for the name the client asked for.
+    #[error("server certificate is not valid for the name {expected:?}")]
+    NotValidForName {
+        /// The server name the client checked against.
+        expected: String,
+    },
+
+    /// The peer's certificate has expired.
+    #[error("peer certificate has expired")]
+    Expired,
+
+    /// The peer's certificate is not valid yet.
+    #[error("peer certificate is not valid yet")]
+    NotYetValid,
+
+    /// The peer's certificate was rejected for another reason (bad signature, wrong key usage,
+    /// revoked, malformed...).
+    #[error("peer certificate rejected: {0}")]
+    BadCertificate(String),
+
+    /// This server requires a client certificate and the client sent none.
+    #[error("client sent no certificate, but one is required")]
+    NoClientCertificate,
+
+    /// The peer ended the handshake with an alert, typically because it rejected our
+    /// certificate: `UnknownCA` or `BadCertificate` (it does not trust the CA that signed ours),
+    /// `CertificateRequired` (a server that requires a client certificate got none; TLS 1.3
+    /// reports this on the client's first read, since its handshake had already finished),
+    /// `HandshakeFailure` (no common protocol version or cipher suite, or TLS 1.2's way of
+    /// refusing a missing client certificate).
+    #[error("peer rejected the connection with TLS alert {alert}")]
+    PeerRejected {
+        /// The alert's name as rustls spells it (`UnknownCA`, `CertificateRequired`, ...).
+        alert: String,
+    },
+
+    /// The peer did not finish its handshake in time.
+    #[error("TLS handshake not finished after {0:?}")]
+    HandshakeTimeout(Duration),
+
+    /// The peer does not speak TLS (a plaintext client on a TLS port), or broke the protocol.
+    #[error("TLS protocol error: {0}")]
+    Protocol(String),
+
+    /// The server name given to a client is neither a valid DNS name nor an IP address.
+    #[error("invalid server name {0:?}")]
+    InvalidServerName(String),
+
+    /// A certificate, key or TLS setting given to us is unusable (unreadable PEM, no
+    /// certificate in a file, a key that does not match its certificate...).
+    #[error("invalid TLS configuration: {0}")]
+    Config(String),
+
+    /// A server-side handshake failed. [`TlsListener`](crate::transport::tls::TlsListener)
+    /// yields this for a client whose handshake failed, without stopping; `source` says why
+    /// (usually another [`Error::Tls`], or [`Error::Io`] if the client went away).
+    #[error("TLS handshake with {} failed: {source}", .peer_addr.map_or("unknown peer".to_string(), |a| a.to_string()))]
+    Handshake {
+        /// The client's address, when known.
+        peer_addr: Option<SocketAddr>,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -94,6 +202,7 @@ impl Error {
                 | Error::InvalidLengthPrefix
                 | Error::Decode { .. }
                 | Error::Truncated { .. }
+                | Error::Tls(TlsError::Protocol(_))
         )
     }
 }

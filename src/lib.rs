@@ -20,6 +20,8 @@
 //!   [`split`](Connection::split) into [`ConnectionReader`] (a `Stream`) and
 //!   [`ConnectionWriter`] (a `Sink`), [`reunite`](ConnectionReader::reunite) them again.
 //! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
+//! * [`session`]: handshake (negotiation, authentication), heartbeats with dead-peer detection
+//!   and graceful close on top of a connection, as control messages of [`proto::v1`].
 //! * [`transport`]: the only code that names a runtime (async-std TCP by default). The rest
 //!   runs on smol, tokio (through `tokio_util::compat`) or anything `futures-io`.
 //!
@@ -65,6 +67,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `async-std` | yes | [`transport::tcp`]: TCP client and listener on async-std |
+//! | `tls` | yes | `transport::tls`: TLS 1.3/1.2 with rustls (ring), mutual TLS; listener on async-std |
 //! | `sctp` | no | `transport::sctp`: SCTP over UDP (userspace, `sctp-proto`) on async-std |
 
 #![forbid(unsafe_code)]
@@ -74,18 +77,24 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod session;
 pub mod transport;
 
 pub use connection::{
-    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, ReuniteError,
-    DEFAULT_WRITE_HIGH_WATER,
+    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
+    ReuniteError, DEFAULT_WRITE_HIGH_WATER,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, TlsError};
 
 /// Re-exported so callers need not depend on the same versions themselves.
 pub use prost;
 /// Re-exported so callers need not depend on the same versions themselves.
 pub use prost_types;
+
+// The README's Rust examples are compiled as doctests, so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// Protobuf messages generated from `proto/` at build time.
 pub mod proto {
@@ -93,5 +102,11 @@ pub mod proto {
     pub mod example {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.example.v1.rs"));
+    }
+
+    /// The session layer's control messages (package `connect.v1`); see [`crate::session`].
+    pub mod v1 {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.v1.rs"));
     }
 }

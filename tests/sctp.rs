@@ -988,3 +988,66 @@ async fn ipv6_loopback() {
         .expect("in time");
     serve.await.expect("served");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sessions: the session layer runs on an SCTP connection as on any other.
+
+#[async_std::test]
+async fn a_session_over_sctp() {
+    use connect::proto::v1::{Credentials, ReasonCode};
+    use connect::session::{self, PlainAuthenticator, SessionConfig};
+
+    let listener = SctpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr();
+    let server_config = SessionConfig::new()
+        .with_heartbeat(Some(Duration::from_millis(200)))
+        .with_authenticator(PlainAuthenticator::new().with_user("alice", "s3cret"));
+    let server = task::spawn(async move {
+        let conn = listener.accept().await?;
+        let (mut session, driver) = session::accept(conn, &server_config).await?;
+        let driver = task::spawn(driver);
+        while let Some(any) = session.recv().await? {
+            session.send_any(any).await?;
+        }
+        let end = driver.await;
+        assert!(end.is_graceful(), "{end}");
+        Ok::<_, Error>(())
+    });
+
+    let config = SessionConfig::new()
+        .with_heartbeat(Some(Duration::from_millis(200)))
+        .with_credentials(Credentials::plain("alice", "s3cret"));
+    let conn = sctp::connect(addr).await.expect("connect");
+    let (mut session, driver) = session::connect(conn, &config)
+        .await
+        .expect("session handshake");
+    let driver = task::spawn(driver);
+    assert_eq!(session.info().identity(), Some("alice"));
+    for i in 0..1000 {
+        session
+            .feed_message(&hello(i, "over a session"))
+            .await
+            .expect("feed");
+    }
+    session.flush().await.expect("flush");
+    // Long enough for heartbeats to flow while idle.
+    task::sleep(Duration::from_millis(500)).await;
+    for i in 0..1000 {
+        let reply: HelloWorld = timeout(STEP, session.recv_message())
+            .await
+            .expect("in time")
+            .expect("recv")
+            .expect("reply");
+        assert_eq!(reply.sequence, i);
+    }
+    session
+        .close(ReasonCode::Normal, "done")
+        .await
+        .expect("graceful close");
+    let end = timeout(STEP, driver).await.expect("in time");
+    assert!(end.is_graceful(), "{end}");
+    timeout(STEP, server)
+        .await
+        .expect("in time")
+        .expect("server side");
+}

@@ -96,8 +96,13 @@ impl ReadState {
         result
     }
 
+    /// Changes the maximum frame length for frames not yet decoded (sessions negotiate it).
+    pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.codec = Codec::with_max_frame_len(max_frame_len);
+    }
+
     /// Bytes received but not yet returned as frames (carried over by `reunite`).
-    pub(crate) fn buffered(&self) -> usize {
+    pub(crate) fn buffered_len(&self) -> usize {
         self.buf.len()
     }
 }
@@ -207,8 +212,13 @@ impl WriteState {
         e.into()
     }
 
+    /// Changes the maximum frame length for frames encoded from now on.
+    pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.codec = Codec::with_max_frame_len(max_frame_len);
+    }
+
     /// Bytes encoded but not yet written.
-    pub(crate) fn buffered(&self) -> usize {
+    pub(crate) fn buffered_len(&self) -> usize {
         self.buf.len()
     }
 }

@@ -1,6 +1,7 @@
 //! [`Connection`]: frames over any `futures-io` byte stream, and its reader and writer halves.
 
 mod framed;
+mod identity;
 mod reader;
 mod writer;
 
@@ -22,6 +23,7 @@ use prost_types::Any;
 use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::error::{Error, Result};
 
+pub use identity::PeerIdentity;
 pub(crate) use reader::unpack;
 pub use reader::ConnectionReader;
 pub use writer::ConnectionWriter;
@@ -81,12 +83,13 @@ impl Config {
 }
 
 /// What is known about a connection: a process-unique id and, where the transport has them,
-/// its addresses. Shared by both halves.
+/// its addresses and the peer's verified identity. Shared by both halves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {
     id: u64,
     local_addr: Option<SocketAddr>,
     peer_addr: Option<SocketAddr>,
+    peer_identity: Option<Arc<PeerIdentity>>,
 }
 
 impl Default for ConnectionInfo {
@@ -103,6 +106,7 @@ impl ConnectionInfo {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             local_addr: None,
             peer_addr: None,
+            peer_identity: None,
         }
     }
 
@@ -116,6 +120,18 @@ impl ConnectionInfo {
     pub fn with_peer_addr(mut self, addr: Option<SocketAddr>) -> Self {
         self.peer_addr = addr;
         self
+    }
+
+    /// Sets the peer's verified identity.
+    pub fn with_peer_identity(mut self, identity: Option<PeerIdentity>) -> Self {
+        self.peer_identity = identity.map(Arc::new);
+        self
+    }
+
+    /// The peer's verified identity, if the transport authenticated the peer (TLS with a
+    /// certificate from the peer).
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.peer_identity.as_deref()
     }
 
     /// Process-unique number of this connection, for logs.
@@ -238,6 +254,11 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
     /// Local address, if the transport has one.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.info().local_addr()
+    }
+
+    /// The peer's verified identity, if the transport authenticated the peer.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.info().peer_identity()
     }
 }
 

@@ -66,9 +66,14 @@ impl<R> ConnectionReader<R> {
         &self.info
     }
 
+    /// Changes the maximum length of frames not yet received (the session layer negotiates it).
+    pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.state.set_max_frame_len(max_frame_len);
+    }
+
     /// Bytes received but not yet returned as messages.
-    pub fn buffered(&self) -> usize {
-        self.state.buffered()
+    pub fn buffered_len(&self) -> usize {
+        self.state.buffered_len()
     }
 }
 

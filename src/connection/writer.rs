@@ -92,9 +92,14 @@ impl<W> ConnectionWriter<W> {
         &self.info
     }
 
+    /// Changes the maximum length of frames encoded from now on (the session layer negotiates it).
+    pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.state.set_max_frame_len(max_frame_len);
+    }
+
     /// Bytes encoded but not yet written to the transport.
-    pub fn buffered(&self) -> usize {
-        self.state.buffered()
+    pub fn buffered_len(&self) -> usize {
+        self.state.buffered_len()
     }
 }
 

@@ -4,6 +4,7 @@
 //! | module | runtime | feature |
 //! |---|---|---|
 //! | [`tcp`] | async-std | `async-std` (default) |
+//! | `tls` | any `futures-io` stream; client and listener on async-std | `tls` (default) |
 //! | `sctp` (SCTP over UDP) | async-std | `sctp` |
 //!
 //! Any other runtime works through [`Connection::new`](crate::Connection::new) over its own
@@ -13,3 +14,5 @@
 pub mod sctp;
 #[cfg(feature = "async-std")]
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;

@@ -215,3 +215,44 @@ impl Stream for Incoming<'_> {
         }))
     }
 }
+
+/// Connects to `addr`, opens a session as the connecting side (see [`crate::session`]) and runs
+/// its driver on an async-std task, which logs how the session ended.
+///
+/// # Errors
+/// [`Error::Io`](crate::Error::Io) if no address could be connected to, or any error of
+/// [`session::connect`](crate::session::connect) (a refusal, a timeout, ...).
+pub async fn connect_session(
+    addr: impl ToSocketAddrs,
+    config: &crate::session::SessionConfig,
+) -> Result<crate::session::Session> {
+    let conn = connect(addr).await?;
+    let (session, driver) = crate::session::connect(conn, config).await?;
+    spawn_driver(driver);
+    Ok(session)
+}
+
+/// Opens a session on an accepted connection as the accepting side (see [`crate::session`])
+/// and runs its driver on an async-std task. Call it on the connection's own task, so a slow
+/// handshake holds up no other connection.
+///
+/// # Errors
+/// Any error of [`session::accept`](crate::session::accept): a refusal (already sent to the
+/// peer), a timeout, a transport failure.
+pub async fn accept_session(
+    conn: TcpConnection,
+    config: &crate::session::SessionConfig,
+) -> Result<crate::session::Session> {
+    let (session, driver) = crate::session::accept(conn, config).await?;
+    spawn_driver(driver);
+    Ok(session)
+}
+
+/// Runs a session driver on an async-std task until the session ends. Works for a session over
+/// any transport (TCP, TLS, …).
+pub fn spawn_driver<T>(driver: crate::session::SessionDriver<T>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async_std::task::spawn(driver);
+}

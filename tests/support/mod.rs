@@ -2,6 +2,9 @@
 //! official protobuf package.
 #![allow(dead_code)] // each test binary uses a different subset
 
+#[cfg(feature = "tls")]
+pub mod certs;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

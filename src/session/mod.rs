@@ -1,0 +1,625 @@
+//! Sessions: a handshake with negotiation and authentication, heartbeats with dead-peer
+//! detection, and a graceful close, on top of a [`Connection`](crate::Connection).
+//!
+//! The session layer's control messages ([`proto::v1`](crate::proto::v1), package `connect.v1`)
+//! travel in the same delimited-`Any` frames as application messages. `proto/PROTOCOL.md`
+//! specifies them byte by byte.
+//!
+//! ```text
+//!  connecting side                                   accepting side
+//!  session::connect(conn, &config)                   session::accept(conn, &config)
+//!        ── Hello { versions, properties, heartbeat, max frame, credentials } ──►
+//!                                                    negotiate, Authenticator
+//!        ◄── Welcome { version, session id, heartbeat, max frame, identity } ──
+//!            (or Refuse { code, reason }, then the accepting side closes)
+//!  application messages both ways; Ping/Pong when a side has sent nothing for an interval
+//!        ── Close { code, reason } ──►   (after everything queued before it)
+//!        ◄── CloseOk ──                   (after everything the peer had queued)
+//! ```
+//!
+//! ## How it is used
+//!
+//! [`connect`] and [`accept`] perform the handshake and return a [`Session`] and a
+//! [`SessionDriver`]. **The driver is a future that must be spawned** (like hyper's connection
+//! future): it owns the connection, reads and writes frames, answers and sends heartbeats,
+//! notices a silent peer and runs the close handshake, whether or not the application is
+//! currently reading or writing. It resolves to the [`SessionEnd`] once the session is over.
+//! [`transport::tcp::connect_session`](crate::transport::tcp) does connect-handshake-spawn in one
+//! call on async-std; with another runtime, spawn the driver on it.
+//!
+//! The [`Session`] (or its [`split`](Session::split) halves [`SessionReader`] and
+//! [`SessionWriter`], usable from different tasks) sends and receives application messages only;
+//! the driver consumes every control message. An end of session is reported to both halves: the
+//! reader yields `Ok(None)` after a graceful close and `Err(Error::Session(end))` otherwise;
+//! every later send fails with `Error::Session(end)`.
+//!
+//! ```no_run
+//! # async_std::task::block_on(async {
+//! use connect::proto::example::HelloWorld;
+//! use connect::session::{self, PlainAuthenticator, SessionConfig};
+//! use connect::proto::v1::{Credentials, ReasonCode};
+//! use connect::transport::tcp::{self, TcpListener};
+//! use std::time::Duration;
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let server_config = SessionConfig::new()
+//!     .with_authenticator(PlainAuthenticator::new().with_user("alice", "s3cret"));
+//! async_std::task::spawn(async move {
+//!     let conn = listener.accept().await?;
+//!     let (mut session, driver) = session::accept(conn, &server_config).await?;
+//!     async_std::task::spawn(driver);
+//!     while let Some(any) = session.recv().await? {
+//!         session.send_any(any).await?; // echo
+//!     }
+//!     Ok::<(), connect::Error>(())
+//! });
+//!
+//! let config = SessionConfig::new()
+//!     .with_heartbeat(Some(Duration::from_secs(5)))
+//!     .with_credentials(Credentials::plain("alice", "s3cret"));
+//! let mut session = tcp::connect_session(addr, &config).await?;
+//! println!("session {} as {:?}", session.info().session_id(), session.info().identity());
+//! session.send_message(&HelloWorld { text: "hi".into(), sequence: 1 }).await?;
+//! let echoed: Option<HelloWorld> = session.recv_message().await?;
+//! session.close(ReasonCode::Normal, "done").await?;
+//! # Ok::<(), connect::Error>(()) }).unwrap();
+//! ```
+//!
+//! ## Timers
+//!
+//! Heartbeat and timeout timers come from `futures-timer`, which needs no runtime (it keeps one
+//! helper thread for the whole process), so the driver runs unchanged on async-std, smol or
+//! tokio.
+
+mod auth;
+mod driver;
+mod handshake;
+mod state;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_channel::{mpsc, oneshot};
+use futures_core::Stream;
+use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
+use prost::{Message, Name};
+use prost_types::Any;
+
+use crate::connection::{unpack, ConnectionInfo};
+use crate::error::{Error, Result};
+use crate::proto::v1::ReasonCode;
+
+pub use auth::{AuthError, Authenticator, BearerAuthenticator, PlainAuthenticator};
+pub use driver::SessionDriver;
+pub use handshake::{
+    accept, connect, SessionConfig, HANDSHAKE_MAX_FRAME_LEN, MIN_HEARTBEAT, MIN_MAX_FRAME_LEN,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+};
+
+/// Why a session ended (or never began). Every end is reported with one of these: by the
+/// driver's output, and to the reader and writer as [`Error::Session`] unless it is graceful.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// This side closed the session and the peer acknowledged it.
+    Closed {
+        /// The code this side sent.
+        code: ReasonCode,
+        /// The reason this side sent.
+        reason: String,
+    },
+    /// The peer closed the session (and this side acknowledged it).
+    ClosedByPeer {
+        /// The peer's code.
+        code: ReasonCode,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The handshake was refused: by the accepting side (the connecting side sees the code and
+    /// text it sent), or by this side as the accepting side.
+    Refused {
+        /// Why, as a code.
+        code: ReasonCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Nothing arrived from the peer for `silent_for`, the configured number of heartbeat
+    /// intervals.
+    PeerUnresponsive {
+        /// How long the peer had been silent.
+        silent_for: Duration,
+    },
+    /// The handshake did not complete within the handshake timeout.
+    HandshakeTimeout,
+    /// The peer did not acknowledge a close within the close timeout.
+    CloseTimeout,
+    /// The peer broke the session protocol.
+    ProtocolViolation {
+        /// What it did.
+        reason: String,
+    },
+    /// The transport ended without a close handshake.
+    Disconnected,
+    /// The transport failed, or the peer sent a frame that could not be decoded.
+    Transport(Arc<Error>),
+}
+
+impl SessionEnd {
+    /// Whether the session ended by a completed close handshake (initiated by either side).
+    pub fn is_graceful(&self) -> bool {
+        matches!(self, Self::Closed { .. } | Self::ClosedByPeer { .. })
+    }
+
+    /// The code a peer would be told for this end.
+    pub fn code(&self) -> ReasonCode {
+        match self {
+            Self::Closed { code, .. } | Self::ClosedByPeer { code, .. } => *code,
+            Self::Refused { code, .. } => *code,
+            Self::PeerUnresponsive { .. } => ReasonCode::Unresponsive,
+            Self::HandshakeTimeout => ReasonCode::HandshakeTimeout,
+            Self::ProtocolViolation { .. } => ReasonCode::ProtocolViolation,
+            Self::CloseTimeout | Self::Disconnected | Self::Transport(_) => {
+                ReasonCode::InternalError
+            }
+        }
+    }
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed { code, reason } => write!(f, "closed ({}: {reason})", code.as_str_name()),
+            Self::ClosedByPeer { code, reason } => {
+                write!(f, "closed by peer ({}: {reason})", code.as_str_name())
+            }
+            Self::Refused { code, reason } => {
+                write!(f, "refused ({}: {reason})", code.as_str_name())
+            }
+            Self::PeerUnresponsive { silent_for } => {
+                write!(f, "peer unresponsive (silent for {silent_for:?})")
+            }
+            Self::HandshakeTimeout => f.write_str("handshake timed out"),
+            Self::CloseTimeout => f.write_str("close not acknowledged in time"),
+            Self::ProtocolViolation { reason } => write!(f, "protocol violation: {reason}"),
+            Self::Disconnected => f.write_str("disconnected without a close"),
+            Self::Transport(e) => write!(f, "transport failed: {e}"),
+        }
+    }
+}
+
+/// What the handshake settled, plus the connection's own info. Shared by all parts of a session.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    session_id: String,
+    version: u32,
+    heartbeat: Option<Duration>,
+    max_frame_len: usize,
+    peer_properties: HashMap<String, String>,
+    identity: Option<String>,
+    capabilities: Vec<String>,
+    connection: Arc<ConnectionInfo>,
+}
+
+impl SessionInfo {
+    /// The id the accepting side gave the session, for logs on both sides.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The protocol version in use.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The negotiated heartbeat interval, `None` if heartbeats are off.
+    pub fn heartbeat(&self) -> Option<Duration> {
+        self.heartbeat
+    }
+
+    /// The negotiated maximum frame length, in both directions.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// The properties the peer announced (product, version, ...).
+    pub fn peer_properties(&self) -> &HashMap<String, String> {
+        &self.peer_properties
+    }
+
+    /// The identity the connecting side was authenticated as, if an authenticator ran.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    /// Protocol extensions enabled for this session (none are defined in version 1).
+    pub fn capabilities(&self) -> &[String] {
+        &self.capabilities
+    }
+
+    /// The underlying connection's info (addresses, id).
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.connection
+    }
+
+    /// The underlying connection's info, shared.
+    pub fn connection_arc(&self) -> Arc<ConnectionInfo> {
+        self.connection.clone()
+    }
+}
+
+impl fmt::Display for SessionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "session {} on {}", self.session_id, self.connection)
+    }
+}
+
+/// State shared by the driver and the handles.
+#[derive(Debug)]
+struct Shared {
+    info: Arc<SessionInfo>,
+    end: Mutex<Option<SessionEnd>>,
+    /// Latest round-trip time in nanoseconds; 0 until measured.
+    rtt_nanos: AtomicU64,
+    /// Bytes of received messages waiting for the application (bounded by the driver).
+    inbound_bytes: AtomicUsize,
+    /// Woken when the application takes a received message: the driver may be waiting for
+    /// room under the byte bound.
+    driver_waker: AtomicWaker,
+}
+
+/// What a received message counts against the byte bound of the inbound queue.
+fn queued_len(any: &Any) -> usize {
+    any.type_url.len() + any.value.len()
+}
+
+impl Shared {
+    /// The error to report once the driver is gone.
+    fn ended(&self) -> Error {
+        let end = self.end.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Without a recorded end the driver was dropped before it finished.
+        Error::Session(end.unwrap_or(SessionEnd::Disconnected))
+    }
+
+    fn set_end(&self, end: SessionEnd) {
+        *self.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+    }
+
+    fn end(&self) -> Option<SessionEnd> {
+        self.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        match self.rtt_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+}
+
+/// What the writer hands to the driver, in order.
+enum Outbound {
+    Message(Any),
+    /// Completed once everything before it is written to the transport.
+    Flush(oneshot::Sender<Result<()>>),
+    /// Completed once the close handshake has finished.
+    Close {
+        code: ReasonCode,
+        reason: String,
+        done: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Receives a session's application messages: a [`Stream`] of `Result<Any>`.
+///
+/// Control messages never show up here. The stream ends with `None` after a graceful close (by
+/// either side), after every message the peer sent before its `Close`. Any other end is yielded
+/// once as `Err(Error::Session(end))`, after the messages received before it.
+#[derive(Debug)]
+pub struct SessionReader {
+    inbound: mpsc::Receiver<Any>,
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl SessionReader {
+    /// The next application message, or `Ok(None)` once the session has closed gracefully.
+    ///
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Result<Option<Any>> {
+        self.next().await.transpose()
+    }
+
+    /// The next application message unpacked as `M`; see
+    /// [`ConnectionReader::recv_message`](crate::ConnectionReader::recv_message).
+    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
+        match self.recv().await? {
+            Some(any) => unpack(any).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// What the handshake settled.
+    pub fn info(&self) -> &SessionInfo {
+        &self.shared.info
+    }
+
+    /// Latest round-trip time measured by a heartbeat, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.shared.rtt()
+    }
+}
+
+impl Stream for SessionReader {
+    type Item = Result<Any>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.inbound.poll_next_unpin(cx) {
+            Poll::Ready(Some(any)) => {
+                self.shared
+                    .inbound_bytes
+                    .fetch_sub(queued_len(&any), Ordering::AcqRel);
+                self.shared.driver_waker.wake();
+                Poll::Ready(Some(Ok(any)))
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                match self.shared.end() {
+                    Some(end) if end.is_graceful() => Poll::Ready(None),
+                    _ => Poll::Ready(Some(Err(self.shared.ended()))),
+                }
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Sends a session's application messages.
+///
+/// Messages are queued for the driver, which writes them in order and flushes whenever its
+/// queue runs empty. `feed_*` returns once the message is queued (waiting while the queue is
+/// full); `send_*` and [`flush`](Self::flush) return once everything queued so far is written
+/// to the transport. After the session has ended every call fails with
+/// `Error::Session(end)`.
+#[derive(Debug)]
+pub struct SessionWriter {
+    outbound: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+}
+
+impl SessionWriter {
+    /// Queues `msg` packed in an `Any`, then waits until it is written.
+    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        self.feed_message(msg).await?;
+        self.flush().await
+    }
+
+    /// Queues `msg` packed in an `Any`.
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if it is longer than the negotiated maximum (nothing is sent and
+    /// the session goes on); `Error::Session` once the session has ended.
+    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        self.feed_any(state::pack(msg)).await
+    }
+
+    /// Queues `any` as is, then waits until it is written.
+    pub async fn send_any(&mut self, any: Any) -> Result<()> {
+        self.feed_any(any).await?;
+        self.flush().await
+    }
+
+    /// Queues `any` as is. See [`feed_message`](Self::feed_message).
+    pub async fn feed_any(&mut self, any: Any) -> Result<()> {
+        let len = any.encoded_len();
+        let max = self.shared.info.max_frame_len;
+        if len > max {
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max,
+            });
+        }
+        self.enqueue(Outbound::Message(any)).await
+    }
+
+    /// Waits until everything queued so far is written to the transport.
+    pub async fn flush(&mut self) -> Result<()> {
+        let (done, written) = oneshot::channel();
+        self.enqueue(Outbound::Flush(done)).await?;
+        written.await.unwrap_or_else(|_| Err(self.shared.ended()))
+    }
+
+    /// Closes the session gracefully: everything queued before is delivered, then the peer is
+    /// told `code` and `reason`; returns once the peer has acknowledged. Whatever the peer sent
+    /// before its acknowledgement still reaches the [`SessionReader`]; if the peer may send more
+    /// than the queue holds meanwhile, keep reading (from another task, after
+    /// [`Session::split`]), or the close waits for the reader and may time out.
+    ///
+    /// # Errors
+    /// `Error::Session(SessionEnd::CloseTimeout)` if the peer did not acknowledge within the
+    /// close timeout, or the session's end if it ended otherwise first.
+    pub async fn close(&mut self, code: ReasonCode, reason: impl Into<String>) -> Result<()> {
+        let (done, closed) = oneshot::channel();
+        self.enqueue(Outbound::Close {
+            code,
+            reason: reason.into(),
+            done,
+        })
+        .await?;
+        closed.await.unwrap_or_else(|_| Err(self.shared.ended()))
+    }
+
+    async fn enqueue(&mut self, item: Outbound) -> Result<()> {
+        let ready = poll_fn(|cx| self.outbound.poll_ready(cx)).await;
+        ready
+            .and_then(|()| self.outbound.start_send(item))
+            .map_err(|_| self.shared.ended())
+    }
+
+    /// What the handshake settled.
+    pub fn info(&self) -> &SessionInfo {
+        &self.shared.info
+    }
+
+    /// Latest round-trip time measured by a heartbeat, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.shared.rtt()
+    }
+
+    /// How the session ended (or, during a close handshake, is ending), once known.
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.shared.end()
+    }
+}
+
+/// An open session: application messages in both directions. See the [module docs](self).
+///
+/// [`split`](Self::split) it to read and write from different tasks.
+#[derive(Debug)]
+pub struct Session {
+    reader: SessionReader,
+    writer: SessionWriter,
+}
+
+impl Session {
+    /// The reading and the writing half.
+    pub fn split(self) -> (SessionReader, SessionWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// What the handshake settled.
+    pub fn info(&self) -> &SessionInfo {
+        &self.reader.shared.info
+    }
+
+    /// Latest round-trip time measured by a heartbeat, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.reader.rtt()
+    }
+
+    /// How the session ended (or, during a close handshake, is ending), once known.
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.reader.shared.end()
+    }
+
+    /// See [`SessionReader::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Any>> {
+        self.reader.recv().await
+    }
+
+    /// See [`SessionReader::recv_message`].
+    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
+        self.reader.recv_message().await
+    }
+
+    /// See [`SessionWriter::send_message`].
+    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        self.writer.send_message(msg).await
+    }
+
+    /// See [`SessionWriter::feed_message`].
+    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        self.writer.feed_message(msg).await
+    }
+
+    /// See [`SessionWriter::send_any`].
+    pub async fn send_any(&mut self, any: Any) -> Result<()> {
+        self.writer.send_any(any).await
+    }
+
+    /// See [`SessionWriter::feed_any`].
+    pub async fn feed_any(&mut self, any: Any) -> Result<()> {
+        self.writer.feed_any(any).await
+    }
+
+    /// See [`SessionWriter::flush`].
+    pub async fn flush(&mut self) -> Result<()> {
+        self.writer.flush().await
+    }
+
+    /// See [`SessionWriter::close`]. Messages the peer sends before acknowledging stay readable.
+    pub async fn close(&mut self, code: ReasonCode, reason: impl Into<String>) -> Result<()> {
+        self.writer.close(code, reason).await
+    }
+}
+
+impl Stream for Session {
+    type Item = Result<Any>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.reader.poll_next_unpin(cx)
+    }
+}
+
+impl crate::dispatch::Dispatcher {
+    /// Serves one session like [`serve`](Self::serve) serves a connection: each application
+    /// message goes to its handler (whose [`Context::session`](crate::dispatch::Context::session)
+    /// tells the authenticated identity), replies go back in order. Returns `Ok(())` once the peer
+    /// has closed the session gracefully. Messages the peer sent before its `Close` are all
+    /// handled; replies to those still queued when the `Close` arrived are dropped (the peer
+    /// no longer takes application messages).
+    ///
+    /// # Errors
+    /// The session's end if it was not graceful, or any error of
+    /// [`dispatch`](Self::dispatch) (the session is then closed with
+    /// `REASON_CODE_INTERNAL_ERROR`).
+    pub async fn serve_session(&self, session: Session) -> Result<()> {
+        let (mut reader, mut writer) = session.split();
+        let info = reader.shared.info.clone();
+        let mut replies_dropped = false;
+        loop {
+            // As in `serve`: flush replies only when no further request is waiting.
+            let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_unpin(cx))).await;
+            let next = match ready_now {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    match writer.flush().await {
+                        Err(Error::Session(end)) if end.is_graceful() => replies_dropped = true,
+                        other => other?,
+                    }
+                    reader.next().await
+                }
+            };
+            let Some(any) = next.transpose()? else {
+                return Ok(());
+            };
+            let context = crate::dispatch::Context::for_session(info.clone());
+            match self.dispatch(any, context).await {
+                Ok(_) if replies_dropped => {}
+                Ok(reply) => {
+                    for any in reply {
+                        match writer.feed_any(any).await {
+                            Ok(()) => {}
+                            // The peer closed while requests were still queued: they are still
+                            // handled (handlers may have effects), but nobody reads replies.
+                            Err(Error::Session(end)) if end.is_graceful() => {
+                                log::debug!("{}: {end}; dropping replies", reader.info());
+                                replies_dropped = true;
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    if let Err(close_error) = writer.close(ReasonCode::InternalError, reason).await
+                    {
+                        log::debug!("{}: close after {e} failed: {close_error}", reader.info());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
