@@ -67,7 +67,7 @@
 //!   [`SctpConfig::with_max_retransmits`]) or, for a client, at once when its server's port is
 //!   closed (ICMP port unreachable, like a TCP reset). `sctp-proto` sends no heartbeats, so an
 //!   idle association to a peer that vanished silently stays open, as an idle TCP connection
-//!   without keep-alive does.
+//!   without keep-alive does; a [session](crate::session) on top adds heartbeats that notice it.
 
 mod driver;
 
