@@ -1051,3 +1051,30 @@ async fn a_session_over_sctp() {
         .expect("in time")
         .expect("server side");
 }
+
+#[async_std::test]
+async fn associations_beyond_the_backlog_read_an_end_of_stream() {
+    let config = SctpConfig::default().with_backlog(2);
+    let listener = SctpListener::bind_with("127.0.0.1:0", config)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(sctp::connect(addr).await.expect("connect"));
+    }
+    // Nobody accepted yet: the two beyond the backlog are ended by the server at once.
+    for client in &mut clients[2..] {
+        let end = timeout(STEP, client.recv()).await.expect("in time");
+        assert!(end.expect("clean end").is_none());
+    }
+    // The first two are still waiting and get served once accepted.
+    for client in clients.drain(..2) {
+        let server = listener.accept().await.expect("accept");
+        let serve = task::spawn(async move { echo_dispatcher().serve(server).await });
+        timeout(STEP, pipelined_echo(client, 10))
+            .await
+            .expect("in time");
+        serve.await.expect("served");
+    }
+}

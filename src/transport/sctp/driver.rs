@@ -316,7 +316,6 @@ impl State {
         let mut next: Option<Instant> = None;
         let mut remove = Vec::new();
         let high_water = self.config.send_buffer;
-        let backlog = self.config.backlog;
         let all = std::mem::take(&mut self.touch_all) || self.failed.is_some() || self.refused;
         let touched = std::mem::take(&mut self.touched);
         for (&handle, assoc) in self.assocs.iter_mut() {
@@ -368,7 +367,7 @@ impl State {
                     event,
                     &mut self.accept_queue,
                     &mut self.accept_waker,
-                    backlog,
+                    &self.config,
                     self.listening,
                 );
             }
@@ -471,7 +470,7 @@ fn on_event(
     event: Event,
     accept_queue: &mut VecDeque<AssociationHandle>,
     accept_waker: &mut Option<Waker>,
-    backlog: usize,
+    config: &SctpConfig,
     listening: bool,
 ) {
     match event {
@@ -495,14 +494,16 @@ fn on_event(
                     log::debug!("SCTP: cannot send end of stream: {e}");
                 }
             } else if assoc.owner == Owner::Unaccepted {
-                if listening && accept_queue.len() < backlog {
+                if listening && accept_queue.len() < config.backlog {
                     accept_queue.push_back(handle);
                     if let Some(w) = accept_waker.take() {
                         w.wake();
                     }
                 } else {
-                    log::warn!("SCTP: accept queue full, dropping a new association");
-                    assoc.close(AssociationError::LocallyClosed);
+                    // The peer reads an end of stream right away, as from a server that
+                    // accepted and closed.
+                    log::warn!("SCTP: accept queue full, ending a new association");
+                    assoc.drop_owner(config.linger);
                 }
             }
             assoc.wake_all();
