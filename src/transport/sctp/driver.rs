@@ -94,7 +94,7 @@ pub(super) struct Assoc {
 }
 
 impl Assoc {
-    fn new(inner: Association, owner: Owner, handshake_deadline: Instant) -> Self {
+    fn new(inner: Association, owner: Owner, handshake_deadline: Option<Instant>) -> Self {
         Self {
             side: inner.side(),
             inner,
@@ -110,7 +110,7 @@ impl Assoc {
             fin_received: false,
             shutdown_started: false,
             finished: false,
-            deadline: Some(handshake_deadline),
+            deadline: handshake_deadline,
             next_wake: None,
             more_to_send: false,
         }
@@ -153,7 +153,8 @@ impl Assoc {
         self.write_waker = None;
         self.pending = None;
         self.received.clear();
-        self.deadline = Some(Instant::now() + linger);
+        // A duration too long to add means no deadline.
+        self.deadline = Instant::now().checked_add(linger);
         if self.connected && self.lost.is_none() {
             if let Err(e) = self.send_fin() {
                 log::debug!("cannot send end of stream on drop: {e}");
@@ -247,7 +248,7 @@ impl State {
             .endpoint
             .connect(client, remote)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let deadline = Instant::now() + self.config.handshake_timeout;
+        let deadline = Instant::now().checked_add(self.config.handshake_timeout);
         self.assocs
             .insert(handle, Assoc::new(inner, Owner::Stream, deadline));
         self.wake_driver(handle);
@@ -301,7 +302,7 @@ impl State {
                     self.endpoint.handle_event(handle, EndpointEvent::drained());
                     return;
                 }
-                let deadline = now + self.config.handshake_timeout;
+                let deadline = now.checked_add(self.config.handshake_timeout);
                 self.assocs
                     .insert(handle, Assoc::new(inner, Owner::Unaccepted, deadline));
                 self.touched.insert(handle);
