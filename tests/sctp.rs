@@ -1078,3 +1078,78 @@ async fn associations_beyond_the_backlog_read_an_end_of_stream() {
         serve.await.expect("served");
     }
 }
+
+#[async_std::test]
+async fn unusual_settings_still_deliver_everything_in_order() {
+    // Tiny and huge packets, the smallest window, a small send buffer: every message of a
+    // random mix of sizes comes back once, in order. (A send buffer of a few bytes works too,
+    // but turns SCTP into stop-and-wait: each write waits for its delayed acknowledgement.)
+    let configs = [
+        SctpConfig::default()
+            .with_mtu(256)
+            .with_receive_window(0)
+            .with_send_buffer(2048),
+        SctpConfig::default()
+            .with_mtu(1500)
+            .with_receive_window(256 * 1024)
+            .with_send_buffer(64 * 1024),
+        SctpConfig::default()
+            .with_mtu(usize::MAX)
+            .with_receive_window(4 << 20)
+            .with_send_buffer(8 << 20),
+    ];
+    let mut rng = XorShift(0x1234_5678);
+    for config in configs {
+        let (addr, done, _server) = echo_server(config.clone()).await;
+        let conn = sctp::connect_with(addr, &config).await.expect("connect");
+        let sizes: Vec<usize> = (0..200)
+            .map(|_| match rng.next() % 10 {
+                0 => (rng.next() % 300_000) as usize,
+                1..=3 => (rng.next() % 5_000) as usize,
+                _ => (rng.next() % 100) as usize,
+            })
+            .collect();
+        let (mut reader, mut writer) = conn.split();
+        let expected = sizes.clone();
+        let sender = task::spawn(async move {
+            for (i, len) in sizes.into_iter().enumerate() {
+                writer
+                    .feed_message(&hello(i as u64, "s".repeat(len)))
+                    .await
+                    .expect("feed");
+            }
+            writer.flush().await.expect("flush");
+            writer
+        });
+        for (i, len) in expected.into_iter().enumerate() {
+            let reply: HelloWorld = timeout(STEP, reader.recv_message())
+                .await
+                .expect("in time")
+                .expect("recv")
+                .expect("reply");
+            assert_eq!((reply.sequence, reply.text.len()), (i as u64, len));
+        }
+        let mut writer = sender.await;
+        // Then a burst of tiny messages, each flushed on its own: many small chunks bundled
+        // into one packet (the largest packets `sctp-proto` makes for a given MTU).
+        let burst = task::spawn(async move {
+            for i in 0..2000 {
+                writer.send_message(&hello(i, "")).await.expect("send");
+            }
+            writer
+        });
+        for i in 0..2000 {
+            let reply: HelloWorld = timeout(STEP, reader.recv_message())
+                .await
+                .expect("in time")
+                .expect("recv")
+                .expect("reply");
+            assert_eq!(reply.sequence, i);
+        }
+        let writer = burst.await;
+        let conn = reader.reunite(writer).expect("halves");
+        sctp::shutdown(conn).await.expect("shutdown");
+        let served = timeout(STEP, done.recv()).await.expect("in time");
+        served.expect("serve result").expect("served cleanly");
+    }
+}

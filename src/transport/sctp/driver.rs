@@ -607,8 +607,10 @@ impl Shared {
         let local_addr = socket.get_ref().local_addr()?;
 
         let mut endpoint_config = EndpointConfig::new();
-        // sctp-proto's "payload size" is an SCTP packet less its common and DATA chunk headers.
-        endpoint_config.max_payload_size(config.mtu.saturating_sub(12 + 16) as u32);
+        // sctp-proto's "payload size" is an SCTP packet less its common and DATA chunk headers;
+        // its bundling check leaves out one chunk header and padding, so keep 20 bytes more
+        // (packets over the limit would be refused by the kernel, and retransmitted forever).
+        endpoint_config.max_payload_size(config.mtu.saturating_sub(12 + 16 + 20) as u32);
         // A server config is always set: `sctp-proto` needs one to even look at an INIT (it
         // would panic without), and a client endpoint refuses them right after.
         let mut server = ServerConfig::new();
