@@ -509,19 +509,43 @@ async fn abandoned_handshakes_expire() {
 }
 
 #[async_std::test]
-async fn garbage_to_a_client_port_does_not_disturb_it() {
-    let (addr, _done, _server) = echo_server(SctpConfig::default()).await;
-    let mut conn = sctp::connect(addr).await.expect("connect");
+async fn garbage_from_the_servers_address_does_not_disturb_a_client() {
     // A client's UDP socket is connected to its server, so the kernel drops datagrams from
-    // anyone else before they reach the driver.
+    // anyone else. Garbage from the server's own address does reach the client's endpoint:
+    // send it from a relay the client takes for its server.
+    let (server, _done, _server) = echo_server(SctpConfig::default()).await;
+    let faults = Faults {
+        loss: 0,
+        reorder: 0,
+        corrupt: 0,
+    };
+    let relay = LossyRelay::start(server, faults, 4);
+    let mut conn = sctp::connect(relay.addr).await.expect("connect");
     let client_addr = conn.local_addr().expect("local addr");
-    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    for d in garbage() {
-        let _ = attacker.send_to(&d, client_addr);
+    for round in 0..3u64 {
+        for d in garbage() {
+            let _ = relay.front.send_to(&d, client_addr);
+        }
+        for i in 0..100 {
+            conn.feed_message(&hello(round * 100 + i, "ok"))
+                .await
+                .expect("feed");
+        }
+        conn.flush().await.expect("flush");
+        for i in 0..100 {
+            let reply: HelloWorld = timeout(STEP, conn.recv_message())
+                .await
+                .expect("in time")
+                .expect("recv")
+                .expect("reply");
+            assert_eq!(reply.sequence, round * 100 + i);
+        }
     }
-    conn.send_message(&hello(1, "ok")).await.expect("send");
-    let reply: HelloWorld = conn.recv_message().await.expect("recv").expect("reply");
-    assert_eq!(reply.sequence, 1);
+    timeout(STEP, sctp::shutdown(conn))
+        .await
+        .expect("in time")
+        .expect("shutdown");
+    relay.stop();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,6 +573,8 @@ impl XorShift {
 /// threads until `stop` is set.
 struct LossyRelay {
     addr: SocketAddr,
+    /// The socket clients talk to: datagrams sent from it come from the client's peer.
+    front: Arc<UdpSocket>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<(u64, u64)>>,
 }
@@ -564,6 +590,7 @@ impl LossyRelay {
         }
         let addr = front.local_addr().expect("relay addr");
         let front = Arc::new(front);
+        let front_for_tests = front.clone();
         let back = Arc::new(back);
         let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -606,6 +633,7 @@ impl LossyRelay {
         };
         LossyRelay {
             addr,
+            front: front_for_tests,
             stop,
             threads: vec![upstream, downstream],
         }
