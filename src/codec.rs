@@ -28,7 +28,9 @@
 //! ```
 
 use bytes::{Buf, BufMut, BytesMut};
-use prost::encoding::{encode_varint, encoded_len_varint};
+use std::ops::Range;
+
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 use prost::{Message, Name};
 use prost_types::Any;
 
@@ -106,7 +108,7 @@ impl Codec {
     ///
     /// Returns the prefix's own length and the frame length it announces, or `None` if the
     /// prefix is still incomplete.
-    fn decode_header(&self, src: &[u8]) -> Result<Option<(usize, usize)>> {
+    pub(crate) fn decode_header(&self, src: &[u8]) -> Result<Option<(usize, usize)>> {
         let mut value: u64 = 0;
         for (i, &byte) in src.iter().take(MAX_VARINT_LEN).enumerate() {
             // The tenth byte may only carry the 64th bit.
@@ -154,7 +156,17 @@ impl Codec {
     /// [`Error::FrameTooLarge`] if the frame would be longer than the maximum; `dst` is then left
     /// unchanged.
     pub fn encode_message<M: Message + Name>(&self, msg: &M, dst: &mut BytesMut) -> Result<()> {
-        let type_url = M::type_url();
+        self.encode_message_as(&M::type_url(), msg, dst)
+    }
+
+    /// [`encode_message`](Self::encode_message) with the type URL given, so that a caller
+    /// sending many messages can compute it once.
+    pub(crate) fn encode_message_as(
+        &self,
+        type_url: &str,
+        msg: &impl Message,
+        dst: &mut BytesMut,
+    ) -> Result<()> {
         let value_len = msg.encoded_len();
         // Fields of google.protobuf.Any: 1 = type_url (string), 2 = value (bytes). Like every
         // protobuf encoder, leave out fields that hold their default (empty) value.
@@ -186,6 +198,43 @@ impl Codec {
         }
         Ok(())
     }
+}
+
+/// Where the `type_url` and `value` fields of an encoded `google.protobuf.Any` lie in `any`,
+/// without copying them; a missing field is an empty range.
+///
+/// Only the plain encodings are recognised: `None` for anything else (groups, a field of the
+/// wrong wire type, truncated input), in which case prost's `Any` decoder should be asked for the
+/// final word. As in protobuf, the last occurrence of a repeated field wins and unknown fields
+/// are skipped.
+pub(crate) fn any_fields(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
+    let (mut type_url, mut value) = (0..0, 0..0);
+    let mut rest = any;
+    while !rest.is_empty() {
+        let key = decode_varint(&mut rest).ok()?;
+        let len = match key & 7 {
+            0 => {
+                decode_varint(&mut rest).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(decode_varint(&mut rest).ok()?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        if len > rest.len() {
+            return None;
+        }
+        let start = any.len() - rest.len();
+        match (key >> 3, key & 7) {
+            (1, 2) => type_url = start..start + len,
+            (2, 2) => value = start..start + len,
+            (1 | 2, _) => return None,
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+    Some((type_url, value))
 }
 
 /// Encoded length of a length-delimited field with a one-byte key, or 0 when empty.
@@ -359,5 +408,35 @@ mod tests {
         assert_eq!(type_name("example.com/x/y/a.C"), "a.C");
         assert_eq!(type_name("a.C"), "a.C");
         assert_eq!(type_name(""), "");
+    }
+
+    #[test]
+    fn any_fields_agree_with_prost() {
+        let mut wire = BytesMut::new();
+        let packed = any("a.B", b"hello");
+        packed.encode_raw(&mut wire);
+        let (url, value) = any_fields(&wire).unwrap();
+        assert_eq!(&wire[url], packed.type_url.as_bytes());
+        assert_eq!(&wire[value], b"hello");
+
+        // Unknown fields of every plain wire type are skipped; the last occurrence wins.
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&[0x18, 0x96, 0x01]); // 3: varint
+        wire.extend_from_slice(&[0x21, 1, 2, 3, 4, 5, 6, 7, 8]); // 4: fixed64
+        wire.extend_from_slice(&[0x2d, 1, 2, 3, 4]); // 5: fixed32
+        wire.extend_from_slice(&[0x12, 1, b'x', 0x0a, 1, b'u', 0x12, 2, b'y', b'z']);
+        let (url, value) = any_fields(&wire).unwrap();
+        assert_eq!((&wire[url], &wire[value]), (&b"u"[..], &b"yz"[..]));
+        let prost = Any::decode(&wire[..]).unwrap();
+        assert_eq!(
+            (prost.type_url.as_str(), &prost.value[..]),
+            ("u", &b"yz"[..])
+        );
+
+        // Whatever it does not handle plainly is left to prost.
+        assert_eq!(any_fields(&[0x0a, 5, b'a']), None); // truncated
+        assert_eq!(any_fields(&[0x08, 1]), None); // type_url as a varint
+        assert_eq!(any_fields(&[0x1b, 0x1c]), None); // a group
+        assert_eq!(any_fields(&[]), Some((0..0, 0..0)));
     }
 }

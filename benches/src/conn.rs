@@ -134,7 +134,9 @@ pub fn ping_pong_tokio() -> anyhow::Result<Latency> {
         |listener| {
             crate::tokio_runtime()?.block_on(async {
                 listener.set_nonblocking(true)?;
-                let (stream, _) = tokio::net::TcpListener::from_std(listener)?.accept().await?;
+                let (stream, _) = tokio::net::TcpListener::from_std(listener)?
+                    .accept()
+                    .await?;
                 stream.set_nodelay(true)?;
                 echo(Connection::new(stream.compat())).await
             })

@@ -95,7 +95,7 @@ impl Meter {
         self.messages += 1;
         self.bytes += len as u64;
         // Reading the clock costs ~20 ns; for small messages look at it every 64th message.
-        if len < 4096 && self.messages % 64 != 0 {
+        if len < 4096 && !self.messages.is_multiple_of(64) {
             return;
         }
         let now = Instant::now();
@@ -139,9 +139,7 @@ pub struct Latency {
 impl Latency {
     pub fn from_samples(mut samples: Vec<u64>) -> Self {
         samples.sort_unstable();
-        Self {
-            sorted_ns: samples,
-        }
+        Self { sorted_ns: samples }
     }
 
     /// The `q` quantile (0..=1), nearest rank.
@@ -149,7 +147,8 @@ impl Latency {
         if self.sorted_ns.is_empty() {
             return f64::NAN;
         }
-        let rank = ((q * self.sorted_ns.len() as f64).ceil() as usize).clamp(1, self.sorted_ns.len());
+        let rank =
+            ((q * self.sorted_ns.len() as f64).ceil() as usize).clamp(1, self.sorted_ns.len());
         self.sorted_ns[rank - 1] as f64 / 1000.0
     }
 }
@@ -198,10 +197,17 @@ where
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let meter = Meter::new(stop.clone(), WINDOW);
-    let rx = std::thread::spawn(move || receiver(listener, meter));
-    let tx = std::thread::spawn(move || sender(addr, stop));
-    let result = rx.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    tx.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    let rx = std::thread::Builder::new()
+        .name("receiver".into())
+        .spawn(move || receiver(listener, meter))?;
+    let tx = std::thread::Builder::new()
+        .name("sender".into())
+        .spawn(move || sender(addr, stop))?;
+    let result = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    tx.join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     result
 }
 
@@ -214,9 +220,12 @@ where
 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let srv = std::thread::spawn(move || server(listener));
+    let srv = std::thread::Builder::new()
+        .name("server".into())
+        .spawn(move || server(listener))?;
     let samples = client(addr);
-    srv.join().map_err(|_| anyhow::anyhow!("server panicked"))??;
+    srv.join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
     Ok(Latency::from_samples(samples?))
 }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p connect-bench            # everything, 3 rounds, about two minutes
-//! cargo run --release -p connect-bench -- --rounds 1 --only connect
+//! cargo run --release -p connect-bench -- --rounds 1 --only connect --size 64 --throughput
 //! ```
 //!
 //! W1, one-way throughput: one connection, the sender on one thread sends as fast as it can,
@@ -48,7 +48,10 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
         ("connect, send_message (flush each)", |s| {
             conn::throughput(s, conn::SendMode::SendEach)
         }),
-        ("tokio + LengthDelimitedCodec + prost Any", tokio_prost::throughput),
+        (
+            "tokio + LengthDelimitedCodec + prost Any",
+            tokio_prost::throughput,
+        ),
         ("zmq.rs PUSH/PULL", zmq::throughput),
     ]
 }
@@ -60,7 +63,10 @@ fn latency_impls() -> Vec<(&'static str, LatencyFn)> {
         ("connect, async-std", conn::ping_pong),
         ("connect, smol", conn::ping_pong_smol),
         ("connect, tokio (compat)", conn::ping_pong_tokio),
-        ("tokio + LengthDelimitedCodec + prost Any", tokio_prost::ping_pong),
+        (
+            "tokio + LengthDelimitedCodec + prost Any",
+            tokio_prost::ping_pong,
+        ),
         ("zmq.rs REQ/REP", zmq::ping_pong),
     ]
 }
@@ -70,6 +76,10 @@ struct Args {
     only: Option<String>,
     skip_latency: bool,
     skip_throughput: bool,
+    size: Option<usize>,
+    /// Leave raw TCP out (for profiling one implementation alone); ratios are then to the
+    /// first row shown.
+    no_baseline: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -78,6 +88,8 @@ fn args() -> anyhow::Result<Args> {
         only: None,
         skip_latency: false,
         skip_throughput: false,
+        size: None,
+        no_baseline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -86,8 +98,10 @@ fn args() -> anyhow::Result<Args> {
             "--only" => args.only = it.next(),
             "--throughput" => args.skip_latency = true,
             "--latency" => args.skip_throughput = true,
+            "--no-baseline" => args.no_baseline = true,
+            "--size" => args.size = Some(it.next().unwrap_or_default().parse()?),
             other => anyhow::bail!(
-                "unknown argument {other:?}; use --rounds N, --only TEXT, --throughput, --latency"
+                "unknown argument {other:?}; use --rounds N, --only TEXT, --size BYTES, --no-baseline, --throughput, --latency"
             ),
         }
     }
@@ -96,7 +110,8 @@ fn args() -> anyhow::Result<Args> {
 }
 
 fn selected(args: &Args, name: &str) -> bool {
-    name == RAW || args.only.as_deref().is_none_or(|only| name.contains(only))
+    (name == RAW && !args.no_baseline)
+        || args.only.as_deref().is_none_or(|only| name.contains(only))
 }
 
 fn median_by<T: Clone>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
@@ -115,11 +130,15 @@ fn main() -> anyhow::Result<()> {
             .filter(|(name, _)| selected(&args, name))
             .collect();
         for (size, size_name) in SIZES {
+            if args.size.is_some_and(|s| s != size) {
+                continue;
+            }
             let mut runs: Vec<Vec<Throughput>> = vec![Vec::new(); impls.len()];
             // Rounds interleave the implementations, so a noisy neighbour hurts all alike.
             for _ in 0..args.rounds {
                 for (i, (name, run)) in impls.iter().enumerate() {
-                    let result = run(size).map_err(|e| e.context(format!("{name}, {size_name}")))?;
+                    let result =
+                        run(size).map_err(|e| e.context(format!("{name}, {size_name}")))?;
                     eprintln!(
                         "W1 {size_name:>6} {name:<42} {:>12.0} msg/s",
                         result.messages_per_sec()
@@ -197,7 +216,11 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let raw_p50 = medians[0].quantile_us(0.5);
         for ((name, _), l) in impls.iter().zip(&medians) {
-            let (p50, p99, p999) = (l.quantile_us(0.5), l.quantile_us(0.99), l.quantile_us(0.999));
+            let (p50, p99, p999) = (
+                l.quantile_us(0.5),
+                l.quantile_us(0.99),
+                l.quantile_us(0.999),
+            );
             rows.push([
                 "W2 ping-pong 64 B".into(),
                 name.to_string(),
@@ -207,7 +230,10 @@ fn main() -> anyhow::Result<()> {
             ]);
             if *name == "connect, async-std" {
                 checks.push((
-                    format!("W2 p50: connect {:.2}× raw async-std, target ≤ 1.15×", p50 / raw_p50),
+                    format!(
+                        "W2 p50: connect {:.2}× raw async-std, target ≤ 1.15×",
+                        p50 / raw_p50
+                    ),
                     p50 / raw_p50 <= 1.15,
                 ));
                 checks.push((

@@ -51,7 +51,9 @@ async fn send(addr: SocketAddr, stop: Arc<AtomicBool>, size: usize) -> anyhow::R
 
 async fn receive(listener: TcpListener, mut meter: Meter) -> anyhow::Result<Throughput> {
     listener.set_nonblocking(true)?;
-    let (stream, _) = tokio::net::TcpListener::from_std(listener)?.accept().await?;
+    let (stream, _) = tokio::net::TcpListener::from_std(listener)?
+        .accept()
+        .await?;
     stream.set_nodelay(true)?;
     let mut framed = FramedRead::new(stream, codec());
     while let Some(frame) = framed.next().await {
@@ -69,7 +71,9 @@ pub fn ping_pong() -> anyhow::Result<Latency> {
         |listener| {
             crate::tokio_runtime()?.block_on(async {
                 listener.set_nonblocking(true)?;
-                let (stream, _) = tokio::net::TcpListener::from_std(listener)?.accept().await?;
+                let (stream, _) = tokio::net::TcpListener::from_std(listener)?
+                    .accept()
+                    .await?;
                 stream.set_nodelay(true)?;
                 let mut framed = tokio_util::codec::Framed::new(stream, codec());
                 while let Some(frame) = framed.next().await {

@@ -1,6 +1,7 @@
 //! [`Connection`]: frames over any `futures-io` byte stream, and its reader and writer halves.
 
 mod framed;
+mod names;
 mod reader;
 mod writer;
 
