@@ -209,32 +209,45 @@ impl Codec {
 /// are skipped.
 pub(crate) fn any_fields(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
     let (mut type_url, mut value) = (0..0, 0..0);
-    let mut rest = any;
-    while !rest.is_empty() {
-        let key = decode_varint(&mut rest).ok()?;
+    let mut pos = 0;
+    while pos < any.len() {
+        let key = varint_at(any, &mut pos)?;
         let len = match key & 7 {
             0 => {
-                decode_varint(&mut rest).ok()?;
+                varint_at(any, &mut pos)?;
                 0
             }
             1 => 8,
-            2 => usize::try_from(decode_varint(&mut rest).ok()?).ok()?,
+            2 => usize::try_from(varint_at(any, &mut pos)?).ok()?,
             5 => 4,
             _ => return None,
         };
-        if len > rest.len() {
-            return None;
-        }
-        let start = any.len() - rest.len();
+        let range = pos..pos.checked_add(len).filter(|&end| end <= any.len())?;
+        pos = range.end;
         match (key >> 3, key & 7) {
-            (1, 2) => type_url = start..start + len,
-            (2, 2) => value = start..start + len,
+            (1, 2) => type_url = range,
+            (2, 2) => value = range,
             (1 | 2, _) => return None,
             _ => {}
         }
-        rest = &rest[len..];
     }
     Some((type_url, value))
+}
+
+/// The varint at `buf[*pos..]`, advancing `pos` past it; one-byte varints (field keys and short
+/// lengths) take the inlined fast path.
+#[inline]
+fn varint_at(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let first = *buf.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(u64::from(first));
+    }
+    let mut rest = &buf[*pos..];
+    let before = rest.len();
+    let value = decode_varint(&mut rest).ok()?;
+    *pos += before - rest.len();
+    Some(value)
 }
 
 /// Encoded length of a length-delimited field with a one-byte key, or 0 when empty.

@@ -43,6 +43,11 @@ pub struct Throughput {
     /// Resident set size of the whole process at the start and end of the timed window, KiB.
     pub rss_start_kib: u64,
     pub rss_end_kib: u64,
+    /// CPU time of the receiving thread per message, ns.
+    pub cpu_ns_per_message: f64,
+    /// Share of the window the receiving thread was runnable but waiting for a CPU: how much
+    /// other load on the machine got in the way.
+    pub run_queue_wait: f64,
 }
 
 impl Throughput {
@@ -61,7 +66,7 @@ pub struct Meter {
     stop: Arc<AtomicBool>,
     window: Duration,
     started: Instant,
-    timing: Option<(Instant, u64)>,
+    timing: Option<(Instant, u64, (u64, u64))>,
     messages: u64,
     bytes: u64,
     rss_start: u64,
@@ -101,20 +106,24 @@ impl Meter {
         let now = Instant::now();
         match self.timing {
             None if now - self.started >= WARM_UP => {
-                self.timing = Some((now, thread_minor_faults()));
+                self.timing = Some((now, thread_minor_faults(), thread_schedstat()));
                 self.messages = 0;
                 self.bytes = 0;
                 self.started = now;
                 self.rss_start = rss_kib();
             }
             None => {}
-            Some((start, faults)) if now - start >= self.window => {
+            Some((start, faults, (cpu, wait))) if now - start >= self.window => {
                 let faults = thread_minor_faults() - faults;
+                let (cpu_end, wait_end) = thread_schedstat();
+                let elapsed = now - start;
                 self.result = Some(Throughput {
                     messages: self.messages,
                     bytes: self.bytes,
-                    elapsed: now - start,
+                    elapsed,
                     faults_per_message: faults as f64 / self.messages as f64,
+                    cpu_ns_per_message: (cpu_end - cpu) as f64 / self.messages as f64,
+                    run_queue_wait: (wait_end - wait) as f64 / elapsed.as_nanos() as f64,
                     rss_start_kib: self.rss_start,
                     rss_end_kib: rss_kib(),
                 });
@@ -169,6 +178,14 @@ pub fn thread_minor_faults() -> u64 {
         .unwrap_or(0)
 }
 
+/// Nanoseconds the calling thread has run on a CPU and waited for one
+/// (`/proc/thread-self/schedstat`), or zeros where unavailable.
+pub fn thread_schedstat() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let mut fields = stat.split_whitespace().map(|v| v.parse().unwrap_or(0));
+    (fields.next().unwrap_or(0), fields.next().unwrap_or(0))
+}
+
 /// Resident set size of the process in KiB (`/proc/self/statm`), or 0 where unavailable.
 pub fn rss_kib() -> u64 {
     let pages: u64 = std::fs::read_to_string("/proc/self/statm")
@@ -196,7 +213,8 @@ where
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let meter = Meter::new(stop.clone(), WINDOW);
+    let window = Duration::from_millis(WINDOW_MS.load(Ordering::Relaxed));
+    let meter = Meter::new(stop.clone(), window);
     let rx = std::thread::Builder::new()
         .name("receiver".into())
         .spawn(move || receiver(listener, meter))?;
@@ -229,8 +247,9 @@ where
     Ok(Latency::from_samples(samples?))
 }
 
-/// How long the receiver times a one-way run (after [`WARM_UP`]).
-pub const WINDOW: Duration = Duration::from_millis(1000);
+/// How long the receiver times a one-way run (after [`WARM_UP`]), in milliseconds: one second
+/// unless `--seconds` says otherwise.
+pub static WINDOW_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
 
 /// Counts and times round trips: [`PING_PONG_WARM_UP`] untimed, then [`PING_PONG_ROUNDS`]
 /// timed ones.

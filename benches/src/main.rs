@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p connect-bench            # everything, 3 rounds, about two minutes
 //! cargo run --release -p connect-bench -- --rounds 1 --only connect --size 64 --throughput
+//! cargo run --release -p connect-bench -- --rounds 1 --only feed --size 1048576 --seconds 30
 //! ```
 //!
 //! W1, one-way throughput: one connection, the sender on one thread sends as fast as it can,
@@ -98,10 +99,15 @@ fn args() -> anyhow::Result<Args> {
             "--only" => args.only = it.next(),
             "--throughput" => args.skip_latency = true,
             "--latency" => args.skip_throughput = true,
+            "--seconds" => {
+                let seconds: f64 = it.next().unwrap_or_default().parse()?;
+                anyhow::ensure!(seconds >= 1.0, "--seconds must be at least 1");
+                harness::WINDOW_MS.store((seconds * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             "--no-baseline" => args.no_baseline = true,
             "--size" => args.size = Some(it.next().unwrap_or_default().parse()?),
             other => anyhow::bail!(
-                "unknown argument {other:?}; use --rounds N, --only TEXT, --size BYTES, --no-baseline, --throughput, --latency"
+                "unknown argument {other:?}; use --rounds N, --only TEXT, --size BYTES, --seconds S, --no-baseline, --throughput, --latency"
             ),
         }
     }
@@ -140,8 +146,10 @@ fn main() -> anyhow::Result<()> {
                     let result =
                         run(size).map_err(|e| e.context(format!("{name}, {size_name}")))?;
                     eprintln!(
-                        "W1 {size_name:>6} {name:<42} {:>12.0} msg/s",
-                        result.messages_per_sec()
+                        "W1 {size_name:>6} {name:<42} {:>12.0} msg/s  rx {:>7.0} ns CPU/msg, {:>3.0}% waiting for a CPU",
+                        result.messages_per_sec(),
+                        result.cpu_ns_per_message,
+                        result.run_queue_wait * 100.0,
                     );
                     runs[i].push(result);
                 }
@@ -163,7 +171,8 @@ fn main() -> anyhow::Result<()> {
                     ),
                     format!("{ratio:.2}×"),
                     format!(
-                        "{:.3} minor faults/msg, RSS {} → {} MiB",
+                        "rx {:.0} ns CPU/msg, {:.3} minor faults/msg, RSS {} → {} MiB",
+                        t.cpu_ns_per_message,
                         t.faults_per_message,
                         t.rss_start_kib / 1024,
                         t.rss_end_kib / 1024

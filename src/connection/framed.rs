@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -15,7 +16,8 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use super::names::NameCache;
-use crate::codec::Codec;
+use super::unpack;
+use crate::codec::{any_fields, Codec};
 use crate::error::{Error, Result};
 
 /// Room offered to each read when no larger frame is pending: big enough that many small
@@ -32,14 +34,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// buffer grows to the largest frame received, which the codec's maximum bounds.
 pub(crate) struct ReadState {
     codec: Codec,
-    /// Full name of the last message type unpacked by `recv_message`.
-    pub(crate) full_name: NameCache,
+    /// Full name of the last message type unpacked by `poll_next_message`.
+    full_name: NameCache,
     /// Always fully initialized (`poll_read` takes an initialized slice). Received bytes not
     /// yet handed out are `buf[start..end]`; `buf[end..]` is room for the next read.
     buf: Arc<Vec<u8>>,
     start: usize,
     end: usize,
-    /// `buf` as `Bytes`, made once per filled buffer and sliced for each frame.
+    /// `buf` as `Bytes`, made once per filled buffer and sliced for each `Bytes` handed out.
     shared: Option<Bytes>,
     /// Set once the stream has ended (cleanly or with an error); nothing is read after that.
     finished: bool,
@@ -85,8 +87,8 @@ impl ReadState {
         io: Pin<&mut R>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Any>>> {
-        match ready!(self.poll_next_frame(io, cx)) {
-            Some(Ok(frame)) => match Any::decode(frame) {
+        match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(frame)) => match Any::decode(&self.buf[frame]) {
                 Ok(any) => Poll::Ready(Some(Ok(any))),
                 Err(source) => self.fail(Error::Decode {
                     type_name: Any::full_name(),
@@ -100,11 +102,70 @@ impl ReadState {
 
     /// The bytes of the next frame's `Any` (without the length prefix), sliced out of the read
     /// buffer. Same end-of-stream and error behaviour as [`poll_next`](Self::poll_next).
+    #[cfg(test)]
     pub(crate) fn poll_next_frame<R: AsyncRead + ?Sized>(
+        &mut self,
+        io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes>>> {
+        let range = match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(range)) => range,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(Ok(self.shared().slice(range))))
+    }
+
+    /// The next message, unpacked as `M` straight from the read buffer: no intermediate `Any`,
+    /// and `Bytes` fields of `M` are slices of the buffer. Same end-of-stream and error
+    /// behaviour as [`poll_next`](Self::poll_next); a frame of another type or with bytes that
+    /// are not an `M` is an error for that frame only.
+    pub(crate) fn poll_next_message<M: Message + Name + Default, R: AsyncRead + ?Sized>(
+        &mut self,
+        io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<M>>> {
+        let range = match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(range)) => range,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        let frame = &self.buf[range.clone()];
+        if let Some((type_url, value)) = any_fields(frame) {
+            // Not UTF-8 (`Err`) or another type: prost's `Any` below says which.
+            if let Ok(true) = self.full_name.is_url_of(&frame[type_url], M::full_name) {
+                let value = self
+                    .shared()
+                    .slice(range.start + value.start..range.start + value.end);
+                return Poll::Ready(Some(M::decode(value).map_err(|source| Error::Decode {
+                    type_name: M::full_name(),
+                    source,
+                })));
+            }
+        }
+        // The uncommon cases go through prost's `Any`, exactly as `poll_next` would.
+        match Any::decode(frame) {
+            Ok(any) => Poll::Ready(Some(unpack(any))),
+            Err(source) => self.fail(Error::Decode {
+                type_name: Any::full_name(),
+                source,
+            }),
+        }
+    }
+
+    /// `buf` as `Bytes`, made once per filled buffer and sliced for each frame.
+    fn shared(&mut self) -> &Bytes {
+        let buf = &self.buf;
+        self.shared
+            .get_or_insert_with(|| Bytes::from_owner(SharedBuf(buf.clone())))
+    }
+
+    /// Where the next frame's `Any` lies in `buf`.
+    fn poll_next_range<R: AsyncRead + ?Sized>(
         &mut self,
         mut io: Pin<&mut R>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes>>> {
+    ) -> Poll<Option<Result<Range<usize>>>> {
         if self.finished {
             return Poll::Ready(None);
         }
@@ -115,11 +176,7 @@ impl ReadState {
                 Ok(Some((prefix_len, frame_len))) => {
                     let total = prefix_len + frame_len;
                     if pending.len() >= total {
-                        let buf = &self.buf;
-                        let shared = self
-                            .shared
-                            .get_or_insert_with(|| Bytes::from_owner(SharedBuf(buf.clone())));
-                        let frame = shared.slice(self.start + prefix_len..self.start + total);
+                        let frame = self.start + prefix_len..self.start + total;
                         self.start += total;
                         return Poll::Ready(Some(Ok(frame)));
                     }
@@ -145,13 +202,8 @@ impl ReadState {
 
     /// Ends the stream after an error, which is returned (once).
     pub(crate) fn fail<T>(&mut self, error: Error) -> Poll<Option<Result<T>>> {
-        Poll::Ready(Some(Err(self.end_with(error))))
-    }
-
-    /// Ends the stream after `error` (a frame that is not an `Any`), and returns it.
-    pub(crate) fn end_with(&mut self, error: Error) -> Error {
         self.finish();
-        error
+        Poll::Ready(Some(Err(error)))
     }
 
     fn finish(&mut self) {

@@ -13,7 +13,7 @@ use prost_types::Any;
 
 use super::framed::ReadState;
 use super::ConnectionInfo;
-use crate::codec::{any_fields, type_name};
+use crate::codec::type_name;
 use crate::error::{Error, Result};
 
 /// Receives frames: a [`Stream`] of `Result<Any>`.
@@ -61,38 +61,10 @@ impl<R: AsyncRead + Unpin> ConnectionReader<R> {
     /// [`Error::UnexpectedType`] (carrying the message) if a message of another type arrives,
     /// [`Error::Decode`] if its bytes are not a valid `M`, or any error of [`Self::recv`].
     pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        let frame = poll_fn(|cx| self.state.poll_next_frame(Pin::new(&mut self.io), cx)).await;
-        let Some(frame) = frame.transpose()? else {
-            return Ok(None);
-        };
-        if let Some((type_url, value)) = any_fields(&frame) {
-            match self
-                .state
-                .full_name
-                .is_url_of(&frame[type_url], M::full_name)
-            {
-                Ok(true) => {
-                    return M::decode(frame.slice(value)).map(Some).map_err(|source| {
-                        Error::Decode {
-                            type_name: M::full_name(),
-                            source,
-                        }
-                    });
-                }
-                // Another type: unpack below says which.
-                Ok(false) => {}
-                // Not UTF-8: prost's Any decoder below reports it.
-                Err(_) => {}
-            }
-        }
-        // The uncommon cases go through prost's `Any`, exactly as `recv` would.
-        match Any::decode(frame) {
-            Ok(any) => unpack(any).map(Some),
-            Err(source) => Err(self.state.end_with(Error::Decode {
-                type_name: Any::full_name(),
-                source,
-            })),
-        }
+        let this = &mut *self;
+        poll_fn(|cx| this.state.poll_next_message(Pin::new(&mut this.io), cx))
+            .await
+            .transpose()
     }
 }
 
