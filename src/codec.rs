@@ -108,6 +108,7 @@ impl Codec {
     ///
     /// Returns the prefix's own length and the frame length it announces, or `None` if the
     /// prefix is still incomplete.
+    #[inline]
     pub(crate) fn decode_header(&self, src: &[u8]) -> Result<Option<(usize, usize)>> {
         let mut value: u64 = 0;
         for (i, &byte) in src.iter().take(MAX_VARINT_LEN).enumerate() {
@@ -161,6 +162,7 @@ impl Codec {
 
     /// [`encode_message`](Self::encode_message) with the type URL given, so that a caller
     /// sending many messages can compute it once.
+    #[inline]
     pub(crate) fn encode_message_as(
         &self,
         type_url: &str,
@@ -207,6 +209,7 @@ impl Codec {
 /// wrong wire type, truncated input), in which case prost's `Any` decoder should be asked for the
 /// final word. As in protobuf, the last occurrence of a repeated field wins and unknown fields
 /// are skipped.
+#[inline]
 pub(crate) fn any_fields(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
     let (mut type_url, mut value) = (0..0, 0..0);
     let mut pos = 0;
@@ -268,6 +271,7 @@ fn field_len(len: usize) -> usize {
 ///     "connect.example.v1.HelloWorld"
 /// );
 /// ```
+#[inline]
 pub fn type_name(type_url: &str) -> &str {
     type_url.rsplit('/').next().unwrap_or(type_url)
 }

@@ -20,6 +20,7 @@ pub(crate) struct NameCache {
 
 impl NameCache {
     /// What `name()` returns, computed at most once while the same function is asked for.
+    #[inline]
     pub(crate) fn get(&mut self, name: fn() -> String) -> &str {
         if !matches!(&self.last, Some((f, _)) if fn_addr_eq(*f, name)) {
             self.last = Some((name, name()));
@@ -34,6 +35,7 @@ impl NameCache {
     ///
     /// # Errors
     /// If `url` is not UTF-8.
+    #[inline]
     pub(crate) fn is_url_of(
         &mut self,
         url: &[u8],
