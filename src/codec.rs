@@ -211,10 +211,36 @@ impl Codec {
 /// are skipped.
 #[inline]
 pub(crate) fn any_fields(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
+    // What every encoder writes: type_url then value, each once, nothing else.
+    if any.first() == Some(&0x0a) {
+        let mut pos = 1;
+        if let Some(url_len) = varint_at(any, &mut pos).and_then(|l| usize::try_from(l).ok()) {
+            let url = pos..pos.saturating_add(url_len);
+            pos = url.end;
+            if any.get(pos) == Some(&0x12) {
+                pos += 1;
+                let value_len = varint_at(any, &mut pos).and_then(|l| usize::try_from(l).ok());
+                if value_len.and_then(|l| pos.checked_add(l)) == Some(any.len()) {
+                    return Some((url, pos..any.len()));
+                }
+            } else if pos == any.len() {
+                return Some((url, pos..pos));
+            }
+        }
+    }
+    any_fields_in_general(any)
+}
+
+/// [`any_fields`] for any field order, repeated and unknown fields.
+fn any_fields_in_general(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
     let (mut type_url, mut value) = (0..0, 0..0);
     let mut pos = 0;
     while pos < any.len() {
         let key = varint_at(any, &mut pos)?;
+        // Field number 0 and keys beyond 32 bits are invalid: prost's error is the one to give.
+        if key >> 3 == 0 || key > u64::from(u32::MAX) {
+            return None;
+        }
         let len = match key & 7 {
             0 => {
                 varint_at(any, &mut pos)?;
@@ -455,5 +481,47 @@ mod tests {
         assert_eq!(any_fields(&[0x08, 1]), None); // type_url as a varint
         assert_eq!(any_fields(&[0x1b, 0x1c]), None); // a group
         assert_eq!(any_fields(&[]), Some((0..0, 0..0)));
+        assert_eq!(any_fields(&[0x0a, 1, b'u']), Some((2..3, 3..3)));
+        assert_eq!(any_fields(&[0x0a, 1, b'u', 0x00, 0x00]), None); // field number 0
+        assert!(Any::decode(&[0x0a, 1, b'u', 0x00, 0x00][..]).is_err());
+        assert_eq!(any_fields(&[0x12, 1, b'v']), Some((0..0, 2..3)));
+        assert_eq!(any_fields(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), None);
+        assert_eq!(any_fields(&[0x0a, 1, b'u', 0x12, 2, b'v']), None);
+        assert_eq!(
+            any_fields(&[0x0a, 1, b'u', 0x12, 1, b'v', 0x0a, 1, b'w']),
+            Some((8..9, 5..6))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever `any_fields` accepts, prost's `Any` decodes to the same two fields.
+        #[test]
+        fn any_fields_never_disagrees_with_prost(
+            url in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            cut in 0usize..600,
+        ) {
+            let mut wire = Vec::new();
+            if !url.is_empty() {
+                wire.push(0x0a);
+                encode_varint(url.len() as u64, &mut wire);
+                wire.extend_from_slice(&url);
+            }
+            wire.push(0x12);
+            encode_varint(value.len() as u64, &mut wire);
+            wire.extend_from_slice(&value);
+            wire.extend_from_slice(&noise);
+            wire.truncate(cut);
+            if let Some((u, v)) = any_fields(&wire) {
+                if let Ok(any) = Any::decode(&wire[..]) {
+                    proptest::prop_assert_eq!(any.type_url.as_bytes(), &wire[u]);
+                    proptest::prop_assert_eq!(&any.value[..], &wire[v]);
+                } else {
+                    // prost refuses only a type URL that is not UTF-8.
+                    proptest::prop_assert!(std::str::from_utf8(&wire[u]).is_err());
+                }
+            }
+        }
     }
 }
