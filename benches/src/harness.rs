@@ -45,6 +45,9 @@ pub struct Throughput {
     pub rss_end_kib: u64,
     /// CPU time of the receiving thread per message, ns.
     pub cpu_ns_per_message: f64,
+    /// CPU time of the sending thread per message, ns, over its whole run (set-up included, so
+    /// a slight overestimate). For zmq.rs it misses the socket's background tasks.
+    pub sender_cpu_ns_per_message: f64,
     /// Share of the window the receiving thread was runnable but waiting for a CPU: how much
     /// other load on the machine got in the way.
     pub run_queue_wait: f64,
@@ -123,6 +126,7 @@ impl Meter {
                     elapsed,
                     faults_per_message: faults as f64 / self.messages as f64,
                     cpu_ns_per_message: (cpu_end - cpu) as f64 / self.messages as f64,
+                    sender_cpu_ns_per_message: 0.0,
                     run_queue_wait: (wait_end - wait) as f64 / elapsed.as_nanos() as f64,
                     rss_start_kib: self.rss_start,
                     rss_end_kib: rss_kib(),
@@ -220,13 +224,22 @@ where
         .spawn(move || receiver(listener, meter))?;
     let tx = std::thread::Builder::new()
         .name("sender".into())
-        .spawn(move || sender(addr, stop))?;
+        .spawn(move || {
+            let (cpu, _) = thread_schedstat();
+            sender(addr, stop)?;
+            let sent = SENT.with(|n| n.get()).max(1);
+            Ok::<_, anyhow::Error>((thread_schedstat().0 - cpu) as f64 / sent as f64)
+        })?;
     let result = rx
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    tx.join()
+    let sender_cpu = tx
+        .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
-    result
+    result.map(|t| Throughput {
+        sender_cpu_ns_per_message: sender_cpu,
+        ..t
+    })
 }
 
 /// Runs a ping-pong workload: `server` echoes on its own thread, `client` times round trips on
@@ -295,8 +308,14 @@ impl Rounds {
     }
 }
 
-/// Whether the sender should stop.
+thread_local! {
+    /// Messages the sender on this thread has sent (counted by [`stopped`]).
+    static SENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the sender should stop; called once before each message, so it also counts them.
 #[inline]
 pub fn stopped(stop: &AtomicBool) -> bool {
+    SENT.with(|n| n.set(n.get() + 1));
     stop.load(Ordering::Relaxed)
 }

@@ -125,8 +125,17 @@ fn median_by<T: Clone>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
     runs[runs.len() / 2].clone()
 }
 
+/// The 1-minute load average, or NaN where unavailable.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = args()?;
+    let load_before = load_average();
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut checks: Vec<(String, bool)> = Vec::new();
 
@@ -146,9 +155,10 @@ fn main() -> anyhow::Result<()> {
                     let result =
                         run(size).map_err(|e| e.context(format!("{name}, {size_name}")))?;
                     eprintln!(
-                        "W1 {size_name:>6} {name:<42} {:>12.0} msg/s  rx {:>7.0} ns CPU/msg, {:>3.0}% waiting for a CPU",
+                        "W1 {size_name:>6} {name:<42} {:>12.0} msg/s  CPU/msg rx {:>7.0} ns, tx {:>7.0} ns; rx {:>3.0}% waiting for a CPU",
                         result.messages_per_sec(),
                         result.cpu_ns_per_message,
+                        result.sender_cpu_ns_per_message,
                         result.run_queue_wait * 100.0,
                     );
                     runs[i].push(result);
@@ -171,8 +181,9 @@ fn main() -> anyhow::Result<()> {
                     ),
                     format!("{ratio:.2}×"),
                     format!(
-                        "rx {:.0} ns CPU/msg, {:.3} minor faults/msg, RSS {} → {} MiB",
-                        t.cpu_ns_per_message,
+                        "CPU/msg rx {} tx {}, {:.3} minor faults/msg, RSS {} → {} MiB",
+                        nanos(t.cpu_ns_per_message),
+                        nanos(t.sender_cpu_ns_per_message),
                         t.faults_per_message,
                         t.rss_start_kib / 1024,
                         t.rss_end_kib / 1024
@@ -255,6 +266,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    println!(
+        "{} CPUs, load average {load_before:.1} before and {:.1} after; loopback; {} round(s)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        args.rounds
+    );
     println!("| workload | implementation | result | vs raw TCP | notes |");
     println!("|---|---|---|---|---|");
     for row in &rows {
@@ -265,6 +282,15 @@ fn main() -> anyhow::Result<()> {
         println!("{} {check}", if *ok { "met:    " } else { "MISSED: " });
     }
     Ok(())
+}
+
+/// 1234.0 → "1.2 µs".
+fn nanos(ns: f64) -> String {
+    if ns >= 1e3 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
 }
 
 /// 1234567.0 → "1.23 M".

@@ -245,8 +245,16 @@ impl ReadState {
             // Zero-filled once; later frames reuse the room.
             buf.resize(wanted, 0);
         }
+        // A large frame is read up to its last byte and no further, so the next one starts at
+        // the front of the buffer instead of being moved there; smaller frames come many per
+        // read.
+        let read_end = if wanted > READ_CHUNK {
+            self.start + wanted
+        } else {
+            buf.len()
+        };
         loop {
-            match io.as_mut().poll_read(cx, &mut buf[self.end..]) {
+            match io.as_mut().poll_read(cx, &mut buf[self.end..read_end]) {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Ok(n)) => {
                     self.end += n;
