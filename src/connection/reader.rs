@@ -22,6 +22,12 @@ use crate::error::{Error, Result};
 /// (I/O, an invalid or oversized frame, the connection ending inside a frame) is yielded once and
 /// then the stream ends: after a framing error the byte stream cannot be trusted any more.
 ///
+/// Memory: bytes are read into one buffer, which grows to the largest frame received (at most
+/// the maximum frame length) and is then reused for the life of the connection, so a steady
+/// stream of large messages allocates nothing per message. Frames are cut out of it without
+/// copying; a message from [`recv_message`](Self::recv_message) whose `bytes::Bytes` fields
+/// are still held keeps its part of the buffer alive, and reading goes on in a new buffer.
+///
 /// Made by [`Connection::split`](crate::Connection::split), or with [`ConnectionReader::new`]
 /// over any [`AsyncRead`].
 #[derive(Debug)]
