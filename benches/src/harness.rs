@@ -221,10 +221,14 @@ where
     let meter = Meter::new(stop.clone(), window);
     let rx = std::thread::Builder::new()
         .name("receiver".into())
-        .spawn(move || receiver(listener, meter))?;
+        .spawn(move || {
+            pin(0);
+            receiver(listener, meter)
+        })?;
     let tx = std::thread::Builder::new()
         .name("sender".into())
         .spawn(move || {
+            pin(1);
             let (cpu, _) = thread_schedstat();
             sender(addr, stop)?;
             let sent = SENT.with(|n| n.get()).max(1);
@@ -253,7 +257,11 @@ where
     let addr = listener.local_addr()?;
     let srv = std::thread::Builder::new()
         .name("server".into())
-        .spawn(move || server(listener))?;
+        .spawn(move || {
+            pin(1);
+            server(listener)
+        })?;
+    pin(0);
     let samples = client(addr);
     srv.join()
         .map_err(|_| anyhow::anyhow!("server panicked"))??;
@@ -311,6 +319,24 @@ impl Rounds {
 thread_local! {
     /// Messages the sender on this thread has sent (counted by [`stopped`]).
     static SENT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the two sides of a workload are pinned to CPUs 0 and 1 (`--no-pin` clears it).
+pub static PIN: AtomicBool = AtomicBool::new(true);
+
+/// Pins the calling thread to the `index`th CPU, if pinning is on and there are two CPUs.
+///
+/// Left to the scheduler, the two sides sometimes share a CPU and sometimes not, and a
+/// round trip across CPUs of this VM costs about three times one that stays on a CPU: runs
+/// came out bimodal. Pinned, every implementation meets the same conditions: the two sides on
+/// different CPUs, as they would be on different machines.
+pub fn pin(index: usize) {
+    if !PIN.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(cores) = core_affinity::get_core_ids().filter(|c| c.len() >= 2) {
+        core_affinity::set_for_current(cores[index % cores.len()]);
+    }
 }
 
 /// Whether the sender should stop; called once before each message, so it also counts them.

@@ -9,8 +9,8 @@
 //! W1, one-way throughput: one connection, the sender on one thread sends as fast as it can,
 //! the receiver on another times itself for one second after a 250 ms warm-up. W2, ping-pong:
 //! 64-byte messages echoed, 20 000 timed round trips after 2 000 untimed ones. A W1 result is
-//! the median of `--rounds` runs (by messages/s); W2 percentiles pool the round trips of all
-//! rounds. Every ratio compares with raw async-std TCP measured in the same run. Minor page faults are those of the receiving thread
+//! the median of `--rounds` runs (by messages/s); a W2 percentile is the median of that
+//! percentile over twice as many rounds. Every ratio compares with raw async-std TCP measured in the same run. Minor page faults are those of the receiving thread
 //! per message, and RSS is the process's at the start and end of the timed window.
 
 mod conn;
@@ -104,10 +104,11 @@ fn args() -> anyhow::Result<Args> {
                 anyhow::ensure!(seconds >= 1.0, "--seconds must be at least 1");
                 harness::WINDOW_MS.store((seconds * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
             }
+            "--no-pin" => harness::PIN.store(false, std::sync::atomic::Ordering::Relaxed),
             "--no-baseline" => args.no_baseline = true,
             "--size" => args.size = Some(it.next().unwrap_or_default().parse()?),
             other => anyhow::bail!(
-                "unknown argument {other:?}; use --rounds N, --only TEXT, --size BYTES, --seconds S, --no-baseline, --throughput, --latency"
+                "unknown argument {other:?}; use --rounds N, --only TEXT, --size BYTES, --seconds S, --no-pin, --no-baseline, --throughput, --latency"
             ),
         }
     }
@@ -219,7 +220,8 @@ fn main() -> anyhow::Result<()> {
             .filter(|(name, _)| selected(&args, name))
             .collect();
         let mut runs: Vec<Vec<Latency>> = vec![Vec::new(); impls.len()];
-        for _ in 0..args.rounds {
+        // Ping-pong rounds are short: twice as many as for W1.
+        for _ in 0..2 * args.rounds {
             for (i, (name, run)) in impls.iter().enumerate() {
                 let result = run().map_err(|e| e.context(name.to_string()))?;
                 eprintln!(
@@ -230,19 +232,20 @@ fn main() -> anyhow::Result<()> {
                 runs[i].push(result);
             }
         }
-        // All rounds' round trips pooled: tails from 60 000 samples are steadier than any one
-        // run's.
-        let medians: Vec<Latency> = runs
-            .into_iter()
-            .map(|r| Latency::from_samples(r.into_iter().flat_map(|l| l.sorted_ns).collect()))
+        // Each percentile is the median of the rounds' values, so one round spoilt by a burst
+        // of other load on the machine does not decide it.
+        let medians: Vec<[f64; 3]> = runs
+            .iter()
+            .map(|r| {
+                [0.5, 0.99, 0.999].map(|q| {
+                    let mut v: Vec<f64> = r.iter().map(|l| l.quantile_us(q)).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                })
+            })
             .collect();
-        let raw_p50 = medians[0].quantile_us(0.5);
-        for ((name, _), l) in impls.iter().zip(&medians) {
-            let (p50, p99, p999) = (
-                l.quantile_us(0.5),
-                l.quantile_us(0.99),
-                l.quantile_us(0.999),
-            );
+        let raw_p50 = medians[0][0];
+        for ((name, _), &[p50, p99, p999]) in impls.iter().zip(&medians) {
             rows.push([
                 "W2 ping-pong 64 B".into(),
                 name.to_string(),
