@@ -137,6 +137,8 @@ fn load_average() -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = args()?;
     let load_before = load_average();
+    // Before any thread is pinned, which would narrow what the process may use.
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut checks: Vec<(String, bool)> = Vec::new();
 
@@ -271,7 +273,7 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "{} CPUs, load average {load_before:.1} before and {:.1} after; loopback; {} round(s)\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpus,
         load_average(),
         args.rounds
     );
