@@ -1,17 +1,20 @@
 //! `connect` next to raw TCP, tokio + prost and zmq.rs, measured in one run on loopback.
 //!
 //! ```text
-//! cargo run --release -p connect-bench            # everything, 3 rounds, about two minutes
+//! cargo run --release -p connect-bench            # everything, 3 rounds, three to four minutes
 //! cargo run --release -p connect-bench -- --rounds 1 --only connect --size 64 --throughput
 //! cargo run --release -p connect-bench -- --rounds 1 --only feed --size 1048576 --seconds 30
 //! ```
 //!
 //! W1, one-way throughput: one connection, the sender on one thread sends as fast as it can,
 //! the receiver on another times itself for one second after a 250 ms warm-up. W2, ping-pong:
-//! 64-byte messages echoed, 20 000 timed round trips after 2 000 untimed ones. A W1 result is
-//! the median of `--rounds` runs (by messages/s); a W2 percentile is the median of that
-//! percentile over twice as many rounds. Every ratio compares with raw async-std TCP measured in the same run. Minor page faults are those of the receiving thread
-//! per message, and RSS is the process's at the start and end of the timed window.
+//! 64-byte messages echoed, 20 000 timed round trips after 2 000 untimed ones. The two sides
+//! are pinned to CPUs 0 and 1 (`--no-pin` leaves them to the scheduler). A W1 result is the
+//! median of `--rounds` runs (by messages/s); a W2 percentile is the median of that percentile
+//! over twice as many rounds. Every ratio compares with raw async-std TCP measured in the same
+//! run. CPU time and minor page faults are per message, of the receiving thread over the timed
+//! window and of the sending thread over its whole run; RSS is the process's at the start and
+//! end of the timed window.
 
 mod conn;
 mod harness;
