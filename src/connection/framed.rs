@@ -225,9 +225,14 @@ impl ReadState {
         // gone the buffer is ours to write into again.
         self.shared = None;
         let pending = self.end - self.start;
+        // The room wanted is grown into as bytes arrive (at most doubling per read), not
+        // committed up front: a peer announcing a large frame and sending little of it makes
+        // the buffer grow only with what it actually sends.
+        let grow_to =
+            |len: usize, end: usize| wanted.min(len.saturating_mul(2).max(end + READ_CHUNK));
         if Arc::get_mut(&mut self.buf).is_none() {
             // A caller still holds a frame: leave that buffer to it.
-            let mut fresh = vec![0; wanted];
+            let mut fresh = vec![0; grow_to(0, pending)];
             fresh[..pending].copy_from_slice(&self.buf[self.start..self.end]);
             self.buf = Arc::new(fresh);
             (self.start, self.end) = (0, pending);
@@ -236,20 +241,21 @@ impl ReadState {
         let buf = Arc::make_mut(&mut self.buf);
         if pending == 0 {
             (self.start, self.end) = (0, 0);
-        } else if buf.len() - self.start < wanted {
+        } else if self.start > 0 && buf.len() - self.start < wanted {
             // Only the start of one frame is pending: move it to the front.
             buf.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, pending);
         }
-        if buf.len() < wanted {
+        let len = grow_to(buf.len(), self.end);
+        if buf.len() < len {
             // Zero-filled once; later frames reuse the room.
-            buf.resize(wanted, 0);
+            buf.resize(len, 0);
         }
         // A large frame is read up to its last byte and no further, so the next one starts at
         // the front of the buffer instead of being moved there; smaller frames come many per
         // read.
         let read_end = if wanted > READ_CHUNK {
-            self.start + wanted
+            (self.start + wanted).min(buf.len())
         } else {
             buf.len()
         };
@@ -486,6 +492,38 @@ mod tests {
         for (i, frame) in held.iter().enumerate() {
             assert_eq!(value(frame), vec![i as u8; 100]);
         }
+    }
+
+    #[test]
+    fn an_announced_length_is_not_committed_before_its_bytes_arrive() {
+        // 8 MiB announced, 100 bytes sent.
+        let mut bytes = Vec::new();
+        prost::encoding::encode_varint(8 << 20, &mut bytes);
+        bytes.extend_from_slice(&[7; 100]);
+        let mut io = Cursor::new(bytes);
+        let mut state = ReadState::new(Codec::new());
+        let mut largest = 0;
+        let result = block_on(poll_fn(|cx| {
+            let poll = state.poll_next_frame(Pin::new(&mut io), cx);
+            largest = largest.max(state.buf.len());
+            poll
+        }));
+        assert!(
+            matches!(result, Some(Err(Error::Truncated { buffered: 104 }))),
+            "{result:?}"
+        );
+        assert!(largest <= 2 * READ_CHUNK, "{largest}");
+    }
+
+    #[test]
+    fn a_large_frame_grows_the_buffer_to_its_size_and_no_more() {
+        let mut io = Cursor::new(wire(3, 3 << 20));
+        let mut state = ReadState::new(Codec::new());
+        for i in 0..3 {
+            let frame = next_frame(&mut state, &mut io).unwrap();
+            assert_eq!(value(&frame), vec![i as u8; 3 << 20]);
+        }
+        assert!(state.buf.len() < (3 << 20) + 64, "{}", state.buf.len());
     }
 
     #[test]
