@@ -28,7 +28,9 @@
 //! ```
 
 use bytes::{Buf, BufMut, BytesMut};
-use prost::encoding::{encode_varint, encoded_len_varint};
+use std::ops::Range;
+
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 use prost::{Message, Name};
 use prost_types::Any;
 
@@ -106,7 +108,8 @@ impl Codec {
     ///
     /// Returns the prefix's own length and the frame length it announces, or `None` if the
     /// prefix is still incomplete.
-    fn decode_header(&self, src: &[u8]) -> Result<Option<(usize, usize)>> {
+    #[inline]
+    pub(crate) fn decode_header(&self, src: &[u8]) -> Result<Option<(usize, usize)>> {
         let mut value: u64 = 0;
         for (i, &byte) in src.iter().take(MAX_VARINT_LEN).enumerate() {
             // The tenth byte may only carry the 64th bit.
@@ -154,7 +157,18 @@ impl Codec {
     /// [`Error::FrameTooLarge`] if the frame would be longer than the maximum; `dst` is then left
     /// unchanged.
     pub fn encode_message<M: Message + Name>(&self, msg: &M, dst: &mut BytesMut) -> Result<()> {
-        let type_url = M::type_url();
+        self.encode_message_as(&M::type_url(), msg, dst)
+    }
+
+    /// [`encode_message`](Self::encode_message) with the type URL given, so that a caller
+    /// sending many messages can compute it once.
+    #[inline]
+    pub(crate) fn encode_message_as(
+        &self,
+        type_url: &str,
+        msg: &impl Message,
+        dst: &mut BytesMut,
+    ) -> Result<()> {
         let value_len = msg.encoded_len();
         // Fields of google.protobuf.Any: 1 = type_url (string), 2 = value (bytes). Like every
         // protobuf encoder, leave out fields that hold their default (empty) value.
@@ -188,6 +202,83 @@ impl Codec {
     }
 }
 
+/// Where the `type_url` and `value` fields of an encoded `google.protobuf.Any` lie in `any`,
+/// without copying them; a missing field is an empty range.
+///
+/// Only the plain encodings are recognised: `None` for anything else (groups, a field of the
+/// wrong wire type, truncated input), in which case prost's `Any` decoder should be asked for the
+/// final word. As in protobuf, the last occurrence of a repeated field wins and unknown fields
+/// are skipped.
+#[inline]
+pub(crate) fn any_fields(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
+    // What every encoder writes: type_url then value, each once, nothing else.
+    if any.first() == Some(&0x0a) {
+        let mut pos = 1;
+        if let Some(url_len) = varint_at(any, &mut pos).and_then(|l| usize::try_from(l).ok()) {
+            let url = pos..pos.saturating_add(url_len);
+            pos = url.end;
+            if any.get(pos) == Some(&0x12) {
+                pos += 1;
+                let value_len = varint_at(any, &mut pos).and_then(|l| usize::try_from(l).ok());
+                if value_len.and_then(|l| pos.checked_add(l)) == Some(any.len()) {
+                    return Some((url, pos..any.len()));
+                }
+            } else if pos == any.len() {
+                return Some((url, pos..pos));
+            }
+        }
+    }
+    any_fields_in_general(any)
+}
+
+/// [`any_fields`] for any field order, repeated and unknown fields.
+fn any_fields_in_general(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
+    let (mut type_url, mut value) = (0..0, 0..0);
+    let mut pos = 0;
+    while pos < any.len() {
+        let key = varint_at(any, &mut pos)?;
+        // Field number 0 and keys beyond 32 bits are invalid: prost's error is the one to give.
+        if key >> 3 == 0 || key > u64::from(u32::MAX) {
+            return None;
+        }
+        let len = match key & 7 {
+            0 => {
+                varint_at(any, &mut pos)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint_at(any, &mut pos)?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        let range = pos..pos.checked_add(len).filter(|&end| end <= any.len())?;
+        pos = range.end;
+        match (key >> 3, key & 7) {
+            (1, 2) => type_url = range,
+            (2, 2) => value = range,
+            (1 | 2, _) => return None,
+            _ => {}
+        }
+    }
+    Some((type_url, value))
+}
+
+/// The varint at `buf[*pos..]`, advancing `pos` past it; one-byte varints (field keys and short
+/// lengths) take the inlined fast path.
+#[inline]
+fn varint_at(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let first = *buf.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(u64::from(first));
+    }
+    let mut rest = &buf[*pos..];
+    let before = rest.len();
+    let value = decode_varint(&mut rest).ok()?;
+    *pos += before - rest.len();
+    Some(value)
+}
+
 /// Encoded length of a length-delimited field with a one-byte key, or 0 when empty.
 fn field_len(len: usize) -> usize {
     if len == 0 {
@@ -206,6 +297,7 @@ fn field_len(len: usize) -> usize {
 ///     "connect.example.v1.HelloWorld"
 /// );
 /// ```
+#[inline]
 pub fn type_name(type_url: &str) -> &str {
     type_url.rsplit('/').next().unwrap_or(type_url)
 }
@@ -359,5 +451,77 @@ mod tests {
         assert_eq!(type_name("example.com/x/y/a.C"), "a.C");
         assert_eq!(type_name("a.C"), "a.C");
         assert_eq!(type_name(""), "");
+    }
+
+    #[test]
+    fn any_fields_agree_with_prost() {
+        let mut wire = BytesMut::new();
+        let packed = any("a.B", b"hello");
+        packed.encode_raw(&mut wire);
+        let (url, value) = any_fields(&wire).unwrap();
+        assert_eq!(&wire[url], packed.type_url.as_bytes());
+        assert_eq!(&wire[value], b"hello");
+
+        // Unknown fields of every plain wire type are skipped; the last occurrence wins.
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&[0x18, 0x96, 0x01]); // 3: varint
+        wire.extend_from_slice(&[0x21, 1, 2, 3, 4, 5, 6, 7, 8]); // 4: fixed64
+        wire.extend_from_slice(&[0x2d, 1, 2, 3, 4]); // 5: fixed32
+        wire.extend_from_slice(&[0x12, 1, b'x', 0x0a, 1, b'u', 0x12, 2, b'y', b'z']);
+        let (url, value) = any_fields(&wire).unwrap();
+        assert_eq!((&wire[url], &wire[value]), (&b"u"[..], &b"yz"[..]));
+        let prost = Any::decode(&wire[..]).unwrap();
+        assert_eq!(
+            (prost.type_url.as_str(), &prost.value[..]),
+            ("u", &b"yz"[..])
+        );
+
+        // Whatever it does not handle plainly is left to prost.
+        assert_eq!(any_fields(&[0x0a, 5, b'a']), None); // truncated
+        assert_eq!(any_fields(&[0x08, 1]), None); // type_url as a varint
+        assert_eq!(any_fields(&[0x1b, 0x1c]), None); // a group
+        assert_eq!(any_fields(&[]), Some((0..0, 0..0)));
+        assert_eq!(any_fields(&[0x0a, 1, b'u']), Some((2..3, 3..3)));
+        assert_eq!(any_fields(&[0x0a, 1, b'u', 0x00, 0x00]), None); // field number 0
+        assert!(Any::decode(&[0x0a, 1, b'u', 0x00, 0x00][..]).is_err());
+        assert_eq!(any_fields(&[0x12, 1, b'v']), Some((0..0, 2..3)));
+        assert_eq!(any_fields(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), None);
+        assert_eq!(any_fields(&[0x0a, 1, b'u', 0x12, 2, b'v']), None);
+        assert_eq!(
+            any_fields(&[0x0a, 1, b'u', 0x12, 1, b'v', 0x0a, 1, b'w']),
+            Some((8..9, 5..6))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever `any_fields` accepts, prost's `Any` decodes to the same two fields.
+        #[test]
+        fn any_fields_never_disagrees_with_prost(
+            url in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            cut in 0usize..600,
+        ) {
+            let mut wire = Vec::new();
+            if !url.is_empty() {
+                wire.push(0x0a);
+                encode_varint(url.len() as u64, &mut wire);
+                wire.extend_from_slice(&url);
+            }
+            wire.push(0x12);
+            encode_varint(value.len() as u64, &mut wire);
+            wire.extend_from_slice(&value);
+            wire.extend_from_slice(&noise);
+            wire.truncate(cut);
+            if let Some((u, v)) = any_fields(&wire) {
+                if let Ok(any) = Any::decode(&wire[..]) {
+                    proptest::prop_assert_eq!(any.type_url.as_bytes(), &wire[u]);
+                    proptest::prop_assert_eq!(&any.value[..], &wire[v]);
+                } else {
+                    // prost refuses only a type URL that is not UTF-8.
+                    proptest::prop_assert!(std::str::from_utf8(&wire[u]).is_err());
+                }
+            }
+        }
     }
 }

@@ -3,36 +3,79 @@
 //! [`ReadState`] and [`WriteState`] own the buffers and the codec; the reader, writer and
 //! connection types hold one of each next to their I/O object and call into them.
 
+use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 use prost::{Message, Name};
 use prost_types::Any;
 
-use crate::codec::Codec;
+use super::names::NameCache;
+use super::unpack;
+use crate::codec::{any_fields, Codec};
 use crate::error::{Error, Result};
 
-/// How much is read from the socket at most per call. Large enough that big frames take few
-/// system calls; the codec reserves the rest of an announced frame separately.
+/// Room offered to each read when no larger frame is pending: big enough that many small
+/// frames arrive per system call.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Receiving side: bytes read so far and the codec that cuts them into frames.
-#[derive(Debug)]
+///
+/// Frames are handed out as [`Bytes`] slices of the read buffer, not copies. The buffer is
+/// written into again only once every frame sliced from it has been dropped (checked with
+/// `Arc::get_mut`); while a caller still holds one, the next read goes into a fresh buffer. So a
+/// reader that drops each message before asking for the next (the usual loop) reuses one buffer
+/// for the whole connection: no allocation, no zero-filling and no page faults per frame. The
+/// buffer grows to the largest frame received, which the codec's maximum bounds.
 pub(crate) struct ReadState {
     codec: Codec,
-    buf: BytesMut,
+    /// Full name of the last message type unpacked by `poll_next_message`.
+    full_name: NameCache,
+    /// Always fully initialized (`poll_read` takes an initialized slice). Received bytes not
+    /// yet handed out are `buf[start..end]`; `buf[end..]` is room for the next read.
+    buf: Arc<Vec<u8>>,
+    start: usize,
+    end: usize,
+    /// `buf` as `Bytes`, made once per filled buffer and sliced for each `Bytes` handed out.
+    shared: Option<Bytes>,
     /// Set once the stream has ended (cleanly or with an error); nothing is read after that.
     finished: bool,
+}
+
+impl fmt::Debug for ReadState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadState")
+            .field("codec", &self.codec)
+            .field("buffered", &self.buffered_len())
+            .field("capacity", &self.buf.len())
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+/// Lets frames (`Bytes`) keep the read buffer alive.
+struct SharedBuf(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl ReadState {
     pub(crate) fn new(codec: Codec) -> Self {
         Self {
             codec,
-            buf: BytesMut::new(),
+            full_name: NameCache::default(),
+            buf: Arc::default(),
+            start: 0,
+            end: 0,
+            shared: None,
             finished: false,
         }
     }
@@ -41,59 +84,191 @@ impl ReadState {
     /// frames); an error ends the stream too, and it yields `None` from then on.
     pub(crate) fn poll_next<R: AsyncRead + ?Sized>(
         &mut self,
-        mut io: Pin<&mut R>,
+        io: Pin<&mut R>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Any>>> {
+        match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(frame)) => match Any::decode(&self.buf[frame]) {
+                Ok(any) => Poll::Ready(Some(Ok(any))),
+                Err(source) => self.fail(Error::Decode {
+                    type_name: Any::full_name(),
+                    source,
+                }),
+            },
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// The bytes of the next frame's `Any` (without the length prefix), sliced out of the read
+    /// buffer. Same end-of-stream and error behaviour as [`poll_next`](Self::poll_next).
+    #[cfg(test)]
+    pub(crate) fn poll_next_frame<R: AsyncRead + ?Sized>(
+        &mut self,
+        io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes>>> {
+        let range = match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(range)) => range,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(Ok(self.shared().slice(range))))
+    }
+
+    /// The next message, unpacked as `M` straight from the read buffer: no intermediate `Any`,
+    /// and `Bytes` fields of `M` are slices of the buffer. Same end-of-stream and error
+    /// behaviour as [`poll_next`](Self::poll_next); a frame of another type or with bytes that
+    /// are not an `M` is an error for that frame only.
+    pub(crate) fn poll_next_message<M: Message + Name + Default, R: AsyncRead + ?Sized>(
+        &mut self,
+        io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<M>>> {
+        let range = match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(range)) => range,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        let frame = &self.buf[range.clone()];
+        if let Some((type_url, value)) = any_fields(frame) {
+            // Not UTF-8 (`Err`) or another type: prost's `Any` below says which.
+            if let Ok(true) = self.full_name.is_url_of(&frame[type_url], M::full_name) {
+                let value = self
+                    .shared()
+                    .slice(range.start + value.start..range.start + value.end);
+                return Poll::Ready(Some(M::decode(value).map_err(|source| Error::Decode {
+                    type_name: M::full_name(),
+                    source,
+                })));
+            }
+        }
+        // The uncommon cases go through prost's `Any`, exactly as `poll_next` would.
+        match Any::decode(frame) {
+            Ok(any) => Poll::Ready(Some(unpack(any))),
+            Err(source) => self.fail(Error::Decode {
+                type_name: Any::full_name(),
+                source,
+            }),
+        }
+    }
+
+    /// `buf` as `Bytes`, made once per filled buffer and sliced for each frame.
+    fn shared(&mut self) -> &Bytes {
+        let buf = &self.buf;
+        self.shared
+            .get_or_insert_with(|| Bytes::from_owner(SharedBuf(buf.clone())))
+    }
+
+    /// Where the next frame's `Any` lies in `buf`.
+    fn poll_next_range<R: AsyncRead + ?Sized>(
+        &mut self,
+        mut io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Range<usize>>>> {
         if self.finished {
             return Poll::Ready(None);
         }
         loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Some(any)) => return Poll::Ready(Some(Ok(any))),
-                Ok(None) => {}
-                Err(e) => return self.finish(Some(e)),
-            }
-            match ready!(self.poll_fill(io.as_mut(), cx)) {
-                Ok(0) if self.buf.is_empty() => return self.finish(None),
+            let pending = &self.buf[self.start..self.end];
+            // How many bytes from `start` the buffer should be able to hold before reading.
+            let wanted = match self.codec.decode_header(pending) {
+                Ok(Some((prefix_len, frame_len))) => {
+                    let total = prefix_len + frame_len;
+                    if pending.len() >= total {
+                        let frame = self.start + prefix_len..self.start + total;
+                        self.start += total;
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    total.max(READ_CHUNK)
+                }
+                Ok(None) => READ_CHUNK,
+                Err(e) => return self.fail(e),
+            };
+            match ready!(self.poll_fill(io.as_mut(), cx, wanted)) {
+                Ok(0) if self.start == self.end => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
                 Ok(0) => {
-                    let buffered = self.buf.len();
-                    return self.finish(Some(Error::Truncated { buffered }));
+                    let buffered = self.buffered_len();
+                    return self.fail(Error::Truncated { buffered });
                 }
                 Ok(_) => {}
-                Err(e) => return self.finish(Some(e.into())),
+                Err(e) => return self.fail(e.into()),
             }
         }
     }
 
-    fn finish(&mut self, error: Option<Error>) -> Poll<Option<Result<Any>>> {
-        self.finished = true;
-        self.buf = BytesMut::new();
-        Poll::Ready(error.map(Err))
+    /// Ends the stream after an error, which is returned (once).
+    pub(crate) fn fail<T>(&mut self, error: Error) -> Poll<Option<Result<T>>> {
+        self.finish();
+        Poll::Ready(Some(Err(error)))
     }
 
-    /// Reads once from `io` into the spare capacity of the buffer.
+    fn finish(&mut self) {
+        self.finished = true;
+        self.shared = None;
+        self.buf = Arc::default();
+        (self.start, self.end) = (0, 0);
+    }
+
+    /// Makes room for `wanted` bytes from `start` (more than are buffered), then reads once from
+    /// `io` into the room after `end`.
     fn poll_fill<R: AsyncRead + ?Sized>(
         &mut self,
         mut io: Pin<&mut R>,
         cx: &mut Context<'_>,
+        wanted: usize,
     ) -> Poll<io::Result<usize>> {
-        let len = self.buf.len();
-        // `decode` has reserved room for the rest of a partly received frame; read into at most
-        // READ_CHUNK of it so the zero-filling below stays proportional to what is read.
-        let spare = (self.buf.capacity() - len).clamp(READ_CHUNK / 8, READ_CHUNK);
-        self.buf.resize(len + spare, 0);
-        let result = loop {
-            match io.as_mut().poll_read(cx, &mut self.buf[len..]) {
+        // Frames handed out earlier hold clones of `buf` through `shared`; once they are all
+        // gone the buffer is ours to write into again.
+        self.shared = None;
+        let pending = self.end - self.start;
+        // The room wanted is grown into as bytes arrive (at most doubling per read), not
+        // committed up front: a peer announcing a large frame and sending little of it makes
+        // the buffer grow only with what it actually sends.
+        let grow_to =
+            |len: usize, end: usize| wanted.min(len.saturating_mul(2).max(end + READ_CHUNK));
+        if Arc::get_mut(&mut self.buf).is_none() {
+            // A caller still holds a frame: leave that buffer to it.
+            let mut fresh = vec![0; grow_to(0, pending)];
+            fresh[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = Arc::new(fresh);
+            (self.start, self.end) = (0, pending);
+        }
+        // Unique by now, so this never clones.
+        let buf = Arc::make_mut(&mut self.buf);
+        if pending == 0 {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && buf.len() - self.start < wanted {
+            // Only the start of one frame is pending: move it to the front.
+            buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, pending);
+        }
+        let len = grow_to(buf.len(), self.end);
+        if buf.len() < len {
+            // Zero-filled once; later frames reuse the room.
+            buf.resize(len, 0);
+        }
+        // A large frame is read up to its last byte and no further, so the next one starts at
+        // the front of the buffer instead of being moved there; smaller frames come many per
+        // read.
+        let read_end = if wanted > READ_CHUNK {
+            (self.start + wanted).min(buf.len())
+        } else {
+            buf.len()
+        };
+        loop {
+            match io.as_mut().poll_read(cx, &mut buf[self.end..read_end]) {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
+                Poll::Ready(Ok(n)) => {
+                    self.end += n;
+                    return Poll::Ready(Ok(n));
+                }
+                other => return other,
             }
-        };
-        let read = match &result {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        self.buf.truncate(len + read);
-        result
+        }
     }
 
     /// Changes the maximum frame length for frames not yet decoded (sessions negotiate it).
@@ -103,7 +278,7 @@ impl ReadState {
 
     /// Bytes received but not yet returned as frames (carried over by `reunite`).
     pub(crate) fn buffered_len(&self) -> usize {
-        self.buf.len()
+        self.end - self.start
     }
 }
 
@@ -111,6 +286,8 @@ impl ReadState {
 #[derive(Debug)]
 pub(crate) struct WriteState {
     codec: Codec,
+    /// Type URL of the last message type sent.
+    type_url: NameCache,
     buf: BytesMut,
     /// Above this many buffered bytes, `poll_ready` writes before accepting more.
     high_water: usize,
@@ -122,6 +299,7 @@ impl WriteState {
     pub(crate) fn new(codec: Codec, high_water: usize) -> Self {
         Self {
             codec,
+            type_url: NameCache::default(),
             buf: BytesMut::new(),
             high_water,
             closed: false,
@@ -155,7 +333,8 @@ impl WriteState {
         if self.closed {
             return Err(Error::Closed);
         }
-        self.codec.encode_message(msg, &mut self.buf)
+        let type_url = self.type_url.get(M::type_url);
+        self.codec.encode_message_as(type_url, msg, &mut self.buf)
     }
 
     /// Writes everything buffered, then flushes `io`.
@@ -220,5 +399,155 @@ impl WriteState {
     /// Bytes encoded but not yet written.
     pub(crate) fn buffered_len(&self) -> usize {
         self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use std::future::poll_fn;
+
+    /// Frames whose values are `count` distinct fills of `size` bytes.
+    fn wire(count: usize, size: usize) -> Vec<u8> {
+        let codec = Codec::new();
+        let mut buf = BytesMut::new();
+        for i in 0..count {
+            let any = Any {
+                type_url: "t/x.Y".into(),
+                value: vec![i as u8; size],
+            };
+            codec.encode(&any, &mut buf).unwrap();
+        }
+        buf.to_vec()
+    }
+
+    fn next_frame<R: AsyncRead + Unpin>(state: &mut ReadState, io: &mut R) -> Option<Bytes> {
+        block_on(poll_fn(|cx| state.poll_next_frame(Pin::new(&mut *io), cx))).map(|r| r.unwrap())
+    }
+
+    fn value(frame: &Bytes) -> Vec<u8> {
+        Any::decode(frame.clone()).unwrap().value
+    }
+
+    #[test]
+    fn the_buffer_is_reused_not_reallocated() {
+        let mut io = Cursor::new(wire(50, 100 * 1024));
+        let mut state = ReadState::new(Codec::new());
+        drop(next_frame(&mut state, &mut io));
+        let buffer = Arc::as_ptr(&state.buf);
+        let capacity = state.buf.len();
+        for _ in 1..49 {
+            drop(next_frame(&mut state, &mut io));
+            assert_eq!(Arc::as_ptr(&state.buf), buffer);
+        }
+        assert!(capacity <= 2 * (100 * 1024 + 64), "{capacity}");
+    }
+
+    /// Reads one byte per call, answering `Pending` (after waking) every other call.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        pending: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            self.pending = !self.pending;
+            if self.pending {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let Some(&byte) = self.data.get(self.pos) else {
+                return Poll::Ready(Ok(0));
+            };
+            buf[0] = byte;
+            self.pos += 1;
+            Poll::Ready(Ok(1))
+        }
+    }
+
+    #[test]
+    fn held_frames_survive_byte_by_byte_reads() {
+        let mut io = Trickle {
+            data: wire(40, 100),
+            pos: 0,
+            pending: false,
+        };
+        let mut state = ReadState::new(Codec::new());
+        let mut held = Vec::new();
+        while let Some(frame) = next_frame(&mut state, &mut io) {
+            held.push(frame);
+        }
+        assert_eq!(held.len(), 40);
+        for (i, frame) in held.iter().enumerate() {
+            assert_eq!(value(frame), vec![i as u8; 100]);
+        }
+    }
+
+    #[test]
+    fn held_frames_survive_big_reads() {
+        let mut io = Cursor::new(wire(2000, 100));
+        let mut state = ReadState::new(Codec::new());
+        let mut held = Vec::new();
+        while let Some(frame) = next_frame(&mut state, &mut io) {
+            held.push(frame);
+        }
+        assert_eq!(held.len(), 2000);
+        for (i, frame) in held.iter().enumerate() {
+            assert_eq!(value(frame), vec![i as u8; 100]);
+        }
+    }
+
+    #[test]
+    fn an_announced_length_is_not_committed_before_its_bytes_arrive() {
+        // 8 MiB announced, 100 bytes sent.
+        let mut bytes = Vec::new();
+        prost::encoding::encode_varint(8 << 20, &mut bytes);
+        bytes.extend_from_slice(&[7; 100]);
+        let mut io = Cursor::new(bytes);
+        let mut state = ReadState::new(Codec::new());
+        let mut largest = 0;
+        let result = block_on(poll_fn(|cx| {
+            let poll = state.poll_next_frame(Pin::new(&mut io), cx);
+            largest = largest.max(state.buf.len());
+            poll
+        }));
+        assert!(
+            matches!(result, Some(Err(Error::Truncated { buffered: 104 }))),
+            "{result:?}"
+        );
+        assert!(largest <= 2 * READ_CHUNK, "{largest}");
+    }
+
+    #[test]
+    fn a_large_frame_grows_the_buffer_to_its_size_and_no_more() {
+        let mut io = Cursor::new(wire(3, 3 << 20));
+        let mut state = ReadState::new(Codec::new());
+        for i in 0..3 {
+            let frame = next_frame(&mut state, &mut io).unwrap();
+            assert_eq!(value(&frame), vec![i as u8; 3 << 20]);
+        }
+        assert!(state.buf.len() < (3 << 20) + 64, "{}", state.buf.len());
+    }
+
+    #[test]
+    fn end_inside_a_frame_is_truncated() {
+        let mut bytes = wire(2, 1000);
+        bytes.truncate(bytes.len() - 10);
+        let mut io = Cursor::new(bytes);
+        let mut state = ReadState::new(Codec::new());
+        assert!(next_frame(&mut state, &mut io).is_some());
+        let result = block_on(poll_fn(|cx| state.poll_next_frame(Pin::new(&mut io), cx)));
+        assert!(
+            matches!(result, Some(Err(Error::Truncated { .. }))),
+            "{result:?}"
+        );
+        assert!(next_frame(&mut state, &mut io).is_none());
     }
 }

@@ -2,6 +2,7 @@
 
 mod framed;
 mod identity;
+mod names;
 mod reader;
 mod writer;
 

@@ -1,5 +1,6 @@
 //! The receiving half of a connection.
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,6 +21,12 @@ use crate::error::{Error, Result};
 /// The stream ends (`None`) when the peer closes the connection between two frames. Any error
 /// (I/O, an invalid or oversized frame, the connection ending inside a frame) is yielded once and
 /// then the stream ends: after a framing error the byte stream cannot be trusted any more.
+///
+/// Memory: bytes are read into one buffer, which grows to the largest frame received (at most
+/// the maximum frame length) and is then reused for the life of the connection, so a steady
+/// stream of large messages allocates nothing per message. Frames are cut out of it without
+/// copying; a message from [`recv_message`](Self::recv_message) whose `bytes::Bytes` fields
+/// are still held keeps its part of the buffer alive, and reading goes on in a new buffer.
 ///
 /// Made by [`Connection::split`](crate::Connection::split), or with [`ConnectionReader::new`]
 /// over any [`AsyncRead`].
@@ -49,14 +56,21 @@ impl<R: AsyncRead + Unpin> ConnectionReader<R> {
 
     /// The next message, unpacked as `M`, or `Ok(None)` once the peer has closed cleanly.
     ///
+    /// The message is decoded straight from the received frame, without an intermediate
+    /// [`Any`]. Fields of type [`bytes::Bytes`] (prost-build's `.bytes(..)` option) are then
+    /// slices of the receive buffer rather than copies; the buffer is reused once such a
+    /// message has been dropped, so hold on to it only as long as needed.
+    ///
+    /// Cancel-safe: dropping the returned future loses nothing.
+    ///
     /// # Errors
     /// [`Error::UnexpectedType`] (carrying the message) if a message of another type arrives,
     /// [`Error::Decode`] if its bytes are not a valid `M`, or any error of [`Self::recv`].
     pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        match self.recv().await? {
-            Some(any) => unpack(any).map(Some),
-            None => Ok(None),
-        }
+        let this = &mut *self;
+        poll_fn(|cx| this.state.poll_next_message(Pin::new(&mut this.io), cx))
+            .await
+            .transpose()
     }
 }
 
@@ -98,4 +112,152 @@ pub(crate) fn unpack<M: Message + Name + Default>(any: Any) -> Result<M> {
         type_name: M::full_name(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::proto::example::HelloWorld;
+    use crate::Config;
+    use bytes::BytesMut;
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+
+    /// A message with a `bytes::Bytes` field, as prost-build's `.bytes(..)` generates.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Blob {
+        #[prost(bytes = "bytes", tag = "1")]
+        data: bytes::Bytes,
+    }
+
+    impl Name for Blob {
+        const NAME: &'static str = "Blob";
+        const PACKAGE: &'static str = "test.v1";
+    }
+
+    fn reader(frames: &[Any]) -> ConnectionReader<Cursor<Vec<u8>>> {
+        let mut wire = BytesMut::new();
+        for any in frames {
+            Codec::new().encode(any, &mut wire).unwrap();
+        }
+        ConnectionReader::new(
+            Cursor::new(wire.to_vec()),
+            &Config::default(),
+            ConnectionInfo::new(),
+        )
+    }
+
+    fn hello(text: &str) -> HelloWorld {
+        HelloWorld {
+            text: text.into(),
+            sequence: 7,
+        }
+    }
+
+    #[test]
+    fn typed_receive_checks_the_type_and_goes_on() {
+        let blob = Blob {
+            data: vec![9; 1000].into(),
+        };
+        let mut r = reader(&[
+            Any::from_msg(&hello("a")).unwrap(),
+            Any::from_msg(&blob).unwrap(),
+            Any::from_msg(&hello("b")).unwrap(),
+            // Any library's type URL prefix is accepted; only the name counts.
+            Any {
+                type_url: "example.com/x/connect.example.v1.HelloWorld".into(),
+                value: hello("c").encode_to_vec(),
+            },
+        ]);
+        block_on(async {
+            assert_eq!(
+                r.recv_message::<HelloWorld>().await.unwrap(),
+                Some(hello("a"))
+            );
+            match r.recv_message::<HelloWorld>().await {
+                Err(Error::UnexpectedType { expected, any }) => {
+                    assert_eq!(expected, "connect.example.v1.HelloWorld");
+                    assert_eq!(any.to_msg::<Blob>().unwrap(), blob);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                r.recv_message::<HelloWorld>().await.unwrap(),
+                Some(hello("b"))
+            );
+            assert_eq!(
+                r.recv_message::<HelloWorld>().await.unwrap(),
+                Some(hello("c"))
+            );
+            assert_eq!(r.recv_message::<HelloWorld>().await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn held_messages_keep_their_bytes() {
+        let frames: Vec<Any> = (0..300u32)
+            .map(|i| {
+                Any::from_msg(&Blob {
+                    data: vec![i as u8; 500 + i as usize].into(),
+                })
+                .unwrap()
+            })
+            .collect();
+        let mut r = reader(&frames);
+        let held: Vec<Blob> = block_on(async {
+            let mut held = Vec::new();
+            while let Some(blob) = r.recv_message::<Blob>().await.unwrap() {
+                held.push(blob);
+            }
+            held
+        });
+        assert_eq!(held.len(), 300);
+        for (i, blob) in held.iter().enumerate() {
+            assert_eq!(blob.data, vec![i as u8; 500 + i]);
+        }
+    }
+
+    #[test]
+    fn a_frame_that_is_not_an_any_ends_the_stream() {
+        for bad in [&[0x0a, 0x02, 0xff, 0xfe][..], &[0x0a, 0x09, b'x']] {
+            let mut wire = vec![bad.len() as u8];
+            wire.extend_from_slice(bad);
+            let mut r =
+                ConnectionReader::new(Cursor::new(wire), &Config::default(), ConnectionInfo::new());
+            block_on(async {
+                match r.recv_message::<HelloWorld>().await {
+                    Err(Error::Decode { type_name, .. }) => {
+                        assert_eq!(type_name, "google.protobuf.Any")
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(r.recv_message::<HelloWorld>().await.unwrap(), None);
+            });
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_the_message_are_a_decode_error() {
+        let mut r = reader(&[
+            Any {
+                type_url: "type.googleapis.com/connect.example.v1.HelloWorld".into(),
+                value: vec![0x0a, 0x05, b'x'],
+            },
+            Any::from_msg(&hello("next")).unwrap(),
+        ]);
+        block_on(async {
+            match r.recv_message::<HelloWorld>().await {
+                Err(Error::Decode { type_name, .. }) => {
+                    assert_eq!(type_name, "connect.example.v1.HelloWorld")
+                }
+                other => panic!("{other:?}"),
+            }
+            // The frame itself was sound, so the stream goes on.
+            assert_eq!(
+                r.recv_message::<HelloWorld>().await.unwrap(),
+                Some(hello("next"))
+            );
+        });
+    }
 }
