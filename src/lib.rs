@@ -76,6 +76,7 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod reliable;
 pub mod session;
 pub mod transport;
 
@@ -107,5 +108,11 @@ pub mod proto {
     pub mod v1 {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.v1.rs"));
+    }
+
+    /// Reliable delivery's messages (package `connect.reliable.v1`); see [`crate::reliable`].
+    pub mod reliable {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.reliable.v1.rs"));
     }
 }
