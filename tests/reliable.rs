@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_std::net::{TcpListener as RawListener, TcpStream};
 use async_std::task;
 use connect::dispatch::{Context, Dispatcher, Reply};
-use connect::proto::example::HelloWorld;
 use connect::prost_types::Any;
+use connect::proto::example::HelloWorld;
 use connect::reliable::{
     self, Backoff, DeliveryError, Event, NackReason, ReliableConfig, ReliableServer,
     ReliableSession, TrySendError,
@@ -93,6 +93,7 @@ fn client(addr: SocketAddr, config: ReliableConfig) -> ReliableSession {
 
 #[async_std::test]
 async fn echo_with_confirmations_and_graceful_close() {
+    let _ = env_logger::builder().is_test(true).try_init();
     let (addr, server) = server(ReliableConfig::new(), echo).await;
     let mut stream = client(addr, client_config());
     let events = stream.events();
@@ -109,7 +110,13 @@ async fn echo_with_confirmations_and_graceful_close() {
     within(20, "close", stream.close()).await.unwrap();
     let events: Vec<Event> = futures::StreamExt::collect(events).await;
     assert!(
-        matches!(events.first(), Some(Event::Connected { new_stream: false, .. })),
+        matches!(
+            events.first(),
+            Some(Event::Connected {
+                new_stream: false,
+                ..
+            })
+        ),
         "{events:?}"
     );
     assert_eq!(events.last(), Some(&Event::Closed { reason: None }));
@@ -129,11 +136,14 @@ async fn echo_with_confirmations_and_graceful_close() {
 
 #[async_std::test]
 async fn unhandled_type_is_refused_with_a_nack() {
-    let dispatcher = Arc::new(Dispatcher::new().on(|m: HelloWorld, _: Context| async move {
-        Ok::<_, connect::Error>(Reply::message(&m))
-    }));
+    let dispatcher = Arc::new(
+        Dispatcher::new().on(|m: HelloWorld, _: Context| async move {
+            Ok::<_, connect::Error>(Reply::message(&m))
+        }),
+    );
     let handles = dispatcher.clone();
-    let config = ReliableConfig::new().with_accepts(Arc::new(move |url: &str| handles.handles(url)));
+    let config =
+        ReliableConfig::new().with_accepts(Arc::new(move |url: &str| handles.handles(url)));
     let received = Arc::new(AtomicU64::new(0));
     let seen = received.clone();
     let (addr, _server) = server(config, move |mut stream: ReliableSession| {
@@ -310,7 +320,7 @@ async fn cutting_proxy(upstream: SocketAddr) -> CuttingProxy {
             let budget = if random_below(5) == 0 {
                 1 + random_below(300)
             } else {
-                1 + random_below(60_000)
+                1 + random_below(150_000)
             };
             let cut_here = on.load(Ordering::SeqCst);
             let left = Arc::new(AtomicU64::new(budget));
@@ -355,7 +365,11 @@ async fn cutting_proxy(upstream: SocketAddr) -> CuttingProxy {
             });
         }
     });
-    CuttingProxy { addr, cuts, cutting }
+    CuttingProxy {
+        addr,
+        cuts,
+        cutting,
+    }
 }
 
 #[async_std::test]
@@ -419,10 +433,6 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
                     proxy.cuts.load(Ordering::SeqCst)
                 );
             }
-            // Once enough cuts happened, let the rest through uncut, so the test ends.
-            if proxy.cuts.load(Ordering::SeqCst) >= MIN_CUTS * 2 {
-                proxy.cutting.store(false, Ordering::SeqCst);
-            }
         }
     })
     .await;
@@ -436,8 +446,9 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
     assert_eq!(server_seen.load(Ordering::SeqCst), MESSAGES);
     assert!(cuts >= MIN_CUTS, "only {cuts} cuts");
     assert!(stats.connections > MIN_CUTS / 2, "{stats:?}");
-    proxy.cutting.store(false, Ordering::SeqCst);
+    // Closing works through cuts too.
     within(60, "close", writer.close()).await.unwrap();
+    proxy.cutting.store(false, Ordering::SeqCst);
     assert!(reader.recv().await.unwrap().is_none(), "nothing more");
 }
 

@@ -199,7 +199,12 @@ where
                 }
             };
             let session_id = session.info().session_id().to_owned();
-            if !session.info().capabilities().iter().any(|c| c == CAPABILITY) {
+            if !session
+                .info()
+                .capabilities()
+                .iter()
+                .any(|c| c == CAPABILITY)
+            {
                 inner.lock().finish(StreamEnd::Failed(format!(
                     "the server does not support {CAPABILITY}"
                 )));
@@ -215,6 +220,8 @@ where
                     received: core.received(),
                     resumed: false,
                     acknowledged: core.acknowledged(),
+                    window_messages: core.window().0,
+                    window_bytes: core.window().1,
                 };
                 (core.attach(), resume)
             };
@@ -242,6 +249,7 @@ where
             };
             {
                 let mut core = inner.lock();
+                core.set_peer_window(answer.window_messages, answer.window_bytes);
                 if answer.resumed {
                     core.peer_resumed(answer.acknowledged);
                     match core.resume_from(answer.received) {

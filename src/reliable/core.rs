@@ -46,6 +46,10 @@ pub(crate) struct Core {
     base: u64,
     next_write: u64,
     epoch: u64,
+    /// Bytes of `out[..next_write - base]`: written and not acknowledged.
+    written_bytes: usize,
+    /// The peer's receive window (messages, bytes), from its `Resume`.
+    peer_window: (u64, usize),
     confirms: BTreeMap<u64, oneshot::Sender<Result<(), DeliveryError>>>,
     send_wakers: Vec<Waker>,
     // Incoming.
@@ -96,6 +100,8 @@ impl Core {
             base: 0,
             next_write: 0,
             epoch: 0,
+            written_bytes: 0,
+            peer_window: (1, 0),
             confirms: BTreeMap::new(),
             send_wakers: Vec::new(),
             inbound: VecDeque::new(),
@@ -299,7 +305,11 @@ impl Core {
     /// the refusals from there on again, and an `Ack`, since either may have been lost with
     /// the previous connection.
     pub(crate) fn peer_resumed(&mut self, acknowledged: u64) {
-        while self.nacks.front().is_some_and(|n| n.sequence < acknowledged) {
+        while self
+            .nacks
+            .front()
+            .is_some_and(|n| n.sequence < acknowledged)
+        {
             self.nacks.pop_front();
         }
         self.nacks_sent = 0;
@@ -316,6 +326,7 @@ impl Core {
                 let retransmitted = self.next_write.saturating_sub(local);
                 self.stats.retransmitted += retransmitted;
                 self.next_write = local;
+                self.rewind_written();
                 Ok(retransmitted)
             }
             _ => Err(format!(
@@ -333,6 +344,7 @@ impl Core {
         let retransmitted = self.next_write - self.base;
         self.stats.retransmitted += retransmitted;
         self.next_write = self.base;
+        self.written_bytes = 0;
         self.inbound_stale = self.inbound.len();
         self.received = 0;
         self.delivered = 0;
@@ -356,7 +368,10 @@ impl Core {
         self.received += 1;
         if let Some(accepts) = &self.config.accepts {
             if !accepts(&any.type_url) {
-                log::debug!("reliable stream: refusing message {sequence} ({})", any.type_url);
+                log::debug!(
+                    "reliable stream: refusing message {sequence} ({})",
+                    any.type_url
+                );
                 if self.nacks.len() >= MAX_RETAINED_NACKS {
                     log::warn!("reliable stream: over {MAX_RETAINED_NACKS} refusals retained");
                     self.nacks.pop_front();
@@ -411,10 +426,42 @@ impl Core {
 
     /// The next message to write on the link, if any.
     pub(crate) fn next_outgoing(&mut self) -> Option<Any> {
-        let index = usize::try_from(self.next_write - self.base).ok()?;
-        let any = self.out.get(index)?.clone();
+        let in_flight = self.next_write - self.base;
+        let index = usize::try_from(in_flight).ok()?;
+        let any = self.out.get(index)?;
+        let len = queued_len(any);
+        // The peer's window: it never holds more than it announced, so it never has to stop
+        // reading (which would hide our acknowledgements behind unread messages).
+        let (max_messages, max_bytes) = self.peer_window;
+        if in_flight > 0 && (in_flight >= max_messages || self.written_bytes + len > max_bytes) {
+            return None;
+        }
+        let any = any.clone();
+        self.written_bytes += len;
         self.next_write += 1;
         Some(any)
+    }
+
+    /// The peer's receive window, from its `Resume`.
+    pub(crate) fn set_peer_window(&mut self, messages: u64, bytes: u64) {
+        self.peer_window = (
+            messages.max(1),
+            usize::try_from(bytes).unwrap_or(usize::MAX),
+        );
+    }
+
+    /// Our receive window, for our `Resume`.
+    pub(crate) fn window(&self) -> (u64, u64) {
+        (
+            self.config.receive_messages as u64,
+            self.config.receive_bytes as u64,
+        )
+    }
+
+    /// Recomputes `written_bytes` after `next_write` moved back.
+    fn rewind_written(&mut self) {
+        let in_flight = usize::try_from(self.next_write - self.base).unwrap_or(usize::MAX);
+        self.written_bytes = self.out.iter().take(in_flight).map(queued_len).sum();
     }
 
     /// Everything is confirmed and nothing is queued.
@@ -436,6 +483,7 @@ impl Core {
         while self.base < local {
             if let Some(any) = self.out.pop_front() {
                 self.out_bytes -= queued_len(&any);
+                self.written_bytes -= queued_len(&any);
             }
             self.base += 1;
         }
@@ -458,7 +506,11 @@ impl Core {
             Some(local) if local >= self.base && local < self.next_write => {
                 self.stats.nacked += 1;
                 let reason = NackReason::try_from(nack.reason).unwrap_or(NackReason::Unspecified);
-                log::debug!("reliable stream: message {} refused: {}", nack.sequence, nack.text);
+                log::debug!(
+                    "reliable stream: message {} refused: {}",
+                    nack.sequence,
+                    nack.text
+                );
                 if let Some(tx) = self.confirms.remove(&local) {
                     let _ = tx.send(Err(DeliveryError::Refused {
                         reason,
@@ -494,7 +546,30 @@ mod tests {
     }
 
     fn core() -> Core {
-        Core::new(ReliableConfig::new().with_max_messages(4).with_ack_every(2))
+        let mut c = Core::new(ReliableConfig::new().with_max_messages(4).with_ack_every(2));
+        c.set_peer_window(100, 1 << 20);
+        c
+    }
+
+    #[test]
+    fn writes_stop_at_the_peers_window() {
+        let mut c = core();
+        c.set_peer_window(2, 1 << 20);
+        for i in 0..4 {
+            c.try_push(msg(i)).unwrap();
+        }
+        assert!(c.next_outgoing().is_some());
+        assert!(c.next_outgoing().is_some());
+        assert!(c.next_outgoing().is_none(), "window of 2 messages");
+        c.on_ack(1).unwrap();
+        assert_eq!(c.next_outgoing().unwrap().value, vec![2]);
+        // In bytes: one message always goes, the next only within the window.
+        let mut c = core();
+        c.set_peer_window(100, 30);
+        c.try_push(msg(0)).unwrap();
+        c.try_push(msg(1)).unwrap();
+        assert!(c.next_outgoing().is_some());
+        assert!(c.next_outgoing().is_none(), "24 + 24 bytes > 30");
     }
 
     #[test]

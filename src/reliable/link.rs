@@ -114,6 +114,7 @@ where
         ack_timer: None,
         ack_delay,
         close_started: false,
+        write_closed: false,
     };
     let mut driver_done = false;
     poll_fn(|cx| {
@@ -135,6 +136,14 @@ struct Pump {
     ack_timer: Option<futures_timer::Delay>,
     ack_delay: Duration,
     close_started: bool,
+    /// The session is closing (either side): nothing more is written; reading goes on until
+    /// its end.
+    write_closed: bool,
+}
+
+/// Whether a send failed because the session is closing gracefully.
+fn closing(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Session(end) if end.is_graceful())
 }
 
 impl Pump {
@@ -214,9 +223,13 @@ impl Pump {
             }
 
             // Write: refusals and acknowledgements first, then messages, then the close.
-            while budget > 0 {
+            while budget > 0 && !self.write_closed && !self.close_started {
                 match self.writer.poll_ready_outbound(cx) {
                     Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) if closing(&e) => {
+                        self.write_closed = true;
+                        break;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
                     Poll::Pending => break,
                 }
@@ -249,6 +262,10 @@ impl Pump {
                 };
                 progress = true;
                 if let Err(e) = self.writer.start_send_any(frame) {
+                    if closing(&e) {
+                        self.write_closed = true;
+                        break;
+                    }
                     return Poll::Ready(match e {
                         crate::Error::FrameTooLarge { .. } => LinkEnd::Fatal(format!(
                             "a queued message cannot be sent on this session: {e}"
@@ -264,12 +281,6 @@ impl Pump {
                 return Poll::Pending;
             }
             if !progress && !force_ack {
-                log::trace!(
-                    "link {} idle: pending_in {}, {:?}",
-                    self.generation,
-                    self.pending_in.is_some(),
-                    self.inner.lock()
-                );
                 return Poll::Pending;
             }
         }

@@ -3,7 +3,7 @@
 //!
 //! A [`ReliableSession`] is a *stream* of messages in each direction that outlives any one
 //! connection. The connecting side ([`client`]) owns a connector (any closure returning a fresh
-//! [`Connection`]) and reconnects by itself, with exponential backoff and jitter, whenever the
+//! [`Connection`](crate::Connection)) and reconnects by itself, with exponential backoff and jitter, whenever the
 //! connection drops; the accepting side ([`ReliableServer`]) keeps a detached stream for a
 //! bounded time, for the client to resume. On every (re)connection the two sides tell each other
 //! how many messages they have received, each retransmits what the other is missing, and
@@ -491,9 +491,9 @@ impl ReliableWriter {
                     slot = Some(any);
                     Poll::Pending
                 }
-                Err(TrySendError::Closed(_)) => Poll::Ready(Err(core
-                    .end()
-                    .map_or(Error::Closed, end_error))),
+                Err(TrySendError::Closed(_)) => {
+                    Poll::Ready(Err(core.end().map_or(Error::Closed, end_error)))
+                }
             }
         })
         .await

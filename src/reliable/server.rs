@@ -117,7 +117,12 @@ impl ReliableServer {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (session, driver) = session::accept(conn, &self.shared.session_config).await?;
-        if !session.info().capabilities().iter().any(|c| c == CAPABILITY) {
+        if !session
+            .info()
+            .capabilities()
+            .iter()
+            .any(|c| c == CAPABILITY)
+        {
             return Ok(Accepted {
                 new_stream: None,
                 driver: ServerDriver {
@@ -138,9 +143,15 @@ impl ReliableServer {
         };
         let stream_id = request.stream_id.clone();
         let (inner, new_stream) = self.find_or_create(&stream_id)?;
-        let (generation, received, acknowledged) = {
+        let (generation, received, acknowledged, window) = {
             let mut core = inner.lock();
-            (core.attach(), core.received(), core.acknowledged())
+            core.set_peer_window(request.window_messages, request.window_bytes);
+            (
+                core.attach(),
+                core.received(),
+                core.acknowledged(),
+                core.window(),
+            )
         };
         {
             let mut core = inner.lock();
@@ -171,8 +182,11 @@ impl ReliableServer {
             received,
             resumed: new_stream.is_none(),
             acknowledged,
+            window_messages: window.0,
+            window_bytes: window.1,
         };
-        let sent = link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
+        let sent =
+            link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
             inner.lock().detach(generation);
             return Err(Error::Reliable("could not answer Resume".into()));
@@ -205,7 +219,8 @@ impl ReliableServer {
         let timeout = self.shared.config.resume_timeout;
         streams.retain(|_, e| {
             e.inner.lock().end().is_none()
-                && e.detached_since.is_none_or(|t| now.duration_since(t) < timeout)
+                && e.detached_since
+                    .is_none_or(|t| now.duration_since(t) < timeout)
         });
         if streams.len() >= self.shared.config.max_streams {
             let oldest = streams
@@ -239,7 +254,13 @@ impl ReliableServer {
         Ok((inner.clone(), Some(ReliableSession::new(inner))))
     }
 
-    async fn link_ended(&self, stream_id: &[u8], inner: &Arc<Inner>, generation: u64, end: LinkEnd) {
+    async fn link_ended(
+        &self,
+        stream_id: &[u8],
+        inner: &Arc<Inner>,
+        generation: u64,
+        end: LinkEnd,
+    ) {
         {
             let mut core = inner.lock();
             core.detach(generation);
@@ -267,6 +288,8 @@ impl ReliableServer {
                 "not resumed within {:?}",
                 self.shared.config.resume_timeout
             )));
+            // Lock order: the stream table before a stream, never the reverse.
+            drop(core);
         }
         let mut streams = self.lock();
         if streams

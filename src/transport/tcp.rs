@@ -266,8 +266,7 @@ pub fn connect_reliable(
     session_config: crate::session::SessionConfig,
     config: crate::reliable::ReliableConfig,
 ) -> crate::reliable::ReliableSession {
-    let (session, driver) =
-        crate::reliable::client(move || connect(addr), session_config, config);
+    let (session, driver) = crate::reliable::client(move || connect(addr), session_config, config);
     async_std::task::spawn(driver);
     session
 }
