@@ -22,6 +22,9 @@
 //! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
 //! * [`session`]: handshake (negotiation, authentication), heartbeats with dead-peer detection
 //!   and graceful close on top of a connection, as control messages of [`proto::v1`].
+//! * [`reliable`]: streams on top of sessions that survive dropped connections: bounded queues
+//!   with backpressure, delivery confirmations, reconnect and resume without loss or
+//!   duplicates, lifecycle events ([`proto::reliable`]).
 //! * [`transport`]: the only code that names a runtime (async-std TCP by default). The rest
 //!   runs on smol, tokio (through `tokio_util::compat`) or anything `futures-io`.
 //!

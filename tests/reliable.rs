@@ -476,3 +476,49 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
     assert_eq!(sequence(&echoed), 7);
     let _ = reliable::CAPABILITY;
 }
+
+/// The byte-level examples of proto/PROTOCOL.md, section 10, are what our encoder writes.
+#[test]
+fn protocol_examples_match_the_encoder() {
+    use connect::codec::Codec;
+    use connect::proto::reliable::{Ack, Nack, Resume};
+    use prost::Message;
+    fn frame<M: prost::Name + Message>(msg: &M) -> String {
+        let any = Any::from_msg(msg).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        Codec::default().encode(&any, &mut buf).unwrap();
+        buf.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md")).unwrap();
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let resume = Resume {
+        stream_id: (0u8..16).collect(),
+        received: 5,
+        resumed: false,
+        acknowledged: 3,
+        window_messages: 1024,
+        window_bytes: 4 << 20,
+    };
+    let answer = Resume {
+        stream_id: (0u8..16).collect(),
+        received: 4,
+        resumed: true,
+        acknowledged: 2,
+        window_messages: 1024,
+        window_bytes: 4 << 20,
+    };
+    let ack = Ack { delivered: 300 };
+    let nack = Nack {
+        sequence: 7,
+        reason: NackReason::UnknownType as i32,
+        text: "no handler".into(),
+    };
+    for hex in [frame(&resume), frame(&answer), frame(&ack), frame(&nack)] {
+        println!("{hex}");
+        assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
+    }
+}
