@@ -165,3 +165,29 @@ async fn server_killed_and_restarted_client_resends_what_was_not_confirmed() {
     assert_eq!(stats.retransmitted, HALF, "{stats:?}");
     assert!(stats.connections >= 2, "{stats:?}");
 }
+
+/// A session client that does not ask for reliable delivery (the Python client written from
+/// PROTOCOL.md) is served as before by a server that offers it.
+#[test]
+fn python_session_client_is_served_by_a_reliable_server() {
+    let server = Server::start(
+        "tcp-echo-server",
+        &[
+            "--reliable",
+            "--user",
+            "alice",
+            "--password",
+            "s3cret",
+            "--heartbeat-ms",
+            "100",
+            "127.0.0.1:0",
+        ],
+    );
+    let out = support::run_python(
+        "session_client.py",
+        &[&server.addr.to_string(), "alice", "s3cret"],
+    );
+    assert!(out.contains("identity alice"), "{out}");
+    assert!(out.contains("echoed: 300 messages in order"), "{out}");
+    assert!(out.contains("then end of stream"), "{out}");
+}

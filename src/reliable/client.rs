@@ -118,7 +118,8 @@ impl Future for ClientDriver {
 }
 
 /// Opens a reliable stream as the connecting side. `connector` makes a fresh [`Connection`]
-/// (TCP, TLS, any runtime) for each attempt; the session handshake runs with
+/// (TCP, TLS, any runtime) for each attempt (one that takes longer than the session's
+/// handshake timeout counts as failed); the session handshake runs with
 /// `session_config` plus the [`CAPABILITY`]. Messages can be sent at once: they wait in the
 /// bounded queue until a connection carries them.
 ///
@@ -172,10 +173,19 @@ where
                 }
             }
             attempt += 1;
-            let conn = match connector().await {
-                Ok(conn) => conn,
-                Err(e) => {
+            // A connector that hangs (a black-holed address) counts as a failed attempt.
+            let connecting = futures_util::future::select(
+                Box::pin(connector()),
+                futures_timer::Delay::new(handshake_limit),
+            );
+            let conn = match connecting.await {
+                futures_util::future::Either::Left((Ok(conn), _)) => conn,
+                futures_util::future::Either::Left((Err(e), _)) => {
                     log::debug!("reliable client: connecting failed: {e}");
+                    continue;
+                }
+                futures_util::future::Either::Right(_) => {
+                    log::debug!("reliable client: connecting timed out");
                     continue;
                 }
             };
