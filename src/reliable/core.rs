@@ -167,7 +167,7 @@ impl Core {
     pub(crate) fn pop_inbound(&mut self, waker: &Waker) -> Option<Any> {
         match self.inbound.pop_front() {
             Some(any) => {
-                self.inbound_bytes -= queued_len(&any);
+                self.inbound_bytes = self.inbound_bytes.saturating_sub(queued_len(&any));
                 if self.inbound_stale > 0 {
                     self.inbound_stale -= 1;
                 } else {
@@ -482,8 +482,8 @@ impl Core {
         }
         while self.base < local {
             if let Some(any) = self.out.pop_front() {
-                self.out_bytes -= queued_len(&any);
-                self.written_bytes -= queued_len(&any);
+                self.out_bytes = self.out_bytes.saturating_sub(queued_len(&any));
+                self.written_bytes = self.written_bytes.saturating_sub(queued_len(&any));
             }
             self.base += 1;
         }

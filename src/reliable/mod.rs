@@ -446,7 +446,7 @@ impl ReliableWriter {
     /// # Errors
     /// [`Error::Closed`] or [`Error::Reliable`] once the stream is closing or over.
     pub async fn send(&self, any: Any) -> Result<()> {
-        self.enqueue(any).await.map(|_| ())
+        self.enqueue(any, None).await
     }
 
     /// Packs `msg` and [`send`](Self::send)s it.
@@ -467,9 +467,8 @@ impl ReliableWriter {
     /// [`DeliveryError::Closed`] if the stream ended first; the errors of
     /// [`send`](Self::send).
     pub async fn send_confirmed(&self, any: Any) -> Result<()> {
-        let seq = self.enqueue(any).await?;
         let (tx, rx) = oneshot::channel();
-        self.inner.lock().confirm_on(seq, tx);
+        self.enqueue(any, Some(tx)).await?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Delivery(e)),
@@ -477,7 +476,13 @@ impl ReliableWriter {
         }
     }
 
-    async fn enqueue(&self, any: Any) -> Result<u64> {
+    /// Queues `any`; `confirm` (registered under the same lock, so no refusal can slip in
+    /// between) learns how its delivery ends.
+    async fn enqueue(
+        &self,
+        any: Any,
+        mut confirm: Option<oneshot::Sender<Result<(), DeliveryError>>>,
+    ) -> Result<()> {
         let mut slot = Some(any);
         poll_fn(|cx| {
             let Some(any) = slot.take() else {
@@ -485,7 +490,12 @@ impl ReliableWriter {
             };
             let mut core = self.inner.lock();
             match core.try_push(any) {
-                Ok(seq) => Poll::Ready(Ok(seq)),
+                Ok(seq) => {
+                    if let Some(tx) = confirm.take() {
+                        core.confirm_on(seq, tx);
+                    }
+                    Poll::Ready(Ok(()))
+                }
                 Err(TrySendError::Full(any)) => {
                     core.register_send(cx.waker());
                     slot = Some(any);

@@ -32,6 +32,8 @@ struct ServerShared {
 
 struct Entry {
     inner: Arc<Inner>,
+    /// Who opened the stream (the session's authenticated identity): only they resume it.
+    identity: Option<String>,
     /// When the stream lost its connection, if it has none now.
     detached_since: Option<Instant>,
 }
@@ -142,7 +144,8 @@ impl ReliableServer {
             None => return Err(Error::Reliable("no Resume in time".into())),
         };
         let stream_id = request.stream_id.clone();
-        let (inner, new_stream) = self.find_or_create(&stream_id)?;
+        let identity = reader.info().identity().map(str::to_owned);
+        let (inner, new_stream) = self.find_or_create(&stream_id, identity)?;
         let (generation, received, acknowledged, window) = {
             let mut core = inner.lock();
             core.set_peer_window(request.window_messages, request.window_bytes);
@@ -205,9 +208,16 @@ impl ReliableServer {
         })
     }
 
-    fn find_or_create(&self, stream_id: &[u8]) -> Result<(Arc<Inner>, Option<ReliableSession>)> {
+    fn find_or_create(
+        &self,
+        stream_id: &[u8],
+        identity: Option<String>,
+    ) -> Result<(Arc<Inner>, Option<ReliableSession>)> {
         let mut streams = self.lock();
         if let Some(entry) = streams.get_mut(stream_id) {
+            if entry.identity != identity {
+                return Err(Error::Reliable("stream opened by another identity".into()));
+            }
             if entry.inner.lock().end().is_none() {
                 entry.detached_since = None;
                 return Ok((entry.inner.clone(), None));
@@ -248,6 +258,7 @@ impl ReliableServer {
             stream_id.to_vec(),
             Entry {
                 inner: inner.clone(),
+                identity,
                 detached_since: None,
             },
         );
