@@ -522,3 +522,46 @@ fn protocol_examples_match_the_encoder() {
         assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
     }
 }
+
+/// The reliable layer names no runtime: client and server on smol, no async-std involved.
+#[test]
+fn reliable_stream_on_smol() {
+    let test = async {
+        let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+        smol::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let accepted = server
+                .accept(connect::Connection::new(stream))
+                .await
+                .unwrap();
+            smol::spawn(echo(accepted.new_stream.unwrap())).detach();
+            accepted.driver.await;
+        })
+        .detach();
+        let connector = move || async move {
+            Ok(connect::Connection::new(
+                smol::net::TcpStream::connect(addr).await?,
+            ))
+        };
+        let (mut stream, driver) =
+            reliable::client(connector, SessionConfig::new(), ReliableConfig::new());
+        smol::spawn(driver).detach();
+        for i in 0..1000 {
+            stream.send(hello(i)).await.unwrap();
+        }
+        for i in 0..1000 {
+            assert_eq!(sequence(&stream.recv().await.unwrap().unwrap()), i);
+        }
+        stream.close().await.unwrap();
+    };
+    smol::block_on(async {
+        let limit = smol::Timer::after(Duration::from_secs(60));
+        if let futures::future::Either::Right(_) =
+            futures::future::select(Box::pin(test), limit).await
+        {
+            panic!("not done within 60 s");
+        }
+    });
+}
