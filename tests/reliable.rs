@@ -565,3 +565,35 @@ fn reliable_stream_on_smol() {
         }
     });
 }
+
+/// Dropping the application's handles closes the stream gracefully, after delivering what
+/// was queued: the peer reads every message, then the end.
+#[async_std::test]
+async fn dropping_the_stream_delivers_what_was_queued_then_closes() {
+    let (done_tx, done_rx) = futures::channel::oneshot::channel();
+    let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
+    let (addr, _server) = server(ReliableConfig::new(), move |mut stream: ReliableSession| {
+        let done_tx = done_tx.clone();
+        async move {
+            let mut n = 0;
+            let end = loop {
+                match stream.recv().await {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => break Ok(n),
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            if let Some(tx) = done_tx.lock().unwrap().take() {
+                let _ = tx.send(end);
+            }
+        }
+    })
+    .await;
+    let stream = client(addr, client_config());
+    for i in 0..500 {
+        stream.send(hello(i)).await.unwrap();
+    }
+    drop(stream);
+    let end = within(30, "peer sees the end", done_rx).await.unwrap();
+    assert_eq!(end, Ok(500));
+}

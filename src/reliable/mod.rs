@@ -85,6 +85,7 @@ mod server;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -355,13 +356,29 @@ pub struct Stats {
 #[derive(Debug)]
 struct Inner {
     core: Mutex<Core>,
+    /// Readers and writers the application holds; when the last is dropped the stream closes
+    /// (after delivering what was queued).
+    handles: AtomicUsize,
 }
 
 impl Inner {
     fn new(config: ReliableConfig) -> Arc<Self> {
         Arc::new(Self {
             core: Mutex::new(Core::new(config)),
+            handles: AtomicUsize::new(0),
         })
+    }
+
+    fn acquire(self: &Arc<Self>) -> Arc<Self> {
+        self.handles.fetch_add(1, Ordering::AcqRel);
+        self.clone()
+    }
+
+    fn release(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            log::debug!("reliable stream: dropped by the application; closing");
+            self.lock().request_close();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -434,9 +451,29 @@ impl Stream for ReliableReader {
 }
 
 /// Sends on a reliable stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ReliableWriter {
     inner: Arc<Inner>,
+}
+
+impl Clone for ReliableWriter {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.acquire(),
+        }
+    }
+}
+
+impl Drop for ReliableWriter {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+impl Drop for ReliableReader {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
 }
 
 impl ReliableWriter {
@@ -557,6 +594,9 @@ fn stats(inner: &Inner) -> Stats {
 
 /// One side of a reliable stream: send, receive, watch lifecycle events, close. Split it into
 /// a [`ReliableReader`] and a [`ReliableWriter`] to use them from different tasks.
+///
+/// Dropping every reader and writer closes the stream like [`close`](Self::close): what was
+/// queued is still delivered first.
 #[derive(Debug)]
 pub struct ReliableSession {
     reader: ReliableReader,
@@ -567,10 +607,12 @@ impl ReliableSession {
     fn new(inner: Arc<Inner>) -> Self {
         Self {
             reader: ReliableReader {
-                inner: inner.clone(),
+                inner: inner.acquire(),
                 finished: false,
             },
-            writer: ReliableWriter { inner },
+            writer: ReliableWriter {
+                inner: inner.acquire(),
+            },
         }
     }
 
