@@ -239,7 +239,8 @@ impl SessionInfo {
         self.identity.as_deref()
     }
 
-    /// Protocol extensions enabled for this session (none are defined in version 1).
+    /// Protocol extensions enabled for this session, such as
+    /// [`reliable::CAPABILITY`](crate::reliable::CAPABILITY).
     pub fn capabilities(&self) -> &[String] {
         &self.capabilities
     }
