@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/connect/example/v1/hello.proto",
         "proto/connect/v1/session.proto",
+        "proto/connect/reliable/v1/reliable.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,5 +1,5 @@
-//! What a session costs over a bare connection: one-way throughput of small messages over
-//! loopback TCP, and the heartbeat round-trip time of an idle session.
+//! What a session and a reliable stream cost over a bare connection: one-way throughput of
+//! small messages over loopback TCP, and the heartbeat round-trip time of an idle session.
 //!
 //! ```text
 //! cargo run --release --example session-throughput [MESSAGES]    # default 200000
@@ -83,6 +83,40 @@ async fn session(n: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// The same over a reliable stream (`connect::reliable`): acknowledged, resumable.
+async fn reliable(n: u64) -> anyhow::Result<Duration> {
+    use connect::reliable::{ReliableConfig, ReliableServer};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = async_std::task::spawn(async move {
+        let reliable = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+        let accepted = reliable.accept(listener.accept().await?).await?;
+        let mut stream = accepted
+            .new_stream
+            .ok_or_else(|| anyhow::anyhow!("not a new stream"))?;
+        async_std::task::spawn(accepted.driver);
+        for _ in 0..n {
+            stream
+                .recv()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("early end"))?;
+        }
+        stream.send_message(&msg(n)).await?;
+        while stream.recv().await?.is_some() {}
+        anyhow::Ok(())
+    });
+    let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new());
+    let start = Instant::now();
+    for i in 0..n {
+        stream.send_message(&msg(i)).await?;
+    }
+    let _: Option<HelloWorld> = stream.recv_message().await?;
+    let elapsed = start.elapsed();
+    stream.close().await?;
+    server.await?;
+    Ok(elapsed)
+}
+
 async fn idle_rtt() -> anyhow::Result<Option<Duration>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -111,9 +145,11 @@ async fn main() -> anyhow::Result<()> {
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let mut best_bare = Duration::MAX;
     let mut best_session = Duration::MAX;
+    let mut best_reliable = Duration::MAX;
     for _ in 0..3 {
         best_bare = best_bare.min(bare(n).await?);
         best_session = best_session.min(session(n).await?);
+        best_reliable = best_reliable.min(reliable(n).await?);
     }
     println!(
         "bare connection: {n} messages in {best_bare:?} ({:.0} msg/s)",
@@ -123,6 +159,11 @@ async fn main() -> anyhow::Result<()> {
         "session:         {n} messages in {best_session:?} ({:.0} msg/s, {:.2}x the bare time)",
         rate(best_session),
         best_session.as_secs_f64() / best_bare.as_secs_f64()
+    );
+    println!(
+        "reliable stream: {n} messages in {best_reliable:?} ({:.0} msg/s, {:.2}x the bare time)",
+        rate(best_reliable),
+        best_reliable.as_secs_f64() / best_bare.as_secs_f64()
     );
     println!("idle session heartbeat rtt: {:?}", idle_rtt().await?);
     Ok(())

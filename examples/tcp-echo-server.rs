@@ -8,7 +8,14 @@
 //! cargo run --example tcp-echo-server [ADDR]                 # bare frames (the default)
 //! cargo run --example tcp-echo-server -- --session [ADDR]    # sessions, anonymous clients
 //! cargo run --example tcp-echo-server -- --user NAME --password PW [--heartbeat-ms MS] [ADDR]
+//! cargo run --example tcp-echo-server -- --reliable [--ack-every N] [ADDR]
 //! ```
+//!
+//! `--reliable` (implies `--session`) serves reliable streams (`connect::reliable`): clients
+//! that lose their connection resume where they were. Session clients that do not ask for
+//! reliable delivery are still served as plain sessions. `--ack-every N` confirms received
+//! messages only every N messages (and otherwise never): for tests that kill the server before
+//! it confirms anything.
 //!
 //! ADDR defaults to 127.0.0.1:7878. `--user`/`--password` set the one account the server
 //! accepts (PLAIN) and imply `--session`. Once bound it prints `listening on <ip:port>` (the
@@ -20,6 +27,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::proto::example::HelloWorld;
+use connect::reliable::{ReliableConfig, ReliableServer, ReliableSession};
 use connect::session::{PlainAuthenticator, SessionConfig};
 use connect::transport::tcp::{self, TcpListener};
 use futures::StreamExt;
@@ -32,6 +40,8 @@ struct Args {
     user: Option<String>,
     password: Option<String>,
     heartbeat_ms: Option<u64>,
+    reliable: bool,
+    ack_every: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -41,6 +51,8 @@ fn parse_args() -> anyhow::Result<Args> {
         let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--session" => args.session = true,
+            "--reliable" => args.reliable = true,
+            "--ack-every" => args.ack_every = Some(value()?.parse()?),
             "--user" => args.user = Some(value()?),
             "--password" => args.password = Some(value()?),
             "--heartbeat-ms" => args.heartbeat_ms = Some(value()?.parse()?),
@@ -63,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
             let auth = PlainAuthenticator::new().with_user(user, password);
             Some(SessionConfig::new().with_authenticator(auth))
         }
-        (None, None) => args.session.then(SessionConfig::new),
+        (None, None) => (args.session || args.reliable).then(SessionConfig::new),
         _ => anyhow::bail!("--user and --password go together"),
     };
     let session_config = session_config.map(|config| {
@@ -87,6 +99,19 @@ async fn main() -> anyhow::Result<()> {
             ),
     );
 
+    let reliable = match (&session_config, args.reliable) {
+        (Some(config), true) => {
+            let mut reliable_config = ReliableConfig::new();
+            if let Some(n) = args.ack_every {
+                reliable_config = reliable_config
+                    .with_ack_every(n)
+                    .with_ack_delay(Duration::from_secs(3600));
+            }
+            Some(ReliableServer::new((**config).clone(), reliable_config))
+        }
+        _ => None,
+    };
+
     let mut incoming = listener.incoming();
     while let Some(conn) = incoming.next().await {
         let conn = match conn {
@@ -100,11 +125,13 @@ async fn main() -> anyhow::Result<()> {
         };
         let dispatcher = dispatcher.clone();
         let session_config = session_config.clone();
+        let reliable = reliable.clone();
         async_std::task::spawn(async move {
             let info = conn.info().clone();
-            let result = match session_config {
-                None => dispatcher.serve(conn).await,
-                Some(config) => match tcp::accept_session(conn, &config).await {
+            let result = match (session_config, reliable) {
+                (_, Some(server)) => serve_reliable(&server, conn, &dispatcher).await,
+                (None, None) => dispatcher.serve(conn).await,
+                (Some(config), None) => match tcp::accept_session(conn, &config).await {
                     Ok(session) => {
                         log::info!(
                             "{} open, identity {:?}",
@@ -123,4 +150,38 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// One connection of a reliable server: a new stream gets an echo task; a resumed one goes on
+/// with its task; a plain session is served by the dispatcher.
+async fn serve_reliable(
+    server: &ReliableServer,
+    conn: tcp::TcpConnection,
+    dispatcher: &Dispatcher,
+) -> connect::Result<()> {
+    let accepted = server.accept(conn).await?;
+    if let Some((session, driver)) = accepted.plain {
+        tcp::spawn_driver(driver);
+        return dispatcher.serve_session(session).await;
+    }
+    if let Some(stream) = accepted.new_stream {
+        async_std::task::spawn(echo_stream(stream));
+    }
+    accepted.driver.await;
+    Ok(())
+}
+
+async fn echo_stream(mut stream: ReliableSession) {
+    loop {
+        match stream.recv().await {
+            Ok(Some(any)) => {
+                if let Err(e) = stream.send(any).await {
+                    log::warn!("reliable stream: {e}");
+                    return;
+                }
+            }
+            Ok(None) => return log::info!("reliable stream closed"),
+            Err(e) => return log::warn!("reliable stream: {e}"),
+        }
+    }
 }

@@ -91,6 +91,17 @@ pub enum Error {
     /// why (closed by either side, refused, peer unresponsive, transport failure, ...).
     #[error("session ended: {0}")]
     Session(crate::session::SessionEnd),
+
+    /// A reliable stream was given up (reconnection attempts exhausted, the peer does not
+    /// support reliable delivery, the peer broke its protocol, a detached stream expired, ...);
+    /// see [`crate::reliable`].
+    #[error("reliable stream given up: {0}")]
+    Reliable(String),
+
+    /// A message sent with confirmation was refused by the peer, or the stream ended before it
+    /// was confirmed.
+    #[error("delivery failed: {0}")]
+    Delivery(#[from] crate::reliable::DeliveryError),
 }
 
 /// Transports speak `futures-io`, whose traits only return `io::Error`; a transport that fails

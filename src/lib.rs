@@ -22,6 +22,9 @@
 //! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
 //! * [`session`]: handshake (negotiation, authentication), heartbeats with dead-peer detection
 //!   and graceful close on top of a connection, as control messages of [`proto::v1`].
+//! * [`reliable`]: streams on top of sessions that survive dropped connections: bounded queues
+//!   with backpressure, delivery confirmations, reconnect and resume without loss or
+//!   duplicates, lifecycle events ([`proto::reliable`]).
 //! * [`transport`]: the only code that names a runtime (async-std TCP by default). The rest
 //!   runs on smol, tokio (through `tokio_util::compat`) or anything `futures-io`.
 //!
@@ -77,6 +80,7 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod reliable;
 pub mod session;
 pub mod transport;
 
@@ -108,5 +112,11 @@ pub mod proto {
     pub mod v1 {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.v1.rs"));
+    }
+
+    /// Reliable delivery's messages (package `connect.reliable.v1`); see [`crate::reliable`].
+    pub mod reliable {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.reliable.v1.rs"));
     }
 }

@@ -65,6 +65,7 @@ pub struct SessionConfig {
     queue_len: usize,
     receive_buffer_len: usize,
     credentials: Option<Credentials>,
+    capabilities: Vec<String>,
     authenticator: Option<Arc<dyn Authenticator>>,
 }
 
@@ -85,6 +86,7 @@ impl Default for SessionConfig {
             queue_len: 64,
             receive_buffer_len: 4 * 1024 * 1024,
             credentials: None,
+            capabilities: Vec::new(),
             authenticator: None,
         }
     }
@@ -101,6 +103,7 @@ impl fmt::Debug for SessionConfig {
             .field("close_timeout", &self.close_timeout)
             .field("queue_len", &self.queue_len)
             .field("receive_buffer_len", &self.receive_buffer_len)
+            .field("capabilities", &self.capabilities)
             // Credentials' Debug redacts secrets.
             .field("credentials", &self.credentials)
             .field("authenticator", &self.authenticator.is_some())
@@ -178,6 +181,17 @@ impl SessionConfig {
         self
     }
 
+    /// Offers (connecting side) or enables when offered (accepting side) a protocol extension,
+    /// such as [`reliable::CAPABILITY`](crate::reliable::CAPABILITY). An extension is in use
+    /// only if both sides have it; [`SessionInfo::capabilities`] lists those in use.
+    pub fn with_capability(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if !self.capabilities.contains(&name) {
+            self.capabilities.push(name);
+        }
+        self
+    }
+
     /// The authenticator the accepting side runs on every `Hello`.
     pub fn with_authenticator(mut self, authenticator: impl Authenticator + 'static) -> Self {
         self.authenticator = Some(Arc::new(authenticator));
@@ -192,6 +206,11 @@ impl SessionConfig {
     /// See [`with_max_frame_len`](Self::with_max_frame_len).
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
+    }
+
+    /// How long a handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     pub(crate) fn missed_heartbeats(&self) -> u32 {
@@ -310,7 +329,7 @@ where
         heartbeat_ms: config.heartbeat_ms(),
         max_frame_len: config.max_frame_len_u32(),
         credentials: config.credentials.clone(),
-        capabilities: Vec::new(),
+        capabilities: config.capabilities.clone(),
     };
     writer.send_message(&hello).await?;
     let answer = match timeout(config.handshake_timeout, reader.recv()).await {
@@ -473,7 +492,13 @@ where
         properties: config.properties.clone(),
         heartbeat_ms: negotiated.heartbeat_ms,
         max_frame_len: negotiated.max_frame_len,
-        capabilities: Vec::new(),
+        // Those the client offered that this side enables, in the client's order.
+        capabilities: hello
+            .capabilities
+            .iter()
+            .filter(|c| config.capabilities.contains(c))
+            .cloned()
+            .collect(),
         identity: identity.clone().unwrap_or_default(),
     };
     writer.send_message(&welcome).await?;

@@ -239,7 +239,8 @@ impl SessionInfo {
         self.identity.as_deref()
     }
 
-    /// Protocol extensions enabled for this session (none are defined in version 1).
+    /// Protocol extensions enabled for this session, such as
+    /// [`reliable::CAPABILITY`](crate::reliable::CAPABILITY).
     pub fn capabilities(&self) -> &[String] {
         &self.capabilities
     }
@@ -457,6 +458,38 @@ impl SessionWriter {
         })
         .await?;
         closed.await.unwrap_or_else(|_| Err(self.shared.ended()))
+    }
+
+    /// Room for one more item in the queue to the driver (for layers on top of sessions that
+    /// poll rather than await, such as [`crate::reliable`]).
+    pub(crate) fn poll_ready_outbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.outbound
+            .poll_ready(cx)
+            .map_err(|_| self.shared.ended())
+    }
+
+    /// Queues `any` after [`poll_ready_outbound`](Self::poll_ready_outbound) said there is room.
+    pub(crate) fn start_send_any(&mut self, any: Any) -> Result<()> {
+        let len = any.encoded_len();
+        let max = self.shared.info.max_frame_len;
+        if len > max {
+            return Err(Error::FrameTooLarge {
+                len: len as u64,
+                max,
+            });
+        }
+        self.outbound
+            .start_send(Outbound::Message(any))
+            .map_err(|_| self.shared.ended())
+    }
+
+    /// Starts a graceful close after [`poll_ready_outbound`](Self::poll_ready_outbound) said
+    /// there is room; the reader sees the end.
+    pub(crate) fn start_close(&mut self, code: ReasonCode, reason: String) -> Result<()> {
+        let (done, _closed) = oneshot::channel();
+        self.outbound
+            .start_send(Outbound::Close { code, reason, done })
+            .map_err(|_| self.shared.ended())
     }
 
     async fn enqueue(&mut self, item: Outbound) -> Result<()> {

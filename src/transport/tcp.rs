@@ -256,3 +256,17 @@ where
 {
     async_std::task::spawn(driver);
 }
+
+/// Opens a [reliable stream](crate::reliable) to `addr` as the connecting side, with its
+/// driver (which connects, and reconnects after every drop) on an async-std task. Returns at
+/// once: messages wait in the bounded queue until a connection carries them; watch
+/// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops.
+pub fn connect_reliable(
+    addr: std::net::SocketAddr,
+    session_config: crate::session::SessionConfig,
+    config: crate::reliable::ReliableConfig,
+) -> crate::reliable::ReliableSession {
+    let (session, driver) = crate::reliable::client(move || connect(addr), session_config, config);
+    async_std::task::spawn(driver);
+    session
+}

@@ -1,0 +1,288 @@
+//! A link: one session carrying a reliable stream, from the `Resume` exchange until the
+//! session ends or a newer link takes the stream over.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::FutureExt;
+use prost::{Message, Name};
+use prost_types::Any;
+
+use super::core::{queued_len, Control};
+use super::Inner;
+use crate::codec::type_name;
+use crate::proto::reliable::{Ack, Nack, Resume};
+use crate::proto::v1::ReasonCode;
+use crate::session::{SessionDriver, SessionReader, SessionWriter};
+
+/// Frames handled in one poll before yielding.
+const POLL_BUDGET: usize = 256;
+
+/// The message package of reliable delivery's control frames.
+const PACKAGE: &str = "connect.reliable.v1.";
+
+/// How a link ended.
+#[derive(Debug)]
+pub(crate) enum LinkEnd {
+    /// A newer link carries the stream.
+    Superseded,
+    /// The session closed gracefully (either side), or the stream ended meanwhile.
+    Closed,
+    /// The connection dropped; the stream may continue on another.
+    Dropped(String),
+    /// The peer broke the reliable protocol, or a message cannot be sent: give the stream up.
+    Fatal(String),
+}
+
+pub(crate) fn pack<M: Message + Name>(msg: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: msg.encode_to_vec(),
+    }
+}
+
+/// Polls `driver` alongside `fut`; `None` if the session ended before `fut` completed or
+/// `limit` passed.
+pub(crate) async fn with_driver<T, F>(
+    driver: &mut Pin<Box<SessionDriver<T>>>,
+    fut: F,
+    limit: Duration,
+) -> Option<F::Output>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: Future,
+{
+    let mut fut = std::pin::pin!(fut);
+    let mut timer = futures_timer::Delay::new(limit);
+    let mut driver_done = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if !driver_done && driver.as_mut().poll(cx).is_ready() {
+            driver_done = true;
+            // The reader may still yield what arrived before the end.
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+        }
+        if timer.poll_unpin(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Reads the peer's `Resume` (the first frame after the handshake).
+pub(crate) async fn read_resume(reader: &mut SessionReader) -> Result<Resume, String> {
+    let first = match reader.recv().await {
+        Ok(Some(first)) => first,
+        Ok(None) => return Err("session closed before Resume".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let name = type_name(&first.type_url);
+    if name != Resume::full_name() {
+        return Err(format!("expected connect.reliable.v1.Resume, got {name}"));
+    }
+    Resume::decode(first.value.as_slice()).map_err(|e| format!("bad Resume: {e}"))
+}
+
+/// Runs the link until it ends: the session driver and the pump, side by side.
+pub(crate) async fn run<T>(
+    mut driver: Pin<Box<SessionDriver<T>>>,
+    reader: SessionReader,
+    writer: SessionWriter,
+    inner: Arc<Inner>,
+    generation: u64,
+) -> LinkEnd
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let ack_delay = inner.lock().config.ack_delay;
+    let mut pump = Pump {
+        inner,
+        generation,
+        reader,
+        writer,
+        pending_in: None,
+        ack_timer: None,
+        ack_delay,
+        close_started: false,
+        write_closed: false,
+    };
+    let mut driver_done = false;
+    poll_fn(|cx| {
+        if !driver_done && driver.as_mut().poll(cx).is_ready() {
+            driver_done = true;
+        }
+        pump.poll(cx)
+    })
+    .await
+}
+
+struct Pump {
+    inner: Arc<Inner>,
+    generation: u64,
+    reader: SessionReader,
+    writer: SessionWriter,
+    /// A received message waiting for room in the inbound queue.
+    pending_in: Option<Any>,
+    ack_timer: Option<futures_timer::Delay>,
+    ack_delay: Duration,
+    close_started: bool,
+    /// The session is closing (either side): nothing more is written; reading goes on until
+    /// its end.
+    write_closed: bool,
+}
+
+/// Whether a send failed because the session is closing gracefully.
+fn closing(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Session(end) if end.is_graceful())
+}
+
+impl Pump {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<LinkEnd> {
+        let mut budget = POLL_BUDGET;
+        let inner = self.inner.clone();
+        loop {
+            // The lock is held for the whole step: a newer link (which bumps the generation
+            // under the same lock) never interleaves with it.
+            let mut core = inner.lock();
+            if core.generation != self.generation {
+                return Poll::Ready(LinkEnd::Superseded);
+            }
+            if core.end().is_some() {
+                return Poll::Ready(LinkEnd::Closed);
+            }
+            core.register_link(cx.waker());
+            let mut progress = false;
+
+            // Read while the application has room.
+            while budget > 0 {
+                if let Some(any) = self.pending_in.take() {
+                    if core.inbound_has_room(queued_len(&any)) {
+                        core.push_inbound(any);
+                        progress = true;
+                    } else {
+                        self.pending_in = Some(any);
+                        break;
+                    }
+                }
+                match Pin::new(&mut self.reader).poll_next(cx) {
+                    Poll::Ready(Some(Ok(any))) => {
+                        budget -= 1;
+                        progress = true;
+                        if any.type_url.contains(PACKAGE) {
+                            let name = type_name(&any.type_url);
+                            let result = if name == Ack::full_name() {
+                                Ack::decode(any.value.as_slice())
+                                    .map_err(|e| format!("bad Ack: {e}"))
+                                    .and_then(|ack| core.on_ack(ack.delivered))
+                            } else if name == Nack::full_name() {
+                                Nack::decode(any.value.as_slice())
+                                    .map_err(|e| format!("bad Nack: {e}"))
+                                    .and_then(|nack| core.on_nack(nack))
+                            } else {
+                                Err(format!("unexpected {name}"))
+                            };
+                            if let Err(why) = result {
+                                return Poll::Ready(LinkEnd::Fatal(format!(
+                                    "peer broke the reliable protocol: {why}"
+                                )));
+                            }
+                        } else {
+                            self.pending_in = Some(any);
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(LinkEnd::Dropped(e.to_string()));
+                    }
+                    Poll::Ready(None) => return Poll::Ready(LinkEnd::Closed),
+                    Poll::Pending => break,
+                }
+            }
+
+            // Acknowledgement delay.
+            let mut force_ack = false;
+            if core.ack_pending() {
+                let timer = self
+                    .ack_timer
+                    .get_or_insert_with(|| futures_timer::Delay::new(self.ack_delay));
+                if timer.poll_unpin(cx).is_ready() {
+                    force_ack = true;
+                    self.ack_timer = None;
+                }
+            } else {
+                self.ack_timer = None;
+            }
+
+            // Write: refusals and acknowledgements first, then messages, then the close.
+            while budget > 0 && !self.write_closed && !self.close_started {
+                match self.writer.poll_ready_outbound(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) if closing(&e) => {
+                        self.write_closed = true;
+                        break;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
+                    Poll::Pending => break,
+                }
+                let frame = match core.poll_control(force_ack) {
+                    Some(Control::Ack(delivered)) => Some(pack(&Ack { delivered })),
+                    Some(Control::Nack(nack)) => Some(pack(&nack)),
+                    None => None,
+                };
+                let frame = match frame {
+                    Some(frame) => frame,
+                    None => match core.next_outgoing() {
+                        Some(any) => {
+                            budget -= 1;
+                            any
+                        }
+                        None => {
+                            if core.close_requested && core.drained() && !self.close_started {
+                                self.close_started = true;
+                                if let Err(e) = self
+                                    .writer
+                                    .start_close(ReasonCode::Normal, "stream closed".into())
+                                {
+                                    return Poll::Ready(LinkEnd::Dropped(e.to_string()));
+                                }
+                                progress = true;
+                            }
+                            break;
+                        }
+                    },
+                };
+                progress = true;
+                if let Err(e) = self.writer.start_send_any(frame) {
+                    if closing(&e) {
+                        self.write_closed = true;
+                        break;
+                    }
+                    return Poll::Ready(match e {
+                        crate::Error::FrameTooLarge { .. } => LinkEnd::Fatal(format!(
+                            "a queued message cannot be sent on this session: {e}"
+                        )),
+                        e => LinkEnd::Dropped(e.to_string()),
+                    });
+                }
+            }
+            drop(core);
+
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if !progress && !force_ack {
+                return Poll::Pending;
+            }
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! Reliable delivery on top of [sessions](crate::session): bounded queues with backpressure,
+//! delivery confirmations, and reconnection with resumption without loss or duplicates.
+//!
+//! A [`ReliableSession`] is a *stream* of messages in each direction that outlives any one
+//! connection. The connecting side ([`client`]) owns a connector (any closure returning a fresh
+//! [`Connection`](crate::Connection)) and reconnects by itself, with exponential backoff and jitter, whenever the
+//! connection drops; the accepting side ([`ReliableServer`]) keeps a detached stream for a
+//! bounded time, for the client to resume. On every (re)connection the two sides tell each other
+//! how many messages they have received, each retransmits what the other is missing, and
+//! nothing is delivered twice.
+//!
+//! ```text
+//!  application ── send ──► outgoing queue (bounded: messages and bytes; send waits when full)
+//!                             │ written on the current link, kept until the peer's Ack
+//!                             ▼
+//!                           session (Hello/Welcome with capability "connect.reliable.v1",
+//!                             │       then Resume both ways, then messages, Ack, Nack)
+//!                             ▼
+//!  application ◄── recv ── inbound queue (bounded: the link stops reading when it is full,
+//!                           so TCP flow control pushes back on the sender)
+//! ```
+//!
+//! Messages carry no header on the wire: each side numbers them implicitly by count, and the
+//! receiver sends a cumulative [`Ack`](crate::proto::reliable::Ack) every
+//! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken (or after
+//! [`ack_delay`](ReliableConfig::with_ack_delay)). `proto/PROTOCOL.md` section 10 specifies it.
+//!
+//! ## Guarantees
+//!
+//! * While both processes live, every message sent is delivered to the peer's application
+//!   exactly once and in order, across any number of dropped connections.
+//! * A confirmed message ([`ReliableWriter::send_confirmed`]) has been taken by the peer's
+//!   application (or refused by it: [`DeliveryError::Refused`]).
+//! * If the accepting process dies, the client's next connection starts a new stream
+//!   ([`Event::Connected`] with `new_stream: true` after a first connection): unconfirmed
+//!   messages are sent again, so the dead process may have received some of them, i.e. they are
+//!   delivered *at least once*; messages the dead process had received but its application had
+//!   not taken are lost with it. Messages queued in a process that dies are lost.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # async_std::task::block_on(async {
+//! use connect::proto::example::HelloWorld;
+//! use connect::reliable::{ReliableConfig, ReliableServer};
+//! use connect::session::SessionConfig;
+//! use connect::transport::tcp::{self, TcpListener};
+//!
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+//! async_std::task::spawn(async move {
+//!     loop {
+//!         let conn = listener.accept().await?;
+//!         let server = server.clone();
+//!         async_std::task::spawn(async move {
+//!             let Ok(accepted) = server.accept(conn).await else { return };
+//!             if let Some(mut stream) = accepted.new_stream {
+//!                 async_std::task::spawn(async move {
+//!                     while let Ok(Some(any)) = stream.recv().await {
+//!                         if stream.send(any).await.is_err() { break; }
+//!                     }
+//!                 });
+//!             }
+//!             accepted.driver.await;
+//!         });
+//!     }
+//!     #[allow(unreachable_code)]
+//!     Ok::<(), connect::Error>(())
+//! });
+//!
+//! let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new());
+//! let hello = HelloWorld { text: "hi".into(), sequence: 1 };
+//! stream.send_confirmed(connect::prost_types::Any::from_msg(&hello)?).await?;
+//! let echoed = stream.recv().await?;
+//! stream.close().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+//! ```
+
+mod client;
+mod core;
+mod link;
+mod server;
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_core::Stream;
+use prost::{Message, Name};
+use prost_types::Any;
+
+use self::core::{Core, StreamEnd};
+use crate::connection::unpack;
+use crate::error::{Error, Result};
+pub use crate::proto::reliable::NackReason;
+
+pub use client::{client, Backoff, ClientDriver};
+pub use server::{Accepted, ReliableServer, ServerDriver};
+
+/// The session capability that turns reliable delivery on (`Hello.capabilities`).
+pub const CAPABILITY: &str = "connect.reliable.v1";
+
+/// Decides which received message types the application accepts; the others are refused with a
+/// [`Nack`](crate::proto::reliable::Nack). Takes the type URL.
+pub type Accepts = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Settings of a reliable stream (either side).
+///
+/// ```
+/// use connect::reliable::ReliableConfig;
+///
+/// let config = ReliableConfig::new().with_max_messages(1000).with_max_bytes(1 << 20);
+/// assert_eq!(config.max_messages(), 1000);
+/// ```
+#[derive(Clone)]
+pub struct ReliableConfig {
+    max_messages: usize,
+    max_bytes: usize,
+    receive_messages: usize,
+    receive_bytes: usize,
+    ack_every: u64,
+    ack_delay: Duration,
+    resume_timeout: Duration,
+    max_streams: usize,
+    backoff: Backoff,
+    accepts: Option<Accepts>,
+}
+
+impl fmt::Debug for ReliableConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReliableConfig")
+            .field("max_messages", &self.max_messages)
+            .field("max_bytes", &self.max_bytes)
+            .field("receive_messages", &self.receive_messages)
+            .field("receive_bytes", &self.receive_bytes)
+            .field("ack_every", &self.ack_every)
+            .field("ack_delay", &self.ack_delay)
+            .field("resume_timeout", &self.resume_timeout)
+            .field("max_streams", &self.max_streams)
+            .field("backoff", &self.backoff)
+            .field("accepts", &self.accepts.is_some())
+            .finish()
+    }
+}
+
+impl Default for ReliableConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 4096,
+            max_bytes: 4 * 1024 * 1024,
+            receive_messages: 1024,
+            receive_bytes: 4 * 1024 * 1024,
+            ack_every: 64,
+            ack_delay: Duration::from_millis(10),
+            resume_timeout: Duration::from_secs(60),
+            max_streams: 1024,
+            backoff: Backoff::default(),
+            accepts: None,
+        }
+    }
+}
+
+impl ReliableConfig {
+    /// Defaults: 4096 messages / 4 MiB outgoing (queued plus unconfirmed), 1024 messages /
+    /// 4 MiB received and not yet taken, an `Ack` every 64 messages or after 10 ms, detached
+    /// streams kept 60 s (at most 1024 of them), [`Backoff::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// High-water mark of outgoing messages (queued plus sent but unconfirmed).
+    pub fn with_max_messages(mut self, messages: usize) -> Self {
+        self.max_messages = messages.max(1);
+        self
+    }
+
+    /// High-water mark of outgoing bytes (type URL plus value of each message); one message
+    /// always fits in an empty queue.
+    pub fn with_max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Bounds of received messages waiting for the application; beyond them the link stops
+    /// reading from the connection.
+    pub fn with_receive_buffer(mut self, messages: usize, bytes: usize) -> Self {
+        self.receive_messages = messages.max(1);
+        self.receive_bytes = bytes;
+        self
+    }
+
+    /// Send an `Ack` once the application has taken this many messages since the last one.
+    pub fn with_ack_every(mut self, messages: u64) -> Self {
+        self.ack_every = messages.max(1);
+        self
+    }
+
+    /// Send an `Ack` at most this long after the application took a message.
+    pub fn with_ack_delay(mut self, delay: Duration) -> Self {
+        self.ack_delay = delay;
+        self
+    }
+
+    /// Accepting side: how long a stream whose connection dropped is kept for resumption.
+    pub fn with_resume_timeout(mut self, timeout: Duration) -> Self {
+        self.resume_timeout = timeout;
+        self
+    }
+
+    /// Accepting side: how many streams are kept at most; when full, the longest-detached one
+    /// is dropped, and if none is detached a new client is refused.
+    pub fn with_max_streams(mut self, streams: usize) -> Self {
+        self.max_streams = streams.max(1);
+        self
+    }
+
+    /// Connecting side: how to wait between reconnection attempts.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Refuse received messages whose type URL `accepts` rejects, with a
+    /// [`Nack`](crate::proto::reliable::Nack) of reason `NACK_REASON_UNKNOWN_TYPE` instead of
+    /// delivering them; e.g. with a [`Dispatcher`](crate::dispatch::Dispatcher):
+    /// `config.with_accepts(Arc::new(move |url: &str| dispatcher.handles(url)))`.
+    pub fn with_accepts(mut self, accepts: Accepts) -> Self {
+        self.accepts = Some(accepts);
+        self
+    }
+
+    /// The outgoing high-water mark in messages.
+    pub fn max_messages(&self) -> usize {
+        self.max_messages
+    }
+
+    /// The outgoing high-water mark in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+}
+
+/// A lifecycle event of a reliable stream (see [`ReliableSession::next_event`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A connection carries a new stream. `new_stream` after the first connection means the
+    /// peer had lost the stream (e.g. it restarted): unconfirmed messages (`retransmitted`)
+    /// are sent again from the start of the new stream.
+    Connected {
+        /// The session's id.
+        session_id: String,
+        /// Whether a previous stream was lost by the peer.
+        new_stream: bool,
+        /// Messages sent again.
+        retransmitted: u64,
+    },
+    /// A connection resumed the stream.
+    Resumed {
+        /// The new session's id.
+        session_id: String,
+        /// Messages sent again (sent before but not received by the peer).
+        retransmitted: u64,
+    },
+    /// The connection dropped; the stream waits for the next one.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The client waits `delay` before connection attempt `attempt` (counted from 1 since the
+    /// last successful connection).
+    Reconnecting {
+        /// The attempt about to be made.
+        attempt: u32,
+        /// How long it waits first.
+        delay: Duration,
+    },
+    /// The stream is over: closed gracefully (`reason: None`), or given up.
+    Closed {
+        /// Why it was given up, if it was.
+        reason: Option<String>,
+    },
+}
+
+/// Why a message was not confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The peer's application refused the message.
+    #[error("refused by the peer ({}): {text}", .reason.as_str_name())]
+    Refused {
+        /// The peer's reason code.
+        reason: NackReason,
+        /// The peer's explanation.
+        text: String,
+    },
+    /// The stream ended before the message was confirmed (with why, unless closed
+    /// gracefully).
+    #[error("stream ended before confirmation{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed(Option<String>),
+}
+
+/// [`ReliableWriter::try_send`] failed; the message is handed back.
+#[derive(Debug, thiserror::Error)]
+pub enum TrySendError {
+    /// The outgoing queue is at its high-water mark.
+    #[error("outgoing queue full")]
+    Full(Any),
+    /// The stream is closed or closing.
+    #[error("stream closed")]
+    Closed(Any),
+}
+
+impl TrySendError {
+    /// The message that was not sent.
+    pub fn into_inner(self) -> Any {
+        match self {
+            Self::Full(any) | Self::Closed(any) => any,
+        }
+    }
+}
+
+/// A snapshot of a stream's queues and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Outgoing messages held: queued plus sent but not yet confirmed.
+    pub outgoing_messages: usize,
+    /// Their bytes (type URL plus value), the quantity bounded by
+    /// [`with_max_bytes`](ReliableConfig::with_max_bytes).
+    pub outgoing_bytes: usize,
+    /// Received messages waiting for the application.
+    pub inbound_messages: usize,
+    /// Their bytes.
+    pub inbound_bytes: usize,
+    /// Messages written (by local count, including retransmissions counted once).
+    pub sent: u64,
+    /// Messages confirmed by the peer.
+    pub confirmed: u64,
+    /// Messages sent again after a reconnection.
+    pub retransmitted: u64,
+    /// Messages the peer refused.
+    pub refused: u64,
+    /// Connections that have carried the stream.
+    pub connections: u64,
+    /// Whether a connection carries the stream now.
+    pub connected: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    core: Mutex<Core>,
+    /// Readers and writers the application holds; when the last is dropped the stream closes
+    /// (after delivering what was queued).
+    handles: AtomicUsize,
+}
+
+impl Inner {
+    fn new(config: ReliableConfig) -> Arc<Self> {
+        Arc::new(Self {
+            core: Mutex::new(Core::new(config)),
+            handles: AtomicUsize::new(0),
+        })
+    }
+
+    fn acquire(self: &Arc<Self>) -> Arc<Self> {
+        self.handles.fetch_add(1, Ordering::AcqRel);
+        self.clone()
+    }
+
+    fn release(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            log::debug!("reliable stream: dropped by the application; closing");
+            self.lock().request_close();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn end_error(end: &StreamEnd) -> Error {
+    match end {
+        StreamEnd::Closed => Error::Closed,
+        StreamEnd::Failed(why) => Error::Reliable(why.clone()),
+    }
+}
+
+/// Receives a reliable stream's messages: a [`Stream`] of `Result<Any>`.
+#[derive(Debug)]
+pub struct ReliableReader {
+    inner: Arc<Inner>,
+    finished: bool,
+}
+
+impl ReliableReader {
+    /// The next message, or `Ok(None)` once the stream has closed gracefully.
+    ///
+    /// # Errors
+    /// [`Error::Reliable`] if the stream was given up (reconnection attempts exhausted, the
+    /// peer does not support reliable delivery, a detached stream expired, ...).
+    pub async fn recv(&mut self) -> Result<Option<Any>> {
+        futures_util::StreamExt::next(self).await.transpose()
+    }
+
+    /// The next message unpacked as `M`.
+    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
+        match self.recv().await? {
+            Some(any) => unpack(any).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Stream for ReliableReader {
+    type Item = Result<Any>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let mut core = self.inner.lock();
+        loop {
+            match core.pop_inbound(cx.waker()) {
+                // A refused message's place holder: counted, not delivered.
+                Some(any) if any.type_url.is_empty() => continue,
+                Some(any) => return Poll::Ready(Some(Ok(any))),
+                None => break,
+            }
+        }
+        let end = core.end().cloned();
+        drop(core);
+        match end {
+            None => Poll::Pending,
+            Some(end) => {
+                self.finished = true;
+                match end {
+                    StreamEnd::Closed => Poll::Ready(None),
+                    failed => Poll::Ready(Some(Err(end_error(&failed)))),
+                }
+            }
+        }
+    }
+}
+
+/// Sends on a reliable stream.
+#[derive(Debug)]
+pub struct ReliableWriter {
+    inner: Arc<Inner>,
+}
+
+impl Clone for ReliableWriter {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.acquire(),
+        }
+    }
+}
+
+impl Drop for ReliableWriter {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+impl Drop for ReliableReader {
+    fn drop(&mut self) {
+        self.inner.release();
+    }
+}
+
+impl ReliableWriter {
+    /// Queues `any`, waiting while the outgoing queue is at its high-water mark. Returns once
+    /// it is queued (use [`send_confirmed`](Self::send_confirmed) to wait for the peer).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] or [`Error::Reliable`] once the stream is closing or over.
+    pub async fn send(&self, any: Any) -> Result<()> {
+        self.enqueue(any, None).await
+    }
+
+    /// Packs `msg` and [`send`](Self::send)s it.
+    pub async fn send_message<M: Message + Name>(&self, msg: &M) -> Result<()> {
+        self.send(link::pack(msg)).await
+    }
+
+    /// Queues `any` if there is room now; otherwise hands it back in
+    /// [`TrySendError::Full`].
+    pub fn try_send(&self, any: Any) -> Result<(), TrySendError> {
+        self.inner.lock().try_push(any).map(|_| ())
+    }
+
+    /// Sends `any` and waits until the peer's application has taken it.
+    ///
+    /// # Errors
+    /// [`Error::Delivery`] with [`DeliveryError::Refused`] if the peer refused it, or
+    /// [`DeliveryError::Closed`] if the stream ended first; the errors of
+    /// [`send`](Self::send).
+    pub async fn send_confirmed(&self, any: Any) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(any, Some(tx)).await?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Delivery(e)),
+            Err(_) => Err(Error::Delivery(DeliveryError::Closed(None))),
+        }
+    }
+
+    /// Queues `any`; `confirm` (registered under the same lock, so no refusal can slip in
+    /// between) learns how its delivery ends.
+    async fn enqueue(
+        &self,
+        any: Any,
+        mut confirm: Option<oneshot::Sender<Result<(), DeliveryError>>>,
+    ) -> Result<()> {
+        let mut slot = Some(any);
+        poll_fn(|cx| {
+            let Some(any) = slot.take() else {
+                return Poll::Ready(Err(Error::Closed));
+            };
+            let mut core = self.inner.lock();
+            match core.try_push(any) {
+                Ok(seq) => {
+                    if let Some(tx) = confirm.take() {
+                        core.confirm_on(seq, tx);
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                Err(TrySendError::Full(any)) => {
+                    core.register_send(cx.waker());
+                    slot = Some(any);
+                    Poll::Pending
+                }
+                Err(TrySendError::Closed(_)) => {
+                    Poll::Ready(Err(core.end().map_or(Error::Closed, end_error)))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Closes the stream gracefully: waits until everything queued is confirmed, then closes
+    /// the session. Returns once the stream is over.
+    ///
+    /// # Errors
+    /// [`Error::Reliable`] if the stream was given up before it could close.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.lock().request_close();
+        poll_fn(|cx| {
+            let mut core = self.inner.lock();
+            match core.end() {
+                Some(StreamEnd::Closed) => Poll::Ready(Ok(())),
+                Some(failed) => Poll::Ready(Err(end_error(failed))),
+                None => {
+                    core.register_end(cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Queues and counters; `outgoing_bytes` is what the high-water mark bounds.
+    pub fn stats(&self) -> Stats {
+        stats(&self.inner)
+    }
+}
+
+fn stats(inner: &Inner) -> Stats {
+    let core = inner.lock();
+    let (outgoing_messages, outgoing_bytes) = core.outgoing();
+    let (inbound_messages, inbound_bytes) = core.inbound_len();
+    let (sent, confirmed) = core.progress();
+    Stats {
+        outgoing_messages,
+        outgoing_bytes,
+        inbound_messages,
+        inbound_bytes,
+        sent,
+        confirmed,
+        retransmitted: core.stats.retransmitted,
+        refused: core.stats.nacked,
+        connections: core.stats.links,
+        connected: core.attached,
+    }
+}
+
+/// One side of a reliable stream: send, receive, watch lifecycle events, close. Split it into
+/// a [`ReliableReader`] and a [`ReliableWriter`] to use them from different tasks.
+///
+/// Dropping every reader and writer closes the stream like [`close`](Self::close): what was
+/// queued is still delivered first.
+#[derive(Debug)]
+pub struct ReliableSession {
+    reader: ReliableReader,
+    writer: ReliableWriter,
+}
+
+impl ReliableSession {
+    fn new(inner: Arc<Inner>) -> Self {
+        Self {
+            reader: ReliableReader {
+                inner: inner.acquire(),
+                finished: false,
+            },
+            writer: ReliableWriter {
+                inner: inner.acquire(),
+            },
+        }
+    }
+
+    /// The two halves.
+    pub fn split(self) -> (ReliableReader, ReliableWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// See [`ReliableWriter::send`].
+    pub async fn send(&self, any: Any) -> Result<()> {
+        self.writer.send(any).await
+    }
+
+    /// See [`ReliableWriter::send_message`].
+    pub async fn send_message<M: Message + Name>(&self, msg: &M) -> Result<()> {
+        self.writer.send_message(msg).await
+    }
+
+    /// See [`ReliableWriter::try_send`].
+    pub fn try_send(&self, any: Any) -> Result<(), TrySendError> {
+        self.writer.try_send(any)
+    }
+
+    /// See [`ReliableWriter::send_confirmed`].
+    pub async fn send_confirmed(&self, any: Any) -> Result<()> {
+        self.writer.send_confirmed(any).await
+    }
+
+    /// See [`ReliableReader::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Any>> {
+        self.reader.recv().await
+    }
+
+    /// See [`ReliableReader::recv_message`].
+    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
+        self.reader.recv_message().await
+    }
+
+    /// See [`ReliableWriter::close`].
+    pub async fn close(&self) -> Result<()> {
+        self.writer.close().await
+    }
+
+    /// See [`ReliableWriter::stats`].
+    pub fn stats(&self) -> Stats {
+        self.writer.stats()
+    }
+
+    /// A writer handle for another task (writers are cheap clones).
+    pub fn writer(&self) -> ReliableWriter {
+        self.writer.clone()
+    }
+
+    /// An [`Events`] stream of this stream's lifecycle events, for another task.
+    pub fn events(&self) -> Events {
+        Events {
+            inner: self.writer.inner.clone(),
+        }
+    }
+
+    /// The next lifecycle event (connected, disconnected, reconnecting, resumed, closed).
+    /// Events are kept until read (the 256 most recent).
+    pub async fn next_event(&self) -> Option<Event> {
+        futures_util::StreamExt::next(&mut self.events()).await
+    }
+}
+
+/// Lifecycle events of a stream; ends after [`Event::Closed`].
+#[derive(Debug)]
+pub struct Events {
+    inner: Arc<Inner>,
+}
+
+impl Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let mut core = self.inner.lock();
+        match core.pop_event(cx.waker()) {
+            Some(event) => Poll::Ready(Some(event)),
+            None if core.end().is_some() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A boxed future the caller spawns (the drivers are runtime-agnostic).
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

@@ -1,0 +1,599 @@
+//! Reliable delivery over loopback: exactly once and in order through a proxy that cuts the
+//! connection at random points, bounded queues with backpressure, refusals.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_std::net::{TcpListener as RawListener, TcpStream};
+use async_std::task;
+use connect::dispatch::{Context, Dispatcher, Reply};
+use connect::prost_types::Any;
+use connect::proto::example::HelloWorld;
+use connect::reliable::{
+    self, Backoff, DeliveryError, Event, NackReason, ReliableConfig, ReliableServer,
+    ReliableSession, TrySendError,
+};
+use connect::session::SessionConfig;
+use connect::transport::tcp::{self, TcpListener};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
+
+fn hello(sequence: u64) -> Any {
+    Any::from_msg(&HelloWorld {
+        text: "m".into(),
+        sequence,
+    })
+    .unwrap()
+}
+
+fn sequence(any: &Any) -> u64 {
+    any.to_msg::<HelloWorld>().unwrap().sequence
+}
+
+/// Bounds a test step: a hang fails the test instead of blocking the suite.
+async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    async_std::future::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
+}
+
+/// A reliable server on loopback whose application is `app`, run for every new stream.
+async fn server<A, Fut>(config: ReliableConfig, app: A) -> (SocketAddr, ReliableServer)
+where
+    A: Fn(ReliableSession) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)));
+    let server = ReliableServer::new(session_config, config);
+    let app = Arc::new(app);
+    let srv = server.clone();
+    task::spawn(async move {
+        loop {
+            let Ok(conn) = listener.accept().await else {
+                continue;
+            };
+            let srv = srv.clone();
+            let app = app.clone();
+            task::spawn(async move {
+                let Ok(accepted) = srv.accept(conn).await else {
+                    return;
+                };
+                if let Some(stream) = accepted.new_stream {
+                    task::spawn(app(stream));
+                }
+                accepted.driver.await;
+            });
+        }
+    });
+    (addr, server)
+}
+
+async fn echo(mut stream: ReliableSession) {
+    while let Ok(Some(any)) = stream.recv().await {
+        if stream.send(any).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn client_config() -> ReliableConfig {
+    ReliableConfig::new().with_backoff(
+        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+            .with_max_attempts(Some(200)),
+    )
+}
+
+fn client(addr: SocketAddr, config: ReliableConfig) -> ReliableSession {
+    let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)));
+    tcp::connect_reliable(addr, session_config, config)
+}
+
+#[async_std::test]
+async fn echo_with_confirmations_and_graceful_close() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let (addr, server) = server(ReliableConfig::new(), echo).await;
+    let mut stream = client(addr, client_config());
+    let events = stream.events();
+    within(20, "confirmed sends", async {
+        for i in 0..10 {
+            stream.send_confirmed(hello(i)).await.unwrap();
+        }
+    })
+    .await;
+    for i in 0..10 {
+        let echoed = within(20, "echo", stream.recv()).await.unwrap().unwrap();
+        assert_eq!(sequence(&echoed), i);
+    }
+    within(20, "close", stream.close()).await.unwrap();
+    let events: Vec<Event> = futures::StreamExt::collect(events).await;
+    assert!(
+        matches!(
+            events.first(),
+            Some(Event::Connected {
+                new_stream: false,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&Event::Closed { reason: None }));
+    assert!(stream.recv().await.unwrap().is_none());
+    assert!(matches!(
+        stream.try_send(hello(99)),
+        Err(TrySendError::Closed(_))
+    ));
+    // The server forgets a closed stream.
+    within(20, "server forgets", async {
+        while server.stream_count() > 0 {
+            task::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn unhandled_type_is_refused_with_a_nack() {
+    let dispatcher = Arc::new(
+        Dispatcher::new().on(|m: HelloWorld, _: Context| async move {
+            Ok::<_, connect::Error>(Reply::message(&m))
+        }),
+    );
+    let handles = dispatcher.clone();
+    let config =
+        ReliableConfig::new().with_accepts(Arc::new(move |url: &str| handles.handles(url)));
+    let received = Arc::new(AtomicU64::new(0));
+    let seen = received.clone();
+    let (addr, _server) = server(config, move |mut stream: ReliableSession| {
+        let seen = seen.clone();
+        async move {
+            while let Ok(Some(any)) = stream.recv().await {
+                assert!(any.type_url.ends_with("HelloWorld"), "{}", any.type_url);
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let stream = client(addr, client_config());
+    let unknown = Any {
+        type_url: "type.googleapis.com/acme.Unknown".into(),
+        value: vec![1, 2, 3],
+    };
+    let refused = within(20, "refusal", stream.send_confirmed(unknown)).await;
+    match refused {
+        Err(connect::Error::Delivery(DeliveryError::Refused { reason, text })) => {
+            assert_eq!(reason, NackReason::UnknownType);
+            assert!(text.contains("acme.Unknown"), "{text}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A handled type on the same stream is still confirmed, and delivered once.
+    within(20, "confirmed", stream.send_confirmed(hello(1)))
+        .await
+        .unwrap();
+    assert_eq!(received.load(Ordering::SeqCst), 1);
+    assert_eq!(stream.stats().refused, 1);
+}
+
+#[async_std::test]
+async fn stalled_consumer_fills_the_bounded_queue_and_send_waits() {
+    const MAX_MESSAGES: usize = 200;
+    const MAX_BYTES: usize = 64 * 1024;
+    let (gate_tx, gate_rx) = async_channel_pair();
+    let inbound_peak = Arc::new(AtomicU64::new(0));
+    let peak = inbound_peak.clone();
+    let server_config = ReliableConfig::new().with_receive_buffer(100, 1 << 20);
+    let (addr, _server) = server(server_config, move |mut stream: ReliableSession| {
+        let gate_rx = gate_rx.clone();
+        let peak = peak.clone();
+        async move {
+            // The application does not read until the test opens the gate.
+            let _ = gate_rx.recv().await;
+            peak.store(stream.stats().inbound_messages as u64, Ordering::SeqCst);
+            let mut next = 0;
+            while let Ok(Some(any)) = stream.recv().await {
+                assert_eq!(sequence(&any), next);
+                next += 1;
+            }
+        }
+    })
+    .await;
+    let config = client_config()
+        .with_max_messages(MAX_MESSAGES)
+        .with_max_bytes(MAX_BYTES);
+    let stream = client(addr, config);
+    // 1 KiB messages: the byte bound (64) bites before the message bound (200).
+    let big = |i: u64| {
+        Any::from_msg(&HelloWorld {
+            text: "x".repeat(1000),
+            sequence: i,
+        })
+        .unwrap()
+    };
+    let mut sent = 0u64;
+    let mut peak_bytes = 0;
+    within(30, "filling up", async {
+        loop {
+            match stream.try_send(big(sent)) {
+                Ok(()) => sent += 1,
+                Err(TrySendError::Full(any)) => {
+                    assert_eq!(sequence(&any), sent, "the message is handed back");
+                    // Full for good only once the peer stopped confirming: wait and retry.
+                    task::sleep(Duration::from_millis(50)).await;
+                    if stream.try_send(any).is_err() && stream.stats().connected {
+                        let stats = stream.stats();
+                        if stats.sent == stats.confirmed + stats.outgoing_messages as u64 {
+                            break;
+                        }
+                    } else {
+                        sent += 1;
+                    }
+                }
+                Err(e) => panic!("{e}"),
+            }
+            peak_bytes = peak_bytes.max(stream.stats().outgoing_bytes);
+        }
+    })
+    .await;
+    let stats = stream.stats();
+    println!("stalled consumer: {sent} sent, sender holds {stats:?}, peak {peak_bytes} bytes");
+    assert!(stats.outgoing_bytes <= MAX_BYTES, "{stats:?}");
+    assert!(peak_bytes <= MAX_BYTES);
+    assert!(stats.outgoing_messages <= MAX_MESSAGES);
+    assert!(
+        stats.outgoing_bytes > MAX_BYTES - 2 * 1100,
+        "the queue is full: {stats:?}"
+    );
+    // `send` waits while the queue is full...
+    let mut pending_send = Box::pin(stream.send(big(sent)));
+    task::sleep(Duration::from_millis(100)).await;
+    assert!((&mut pending_send).now_or_never().is_none(), "send waits");
+    // ...and completes once the consumer reads.
+    gate_tx.close();
+    within(30, "send after the consumer resumed", pending_send)
+        .await
+        .unwrap();
+    let inbound = inbound_peak.load(Ordering::SeqCst);
+    assert!(inbound <= 100, "receiver held {inbound} messages");
+    within(30, "all confirmed", stream.close()).await.unwrap();
+}
+
+/// A one-shot gate: `recv` returns once `close` is called.
+fn async_channel_pair() -> (Gate, Gate) {
+    let (tx, rx) = futures::channel::mpsc::channel::<()>(1);
+    let gate = Gate {
+        tx: Arc::new(std::sync::Mutex::new(Some(tx))),
+        rx: Arc::new(async_std::sync::Mutex::new(rx)),
+    };
+    (gate.clone(), gate)
+}
+
+#[derive(Clone)]
+struct Gate {
+    tx: Arc<std::sync::Mutex<Option<futures::channel::mpsc::Sender<()>>>>,
+    rx: Arc<async_std::sync::Mutex<futures::channel::mpsc::Receiver<()>>>,
+}
+
+impl Gate {
+    fn close(&self) {
+        self.tx.lock().unwrap().take();
+    }
+
+    async fn recv(&self) -> Option<()> {
+        futures::StreamExt::next(&mut *self.rx.lock().await).await
+    }
+}
+
+/// A TCP proxy that forwards between a client and `upstream` and cuts each connection after a
+/// random number of forwarded bytes (counted over both directions): a few within the first
+/// bytes (mid-handshake, mid-Resume), the rest anywhere, mid-frame included.
+struct CuttingProxy {
+    addr: SocketAddr,
+    cuts: Arc<AtomicU64>,
+    cutting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    u64::from_le_bytes(bytes) % n
+}
+
+async fn cutting_proxy(upstream: SocketAddr) -> CuttingProxy {
+    let listener = RawListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cuts = Arc::new(AtomicU64::new(0));
+    let cutting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (c, on) = (cuts.clone(), cutting.clone());
+    task::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let budget = if random_below(5) == 0 {
+                1 + random_below(300)
+            } else {
+                1 + random_below(150_000)
+            };
+            let cut_here = on.load(Ordering::SeqCst);
+            let left = Arc::new(AtomicU64::new(budget));
+            let cuts = c.clone();
+            let pipe = move |mut from: TcpStream, mut to: TcpStream, left: Arc<AtomicU64>| async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let n = match from.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut n = n as u64;
+                    let mut cut = false;
+                    if cut_here {
+                        let before = left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                                Some(l.saturating_sub(n))
+                            })
+                            .unwrap();
+                        if before <= n {
+                            n = before;
+                            cut = true;
+                        }
+                    }
+                    if to.write_all(&buf[..n as usize]).await.is_err() {
+                        break;
+                    }
+                    if cut {
+                        break;
+                    }
+                }
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            };
+            task::spawn(async move {
+                let up = pipe(client.clone(), server.clone(), left.clone());
+                let down = pipe(server, client, left.clone());
+                futures::future::join(up, down).await;
+                if cut_here && left.load(Ordering::SeqCst) == 0 {
+                    cuts.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    CuttingProxy {
+        addr,
+        cuts,
+        cutting,
+    }
+}
+
+#[async_std::test]
+async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
+    const MESSAGES: u64 = 100_000;
+    const MIN_CUTS: u64 = 100;
+    let _ = env_logger::builder().is_test(true).try_init();
+    // The server checks what it gets, then echoes it.
+    let server_seen = Arc::new(AtomicU64::new(0));
+    let seen = server_seen.clone();
+    let server_probe: Arc<std::sync::Mutex<Option<reliable::ReliableWriter>>> = Default::default();
+    let sp = server_probe.clone();
+    let (upstream, _server) = server(
+        ReliableConfig::new().with_resume_timeout(Duration::from_secs(30)),
+        move |mut stream: ReliableSession| {
+            let seen = seen.clone();
+            *sp.lock().unwrap() = Some(stream.writer());
+            async move {
+                let mut next = 0;
+                while let Ok(Some(any)) = stream.recv().await {
+                    assert_eq!(sequence(&any), next, "server: out of order or duplicate");
+                    next += 1;
+                    seen.store(next, Ordering::SeqCst);
+                    if stream.send(any).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    let proxy = cutting_proxy(upstream).await;
+    let (mut reader, writer) = client(proxy.addr, client_config()).split();
+    let started = std::time::Instant::now();
+    let probe = writer.clone();
+    if std::env::var_os("RELIABLE_DEBUG").is_some() {
+        task::spawn(async move {
+            loop {
+                task::sleep(Duration::from_secs(2)).await;
+                eprintln!("probe: {:?}", probe.stats());
+                if let Some(w) = &*server_probe.lock().unwrap() {
+                    eprintln!("server probe: {:?}", w.stats());
+                }
+            }
+        });
+    }
+    let sender = task::spawn(async move {
+        for i in 0..MESSAGES {
+            writer.send(hello(i)).await.unwrap();
+        }
+        writer
+    });
+    within(240, "transfer", async {
+        for i in 0..MESSAGES {
+            let any = reader.recv().await.unwrap().unwrap();
+            assert_eq!(sequence(&any), i, "client: out of order or duplicate");
+            if i % 10_000 == 0 {
+                println!(
+                    "{i} at {:?}, {} cuts",
+                    started.elapsed(),
+                    proxy.cuts.load(Ordering::SeqCst)
+                );
+            }
+        }
+    })
+    .await;
+    let writer = sender.await;
+    let cuts = proxy.cuts.load(Ordering::SeqCst);
+    let stats = writer.stats();
+    println!(
+        "{MESSAGES} messages echoed in {:?} through {cuts} cuts; client {stats:?}",
+        started.elapsed()
+    );
+    assert_eq!(server_seen.load(Ordering::SeqCst), MESSAGES);
+    assert!(cuts >= MIN_CUTS, "only {cuts} cuts");
+    assert!(stats.connections > MIN_CUTS / 2, "{stats:?}");
+    // Closing works through cuts too.
+    within(60, "close", writer.close()).await.unwrap();
+    proxy.cutting.store(false, Ordering::SeqCst);
+    assert!(reader.recv().await.unwrap().is_none(), "nothing more");
+}
+
+#[async_std::test]
+async fn plain_session_clients_still_work_with_a_reliable_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+    task::spawn(async move {
+        let conn = listener.accept().await.unwrap();
+        let accepted = server.accept(conn).await.unwrap();
+        assert!(accepted.new_stream.is_none());
+        let (mut session, driver) = accepted.plain.expect("a plain session");
+        task::spawn(driver);
+        while let Some(any) = session.recv().await.unwrap() {
+            session.send_any(any).await.unwrap();
+        }
+    });
+    let mut session = tcp::connect_session(addr, &SessionConfig::new())
+        .await
+        .unwrap();
+    assert!(session.info().capabilities().is_empty());
+    session.send_any(hello(7)).await.unwrap();
+    let echoed = within(20, "echo", session.recv()).await.unwrap().unwrap();
+    assert_eq!(sequence(&echoed), 7);
+    let _ = reliable::CAPABILITY;
+}
+
+/// The byte-level examples of proto/PROTOCOL.md, section 10, are what our encoder writes.
+#[test]
+fn protocol_examples_match_the_encoder() {
+    use connect::codec::Codec;
+    use connect::proto::reliable::{Ack, Nack, Resume};
+    use prost::Message;
+    fn frame<M: prost::Name + Message>(msg: &M) -> String {
+        let any = Any::from_msg(msg).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        Codec::default().encode(&any, &mut buf).unwrap();
+        buf.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md")).unwrap();
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let resume = Resume {
+        stream_id: (0u8..16).collect(),
+        received: 5,
+        resumed: false,
+        acknowledged: 3,
+        window_messages: 1024,
+        window_bytes: 4 << 20,
+    };
+    let answer = Resume {
+        stream_id: (0u8..16).collect(),
+        received: 4,
+        resumed: true,
+        acknowledged: 2,
+        window_messages: 1024,
+        window_bytes: 4 << 20,
+    };
+    let ack = Ack { delivered: 300 };
+    let nack = Nack {
+        sequence: 7,
+        reason: NackReason::UnknownType as i32,
+        text: "no handler".into(),
+    };
+    for hex in [frame(&resume), frame(&answer), frame(&ack), frame(&nack)] {
+        println!("{hex}");
+        assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
+    }
+}
+
+/// The reliable layer names no runtime: client and server on smol, no async-std involved.
+#[test]
+fn reliable_stream_on_smol() {
+    let test = async {
+        let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+        smol::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let accepted = server
+                .accept(connect::Connection::new(stream))
+                .await
+                .unwrap();
+            smol::spawn(echo(accepted.new_stream.unwrap())).detach();
+            accepted.driver.await;
+        })
+        .detach();
+        let connector = move || async move {
+            Ok(connect::Connection::new(
+                smol::net::TcpStream::connect(addr).await?,
+            ))
+        };
+        let (mut stream, driver) =
+            reliable::client(connector, SessionConfig::new(), ReliableConfig::new());
+        smol::spawn(driver).detach();
+        for i in 0..1000 {
+            stream.send(hello(i)).await.unwrap();
+        }
+        for i in 0..1000 {
+            assert_eq!(sequence(&stream.recv().await.unwrap().unwrap()), i);
+        }
+        stream.close().await.unwrap();
+    };
+    smol::block_on(async {
+        let limit = smol::Timer::after(Duration::from_secs(60));
+        if let futures::future::Either::Right(_) =
+            futures::future::select(Box::pin(test), limit).await
+        {
+            panic!("not done within 60 s");
+        }
+    });
+}
+
+/// Dropping the application's handles closes the stream gracefully, after delivering what
+/// was queued: the peer reads every message, then the end.
+#[async_std::test]
+async fn dropping_the_stream_delivers_what_was_queued_then_closes() {
+    let (done_tx, done_rx) = futures::channel::oneshot::channel();
+    let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
+    let (addr, _server) = server(ReliableConfig::new(), move |mut stream: ReliableSession| {
+        let done_tx = done_tx.clone();
+        async move {
+            let mut n = 0;
+            let end = loop {
+                match stream.recv().await {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => break Ok(n),
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            if let Some(tx) = done_tx.lock().unwrap().take() {
+                let _ = tx.send(end);
+            }
+        }
+    })
+    .await;
+    let stream = client(addr, client_config());
+    for i in 0..500 {
+        stream.send(hello(i)).await.unwrap();
+    }
+    drop(stream);
+    let end = within(30, "peer sees the end", done_rx).await.unwrap();
+    assert_eq!(end, Ok(500));
+}
