@@ -1,8 +1,8 @@
 //! # connect
 //!
-//! Brokerless messaging over TCP: peers exchange typed protobuf messages directly, each one
-//! packed in a `google.protobuf.Any` and written as one length-delimited frame. Any language with
-//! an official protobuf library can talk to a `connect` peer without code of ours.
+//! Brokerless messaging over TCP, TLS and SCTP: peers exchange typed protobuf messages directly,
+//! each one packed in a `google.protobuf.Any` and written as one length-delimited frame. Any
+//! language with an official protobuf library can talk to a `connect` peer without code of ours.
 //!
 //! ## How bytes flow
 //!
