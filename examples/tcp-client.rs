@@ -37,6 +37,8 @@ struct Args {
     reliable: Option<u64>,
 }
 
+const USAGE: &str = "usage: tcp-client [ADDR] [--session] [--user NAME --password PW] [--heartbeat-ms MS]\n                  [--reliable N]\n  ADDR defaults to 127.0.0.1:7878; --reliable N sends N numbered messages through reconnects";
+
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args::default();
     let mut it = std::env::args().skip(1);
@@ -48,7 +50,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--user" => args.user = Some(value()?),
             "--password" => args.password = Some(value()?),
             "--heartbeat-ms" => args.heartbeat_ms = Some(value()?.parse()?),
-            flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}\n{USAGE}"),
             _ => args.addr = Some(arg),
         }
     }
