@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_channel::{mpsc, oneshot};
+use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
 use futures_util::io::{ReadHalf, WriteHalf};
 use futures_util::{FutureExt, StreamExt};
 use prost_types::Any;
 
+use super::queue;
 use super::state::{Phase, SessionState};
 use super::{queued_len, SessionWriter, Shared};
 use super::{Outbound, Session, SessionConfig, SessionEnd, SessionInfo, SessionReader};
@@ -42,12 +43,12 @@ pub struct SessionDriver<T> {
     writer: ConnectionWriter<WriteHalf<T>>,
     state: SessionState,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Any>,
+    inbound: queue::Sender<Any>,
     /// A received application message waiting for room in the inbound queue.
     pending_in: Option<Any>,
     /// Bytes of received messages the inbound queue may hold (beyond one message).
     inbound_byte_limit: usize,
-    outbound: mpsc::Receiver<Outbound>,
+    outbound: queue::Receiver<Outbound>,
     /// The outbound queue is closed to new items (after a Close either way).
     outbound_closed: bool,
     /// Every outbound item has been taken (the queue ended).
@@ -92,8 +93,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             inbound_bytes: Default::default(),
             driver_waker: Default::default(),
         });
-        let (inbound, inbound_rx) = mpsc::channel(config.queue_len());
-        let (outbound_tx, outbound) = mpsc::channel(config.queue_len());
+        let (inbound, inbound_rx) = queue::bounded(config.queue_len());
+        let (outbound_tx, outbound) = queue::bounded(config.queue_len());
         let session = Session {
             reader: SessionReader {
                 inbound: inbound_rx,
@@ -142,7 +143,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                     Poll::Ready(Ok(())) => {
                         self.shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
                         // Only fails if the reader is gone, which drops the message as below.
-                        let _ = self.inbound.start_send(any);
+                        // The reader is woken once per burst, in `poll`.
+                        let _ = self.inbound.start_send_quietly(any);
                     }
                     Poll::Ready(Err(_)) => {
                         log::debug!("{}: reader dropped; discarding a message", self.shared.info)
@@ -237,7 +239,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 }
                 Poll::Pending => return progress,
             }
-            let item = match self.outbound.poll_next_unpin(cx) {
+            let item = match self.outbound.poll_next(cx) {
                 Poll::Ready(item) => item,
                 Poll::Pending => return progress,
             };
@@ -388,6 +390,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for SessionDriver<T> {
         loop {
             let now = Instant::now();
             let mut progress = this.poll_read(cx, now, &mut budget);
+            this.inbound.wake_receiver();
             progress |= this.poll_outbound(cx, now, &mut budget);
             progress |= this.poll_write(cx);
             if let Some(rtt) = this.state.rtt() {

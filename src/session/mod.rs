@@ -75,6 +75,7 @@
 mod auth;
 mod driver;
 mod handshake;
+mod queue;
 mod state;
 
 use std::collections::HashMap;
@@ -86,7 +87,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_channel::{mpsc, oneshot};
+use futures_channel::oneshot;
 use futures_core::Stream;
 use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
@@ -325,7 +326,7 @@ enum Outbound {
 /// once as `Err(Error::Session(end))`, after the messages received before it.
 #[derive(Debug)]
 pub struct SessionReader {
-    inbound: mpsc::Receiver<Any>,
+    inbound: queue::Receiver<Any>,
     shared: Arc<Shared>,
     finished: bool,
 }
@@ -365,7 +366,7 @@ impl Stream for SessionReader {
         if self.finished {
             return Poll::Ready(None);
         }
-        match self.inbound.poll_next_unpin(cx) {
+        match self.inbound.poll_next(cx) {
             Poll::Ready(Some(any)) => {
                 self.shared
                     .inbound_bytes
@@ -394,7 +395,7 @@ impl Stream for SessionReader {
 /// `Error::Session(end)`.
 #[derive(Debug)]
 pub struct SessionWriter {
-    outbound: mpsc::Sender<Outbound>,
+    outbound: queue::Sender<Outbound>,
     shared: Arc<Shared>,
 }
 
