@@ -791,3 +791,30 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
     })
     .await;
 }
+
+#[async_std::test]
+async fn a_flush_after_the_peer_closed_gracefully_succeeds_for_what_was_fed_before() {
+    bounded("test", async {
+        let (addr, server) = server(SessionConfig::new()).await;
+        let mut client = tcp::connect_session(addr, &SessionConfig::new())
+            .await
+            .unwrap();
+        let mut server = server.await.unwrap();
+
+        // Fed before the peer's Close: the driver writes it on its own.
+        server.feed_message(&hello("before", 1)).await.unwrap();
+        let got: HelloWorld = client.recv_message().await.unwrap().unwrap();
+        assert_eq!(got, hello("before", 1));
+        client.close(ReasonCode::Normal, "done").await.unwrap();
+        assert!(server.recv().await.unwrap().is_none(), "graceful end");
+
+        // Nothing fed before the Close is pending, so the flush has nothing to fail on...
+        server.flush().await.unwrap();
+        // ...while a message fed after it is refused with the end's reason.
+        assert!(matches!(
+            server.send_message(&hello("after", 2)).await,
+            Err(Error::Session(SessionEnd::ClosedByPeer { .. }))
+        ));
+    })
+    .await;
+}

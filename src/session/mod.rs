@@ -435,9 +435,19 @@ impl SessionWriter {
     }
 
     /// Waits until everything queued so far is written to the transport.
+    ///
+    /// Once the session is ending gracefully (either side sent `Close`), the driver takes no new
+    /// requests but still writes every message queued before, as part of the close: a flush then
+    /// succeeds at once (a failure while closing is reported as the session's end). After any
+    /// other end it fails with that end.
     pub async fn flush(&mut self) -> Result<()> {
         let (done, written) = oneshot::channel();
-        self.enqueue(Outbound::Flush(done)).await?;
+        if let Err(ended) = self.enqueue(Outbound::Flush(done)).await {
+            return match self.shared.end() {
+                Some(end) if end.is_graceful() => Ok(()),
+                _ => Err(ended),
+            };
+        }
         written.await.unwrap_or_else(|_| Err(self.shared.ended()))
     }
 
