@@ -287,6 +287,11 @@ impl Dispatcher {
     /// something that converts into a [`Reply`] (`()`, an `Any`, a [`Reply`]…) or an error. An
     /// error ends [`serve`](Self::serve) with [`Error::Handler`]. A message of type `M` whose
     /// bytes do not decode as `M` is an [`Error::Decode`].
+    ///
+    /// Under [`serve`](Self::serve) the message is decoded straight from the received frame, as
+    /// by [`ConnectionReader::recv_message`]: fields of type [`bytes::Bytes`] are slices of the
+    /// receive buffer, which is reused once the message is dropped (a message kept longer makes
+    /// the connection read on into a new buffer).
     pub fn on<M, F, Fut, R, E>(mut self, handler: F) -> Self
     where
         M: Message + Name + Default + 'static,
