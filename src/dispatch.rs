@@ -41,12 +41,12 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures_io::{AsyncRead, AsyncWrite};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use prost::{Message, Name};
 use prost_types::Any;
 
 use crate::codec::type_name;
-use crate::connection::{unpack, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter};
+use crate::connection::{Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, Frame};
 use crate::error::{Error, Result};
 
 /// The error type handlers may return: anything that converts into a boxed error.
@@ -195,9 +195,11 @@ fn pack<M: Message + Name>(msg: &M) -> Any {
     }
 }
 
-/// A type-erased handler: decodes the `Any` as its message type and runs.
+/// A type-erased handler: decodes the frame as its message type and runs.
 trait ErasedHandler: Send + Sync {
-    fn call(&self, any: Any, cx: Context) -> BoxFuture<Result<Reply>>;
+    /// Called only with frames routed to this handler: for a typed handler, frames whose type
+    /// name is its message's full name.
+    fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>>;
 }
 
 struct TypedHandler<M, F> {
@@ -213,8 +215,14 @@ where
     R: Into<Reply>,
     E: Into<BoxError>,
 {
-    fn call(&self, any: Any, cx: Context) -> BoxFuture<Result<Reply>> {
-        match unpack::<M>(any) {
+    fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
+        // Straight from the frame's bytes: `Bytes` fields of `M` share the read buffer.
+        let decoded = M::decode(frame.value().clone()).map_err(|source| Error::Decode {
+            type_name: M::full_name(),
+            source,
+        });
+        drop(frame);
+        match decoded {
             Ok(msg) => Box::pin((self.handler)(msg, cx).map(|result| {
                 result.map(Into::into).map_err(|e| Error::Handler {
                     type_name: M::full_name(),
@@ -235,9 +243,9 @@ where
     R: Into<Reply>,
     E: Into<BoxError>,
 {
-    fn call(&self, any: Any, cx: Context) -> BoxFuture<Result<Reply>> {
-        let type_name = type_name(&any.type_url).to_owned();
-        Box::pin((self.0)(any, cx).map(move |result| {
+    fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
+        let type_name = frame.type_name().to_owned();
+        Box::pin((self.0)(frame.into_any(), cx).map(move |result| {
             result.map(Into::into).map_err(|e| Error::Handler {
                 type_name,
                 source: e.into(),
@@ -279,6 +287,11 @@ impl Dispatcher {
     /// something that converts into a [`Reply`] (`()`, an `Any`, a [`Reply`]…) or an error. An
     /// error ends [`serve`](Self::serve) with [`Error::Handler`]. A message of type `M` whose
     /// bytes do not decode as `M` is an [`Error::Decode`].
+    ///
+    /// Under [`serve`](Self::serve) the message is decoded straight from the received frame, as
+    /// by [`ConnectionReader::recv_message`]: fields of type [`bytes::Bytes`] are slices of the
+    /// receive buffer, which is reused once the message is dropped (a message kept longer makes
+    /// the connection read on into a new buffer).
     pub fn on<M, F, Fut, R, E>(mut self, handler: F) -> Self
     where
         M: Message + Name + Default + 'static,
@@ -319,14 +332,27 @@ impl Dispatcher {
     /// type; [`Error::Decode`] if it does not decode as the handler's type; [`Error::Handler`] if
     /// the handler fails.
     pub async fn dispatch(&self, any: Any, cx: Context) -> Result<Reply> {
-        let handler = self
-            .handlers
-            .get(type_name(&any.type_url))
-            .or(self.fallback.as_ref());
-        match handler {
-            Some(handler) => handler.call(any, cx).await,
+        match self.handler(type_name(&any.type_url)) {
+            Some(handler) => handler.call(Frame::from(any), cx).await,
             None => Err(Error::UnknownType(Box::new(any))),
         }
+    }
+
+    /// [`dispatch`](Self::dispatch) for a frame seen in place: an `Any` is built only for the
+    /// fallback handler or the [`Error::UnknownType`].
+    async fn dispatch_frame(&self, frame: Frame, cx: Context) -> Result<Reply> {
+        match self.handler(frame.type_name()) {
+            Some(handler) => handler.call(frame, cx).await,
+            None => Err(Error::UnknownType(Box::new(frame.into_any()))),
+        }
+    }
+
+    /// The handler for messages of type `type_name`: its own, or else the fallback.
+    fn handler(&self, type_name: &str) -> Option<&dyn ErasedHandler> {
+        self.handlers
+            .get(type_name)
+            .or(self.fallback.as_ref())
+            .map(|handler| &**handler)
     }
 
     /// Serves one connection until the peer closes it: each message goes to its handler, in
@@ -384,21 +410,140 @@ impl Dispatcher {
             // Flush replies only when no further input is ready: that batches the answers to a
             // burst of requests into one write.
             // Polled with this task's waker (not a no-op one) so a wake-up is never lost.
-            let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_unpin(cx))).await;
+            let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_frame(cx))).await;
             let next = match ready_now {
                 Poll::Ready(next) => next,
                 Poll::Pending => {
                     writer.flush().await?;
-                    reader.next().await
+                    poll_fn(|cx| reader.poll_next_frame(cx)).await
                 }
             };
-            let Some(any) = next.transpose()? else {
+            let Some(frame) = next.transpose()? else {
                 log::debug!("{info}: peer closed the connection");
                 return writer.close().await;
             };
-            for reply in self.dispatch(any, Context::new(info.clone())).await? {
+            for reply in self
+                .dispatch_frame(frame, Context::new(info.clone()))
+                .await?
+            {
                 writer.feed_any(&reply).await?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Codec;
+    use crate::proto::example::HelloWorld;
+    use crate::Config;
+    use bytes::BytesMut;
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+
+    fn hello(text: &str) -> HelloWorld {
+        HelloWorld {
+            text: text.into(),
+            sequence: 7,
+        }
+    }
+
+    fn any(type_url: &str, value: &[u8]) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value: value.to_vec(),
+        }
+    }
+
+    /// Serves `wire` (frames as sent), returning the result and the `Any`s written back.
+    fn serve(dispatcher: &Dispatcher, wire: Vec<u8>) -> (Result<()>, Vec<Any>) {
+        let info = ConnectionInfo::new();
+        let mut reader = ConnectionReader::new(Cursor::new(wire), &Config::default(), info.clone());
+        let mut out = Vec::new();
+        let mut writer = ConnectionWriter::new(Cursor::new(&mut out), &Config::default(), info);
+        let result = block_on(dispatcher.serve_split(&mut reader, &mut writer));
+        drop(writer);
+        let mut written = BytesMut::from(&out[..]);
+        let mut replies = Vec::new();
+        while let Some(reply) = Codec::new().decode(&mut written).unwrap() {
+            replies.push(reply);
+        }
+        (result, replies)
+    }
+
+    fn wire(frames: &[Any]) -> Vec<u8> {
+        let mut wire = BytesMut::new();
+        for frame in frames {
+            Codec::new().encode(frame, &mut wire).unwrap();
+        }
+        wire.to_vec()
+    }
+
+    fn echo() -> Dispatcher {
+        Dispatcher::new()
+            .on(|msg: HelloWorld, _: Context| async move { Ok::<_, Error>(Reply::message(&msg)) })
+    }
+
+    #[test]
+    fn frames_are_routed_by_full_name_whatever_their_layout() {
+        let value = hello("hi").encode_to_vec();
+        // value before type_url, and an unknown field: not the layout encoders write.
+        let mut reordered = vec![0x12, value.len() as u8];
+        reordered.extend_from_slice(&value);
+        reordered.extend_from_slice(&[0x18, 1, 0x0a, 32]);
+        reordered.extend_from_slice(b"example/connect.example.v1.Hello");
+        let mut odd = BytesMut::new();
+        prost::encoding::encode_varint(reordered.len() as u64, &mut odd);
+        odd.extend_from_slice(&reordered);
+
+        let mut bytes = wire(&[any("x/connect.example.v1.HelloWorld", &value)]);
+        bytes.extend_from_slice(&odd);
+        let other = any("other/a.B", b"\x01\x02");
+        bytes.extend_from_slice(&wire(std::slice::from_ref(&other)));
+
+        let dispatcher =
+            echo().fallback(|any: Any, _: Context| async move { Ok::<_, Error>(Reply::any(any)) });
+        let (result, replies) = serve(&dispatcher, bytes);
+        result.unwrap();
+        assert_eq!(replies.len(), 3);
+        assert_eq!(replies[0].to_msg::<HelloWorld>().unwrap(), hello("hi"));
+        // Type name `connect.example.v1.Hello` is not HelloWorld: the fallback echoes it.
+        assert_eq!(
+            replies[1].type_url,
+            "example/connect.example.v1.Hello".to_string()
+        );
+        assert_eq!(replies[1].value, value);
+        assert_eq!(replies[2], other);
+    }
+
+    #[test]
+    fn an_unknown_type_comes_back_whole_after_the_earlier_replies() {
+        let stranger = any("type.googleapis.com/x.Unknown", b"\x08\x01");
+        let first = Any::from_msg(&hello("a")).unwrap();
+        let (result, replies) = serve(&echo(), wire(&[first.clone(), stranger.clone()]));
+        assert!(
+            matches!(&result, Err(Error::UnknownType(any)) if **any == stranger),
+            "{result:?}"
+        );
+        assert_eq!(replies, vec![first]);
+    }
+
+    #[test]
+    fn undecodable_frames_are_typed_errors() {
+        let garbage = any("x/connect.example.v1.HelloWorld", b"\x0a\x05ab");
+        let (result, _) = serve(&echo(), wire(&[garbage]));
+        assert!(
+            matches!(&result, Err(Error::Decode { type_name, .. }) if type_name == "connect.example.v1.HelloWorld"),
+            "{result:?}"
+        );
+
+        // A type URL that is not UTF-8 is not an `Any`.
+        let bytes = vec![6, 0x0a, 4, b'x', b'/', 0xff, b'a'];
+        let (result, _) = serve(&echo(), bytes);
+        assert!(
+            matches!(&result, Err(Error::Decode { type_name, .. }) if type_name == "google.protobuf.Any"),
+            "{result:?}"
+        );
     }
 }

@@ -30,7 +30,7 @@ pub fn throughput(size: usize, mode: SendMode) -> anyhow::Result<Throughput> {
     )
 }
 
-async fn send(
+pub async fn send(
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     size: usize,

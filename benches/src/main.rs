@@ -4,6 +4,7 @@
 //! cargo run --release -p connect-bench            # everything, 3 rounds, three to four minutes
 //! cargo run --release -p connect-bench -- --rounds 1 --only connect --size 64 --throughput
 //! cargo run --release -p connect-bench -- --rounds 1 --only feed --size 1048576 --seconds 30
+//! cargo run --release -p connect-bench -- --rounds 5 --only dispatcher --throughput
 //! ```
 //!
 //! W1, one-way throughput: one connection, the sender on one thread sends as fast as it can,
@@ -17,6 +18,7 @@
 //! end of the timed window.
 
 mod conn;
+mod dispatch;
 mod harness;
 mod raw;
 mod tokio_prost;
@@ -57,6 +59,12 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
             tokio_prost::throughput,
         ),
         ("zmq.rs PUSH/PULL", zmq::throughput),
+        ("connect dispatcher, serve", |s| {
+            dispatch::throughput(s, dispatch::Path::Serve)
+        }),
+        ("connect dispatcher, recv Any + dispatch", |s| {
+            dispatch::throughput(s, dispatch::Path::AnyThenDispatch)
+        }),
     ]
 }
 

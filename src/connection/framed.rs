@@ -17,6 +17,7 @@ use prost_types::Any;
 
 use super::names::NameCache;
 use super::unpack;
+use super::Frame;
 use crate::codec::{any_fields, Codec};
 use crate::error::{Error, Result};
 
@@ -146,6 +147,38 @@ impl ReadState {
         // The uncommon cases go through prost's `Any`, exactly as `poll_next` would.
         match Any::decode(frame) {
             Ok(any) => Poll::Ready(Some(unpack(any))),
+            Err(source) => self.fail(Error::Decode {
+                type_name: Any::full_name(),
+                source,
+            }),
+        }
+    }
+
+    /// The next frame as a [`Frame`]: its type URL and value are slices of the read buffer, no
+    /// `Any` is built. Same end-of-stream and error behaviour as [`poll_next`](Self::poll_next),
+    /// including the error for bytes that are not an `Any`.
+    pub(crate) fn poll_next_view<R: AsyncRead + ?Sized>(
+        &mut self,
+        io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame>>> {
+        let range = match ready!(self.poll_next_range(io, cx)) {
+            Some(Ok(range)) => range,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        if let Some((type_url, value)) = any_fields(&self.buf[range.clone()]) {
+            let at = |r: Range<usize>| range.start + r.start..range.start + r.end;
+            let shared = self.shared();
+            let (type_url, value) = (shared.slice(at(type_url)), shared.slice(at(value)));
+            if let Some(frame) = Frame::new(type_url, value) {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+        }
+        // Not an `Any` we can see into (or a type URL that is not UTF-8): prost decides, and
+        // gives the same error `poll_next` would.
+        match Any::decode(&self.buf[range]) {
+            Ok(any) => Poll::Ready(Some(Ok(Frame::from(any)))),
             Err(source) => self.fail(Error::Decode {
                 type_name: Any::full_name(),
                 source,

@@ -1,5 +1,6 @@
 //! [`Connection`]: frames over any `futures-io` byte stream, and its reader and writer halves.
 
+mod frame;
 mod framed;
 mod identity;
 mod names;
@@ -24,6 +25,7 @@ use prost_types::Any;
 use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::error::{Error, Result};
 
+pub(crate) use frame::Frame;
 pub use identity::PeerIdentity;
 pub(crate) use reader::unpack;
 pub use reader::ConnectionReader;

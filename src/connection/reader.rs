@@ -85,6 +85,17 @@ impl<R> ConnectionReader<R> {
         self.state.set_max_frame_len(max_frame_len);
     }
 
+    /// Polls for the next frame, seen in place (see [`Frame`](super::Frame)).
+    pub(crate) fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<super::Frame>>>
+    where
+        R: AsyncRead + Unpin,
+    {
+        self.state.poll_next_view(Pin::new(&mut self.io), cx)
+    }
+
     /// Bytes received but not yet returned as messages.
     pub fn buffered_len(&self) -> usize {
         self.state.buffered_len()

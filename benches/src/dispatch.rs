@@ -1,0 +1,64 @@
+//! The typed dispatcher as a one-way receiver: `Dispatcher::serve` (frames routed and decoded
+//! in place) next to the path it replaced, each frame received as a `prost_types::Any` and
+//! handed to `Dispatcher::dispatch` (type URL and payload copied out of the read buffer).
+//! Same sender, same handler, same run.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use connect::dispatch::{Context, Dispatcher};
+use connect::transport::tcp;
+use connect::Config;
+use futures::StreamExt;
+
+use crate::conn::SendMode;
+use crate::harness::{self, Meter, Payload, Throughput};
+
+/// How the receiver feeds the dispatcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// `Dispatcher::serve`.
+    Serve,
+    /// `ConnectionReader` as a stream of `Any`, each one through `Dispatcher::dispatch`.
+    AnyThenDispatch,
+}
+
+pub fn throughput(size: usize, path: Path) -> anyhow::Result<Throughput> {
+    harness::one_way(
+        move |addr, stop| {
+            async_std::task::block_on(crate::conn::send(addr, stop, size, SendMode::Feed))
+        },
+        move |listener, meter| async_std::task::block_on(receive(listener, meter, path)),
+    )
+}
+
+async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Result<Throughput> {
+    let (stream, _) = async_std::net::TcpListener::from(listener).accept().await?;
+    let conn = tcp::wrap(stream, &Config::default());
+    // Uncontended: only this thread takes it, the same in both paths.
+    let meter = Arc::new(Mutex::new(Some(meter)));
+    let counted = meter.clone();
+    let dispatcher = Dispatcher::new().on(move |msg: Payload, _cx: Context| {
+        if !msg.data.is_empty() {
+            if let Some(meter) = counted.lock().unwrap().as_mut() {
+                meter.tick(msg.data.len());
+            }
+        }
+        async { Ok::<_, connect::Error>(()) }
+    });
+    match path {
+        // The sender's end marker is handled like any message; serving ends when it closes.
+        Path::Serve => dispatcher.serve(conn).await?,
+        Path::AnyThenDispatch => {
+            let (mut reader, _writer) = conn.split();
+            let cx = Context::new(Arc::new(reader.info().clone()));
+            while let Some(any) = reader.next().await.transpose()? {
+                dispatcher.dispatch(any, cx.clone()).await?;
+            }
+        }
+    }
+    let meter = meter.lock().unwrap().take();
+    meter
+        .ok_or_else(|| anyhow::anyhow!("meter taken twice"))?
+        .finish()
+}
