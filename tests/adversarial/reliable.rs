@@ -1,0 +1,1 @@
+//! Attacks on the reliable layer; see `tests/adversarial.rs`.

@@ -1,0 +1,1 @@
+//! Attacks on the session layer; see `tests/adversarial.rs`.

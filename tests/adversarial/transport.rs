@@ -1,0 +1,1 @@
+//! Attacks on the transport layer; see `tests/adversarial.rs`.
