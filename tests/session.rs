@@ -99,8 +99,10 @@ async fn handshake_negotiates_and_both_sides_agree() {
         client.send_message(&hello("ping", 1)).await.unwrap();
         let got: HelloWorld = server.recv_message().await.unwrap().unwrap();
         assert_eq!(got.text, "ping");
-        client.close(ReasonCode::Normal, "bye").await.unwrap();
-        assert!(server.recv().await.unwrap().is_none());
+        // The close completes once the server's application has seen the end of its reader.
+        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, "bye"), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
         assert!(matches!(
             server.end(),
             Some(SessionEnd::ClosedByPeer { code: ReasonCode::Normal, reason }) if reason == "bye"
@@ -232,8 +234,10 @@ async fn idle_sessions_stay_up_for_many_heartbeat_intervals() {
         client.send_message(&hello("still here", 1)).await.unwrap();
         let got: HelloWorld = server.recv_message().await.unwrap().unwrap();
         assert_eq!(got.text, "still here");
-        server.close(ReasonCode::GoingAway, "done").await.unwrap();
-        assert!(client.recv().await.unwrap().is_none());
+        let (closed, end) =
+            futures::join!(server.close(ReasonCode::GoingAway, "done"), client.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
     })
     .await;
 }
@@ -786,8 +790,10 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
                 async_std::task::sleep(Duration::from_millis(200)).await;
             }
         }
-        let _server = sender.await;
-        client.close(ReasonCode::Normal, "").await.unwrap();
+        let mut server = sender.await;
+        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, ""), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
     })
     .await;
 }
@@ -805,16 +811,154 @@ async fn a_flush_after_the_peer_closed_gracefully_succeeds_for_what_was_fed_befo
         server.feed_message(&hello("before", 1)).await.unwrap();
         let got: HelloWorld = client.recv_message().await.unwrap().unwrap();
         assert_eq!(got, hello("before", 1));
-        client.close(ReasonCode::Normal, "done").await.unwrap();
-        assert!(server.recv().await.unwrap().is_none(), "graceful end");
+        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, "done"), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none(), "graceful end");
 
-        // Nothing fed before the Close is pending, so the flush has nothing to fail on...
+        // Nothing fed before the CloseOk is pending, so the flush has nothing to fail on...
         server.flush().await.unwrap();
         // ...while a message fed after it is refused with the end's reason.
         assert!(matches!(
             server.send_message(&hello("after", 2)).await,
             Err(Error::Session(SessionEnd::ClosedByPeer { .. }))
         ));
+    })
+    .await;
+}
+
+/// The bytes of one frame carrying `msg`.
+fn frame_bytes<M: prost::Message + Name>(msg: &M) -> Vec<u8> {
+    use prost::Message as _;
+    prost_types::Any {
+        type_url: M::type_url(),
+        value: msg.encode_to_vec(),
+    }
+    .encode_length_delimited_to_vec()
+}
+
+/// A server that serves every session with the dispatcher, echoing every message, as the
+/// `tcp-echo-server --session` example does.
+async fn dispatcher_echo_server() -> std::net::SocketAddr {
+    use connect::dispatch::{Context, Dispatcher, Reply};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dispatcher = Arc::new(Dispatcher::new().fallback(
+        |any: prost_types::Any, _: Context| async move { Ok::<_, Error>(Reply::any(any)) },
+    ));
+    async_std::task::spawn(async move {
+        let config = SessionConfig::new().with_heartbeat(None);
+        loop {
+            let Ok(conn) = listener.accept().await else {
+                continue;
+            };
+            let (dispatcher, config) = (dispatcher.clone(), config.clone());
+            async_std::task::spawn(async move {
+                let session = tcp::accept_session(conn, &config).await?;
+                dispatcher.serve_session(session).await
+            });
+        }
+    });
+    addr
+}
+
+/// A raw client: handshake, then `n` requests and a `Close` in one write; returns the echoes'
+/// sequence numbers read before the `CloseOk`, checking that the end of stream follows it.
+async fn requests_then_close(addr: std::net::SocketAddr, n: u64) -> Vec<u64> {
+    let stream = async_std::net::TcpStream::connect(addr).await.unwrap();
+    let mut conn = connect::Connection::new(stream.clone());
+    let hello = Hello {
+        versions: vec![PROTOCOL_VERSION],
+        ..Default::default()
+    };
+    conn.send_message(&hello).await.unwrap();
+    let _: Welcome = conn.recv_message().await.unwrap().unwrap();
+    let mut burst: Vec<u8> = (0..n).flat_map(|i| frame_bytes(&hello_msg(i))).collect();
+    burst.extend(frame_bytes(&Close {
+        code: ReasonCode::Normal as i32,
+        reason: "done".into(),
+    }));
+    // One write, while this task reads: the server may answer before it has read it all.
+    let write = async_std::task::spawn(async move {
+        use async_std::io::WriteExt;
+        let mut stream = stream;
+        stream.write_all(&burst).await.unwrap();
+        stream
+    });
+    let mut echoed = Vec::new();
+    loop {
+        let any = conn.recv().await.unwrap().expect("CloseOk before the end");
+        if any.type_url == CloseOk::type_url() {
+            break;
+        }
+        let m: HelloWorld = prost::Message::decode(any.value.as_slice()).unwrap();
+        echoed.push(m.sequence);
+    }
+    assert!(
+        conn.recv().await.unwrap().is_none(),
+        "end of stream after CloseOk"
+    );
+    drop(write.await);
+    echoed
+}
+
+fn hello_msg(sequence: u64) -> HelloWorld {
+    hello("q", sequence)
+}
+
+#[async_std::test]
+async fn requests_then_close_in_one_write_get_every_reply_before_close_ok() {
+    bounded("test", async {
+        let addr = dispatcher_echo_server().await;
+        // Every N from 1 to 1000, eight clients at a time.
+        let ns: Vec<u64> = (1..=1000).collect();
+        for group in ns.chunks(8) {
+            let clients: Vec<_> = group
+                .iter()
+                .map(|&n| {
+                    async_std::task::spawn(async move { (n, requests_then_close(addr, n).await) })
+                })
+                .collect();
+            for client in clients {
+                let (n, echoed) = client.await;
+                assert_eq!(echoed, (0..n).collect::<Vec<_>>(), "N = {n}");
+            }
+        }
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn a_first_frame_over_the_handshake_limit_is_refused_as_frame_too_large() {
+    bounded("test", async {
+        let (addr, _accepted) = server(SessionConfig::new()).await;
+        let big = prost_types::Any {
+            type_url: Hello::type_url(),
+            value: vec![0; 70_000],
+        };
+        let refuse = raw_refusal(addr, Some(big)).await;
+        assert_eq!(refuse.code(), ReasonCode::FrameTooLarge, "{refuse:?}");
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn max_frame_len_zero_means_no_preference() {
+    bounded("test", async {
+        // Client without a preference, server with the default: the server's value.
+        let (addr, accepted) = server(SessionConfig::new()).await;
+        let client_config = SessionConfig::new().with_max_frame_len(0);
+        let client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let server_session = accepted.await.unwrap();
+        assert_eq!(client.info().max_frame_len(), 16 << 20);
+        assert_eq!(server_session.info().max_frame_len(), 16 << 20);
+
+        // Neither side has a preference: the floor, 4096.
+        let (addr, accepted) = server(SessionConfig::new().with_max_frame_len(0)).await;
+        let client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let server_session = accepted.await.unwrap();
+        assert_eq!(client.info().max_frame_len(), 4096);
+        assert_eq!(server_session.info().max_frame_len(), 4096);
     })
     .await;
 }

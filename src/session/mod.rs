@@ -82,7 +82,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -273,8 +273,66 @@ struct Shared {
     /// Bytes of received messages waiting for the application (bounded by the driver).
     inbound_bytes: AtomicUsize,
     /// Woken when the application takes a received message: the driver may be waiting for
-    /// room under the byte bound.
+    /// room under the byte bound; and when the reader ends or is dropped.
     driver_waker: AtomicWaker,
+    /// The application has seen the end of its reader, or dropped it.
+    reader_done: AtomicBool,
+    stats: SharedStats,
+}
+
+/// Counters the driver publishes for [`SessionStats`].
+#[derive(Debug, Default)]
+struct SharedStats {
+    control_frames: AtomicUsize,
+    control_bytes: AtomicUsize,
+    control_bytes_peak: AtomicUsize,
+    pongs_coalesced: AtomicU64,
+    read_pauses: AtomicU64,
+}
+
+/// What a session holds on its peer's behalf, for monitoring and tests: see
+/// [`Session::stats`].
+///
+/// A session queues at most one reply per kind of control message (a Pong, a CloseOk) plus its
+/// own Ping and Close: a peer that floods Pings costs one pending Pong, and once it has sent
+/// many Pings without taking our Pong the driver stops reading from it until it does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Control frames (Ping, Pong, Close, CloseOk) waiting to be handed to the connection writer.
+    pub control_frames_queued: usize,
+    /// Their bytes (type URLs and values).
+    pub control_bytes_queued: usize,
+    /// The most control bytes ever queued at once in this session.
+    pub control_bytes_queued_peak: usize,
+    /// Pings answered by a later Pong rather than their own (only the latest Pong matters).
+    pub pongs_coalesced: u64,
+    /// Times the driver stopped reading because the peer did not take our replies.
+    pub read_pauses: u64,
+    /// Bytes of received application messages waiting for the application (bounded by
+    /// [`SessionConfig::with_receive_buffer_len`] plus one message).
+    pub received_bytes_queued: usize,
+}
+
+impl Shared {
+    fn stats(&self) -> SessionStats {
+        let s = &self.stats;
+        SessionStats {
+            control_frames_queued: s.control_frames.load(Ordering::Relaxed),
+            control_bytes_queued: s.control_bytes.load(Ordering::Relaxed),
+            control_bytes_queued_peak: s.control_bytes_peak.load(Ordering::Relaxed),
+            pongs_coalesced: s.pongs_coalesced.load(Ordering::Relaxed),
+            read_pauses: s.read_pauses.load(Ordering::Relaxed),
+            received_bytes_queued: self.inbound_bytes.load(Ordering::Acquire),
+        }
+    }
+
+    /// The application is done with received messages: after the peer's `Close`, the driver
+    /// may acknowledge once what the application queued is out.
+    fn reader_done(&self) {
+        self.reader_done.store(true, Ordering::Release);
+        self.driver_waker.wake();
+    }
 }
 
 /// What a received message counts against the byte bound of the inbound queue.
@@ -357,6 +415,17 @@ impl SessionReader {
     pub fn rtt(&self) -> Option<Duration> {
         self.shared.rtt()
     }
+
+    /// What the session holds on the peer's behalf; see [`SessionStats`].
+    pub fn stats(&self) -> SessionStats {
+        self.shared.stats()
+    }
+}
+
+impl Drop for SessionReader {
+    fn drop(&mut self) {
+        self.shared.reader_done();
+    }
 }
 
 impl Stream for SessionReader {
@@ -376,6 +445,7 @@ impl Stream for SessionReader {
             }
             Poll::Ready(None) => {
                 self.finished = true;
+                self.shared.reader_done();
                 match self.shared.end() {
                     Some(end) if end.is_graceful() => Poll::Ready(None),
                     _ => Poll::Ready(Some(Err(self.shared.ended()))),
@@ -524,6 +594,11 @@ impl SessionWriter {
     pub fn end(&self) -> Option<SessionEnd> {
         self.shared.end()
     }
+
+    /// What the session holds on the peer's behalf; see [`SessionStats`].
+    pub fn stats(&self) -> SessionStats {
+        self.shared.stats()
+    }
 }
 
 /// An open session: application messages in both directions. See the [module docs](self).
@@ -554,6 +629,11 @@ impl Session {
     /// How the session ended (or, during a close handshake, is ending), once known.
     pub fn end(&self) -> Option<SessionEnd> {
         self.reader.shared.end()
+    }
+
+    /// What the session holds on the peer's behalf; see [`SessionStats`].
+    pub fn stats(&self) -> SessionStats {
+        self.reader.shared.stats()
     }
 
     /// See [`SessionReader::recv`].

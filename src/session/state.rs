@@ -19,6 +19,15 @@ use crate::proto::v1::{Close, CloseOk, Ping, Pong, ReasonCode};
 /// Prefix of the full names of the session layer's control messages.
 pub(crate) const CONTROL_PACKAGE: &str = "connect.v1.";
 
+/// Control frames a session queues on the peer's behalf at most: a Pong, a Ping, a Close and a
+/// CloseOk.
+pub(crate) const MAX_QUEUED_CONTROL_FRAMES: usize = 4;
+
+/// Pings a peer may send while our Pong to it cannot be written before the driver stops reading
+/// from it. A peer that pings on its heartbeat sends one per interval and is declared dead long
+/// before it gets here; only a peer that pings without reading does.
+pub(crate) const MAX_PINGS_WHILE_PONG_PENDING: u32 = 16;
+
 /// Where the session is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -45,7 +54,18 @@ pub(crate) struct SessionState {
     next_ping_id: u64,
     ping_in_flight: Option<(u64, Instant)>,
     rtt: Option<Duration>,
+    /// Control frames to send: at most one Ping, one Close and one CloseOk at a time (each
+    /// guarded by the phase), so at most [`MAX_QUEUED_CONTROL_FRAMES`].
     transmit: VecDeque<Any>,
+    /// The id of the latest Ping not answered yet. Pongs are coalesced: only the latest matters
+    /// to the peer, so a Ping flood costs one pending Pong, not one per Ping.
+    pong_due: Option<u64>,
+    /// Pings received since our last Pong was handed to the driver.
+    pings_while_pong_pending: u32,
+    /// Pings answered by a later Pong instead of their own, over the session's life.
+    pongs_coalesced: u64,
+    /// The peer sent `Close`: a second one is a protocol violation, not another CloseOk.
+    peer_sent_close: bool,
     phase: Phase,
     /// Deadline of the close handshake (`Closing`, `PeerClosed`) or of the final end of stream
     /// (`Finishing`).
@@ -72,6 +92,10 @@ impl SessionState {
             ping_in_flight: None,
             rtt: None,
             transmit: VecDeque::new(),
+            pong_due: None,
+            pings_while_pong_pending: 0,
+            pongs_coalesced: 0,
+            peer_sent_close: false,
             phase: Phase::Open,
             close_deadline: None,
             outcome: None,
@@ -129,7 +153,12 @@ impl SessionState {
         if name == Ping::full_name() {
             match Ping::decode(value) {
                 // Answer even while closing: the peer may be measuring liveness.
-                Ok(ping) => self.transmit.push_back(pack(&Pong { id: ping.id })),
+                Ok(ping) => {
+                    if self.pong_due.replace(ping.id).is_some() {
+                        self.pongs_coalesced += 1;
+                    }
+                    self.pings_while_pong_pending = self.pings_while_pong_pending.saturating_add(1);
+                }
                 Err(e) => self.violation(format!("bad Ping: {e}")),
             }
         } else if name == Pong::full_name() {
@@ -163,6 +192,11 @@ impl SessionState {
     }
 
     fn peer_close(&mut self, close: Close, now: Instant) {
+        if std::mem::replace(&mut self.peer_sent_close, true) {
+            // Whatever our phase: one Close per session, so one CloseOk at most.
+            self.violation("second Close".into());
+            return;
+        }
         let code = ReasonCode::try_from(close.code).unwrap_or(ReasonCode::Unspecified);
         match self.phase {
             Phase::Open => {
@@ -176,6 +210,8 @@ impl SessionState {
             }
             // Both sides closed at once: acknowledge theirs and keep waiting for our CloseOk.
             Phase::Closing => self.transmit.push_back(pack(&CloseOk {})),
+            // A Close in these phases is a second one (caught above); `Finishing` after our
+            // own Close ignores control frames before getting here.
             Phase::PeerClosed | Phase::Finishing => self.violation("second Close".into()),
         }
     }
@@ -237,12 +273,43 @@ impl SessionState {
 
     /// Next control frame to send, if any.
     pub(crate) fn poll_transmit(&mut self) -> Option<Any> {
+        if let Some(id) = self.pong_due.take() {
+            self.pings_while_pong_pending = 0;
+            return Some(pack(&Pong { id }));
+        }
         self.transmit.pop_front()
     }
 
     /// Whether a control frame waits to be sent.
     pub(crate) fn wants_transmit(&self) -> bool {
-        !self.transmit.is_empty()
+        self.pong_due.is_some() || !self.transmit.is_empty()
+    }
+
+    /// Whether the driver should stop reading from the peer until our replies to it are out:
+    /// the peer keeps pinging but does not take our Pongs (backpressure, as TCP does it).
+    pub(crate) fn replies_backed_up(&self) -> bool {
+        self.pong_due.is_some() && self.pings_while_pong_pending >= MAX_PINGS_WHILE_PONG_PENDING
+    }
+
+    /// Control frames waiting to be sent, and their encoded bytes (type URL and value).
+    pub(crate) fn queued_control(&self) -> (usize, usize) {
+        let pong = self
+            .pong_due
+            .map_or(0, |id| Pong::type_url().len() + Pong { id }.encoded_len());
+        let bytes = self
+            .transmit
+            .iter()
+            .map(|any| any.type_url.len() + any.value.len())
+            .sum::<usize>();
+        (
+            self.transmit.len() + usize::from(self.pong_due.is_some()),
+            bytes + pong,
+        )
+    }
+
+    /// Pings answered by a later Pong instead of their own, so far.
+    pub(crate) fn pongs_coalesced(&self) -> u64 {
+        self.pongs_coalesced
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
