@@ -962,3 +962,36 @@ async fn max_frame_len_zero_means_no_preference() {
     })
     .await;
 }
+
+#[async_std::test]
+async fn peer_supplied_names_and_lists_are_escaped_and_capped_in_refusals() {
+    bounded("test", async {
+        let (addr, _accepted) = server(SessionConfig::new()).await;
+        // Ten thousand versions, none of them ours.
+        let hello = Hello {
+            versions: (100..10_100).collect(),
+            ..Default::default()
+        };
+        let any = prost_types::Any {
+            type_url: Hello::type_url(),
+            value: prost::Message::encode_to_vec(&hello),
+        };
+        let refuse = raw_refusal(addr, Some(any)).await;
+        assert_eq!(refuse.code(), ReasonCode::UnsupportedVersion);
+        assert!(refuse.reason.len() < 300, "{} bytes", refuse.reason.len());
+        assert!(refuse.reason.contains("10000 in all"), "{}", refuse.reason);
+
+        // A first frame whose type name is long and full of line breaks.
+        let (addr, _accepted) = server(SessionConfig::new()).await;
+        let any = prost_types::Any {
+            type_url: format!("x/{}", "evil\nlog line\r".repeat(2000)),
+            value: vec![],
+        };
+        let refuse = raw_refusal(addr, Some(any)).await;
+        assert_eq!(refuse.code(), ReasonCode::ProtocolViolation);
+        assert!(refuse.reason.len() < 300, "{} bytes", refuse.reason.len());
+        assert!(!refuse.reason.contains('\n') && !refuse.reason.contains('\r'));
+        assert!(refuse.reason.ends_with('…'), "{}", refuse.reason);
+    })
+    .await;
+}

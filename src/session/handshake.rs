@@ -18,7 +18,7 @@ use super::driver::SessionDriver;
 use super::{Session, SessionEnd, SessionInfo};
 use crate::codec::{type_name, DEFAULT_MAX_FRAME_LEN};
 use crate::connection::{Connection, ConnectionReader, ConnectionWriter};
-use crate::error::{Error, Result};
+use crate::error::{quoted, quoted_list, Error, Result};
 use crate::proto::v1::{Credentials, Hello, ReasonCode, Refuse, Welcome};
 
 /// The protocol version this crate prefers: the highest in [`SUPPORTED_VERSIONS`].
@@ -282,8 +282,8 @@ pub(crate) fn negotiate(
             (
                 ReasonCode::UnsupportedVersion,
                 format!(
-                    "no common protocol version: you speak {:?}, we speak {SUPPORTED_VERSIONS:?}",
-                    hello.versions
+                    "no common protocol version: you speak {}, we speak {SUPPORTED_VERSIONS:?}",
+                    quoted_list(&hello.versions)
                 ),
             )
         })?;
@@ -354,7 +354,10 @@ where
     if name == Refuse::full_name() {
         let refuse: Refuse = decode(&answer).map_err(violation)?;
         let code = ReasonCode::try_from(refuse.code).unwrap_or(ReasonCode::Unspecified);
-        log::debug!("{info}: session refused: {code:?} {}", refuse.reason);
+        log::debug!(
+            "{info}: session refused: {code:?} {}",
+            quoted(&refuse.reason)
+        );
         return Err(Error::Session(SessionEnd::Refused {
             code,
             reason: refuse.reason,
@@ -362,7 +365,8 @@ where
     }
     if name != Welcome::full_name() {
         return Err(violation(format!(
-            "expected connect.v1.Welcome or connect.v1.Refuse, got {name}"
+            "expected connect.v1.Welcome or connect.v1.Refuse, got {}",
+            quoted(name)
         )));
     }
     let welcome: Welcome = decode(&answer).map_err(violation)?;
@@ -448,7 +452,8 @@ where
         decode::<Hello>(&first)
     } else {
         Err(format!(
-            "the first frame must be a connect.v1.Hello, not {name}"
+            "the first frame must be a connect.v1.Hello, not {}",
+            quoted(name)
         ))
     };
     let hello = match hello {

@@ -95,7 +95,7 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use crate::connection::{unpack, ConnectionInfo};
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::proto::v1::ReasonCode;
 
 pub use auth::{AuthError, Authenticator, BearerAuthenticator, PlainAuthenticator};
@@ -178,11 +178,17 @@ impl fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Closed { code, reason } => write!(f, "closed ({}: {reason})", code.as_str_name()),
+            // The peer's words: escaped and capped, they end up in logs.
             Self::ClosedByPeer { code, reason } => {
-                write!(f, "closed by peer ({}: {reason})", code.as_str_name())
+                write!(
+                    f,
+                    "closed by peer ({}: {})",
+                    code.as_str_name(),
+                    quoted(reason)
+                )
             }
             Self::Refused { code, reason } => {
-                write!(f, "refused ({}: {reason})", code.as_str_name())
+                write!(f, "refused ({}: {})", code.as_str_name(), quoted(reason))
             }
             Self::PeerUnresponsive { silent_for } => {
                 write!(f, "peer unresponsive (silent for {silent_for:?})")
@@ -259,7 +265,13 @@ impl SessionInfo {
 
 impl fmt::Display for SessionInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "session {} on {}", self.session_id, self.connection)
+        // On the connecting side the id is the peer's: shown as is only if it is short and plain.
+        let id = &self.session_id;
+        if id.len() <= crate::error::MAX_QUOTED_CHARS && id.bytes().all(|b| b.is_ascii_graphic()) {
+            write!(f, "session {id} on {}", self.connection)
+        } else {
+            write!(f, "session {} on {}", quoted(id), self.connection)
+        }
     }
 }
 

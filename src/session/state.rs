@@ -14,6 +14,7 @@ use prost_types::Any;
 
 use super::SessionEnd;
 use crate::codec::type_name;
+use crate::error::quoted;
 use crate::proto::v1::{Close, CloseOk, Ping, Pong, ReasonCode};
 
 /// Prefix of the full names of the session layer's control messages.
@@ -139,14 +140,14 @@ impl SessionState {
                 Phase::Open | Phase::Closing => Some(any),
                 // After its Close the peer may send nothing but Pong and CloseOk.
                 Phase::PeerClosed | Phase::Finishing => {
-                    self.violation(format!("application message {name} after Close"));
+                    self.violation(format!("application message {} after Close", quoted(name)));
                     None
                 }
             };
         }
         if self.phase == Phase::Finishing {
             // Our CloseOk is out or theirs is in: nothing more matters.
-            log::debug!("ignoring {name} after the close handshake");
+            log::debug!("ignoring {} after the close handshake", quoted(name));
             return None;
         }
         let value = any.value.as_slice();
@@ -186,7 +187,7 @@ impl SessionState {
                 self.violation("CloseOk without a Close".into());
             }
         } else {
-            self.violation(format!("unexpected control message {name}"));
+            self.violation(format!("unexpected control message {}", quoted(name)));
         }
         None
     }
@@ -200,7 +201,7 @@ impl SessionState {
         let code = ReasonCode::try_from(close.code).unwrap_or(ReasonCode::Unspecified);
         match self.phase {
             Phase::Open => {
-                log::debug!("peer closes: {code:?} {:?}", close.reason);
+                log::debug!("peer closes: {code:?} {}", quoted(&close.reason));
                 self.outcome = Some(SessionEnd::ClosedByPeer {
                     code,
                     reason: close.reason,
@@ -625,12 +626,75 @@ mod tests {
                 }
                 s.handle_timeout(now);
                 s.ack_close(now);
+                proptest::prop_assert!(s.queued_control().0 <= MAX_QUEUED_CONTROL_FRAMES);
                 while s.poll_transmit().is_some() {}
                 if s.end().is_some() {
                     break;
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_ping_flood_owes_one_pong_with_the_latest_id() {
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        for id in 1..=10_000 {
+            s.handle_frame(pack(&Ping { id }), t0);
+            assert!(s.queued_control().0 <= MAX_QUEUED_CONTROL_FRAMES);
+        }
+        assert_eq!(s.queued_control().0, 1);
+        assert_eq!(s.pongs_coalesced(), 9_999);
+        assert!(s.replies_backed_up(), "the driver stops reading");
+        let pong: Pong = unpack(&s.poll_transmit().unwrap());
+        assert_eq!(pong.id, 10_000);
+        assert!(s.poll_transmit().is_none());
+        assert!(
+            !s.replies_backed_up(),
+            "reading resumes once the Pong is out"
+        );
+    }
+
+    #[test]
+    fn a_second_close_is_a_violation_in_every_phase() {
+        let t0 = Instant::now();
+        for we_closed_first in [false, true] {
+            let mut s = state(t0);
+            if we_closed_first {
+                s.close(ReasonCode::Normal, String::new(), t0);
+            }
+            s.handle_frame(pack(&Close::default()), t0);
+            assert!(s.end().is_none());
+            s.handle_frame(pack(&Close::default()), t0);
+            assert!(
+                matches!(s.end(), Some(SessionEnd::ProtocolViolation { reason }) if reason == "second Close"),
+                "{:?}",
+                s.end()
+            );
+            let mut close_oks = 0;
+            while let Some(any) = s.poll_transmit() {
+                close_oks += usize::from(type_name(&any.type_url) == CloseOk::full_name());
+            }
+            assert!(close_oks <= 1);
+        }
+    }
+
+    #[test]
+    fn peer_supplied_names_in_violations_are_escaped_and_capped() {
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        let name = format!("connect.v1.{}", "x\n".repeat(10_000));
+        s.handle_frame(
+            Any {
+                type_url: name,
+                value: vec![],
+            },
+            t0,
+        );
+        let Some(SessionEnd::ProtocolViolation { reason }) = s.end() else {
+            panic!("{:?}", s.end());
+        };
+        assert!(reason.len() < 300 && !reason.contains('\n'), "{reason}");
     }
 
     #[test]
