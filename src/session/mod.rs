@@ -78,6 +78,9 @@ mod handshake;
 mod queue;
 mod state;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
