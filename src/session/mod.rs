@@ -14,7 +14,8 @@
 //!            (or Refuse { code, reason }, then the accepting side closes)
 //!  application messages both ways; Ping/Pong when a side has sent nothing for an interval
 //!        ── Close { code, reason } ──►   (after everything queued before it)
-//!        ◄── CloseOk ──                   (after everything the peer had queued)
+//!        ◄── CloseOk ──                   (after what the peer's application sent until it
+//!                                          read the end of its reader)
 //! ```
 //!
 //! ## How it is used
@@ -397,6 +398,11 @@ enum Outbound {
 /// Control messages never show up here. The stream ends with `None` after a graceful close (by
 /// either side), after every message the peer sent before its `Close`. Any other end is yielded
 /// once as `Err(Error::Session(end))`, after the messages received before it.
+///
+/// When the peer closes, the end comes as soon as its earlier messages are read, while the
+/// session is still open for sending: the `CloseOk` goes out once this reader has yielded its
+/// end (or is dropped, or the application closes too), after what the application sent until
+/// then. So read to the end promptly, or drop the reader, or the peer's close times out.
 #[derive(Debug)]
 pub struct SessionReader {
     inbound: queue::Receiver<Any>,
@@ -521,10 +527,11 @@ impl SessionWriter {
 
     /// Waits until everything queued so far is written to the transport.
     ///
-    /// Once the session is ending gracefully (either side sent `Close`), the driver takes no new
-    /// requests but still writes every message queued before, as part of the close: a flush then
-    /// succeeds at once (a failure while closing is reported as the session's end). After any
-    /// other end it fails with that end.
+    /// After the peer's `Close`, sending goes on until this side's application has seen the end
+    /// of its [`SessionReader`] (or dropped it, or closed too). Once the session is ending
+    /// gracefully and takes no more messages, the driver still writes every message queued
+    /// before, as part of the close: a flush then succeeds at once (a failure while closing is
+    /// reported as the session's end). After any other end it fails with that end.
     pub async fn flush(&mut self) -> Result<()> {
         let (done, written) = oneshot::channel();
         if let Err(ended) = self.enqueue(Outbound::Flush(done)).await {
@@ -705,8 +712,7 @@ impl crate::dispatch::Dispatcher {
     /// message goes to its handler (whose [`Context::session`](crate::dispatch::Context::session)
     /// tells the authenticated identity), replies go back in order. Returns `Ok(())` once the peer
     /// has closed the session gracefully. Messages the peer sent before its `Close` are all
-    /// handled; replies to those still queued when the `Close` arrived are dropped (the peer
-    /// no longer takes application messages).
+    /// handled and their replies all sent before the `CloseOk` (PROTOCOL.md, section 6).
     ///
     /// # Errors
     /// The session's end if it was not graceful, or any error of

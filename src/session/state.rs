@@ -36,8 +36,9 @@ pub(crate) enum Phase {
     Open,
     /// This side sent `Close` and waits for `CloseOk`; it still receives.
     Closing,
-    /// The peer sent `Close`: the driver sends what the application had already queued, then
-    /// [`SessionState::ack_close`] sends `CloseOk`.
+    /// The peer sent `Close`: the application reads what came before it, then the end; the
+    /// driver sends what the application sends until then, then [`SessionState::ack_close`]
+    /// sends `CloseOk`.
     PeerClosed,
     /// The close handshake is done: flush, shut the write side down, read to the end of stream.
     Finishing,
@@ -217,8 +218,8 @@ impl SessionState {
         }
     }
 
-    /// The driver has sent everything the application had queued before the peer's `Close`:
-    /// acknowledge it.
+    /// The application is done after the peer's `Close` (it has seen the end of its reader,
+    /// dropped it, or closed) and the driver has sent what it queued: acknowledge.
     pub(crate) fn ack_close(&mut self, now: Instant) {
         if self.phase == Phase::PeerClosed {
             self.transmit.push_back(pack(&CloseOk {}));
