@@ -8,7 +8,7 @@ use prost_types::Any;
 use super::state::{self, Phase};
 use crate::proto::v1::ReasonCode;
 
-/// [`state::SessionState`] with the calls the driver makes.
+/// The session's sans-IO state (`session::state::SessionState`) with the calls the driver makes.
 #[derive(Debug)]
 pub struct SessionState(state::SessionState);
 
