@@ -115,15 +115,23 @@ where
         ack_delay,
         close_started: false,
         write_closed: false,
+        reader_ended: false,
     };
     let mut driver_done = false;
-    poll_fn(|cx| {
+    let end = poll_fn(|cx| {
         if !driver_done && driver.as_mut().poll(cx).is_ready() {
             driver_done = true;
         }
         pump.poll(cx)
     })
-    .await
+    .await;
+    if pump.reader_ended && !driver_done {
+        // The peer closed and the reader has ended: with the reader and writer dropped, the
+        // driver acknowledges the close (bounded by the close timeout).
+        drop(pump);
+        driver.await;
+    }
+    end
 }
 
 struct Pump {
@@ -139,6 +147,8 @@ struct Pump {
     /// The session is closing (either side): nothing more is written; reading goes on until
     /// its end.
     write_closed: bool,
+    /// The session reader yielded its end (the session is closing gracefully).
+    reader_ended: bool,
 }
 
 /// Whether a send failed because the session is closing gracefully.
@@ -203,7 +213,10 @@ impl Pump {
                     Poll::Ready(Some(Err(e))) => {
                         return Poll::Ready(LinkEnd::Dropped(e.to_string()));
                     }
-                    Poll::Ready(None) => return Poll::Ready(LinkEnd::Closed),
+                    Poll::Ready(None) => {
+                        self.reader_ended = true;
+                        return Poll::Ready(LinkEnd::Closed);
+                    }
                     Poll::Pending => break,
                 }
             }
