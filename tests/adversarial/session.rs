@@ -320,9 +320,14 @@ async fn repeated_close_is_a_protocol_violation_and_owes_one_close_ok() {
         while snapshot(&sessions)[0].end.is_none() {
             async_std::task::sleep(Duration::from_millis(5)).await;
         }
+        // Read in one burst, the second Close ends the session as a protocol violation. If a
+        // short read hands the server the first Close alone, its close handshake may finish
+        // first, and the later Closes are discarded like anything after it (PROTOCOL.md §6):
+        // either way the attacker is owed nothing more.
         let seen = snapshot(&sessions)[0].clone();
+        let end = seen.end.as_deref().unwrap();
         assert!(
-            seen.end.as_deref().unwrap().contains("second Close"),
+            end.contains("second Close") || end.starts_with("closed"),
             "{seen:?}"
         );
         assert!(seen.max_control_frames <= 4, "{seen:?}");
