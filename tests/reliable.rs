@@ -481,7 +481,7 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
 #[test]
 fn protocol_examples_match_the_encoder() {
     use connect::codec::Codec;
-    use connect::proto::reliable::{Ack, Nack, Resume};
+    use connect::proto::reliable::{Ack, Nack, Resume, ResumeStatus};
     use prost::Message;
     fn frame<M: prost::Name + Message>(msg: &M) -> String {
         let any = Any::from_msg(msg).unwrap();
@@ -502,6 +502,8 @@ fn protocol_examples_match_the_encoder() {
         acknowledged: 3,
         window_messages: 1024,
         window_bytes: 4 << 20,
+        incarnation: 0x0807_0605_0403_0201,
+        ..Resume::default()
     };
     let answer = Resume {
         stream_id: (0u8..16).collect(),
@@ -510,6 +512,15 @@ fn protocol_examples_match_the_encoder() {
         acknowledged: 2,
         window_messages: 1024,
         window_bytes: 4 << 20,
+        status: ResumeStatus::Resumed as i32,
+        incarnation: 0x0807_0605_0403_0201,
+        ..Resume::default()
+    };
+    let closed = Resume {
+        stream_id: (0u8..16).collect(),
+        status: ResumeStatus::Closed as i32,
+        reason: "stream closed".into(),
+        ..Resume::default()
     };
     let ack = Ack { delivered: 300 };
     let nack = Nack {
@@ -517,8 +528,17 @@ fn protocol_examples_match_the_encoder() {
         reason: NackReason::UnknownType as i32,
         text: "no handler".into(),
     };
-    for hex in [frame(&resume), frame(&answer), frame(&ack), frame(&nack)] {
+    let frames = [
+        frame(&resume),
+        frame(&answer),
+        frame(&closed),
+        frame(&ack),
+        frame(&nack),
+    ];
+    for hex in &frames {
         println!("{hex}");
+    }
+    for hex in frames {
         assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
     }
 }

@@ -339,7 +339,8 @@ pub struct Stats {
     pub inbound_messages: usize,
     /// Their bytes.
     pub inbound_bytes: usize,
-    /// Messages written (by local count, including retransmissions counted once).
+    /// Distinct messages written to a connection at least once (a retransmission is not
+    /// counted again; see `retransmitted`). Never decreases.
     pub sent: u64,
     /// Messages confirmed by the peer.
     pub confirmed: u64,
@@ -351,6 +352,11 @@ pub struct Stats {
     pub connections: u64,
     /// Whether a connection carries the stream now.
     pub connected: bool,
+    /// Refusals (`Nack`s) of the peer's messages kept until the peer is known to have seen
+    /// them; bounded (1024).
+    pub retained_nacks: usize,
+    /// Their bytes; bounded (64 KiB plus one unsent batch).
+    pub retained_nack_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -381,9 +387,58 @@ impl Inner {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> CoreGuard<'_> {
+        CoreGuard(Some(self.core.lock().unwrap_or_else(|e| e.into_inner())))
     }
+}
+
+/// The core's lock; on release it wakes the tasks the core asked to wake, after unlocking (a
+/// woken task that polls at once then does not block on the lock, and a waker that locks
+/// again does not deadlock).
+struct CoreGuard<'a>(Option<MutexGuard<'a, Core>>);
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        self.0
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.0.take() {
+            let wakers = guard.take_wakers();
+            drop(guard);
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A peer-supplied string fit for a log line or an error text: escaped (no control characters
+/// or line breaks) and capped at about [`core::MAX_QUOTED`] bytes.
+pub(crate) fn quoted(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.char_indices() {
+        if out.len() >= core::MAX_QUOTED {
+            out.push_str(&format!("... ({} bytes)", s.len() - i));
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
 }
 
 fn end_error(end: &StreamEnd) -> Error {
@@ -427,13 +482,8 @@ impl Stream for ReliableReader {
             return Poll::Ready(None);
         }
         let mut core = self.inner.lock();
-        loop {
-            match core.pop_inbound(cx.waker()) {
-                // A refused message's place holder: counted, not delivered.
-                Some(any) if any.type_url.is_empty() => continue,
-                Some(any) => return Poll::Ready(Some(Ok(any))),
-                None => break,
-            }
+        if let Some(any) = core.pop_inbound(cx.waker()) {
+            return Poll::Ready(Some(Ok(any)));
         }
         let end = core.end().cloned();
         drop(core);
@@ -578,7 +628,10 @@ fn stats(inner: &Inner) -> Stats {
     let (outgoing_messages, outgoing_bytes) = core.outgoing();
     let (inbound_messages, inbound_bytes) = core.inbound_len();
     let (sent, confirmed) = core.progress();
+    let (retained_nacks, retained_nack_bytes) = core.retained_nacks();
     Stats {
+        retained_nacks,
+        retained_nack_bytes,
         outgoing_messages,
         outgoing_bytes,
         inbound_messages,
@@ -666,24 +719,43 @@ impl ReliableSession {
         self.writer.clone()
     }
 
-    /// An [`Events`] stream of this stream's lifecycle events, for another task.
+    /// An [`Events`] stream of this stream's lifecycle events, for another task. Every
+    /// `Events` gets every event (a broadcast): it starts with the events
+    /// [`next_event`](Self::next_event) has not taken yet, then each one emitted while it
+    /// lives (up to 256 unread; beyond that the oldest are dropped).
     pub fn events(&self) -> Events {
+        let id = self.writer.inner.lock().subscribe();
         Events {
             inner: self.writer.inner.clone(),
+            id,
         }
     }
 
     /// The next lifecycle event (connected, disconnected, reconnecting, resumed, closed).
-    /// Events are kept until read (the 256 most recent).
+    /// Events are kept until read (the 256 most recent); [`Events`] streams read them
+    /// independently of this.
     pub async fn next_event(&self) -> Option<Event> {
-        futures_util::StreamExt::next(&mut self.events()).await
+        let mut events = Events {
+            inner: self.writer.inner.clone(),
+            id: 0,
+        };
+        futures_util::StreamExt::next(&mut events).await
     }
 }
 
-/// Lifecycle events of a stream; ends after [`Event::Closed`].
+/// Lifecycle events of a stream; ends after [`Event::Closed`]. Each `Events` (from
+/// [`ReliableSession::events`]) receives every event.
 #[derive(Debug)]
 pub struct Events {
     inner: Arc<Inner>,
+    /// Its queue in the core (0: the one `next_event` reads).
+    id: u64,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.inner.lock().unsubscribe(self.id);
+    }
 }
 
 impl Stream for Events {
@@ -691,7 +763,7 @@ impl Stream for Events {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let mut core = self.inner.lock();
-        match core.pop_event(cx.waker()) {
+        match core.pop_event(self.id, cx.waker()) {
             Some(event) => Poll::Ready(Some(event)),
             None if core.end().is_some() => Poll::Ready(None),
             None => Poll::Pending,
