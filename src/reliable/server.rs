@@ -294,13 +294,15 @@ impl ReliableServer {
         let sent =
             link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
-            // Attached above: leave the stream detached, so that it expires unless resumed.
-            self.detached(
-                &stream_id,
-                &inner,
-                generation,
-                "could not answer Resume".into(),
-            );
+            if new_stream.is_some() {
+                // Nobody saw this stream: forget it (its client starts it again).
+                self.forget(&stream_id, &inner);
+            } else {
+                // Attached above: leave the stream detached, so that it expires unless
+                // resumed.
+                let why = "could not answer Resume".to_owned();
+                self.detached(&stream_id, &inner, generation, why);
+            }
             return Err(Error::Reliable("could not answer Resume".into()));
         }
         let server = self.clone();
@@ -456,6 +458,21 @@ impl ReliableServer {
             status: ResumeStatus::NewStream,
             new_stream: Some(ReliableSession::new(inner)),
         }
+    }
+
+    /// Ends and removes a stream nobody has seen.
+    fn forget(&self, stream_id: &[u8], inner: &Arc<Inner>) {
+        let mut table = self.lock();
+        if table
+            .streams
+            .get(stream_id)
+            .is_some_and(|e| Arc::ptr_eq(&e.inner, inner))
+        {
+            table.streams.remove(stream_id);
+        }
+        inner
+            .lock()
+            .finish(StreamEnd::Failed("the Resume answer was not sent".into()));
     }
 
     /// Link `generation` of the stream is gone without ending it: the stream waits for its
