@@ -678,6 +678,10 @@ pub(crate) enum Control {
 }
 
 #[cfg(test)]
+#[path = "core_model.rs"]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
