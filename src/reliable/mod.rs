@@ -34,8 +34,21 @@
 //! * If the accepting process dies, the client's next connection starts a new stream
 //!   ([`Event::Connected`] with `new_stream: true` after a first connection): unconfirmed
 //!   messages are sent again, so the dead process may have received some of them, i.e. they are
-//!   delivered *at least once*; messages the dead process had received but its application had
-//!   not taken are lost with it. Messages queued in a process that dies are lost.
+//!   delivered *at least once*; that includes messages the dead process had received but its
+//!   application had not taken (they were not acknowledged). What is lost is what a process
+//!   that dies had queued to send (for a server: its replies).
+//! * A close completes once even if its connection is cut: the server remembers a closed
+//!   stream for its resume timeout and answers a late resume "closed"; a close never opens a
+//!   new stream.
+//!
+//! ## Bounds
+//!
+//! Everything a peer can make a stream hold is bounded: the outgoing and inbound queues (above),
+//! the refusals retained for the peer (1024 `Nack`s, 64 KiB; the link stops reading while 64
+//! are unsent), the lifecycle events per reader (256), and on the accepting side the streams
+//! kept and the closed streams remembered (`max_streams` each, swept on every accept and when a
+//! detached stream's resume timeout passes). A server answers a stream it will not carry with
+//! an explicit `Resume` status (`BUSY`, `REFUSED`, `CLOSED`), never by just dropping the link.
 //!
 //! ## Example
 //!
@@ -196,6 +209,9 @@ impl ReliableConfig {
     }
 
     /// Send an `Ack` once the application has taken this many messages since the last one.
+    /// An `Ack` also goes out whenever half the receive window
+    /// ([`with_receive_buffer`](Self::with_receive_buffer)), in messages or bytes, is taken
+    /// and not acknowledged, so a value above the window never stalls the sender.
     pub fn with_ack_every(mut self, messages: u64) -> Self {
         self.ack_every = messages.max(1);
         self
