@@ -163,11 +163,14 @@ impl World {
             Op::Take { side, n } => {
                 for _ in 0..n {
                     let s = &mut self.sides[side];
-                    // Messages of a stream that ended with a restart come first.
-                    let stream = s.got.len() - 1 - usize::from(s.core.inbound_stale > 0);
+                    // Messages of streams that ended with a restart come first: a message is
+                    // stale if no more entries were popped than were stale.
+                    let (stale, len) = (s.core.inbound_stale, s.core.inbound.len());
                     match s.core.pop_inbound(&self.waker) {
                         Some(any) => {
                             assert!(!any.type_url.ends_with(".X"), "a refused message delivered");
+                            let popped = len - s.core.inbound.len();
+                            let stream = s.got.len() - 1 - usize::from(popped <= stale);
                             s.got[stream].push(number(&any));
                         }
                         None => break,
