@@ -789,3 +789,53 @@ impl Stream for Events {
 
 /// A boxed future the caller spawns (the drivers are runtime-agnostic).
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+
+    /// Records whether the core's lock was free when it was woken.
+    struct LockProbe {
+        inner: Arc<Inner>,
+        woken: AtomicBool,
+        lock_was_free: AtomicBool,
+    }
+
+    impl Wake for LockProbe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.woken.store(true, Ordering::SeqCst);
+            let free = self.inner.core.try_lock().is_ok();
+            self.lock_was_free.store(free, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wakers_run_after_the_lock_is_released() {
+        let inner = Inner::new(ReliableConfig::new());
+        let probe = Arc::new(LockProbe {
+            inner: inner.clone(),
+            woken: AtomicBool::new(false),
+            lock_was_free: AtomicBool::new(false),
+        });
+        let waker = Waker::from(probe.clone());
+        inner.lock().register_link(&waker);
+        // Queuing a message wakes the link.
+        inner.lock().try_push(Any::default()).unwrap();
+        assert!(probe.woken.load(Ordering::SeqCst));
+        assert!(probe.lock_was_free.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn peer_strings_are_escaped_and_capped() {
+        assert_eq!(quoted("a\nb\u{1b}"), "a\\nb\\u{1b}");
+        let long = quoted(&"x".repeat(1 << 20));
+        assert!(long.len() < 150, "{}", long.len());
+        assert!(long.ends_with("bytes)"), "{long}");
+    }
+}

@@ -36,9 +36,16 @@ async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Out
 async fn server(
     config: ReliableConfig,
 ) -> (SocketAddr, ReliableServer, Arc<Mutex<Vec<ReliableWriter>>>) {
+    server_with(SessionConfig::new(), config).await
+}
+
+async fn server_with(
+    session_config: SessionConfig,
+    config: ReliableConfig,
+) -> (SocketAddr, ReliableServer, Arc<Mutex<Vec<ReliableWriter>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = ReliableServer::new(SessionConfig::new(), config);
+    let server = ReliableServer::new(session_config, config);
     let writers: Arc<Mutex<Vec<ReliableWriter>>> = Arc::default();
     let (srv, ws) = (server.clone(), writers.clone());
     task::spawn(async move {
@@ -103,8 +110,12 @@ impl Raw {
 
 /// Sends `resume` on a new session and reads the server's answer; the session stays open.
 async fn resume(addr: SocketAddr, resume: &Resume) -> (Raw, Resume) {
+    resume_with(addr, SessionConfig::new(), resume).await
+}
+
+async fn resume_with(addr: SocketAddr, config: SessionConfig, resume: &Resume) -> (Raw, Resume) {
     let conn = tcp::connect(addr).await.unwrap();
-    let config = SessionConfig::new().with_capability(CAPABILITY);
+    let config = config.with_capability(CAPABILITY);
     let (mut session, driver) = session::connect(conn, &config).await.unwrap();
     let driver = task::spawn(driver);
     session
@@ -309,4 +320,47 @@ async fn the_stream_table_and_its_tombstones_stay_bounded() {
     let (_s, closed) = resume(addr, &closing).await;
     assert_eq!(status(&closed), ResumeStatus::Closed);
     assert!(server.stream_count() <= before, "a close opened a stream");
+}
+
+#[async_std::test]
+async fn another_identity_cannot_resume_or_learn_a_stream() {
+    use connect::proto::v1::Credentials;
+    use connect::session::PlainAuthenticator;
+    let auth = PlainAuthenticator::new()
+        .with_user("alice", "a")
+        .with_user("mallory", "m");
+    let (addr, server, _) = server_with(
+        SessionConfig::new().with_authenticator(auth),
+        ReliableConfig::new(),
+    )
+    .await;
+    let as_user = |user: &str, password: &str| {
+        SessionConfig::new().with_credentials(Credentials::plain(user, password))
+    };
+    let (alice, answer) = resume_with(addr, as_user("alice", "a"), &fresh(7)).await;
+    assert_eq!(status(&answer), ResumeStatus::NewStream);
+    alice.cut().await;
+    // Mallory knows the stream id, not the incarnation; either way the answer is REFUSED.
+    for incarnation in [0, answer.incarnation] {
+        let theft = Resume {
+            incarnation,
+            ..fresh(7)
+        };
+        let (_m, refused) = resume_with(addr, as_user("mallory", "m"), &theft).await;
+        assert_eq!(status(&refused), ResumeStatus::Refused, "{refused:?}");
+        assert_eq!(refused.incarnation, 0, "nothing about the stream is told");
+        assert!(
+            refused.reason.contains("another identity"),
+            "{}",
+            refused.reason
+        );
+    }
+    // Alice's stream is untouched and resumes.
+    let honest = Resume {
+        incarnation: answer.incarnation,
+        ..fresh(7)
+    };
+    let (_a, resumed) = resume_with(addr, as_user("alice", "a"), &honest).await;
+    assert_eq!(status(&resumed), ResumeStatus::Resumed);
+    assert_eq!(server.stream_count(), 1);
 }
