@@ -207,9 +207,14 @@ impl ReliableServer {
     /// either resumes a kept stream (taking it over from an older connection that may not have
     /// noticed its drop yet) or starts a new one.
     ///
+    /// A stream the server will not carry (too many streams, another identity, counts no
+    /// honest client sends, a stream already closed) is answered with that `Resume` status
+    /// and a reason before the session is closed.
+    ///
     /// # Errors
     /// Any error of [`session::accept`]; [`Error::Reliable`] if the client sent no valid
-    /// `Resume` in time, or too many streams are attached.
+    /// `Resume` in time, if the stream was answered without being carried (see above), or if
+    /// the answer to a new stream could not be sent.
     pub async fn accept<T>(&self, conn: Connection<T>) -> Result<Accepted<T>>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -297,13 +302,25 @@ impl ReliableServer {
             if new_stream.is_some() {
                 // Nobody saw this stream: forget it (its client starts it again).
                 self.forget(&stream_id, &inner);
-            } else {
-                // Attached above: leave the stream detached, so that it expires unless
-                // resumed.
-                let why = "could not answer Resume".to_owned();
-                self.detached(&stream_id, &inner, generation, why);
+                return Err(Error::Reliable("could not answer Resume".into()));
             }
-            return Err(Error::Reliable("could not answer Resume".into()));
+            // The connection dropped after the stream was attached to it: like any dropped
+            // link, the driver waits for the client to come back and expires the stream if
+            // it does not.
+            let server = self.clone();
+            let why = "could not answer Resume".to_owned();
+            let run = async move {
+                server
+                    .link_ended(&stream_id, &inner, generation, LinkEnd::Dropped(why))
+                    .await;
+            };
+            return Ok(Accepted {
+                new_stream: None,
+                driver: ServerDriver {
+                    inner: Box::pin(run),
+                },
+                plain: None,
+            });
         }
         let server = self.clone();
         let run = async move {
