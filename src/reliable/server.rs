@@ -24,6 +24,9 @@ use crate::proto::reliable::{Resume, ResumeStatus};
 use crate::proto::v1::ReasonCode;
 use crate::session::{self, Session, SessionConfig, SessionDriver};
 
+/// The longest `Resume.stream_id` accepted (clients of this crate send 16 bytes).
+const MAX_STREAM_ID_LEN: usize = 64;
+
 /// Accepts reliable streams, and keeps the state of those whose connection dropped so that
 /// their client can resume them. Cheap to clone (shared).
 #[derive(Clone)]
@@ -279,7 +282,11 @@ impl ReliableServer {
                         status.as_str_name()
                     );
                     let answer = Resume {
-                        stream_id,
+                        stream_id: if stream_id.len() <= MAX_STREAM_ID_LEN {
+                            stream_id
+                        } else {
+                            Vec::new()
+                        },
                         status: status as i32,
                         reason: reason.clone(),
                         ..Resume::default()
@@ -341,9 +348,19 @@ impl ReliableServer {
     /// answer without carrying it. Attaches the stream when it is carried.
     fn decide(&self, request: &Resume, identity: Option<String>, session_id: &str) -> Decision {
         let config = &self.shared.config;
+        let id = request.stream_id.as_slice();
+        if id.is_empty() || id.len() > MAX_STREAM_ID_LEN {
+            // Kept as a key of the table (and of a tombstone): bounded.
+            return Decision::Answer(
+                ResumeStatus::Refused,
+                format!(
+                    "stream_id of {} bytes (1 to {MAX_STREAM_ID_LEN}, normally 16)",
+                    id.len()
+                ),
+            );
+        }
         let mut table = self.lock();
         self.sweep(&mut table);
-        let id = request.stream_id.as_slice();
         if let Some(entry) = table.streams.get_mut(id) {
             if entry.identity != identity {
                 return Decision::Answer(

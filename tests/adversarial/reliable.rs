@@ -253,6 +253,22 @@ async fn a_bogus_resume_neither_keeps_a_stream_nor_locks_out_new_clients() {
 }
 
 #[async_std::test]
+async fn oversized_stream_ids_are_refused_not_kept() {
+    let (addr, server, _) = server(ReliableConfig::new()).await;
+    for len in [0, 65, 1 << 20] {
+        let huge = Resume {
+            stream_id: vec![9; len],
+            ..fresh(0)
+        };
+        let (_s, refused) = resume(addr, &huge).await;
+        assert_eq!(status(&refused), ResumeStatus::Refused, "{len}");
+        assert!(refused.stream_id.len() <= 64, "not echoed back");
+        assert_eq!(server.stream_count(), 0);
+    }
+    well_behaved_client_is_served(addr).await;
+}
+
+#[async_std::test]
 async fn dishonest_counts_are_refused_and_the_stream_stays_resumable() {
     let (addr, server, _) = server(ReliableConfig::new()).await;
     let (session, answer) = resume(addr, &fresh(4)).await;
