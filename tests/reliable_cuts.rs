@@ -58,8 +58,14 @@ enum Cut {
     /// After this many bytes from the server.
     Down(usize),
     /// Inside the server's frame number `frame` (0: the Welcome), after `offset` of its bytes
-    /// (prefix included); no cut if the frame is shorter.
-    DownFrame { frame: usize, offset: usize },
+    /// (prefix included); no cut if the frame is shorter. With `keep_server`, only the
+    /// client's side is cut: the server's stays open (until `kill_all`), so the server has sent
+    /// its frame whole and has not seen the drop when the client comes back.
+    DownFrame {
+        frame: usize,
+        offset: usize,
+        keep_server: bool,
+    },
 }
 
 #[derive(Default)]
@@ -171,7 +177,7 @@ async fn pipe(
             (Some(Cut::Up(at)), true) | (Some(Cut::Down(at)), false) => {
                 (at.min(seen.len()), seen.len() >= at)
             }
-            (Some(Cut::DownFrame { frame, offset }), false) => {
+            (Some(Cut::DownFrame { frame, offset, .. }), false) => {
                 match frame_bounds(&seen, frame) {
                     // Hold the bytes back until the frame's position is known.
                     None => continue 'outer,
@@ -200,8 +206,17 @@ async fn pipe(
             break;
         }
     }
-    let _ = from.shutdown(std::net::Shutdown::Both);
-    let _ = to.shutdown(std::net::Shutdown::Both);
+    let (client_side, server_side) = if up { (from, to) } else { (to, from) };
+    let _ = client_side.shutdown(std::net::Shutdown::Both);
+    if !matches!(
+        cut,
+        Some(Cut::DownFrame {
+            keep_server: true,
+            ..
+        })
+    ) {
+        let _ = server_side.shutdown(std::net::Shutdown::Both);
+    }
     forwarded
 }
 
@@ -341,6 +356,15 @@ async fn a_close_cut_at_any_byte_completes_once_without_a_phantom_stream() {
 async fn a_restart_with_its_first_resume_answer_cut_at_any_byte_starts_a_new_stream() {
     let _ = env_logger::builder().is_test(true).try_init();
     let config = ReliableConfig::new().with_resume_timeout(Duration::from_secs(30));
+    // The server sees the cut at once (it may not even finish sending its answer), or only
+    // later (it sent the answer whole; the client's next connection finds the stream it
+    // announced).
+    for keep_server in [false, true] {
+        restart_with_the_answer_cut(&config, keep_server).await;
+    }
+}
+
+async fn restart_with_the_answer_cut(config: &ReliableConfig, keep_server: bool) {
     for offset in 0.. {
         // The first server takes 5 messages, then keeps 3 more unconfirmed when it "dies".
         let (first, _first_server, first_seen) = server(config.clone(), 5).await;
@@ -371,7 +395,11 @@ async fn a_restart_with_its_first_resume_answer_cut_at_any_byte_starts_a_new_str
         // inside the Resume answer (frame 1, after the Welcome).
         let (second, _second_server, second_seen) = server(config.clone(), usize::MAX).await;
         *upstream.lock().unwrap() = second;
-        proxy.plan(Cut::DownFrame { frame: 1, offset });
+        proxy.plan(Cut::DownFrame {
+            frame: 1,
+            offset,
+            keep_server,
+        });
         proxy.kill_all();
 
         within(
