@@ -657,7 +657,7 @@ impl Core {
                 if let Some(tx) = self.confirms.remove(&local) {
                     let _ = tx.send(Err(DeliveryError::Refused {
                         reason,
-                        text: nack.text,
+                        text: super::quoted(&nack.text),
                     }));
                 }
                 Ok(())

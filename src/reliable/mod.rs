@@ -313,7 +313,7 @@ pub enum DeliveryError {
     Refused {
         /// The peer's reason code.
         reason: NackReason,
-        /// The peer's explanation.
+        /// The peer's explanation (escaped, and capped at about 100 bytes).
         text: String,
     },
     /// The stream ended before the message was confirmed (with why, unless closed
