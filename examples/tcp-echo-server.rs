@@ -15,8 +15,9 @@
 //! `--reliable` (implies `--session`) serves reliable streams (`connect::reliable`): clients
 //! that lose their connection resume where they were. Session clients that do not ask for
 //! reliable delivery are still served as plain sessions. `--ack-every N` confirms received
-//! messages only every N messages (and otherwise never): for tests that kill the server before
-//! it confirms anything.
+//! messages only every N messages, or when half the receive window (512 of 1024 messages) is
+//! taken and not confirmed, and otherwise never: for tests that kill the server before it
+//! confirms anything.
 //!
 //! ADDR defaults to 127.0.0.1:7878. `--user`/`--password` set the one account the server
 //! accepts (PLAIN) and imply `--session`. `--heartbeat-ms MS` is the heartbeat interval the

@@ -88,7 +88,10 @@ pub(crate) async fn read_resume(reader: &mut SessionReader) -> Result<Resume, St
     };
     let name = type_name(&first.type_url);
     if name != Resume::full_name() {
-        return Err(format!("expected connect.reliable.v1.Resume, got {name}"));
+        return Err(format!(
+            "expected connect.reliable.v1.Resume, got {}",
+            super::quoted(name)
+        ));
     }
     Resume::decode(first.value.as_slice()).map_err(|e| format!("bad Resume: {e}"))
 }
@@ -184,6 +187,10 @@ impl Pump {
                         break;
                     }
                 }
+                // What we owe the peer (refusals) is backed up: read again once written.
+                if core.reading_paused() {
+                    break;
+                }
                 match Pin::new(&mut self.reader).poll_next(cx) {
                     Poll::Ready(Some(Ok(any))) => {
                         budget -= 1;
@@ -199,7 +206,7 @@ impl Pump {
                                     .map_err(|e| format!("bad Nack: {e}"))
                                     .and_then(|nack| core.on_nack(nack))
                             } else {
-                                Err(format!("unexpected {name}"))
+                                Err(format!("unexpected {}", super::quoted(name)))
                             };
                             if let Err(why) = result {
                                 return Poll::Ready(LinkEnd::Fatal(format!(
