@@ -18,7 +18,18 @@ use connect::Connection;
 use futures::{AsyncRead, AsyncWrite};
 
 /// Usage lines for the options below.
-pub const OPTIONS_USAGE: &str = "[--session] [--user NAME --password PW] [--heartbeat-ms MS]\n                  [--reliable [--ack-every N]]";
+pub const OPTIONS_USAGE: &str = "\
+[--session] [--user NAME --password PW]
+  [--heartbeat-ms MS | --no-heartbeats] [--handshake-timeout-ms MS] [--reliable [--ack-every N]]
+  --session                  sessions (anonymous clients) instead of bare frames
+  --user NAME --password PW  the one PLAIN account the server accepts (implies --session)
+  --heartbeat-ms MS          heartbeat interval the server wishes for (default 10000);
+                             0 = no preference: no heartbeats unless the client asks for them
+  --no-heartbeats            same as --heartbeat-ms 0
+  --handshake-timeout-ms MS  time a client has to send its Hello (default 10000, at least 1)
+  --reliable                 reliable streams (implies --session; plain session clients are
+                             still served)
+  --ack-every N              confirm only every N messages (or at half the receive window)";
 
 /// The serving mode, from the command line.
 #[derive(Default)]
@@ -27,6 +38,7 @@ pub struct Options {
     pub user: Option<String>,
     pub password: Option<String>,
     pub heartbeat_ms: Option<u64>,
+    pub handshake_timeout_ms: Option<u64>,
     pub reliable: bool,
     pub ack_every: Option<u64>,
 }
@@ -46,6 +58,12 @@ impl Options {
             "--user" => self.user = Some(value()?),
             "--password" => self.password = Some(value()?),
             "--heartbeat-ms" => self.heartbeat_ms = Some(value()?.parse()?),
+            "--no-heartbeats" => self.heartbeat_ms = Some(0),
+            "--handshake-timeout-ms" => {
+                let ms: u64 = value()?.parse()?;
+                anyhow::ensure!(ms > 0, "--handshake-timeout-ms must be at least 1");
+                self.handshake_timeout_ms = Some(ms);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -64,11 +82,16 @@ impl Options {
             (None, None) => return Ok(Mode::Bare),
             _ => anyhow::bail!("--user and --password go together"),
         };
-        let config = config.with_property("name", name);
-        let config = match self.heartbeat_ms {
+        let mut config = config.with_property("name", name);
+        config = match self.heartbeat_ms {
+            // 0 is "no preference", as in the Hello: not a 0 ms (raised to 10 ms) wish.
+            Some(0) => config.with_heartbeat(None),
             Some(ms) => config.with_heartbeat(Some(Duration::from_millis(ms))),
             None => config,
         };
+        if let Some(ms) = self.handshake_timeout_ms {
+            config = config.with_handshake_timeout(Duration::from_millis(ms));
+        }
         if !self.reliable {
             return Ok(Mode::Session(Arc::new(config)));
         }
