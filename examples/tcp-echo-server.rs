@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
             let result = match (session_config, reliable) {
                 (_, Some(server)) => serve_reliable(&server, conn, &dispatcher).await,
                 (None, None) => dispatcher.serve(conn).await,
-                (Some(config), None) => match tcp::accept_session(conn, &config).await {
+                (Some(config), None) => match tcp::accept_session(conn, &config, spawn).await {
                     Ok(session) => {
                         log::info!(
                             "{} open, identity {:?}",
@@ -167,7 +167,7 @@ async fn serve_reliable(
 ) -> connect::Result<()> {
     let accepted = server.accept(conn).await?;
     if let Some((session, driver)) = accepted.plain {
-        tcp::spawn_driver(driver);
+        spawn(connect::transport::driver_task(driver));
         return dispatcher.serve_session(session).await;
     }
     if let Some(stream) = accepted.new_stream {
@@ -190,4 +190,9 @@ async fn echo_stream(mut stream: ReliableSession) {
             Err(e) => return log::warn!("reliable stream: {e}"),
         }
     }
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

@@ -85,8 +85,8 @@ pub mod session;
 pub mod transport;
 
 pub use connection::{
-    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
-    ReuniteError, DEFAULT_WRITE_HIGH_WATER,
+    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity, ReadHalf,
+    ReuniteError, WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
 pub use error::{Error, Result, TlsError};
 

@@ -88,7 +88,7 @@ fn client_config() -> ReliableConfig {
 
 fn client(addr: SocketAddr, config: ReliableConfig) -> ReliableSession {
     let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)));
-    tcp::connect_reliable(addr, session_config, config)
+    tcp::connect_reliable(addr, session_config, config, spawn)
 }
 
 #[async_std::test]
@@ -467,7 +467,7 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
             session.send_any(any).await.unwrap();
         }
     });
-    let mut session = tcp::connect_session(addr, &SessionConfig::new())
+    let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawn)
         .await
         .unwrap();
     assert!(session.info().capabilities().is_empty());
@@ -596,4 +596,9 @@ async fn dropping_the_stream_delivers_what_was_queued_then_closes() {
     drop(stream);
     let end = within(30, "peer sees the end", done_rx).await.unwrap();
     assert_eq!(end, Ok(500));
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }
