@@ -47,3 +47,21 @@ fn tcp_client_gets_typed_replies_from_tcp_echo_server() {
     }
     assert!(server.is_running());
 }
+
+#[test]
+fn own_messages_go_out_with_the_standard_type_url() {
+    let out = Command::new(example("own-messages")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "type URL on the wire: type.googleapis.com/shop.v1.Confirmation",
+        "confirmed: tea as order 1003",
+        "done",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
