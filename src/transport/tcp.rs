@@ -10,7 +10,7 @@
 //!
 //! The session and reliable-stream helpers ([`connect_session`], [`accept_session`],
 //! [`connect_reliable`]) run a background driver; they take a `spawn` function that hands it to
-//! your executor (see [`Task`](crate::transport::Task)).
+//! your executor (see [`Task`]).
 //!
 //! ```no_run
 //! # async_std::task::block_on(async {
@@ -263,7 +263,7 @@ impl Stream for Incoming<'_> {
 
 /// Connects to `addr`, opens a session as the connecting side (see [`crate::session`]) and hands
 /// its driver to `spawn`, which runs it until the session ends (see
-/// [`Task`](crate::transport::Task): `|task| { smol::spawn(task).detach(); }`,
+/// [`Task`]: `|task| { smol::spawn(task).detach(); }`,
 /// `|task| { tokio::spawn(task); }`, ...). For the driver itself, use
 /// [`session::connect`](crate::session::connect) on [`connect`]'s connection.
 ///
@@ -300,7 +300,7 @@ pub async fn accept_session(
 
 /// Opens a [reliable stream](crate::reliable) to `addr` as the connecting side, and hands its
 /// driver (which connects, and reconnects after every drop) to `spawn` (see
-/// [`Task`](crate::transport::Task)). Returns at once: messages wait in the bounded queue until a
+/// [`Task`]). Returns at once: messages wait in the bounded queue until a
 /// connection carries them; watch
 /// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops. For
 /// the driver itself, use [`reliable::client`](crate::reliable::client).
