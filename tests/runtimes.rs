@@ -460,3 +460,102 @@ fn an_async_std_stream_converts_into_a_tcp_connection() {
         server.await.unwrap().unwrap();
     });
 }
+
+/// The one-call TCP helpers run their drivers exactly where the caller's spawner puts them: here
+/// on smol, each helper calling the spawner once, and the session and the reliable stream work.
+#[test]
+fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    run(Smol, |rt| async move {
+        let spawned = Arc::new(AtomicUsize::new(0));
+        let spawner = |spawned: &Arc<AtomicUsize>| {
+            let spawned = spawned.clone();
+            move |task: Task| {
+                spawned.fetch_add(1, Ordering::SeqCst);
+                smol::spawn(task).detach();
+            }
+        };
+
+        // A session: the server accepts with accept_session, the client uses connect_session.
+        let listener = tcp::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_spawner = spawner(&spawned);
+        let server = spawn_with_result(&rt, async move {
+            let conn = listener.accept().await?;
+            let mut session =
+                tcp::accept_session(conn, &SessionConfig::new(), server_spawner).await?;
+            while let Some(any) = session.recv().await? {
+                session.send_any(any).await?;
+            }
+            Ok::<_, Error>(())
+        });
+        let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawner(&spawned))
+            .await
+            .unwrap();
+        session.send_message(&hello("helper", 1)).await.unwrap();
+        let back: HelloWorld = session.recv_message().await.unwrap().expect("an echo");
+        assert_eq!(back, hello("helper", 1));
+        session.close(ReasonCode::Normal, "").await.unwrap();
+        server.await.unwrap().unwrap();
+        assert_eq!(spawned.load(Ordering::SeqCst), 2);
+
+        // A reliable stream to a server that counts what arrives.
+        let listener = rt.bind().await;
+        let addr = listener.addr();
+        let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+        let received = spawn_with_result(&rt, async move {
+            let accepted = server
+                .accept(Connection::new(listener.accept().await.unwrap()))
+                .await
+                .unwrap();
+            smol::spawn(accepted.driver).detach();
+            let mut stream = accepted.new_stream.expect("a new stream");
+            stream.recv_message::<HelloWorld>().await.unwrap()
+        });
+        let stream = tcp::connect_reliable(
+            addr,
+            SessionConfig::new(),
+            ReliableConfig::new(),
+            spawner(&spawned),
+        );
+        stream
+            .send_message(&hello("reliable helper", 2))
+            .await
+            .unwrap();
+        assert_eq!(received.await.unwrap(), Some(hello("reliable helper", 2)));
+        assert_eq!(spawned.load(Ordering::SeqCst), 3);
+    });
+}
+
+/// The TLS client and listener of the `tcp` feature (async-net sockets, `futures-timer`
+/// handshake timeouts) under tokio, with no async-std anywhere.
+#[test]
+fn tls_client_and_listener_on_tokio() {
+    use futures::StreamExt;
+
+    run(Tokio::new(), |rt| async move {
+        let ca = Ca::new("test CA");
+        let server_leaf = ca.issue("server", &["localhost"], Role::Server);
+        let mut listener = tls::TlsListener::bind("127.0.0.1:0", server_config(&server_leaf, None))
+            .await
+            .unwrap()
+            .with_handshake_timeout(Duration::from_secs(20));
+        let addr = listener.local_addr();
+        let server = spawn_with_result(&rt, async move {
+            let mut conn = listener.next().await.expect("a connection")?;
+            while let Some(any) = conn.recv().await? {
+                conn.send_any(&any).await?;
+            }
+            conn.close().await
+        });
+        let client_tls = client_config(ca.certificates(), None);
+        let mut conn = tls::connect(addr, "localhost", &client_tls).await.unwrap();
+        conn.send_message(&hello("tokio tls", 1)).await.unwrap();
+        let back: HelloWorld = conn.recv_message().await.unwrap().expect("an echo");
+        assert_eq!(back, hello("tokio tls", 1));
+        conn.close().await.unwrap();
+        assert!(conn.recv().await.unwrap().is_none());
+        server.await.unwrap().unwrap();
+    });
+}
