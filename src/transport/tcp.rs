@@ -262,10 +262,10 @@ impl Stream for Incoming<'_> {
 }
 
 /// Connects to `addr`, opens a session as the connecting side (see [`crate::session`]) and hands
-/// its driver to `spawn`, which runs it until the session ends (see
-/// [`Task`]: `|task| { smol::spawn(task).detach(); }`,
-/// `|task| { tokio::spawn(task); }`, ...). For the driver itself, use
-/// [`session::connect`](crate::session::connect) on [`connect`]'s connection.
+/// its driver to `spawn`, which runs it until the session ends (see [`Task`]:
+/// `|task| smol::spawn(task).detach()`, `|task| { tokio::spawn(task); }`, ...). To hold the
+/// driver yourself, use [`session::connect`](crate::session::connect) on [`connect`]'s
+/// connection.
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if no address could be connected to, or any error of
@@ -299,11 +299,10 @@ pub async fn accept_session(
 }
 
 /// Opens a [reliable stream](crate::reliable) to `addr` as the connecting side, and hands its
-/// driver (which connects, and reconnects after every drop) to `spawn` (see
-/// [`Task`]). Returns at once: messages wait in the bounded queue until a
-/// connection carries them; watch
-/// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops. For
-/// the driver itself, use [`reliable::client`](crate::reliable::client).
+/// driver (which connects, and reconnects after every drop) to `spawn` (see [`Task`]). Returns
+/// at once: messages wait in the bounded queue until a connection carries them; watch
+/// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops. To
+/// hold the driver yourself, use [`reliable::client`](crate::reliable::client).
 pub fn connect_reliable(
     addr: std::net::SocketAddr,
     session_config: crate::session::SessionConfig,
