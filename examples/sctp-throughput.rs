@@ -11,7 +11,7 @@
 //! * **W2**: one 64 B message goes to the server and back, again and again; reported as the
 //!   median and 99th percentile round trip.
 //!
-//! Each transport runs the same code over its own `Connection`: TCP (async-std), SCTP over UDP
+//! Each transport runs the same code over its own `Connection`: TCP, SCTP over UDP
 //! with the default 1200-byte packets (safe on any path), and SCTP with 8 KiB packets (what a
 //! loopback or jumbo-frame LAN allows). Numbers from a shared machine are indicative: compare
 //! the rows of one run, not runs on different days.

@@ -59,7 +59,7 @@ async fn session(n: u64) -> anyhow::Result<Duration> {
     let server_config = config.clone();
     let server = async_std::task::spawn(async move {
         let conn = listener.accept().await?;
-        let mut session = tcp::accept_session(conn, &server_config).await?;
+        let mut session = tcp::accept_session(conn, &server_config, spawn).await?;
         for _ in 0..n {
             session
                 .recv()
@@ -70,7 +70,7 @@ async fn session(n: u64) -> anyhow::Result<Duration> {
         while session.recv().await?.is_some() {}
         anyhow::Ok(())
     });
-    let mut session = tcp::connect_session(addr, &config).await?;
+    let mut session = tcp::connect_session(addr, &config, spawn).await?;
     let start = Instant::now();
     for i in 0..n {
         session.feed_message(&msg(i)).await?;
@@ -105,7 +105,8 @@ async fn reliable(n: u64) -> anyhow::Result<Duration> {
         while stream.recv().await?.is_some() {}
         anyhow::Ok(())
     });
-    let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new());
+    let mut stream =
+        tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new(), spawn);
     let start = Instant::now();
     for i in 0..n {
         stream.send_message(&msg(i)).await?;
@@ -124,11 +125,11 @@ async fn idle_rtt() -> anyhow::Result<Option<Duration>> {
     let server_config = config.clone();
     let server = async_std::task::spawn(async move {
         let conn = listener.accept().await?;
-        let mut session = tcp::accept_session(conn, &server_config).await?;
+        let mut session = tcp::accept_session(conn, &server_config, spawn).await?;
         while session.recv().await?.is_some() {}
         anyhow::Ok(())
     });
-    let mut session = tcp::connect_session(addr, &config).await?;
+    let mut session = tcp::connect_session(addr, &config, spawn).await?;
     async_std::task::sleep(Duration::from_millis(500)).await;
     let rtt = session.rtt();
     session.close(ReasonCode::Normal, "").await?;
@@ -167,4 +168,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("idle session heartbeat rtt: {:?}", idle_rtt().await?);
     Ok(())
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

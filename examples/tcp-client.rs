@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         config = config.with_heartbeat(Some(Duration::from_millis(ms)));
     }
 
-    let mut session = tcp::connect_session(&addr, &config).await?;
+    let mut session = tcp::connect_session(&addr, &config, spawn).await?;
     let info = session.info();
     println!(
         "session {} with {addr}: version {}, heartbeat {:?}, identity {:?}",
@@ -151,7 +151,7 @@ async fn reliable(addr: &str, n: u64, heartbeat_ms: Option<u64>) -> anyhow::Resu
         Backoff::new(Duration::from_millis(20), Duration::from_secs(2))
             .with_max_attempts(Some(100)),
     );
-    let stream = tcp::connect_reliable(addr, session_config, config);
+    let stream = tcp::connect_reliable(addr, session_config, config, spawn);
     let mut events = stream.events();
     async_std::task::spawn(async move {
         while let Some(event) = events.next().await {
@@ -186,4 +186,9 @@ async fn reliable(addr: &str, n: u64, heartbeat_ms: Option<u64>) -> anyhow::Resu
     );
     writer.close().await?;
     Ok(())
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

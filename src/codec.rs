@@ -148,7 +148,7 @@ impl Codec {
         Ok(())
     }
 
-    /// Appends `msg`, packed in an `Any` with type URL [`Name::type_url`], as one frame to `dst`.
+    /// Appends `msg`, packed in an `Any` with type URL [`type_url::<M>()`](type_url), as one frame to `dst`.
     ///
     /// The bytes are identical to `encode(&Any::from_msg(msg)?, dst)`, but the message is encoded
     /// straight into `dst` instead of into an intermediate `Any`.
@@ -157,7 +157,7 @@ impl Codec {
     /// [`Error::FrameTooLarge`] if the frame would be longer than the maximum; `dst` is then left
     /// unchanged.
     pub fn encode_message<M: Message + Name>(&self, msg: &M, dst: &mut BytesMut) -> Result<()> {
-        self.encode_message_as(&M::type_url(), msg, dst)
+        self.encode_message_as(&type_url::<M>(), msg, dst)
     }
 
     /// [`encode_message`](Self::encode_message) with the type URL given, so that a caller
@@ -286,6 +286,30 @@ fn field_len(len: usize) -> usize {
     } else {
         1 + encoded_len_varint(len as u64) + len
     }
+}
+
+/// What every type URL we send starts with: the prefix every `Any.pack` writes, and the only one
+/// the spec allows on the wire.
+pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+/// The type URL `M` is sent with: [`TYPE_URL_PREFIX`] + `M::full_name()`, whatever
+/// `M::type_url()` says. (prost's `Name::type_url` is `/pkg.Name` unless the generating
+/// `prost-build` set `type_name_domain`, or a hand-written `Name` impl overrides it; `connect`
+/// never puts such a URL on the wire.)
+///
+/// ```
+/// use connect::proto::example::HelloWorld;
+/// assert_eq!(
+///     connect::codec::type_url::<HelloWorld>(),
+///     "type.googleapis.com/connect.example.v1.HelloWorld"
+/// );
+/// ```
+pub fn type_url<M: Name>() -> String {
+    let name = M::full_name();
+    let mut url = String::with_capacity(TYPE_URL_PREFIX.len() + name.len());
+    url.push_str(TYPE_URL_PREFIX);
+    url.push_str(&name);
+    url
 }
 
 /// The full protobuf name in a type URL: everything after the last `/` (the whole URL if it has

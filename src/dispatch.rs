@@ -190,7 +190,7 @@ impl From<Vec<Any>> for Reply {
 
 fn pack<M: Message + Name>(msg: &M) -> Any {
     Any {
-        type_url: M::type_url(),
+        type_url: crate::codec::type_url::<M>(),
         value: msg.encode_to_vec(),
     }
 }

@@ -64,11 +64,15 @@ fn tcp_echo_server_heartbeat_and_handshake_flags() {
             // Neither side wishes for heartbeats: the session has none (it had 10 ms ones when
             // 0 was taken as a wish).
             let config = SessionConfig::new().with_heartbeat(None);
-            let mut session = tcp::connect_session(server.addr, &config).await.unwrap();
+            let mut session = tcp::connect_session(server.addr, &config, support::spawn)
+                .await
+                .unwrap();
             assert_eq!(session.info().heartbeat(), None, "{args:?}");
             // A client that wishes for them still gets them.
             let config = SessionConfig::new().with_heartbeat(Some(Duration::from_secs(2)));
-            let other = tcp::connect_session(server.addr, &config).await.unwrap();
+            let other = tcp::connect_session(server.addr, &config, support::spawn)
+                .await
+                .unwrap();
             assert_eq!(other.info().heartbeat(), Some(Duration::from_secs(2)));
             // A client that says nothing is refused after the handshake timeout (the hang
             // guard is far above the 300 ms asked for).
@@ -82,5 +86,23 @@ fn tcp_echo_server_heartbeat_and_handshake_flags() {
             assert_eq!(refuse.code(), ReasonCode::HandshakeTimeout);
             session.close(ReasonCode::Normal, "").await.unwrap();
         });
+    }
+}
+
+#[test]
+fn own_messages_go_out_with_the_standard_type_url() {
+    let out = Command::new(example("own-messages")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "type URL on the wire: type.googleapis.com/shop.v1.Confirmation",
+        "confirmed: tea as order 1003",
+        "done",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }

@@ -88,7 +88,7 @@ fn client_config() -> ReliableConfig {
 
 fn client(addr: SocketAddr, config: ReliableConfig) -> ReliableSession {
     let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)));
-    tcp::connect_reliable(addr, session_config, config)
+    tcp::connect_reliable(addr, session_config, config, spawn)
 }
 
 #[async_std::test]
@@ -467,7 +467,7 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
             session.send_any(any).await.unwrap();
         }
     });
-    let mut session = tcp::connect_session(addr, &SessionConfig::new())
+    let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawn)
         .await
         .unwrap();
     assert!(session.info().capabilities().is_empty());
@@ -705,4 +705,9 @@ async fn ack_every_above_the_window_does_not_stall_the_sender() {
     })
     .await;
     assert_eq!(stream.stats().sent, 5000);
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

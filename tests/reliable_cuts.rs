@@ -47,7 +47,9 @@ fn client(addr: SocketAddr) -> ReliableSession {
         Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
-    tcp::connect_reliable(addr, session_config(), config)
+    tcp::connect_reliable(addr, session_config(), config, |task| {
+        async_std::task::spawn(task);
+    })
 }
 
 /// Where the proxy cuts one connection.

@@ -63,7 +63,7 @@ async fn server_killed_and_restarted_client_resends_what_was_not_confirmed() {
             .with_max_attempts(Some(300)),
     );
     let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(200)));
-    let mut stream = tcp::connect_reliable(addr, session_config, config);
+    let mut stream = tcp::connect_reliable(addr, session_config, config, spawn);
     let mut events = stream.events();
 
     for i in 0..HALF {
@@ -190,4 +190,9 @@ fn python_session_client_is_served_by_a_reliable_server() {
     assert!(out.contains("identity alice"), "{out}");
     assert!(out.contains("echoed: 300 messages in order"), "{out}");
     assert!(out.contains("then end of stream"), "{out}");
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

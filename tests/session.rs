@@ -39,7 +39,7 @@ async fn server(
     let addr = listener.local_addr().unwrap();
     let task = async_std::task::spawn(async move {
         let conn = listener.accept().await?;
-        tcp::accept_session(conn, &config).await
+        tcp::accept_session(conn, &config, spawn).await
     });
     (addr, task)
 }
@@ -77,7 +77,9 @@ async fn handshake_negotiates_and_both_sides_agree() {
             .with_heartbeat(Some(Duration::from_millis(500)))
             .with_max_frame_len(16 << 20)
             .with_credentials(Credentials::plain("alice", "pw"));
-        let mut client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let mut client = tcp::connect_session(addr, &client_config, spawn)
+            .await
+            .unwrap();
         let mut server = accepted.await.unwrap();
         for info in [client.info(), server.info()] {
             assert_eq!(info.version(), PROTOCOL_VERSION);
@@ -127,7 +129,7 @@ async fn wrong_or_missing_credentials_are_refused() {
             if let Some(c) = credentials {
                 config = config.with_credentials(c);
             }
-            let client = tcp::connect_session(addr, &config).await;
+            let client = tcp::connect_session(addr, &config, spawn).await;
             assert_eq!(refused_code(client), ReasonCode::AuthenticationFailed);
             assert_eq!(
                 refused_code(accepted.await),
@@ -144,7 +146,7 @@ async fn bearer_tokens_authenticate() {
         let auth = BearerAuthenticator::new().with_token("tok-1", "service-a");
         let (addr, accepted) = server(SessionConfig::new().with_authenticator(auth)).await;
         let config = SessionConfig::new().with_credentials(Credentials::bearer("tok-1"));
-        let client = tcp::connect_session(addr, &config).await.unwrap();
+        let client = tcp::connect_session(addr, &config, spawn).await.unwrap();
         assert_eq!(client.info().identity(), Some("service-a"));
         assert_eq!(accepted.await.unwrap().info().identity(), Some("service-a"));
     })
@@ -206,7 +208,7 @@ async fn client_gives_up_on_a_server_that_never_answers() {
             drop(conn);
         });
         let config = SessionConfig::new().with_handshake_timeout(Duration::from_millis(100));
-        let result = tcp::connect_session(addr, &config).await;
+        let result = tcp::connect_session(addr, &config, spawn).await;
         assert!(
             matches!(result, Err(Error::Session(SessionEnd::HandshakeTimeout))),
             "{result:?}"
@@ -225,7 +227,7 @@ async fn idle_sessions_stay_up_for_many_heartbeat_intervals() {
             .with_heartbeat(Some(heartbeat))
             .with_missed_heartbeats(25);
         let (addr, accepted) = server(config.clone()).await;
-        let mut client = tcp::connect_session(addr, &config).await.unwrap();
+        let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
         let mut server = accepted.await.unwrap();
         // Twenty intervals of application silence.
         async_std::task::sleep(heartbeat * 20).await;
@@ -368,7 +370,7 @@ async fn close_is_not_acknowledged_in_time() {
         let config = SessionConfig::new()
             .with_heartbeat(None)
             .with_close_timeout(Duration::from_millis(100));
-        let mut session = tcp::connect_session(addr, &config).await.unwrap();
+        let mut session = tcp::connect_session(addr, &config, spawn).await.unwrap();
         let result = session.close(ReasonCode::Normal, "bye").await;
         assert!(
             matches!(result, Err(Error::Session(SessionEnd::CloseTimeout))),
@@ -384,7 +386,7 @@ async fn raw_peer_sees_close_after_every_message() {
         // The wire-level order of a graceful close, seen by a peer written by hand.
         let (addr, frozen) = frozen_server(0).await;
         let config = SessionConfig::new().with_heartbeat(None);
-        let mut session = tcp::connect_session(addr, &config).await.unwrap();
+        let mut session = tcp::connect_session(addr, &config, spawn).await.unwrap();
         let mut raw = frozen.await;
         for i in 0..100 {
             session.feed_message(&hello("m", i)).await.unwrap();
@@ -421,7 +423,7 @@ async fn graceful_close_with_thousands_of_messages_in_flight_loses_none() {
     bounded("test", async {
         let config = SessionConfig::new().with_queue_len(16);
         let (addr, accepted) = server(config.clone()).await;
-        let client = tcp::connect_session(addr, &config).await.unwrap();
+        let client = tcp::connect_session(addr, &config, spawn).await.unwrap();
         let server = accepted.await.unwrap();
 
         // The server reads everything and, at the same time, sends as fast as it can until the
@@ -491,11 +493,11 @@ async fn dispatcher_serves_a_session() {
             let conn = listener.accept().await?;
             let auth = BearerAuthenticator::new().with_token("t", "bob");
             let config = SessionConfig::new().with_authenticator(auth);
-            let session = tcp::accept_session(conn, &config).await?;
+            let session = tcp::accept_session(conn, &config, spawn).await?;
             dispatcher.serve_session(session).await
         });
         let config = SessionConfig::new().with_credentials(Credentials::bearer("t"));
-        let mut client = tcp::connect_session(addr, &config).await.unwrap();
+        let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
         for i in 0..50 {
             client.feed_message(&hello("abc", i)).await.unwrap();
         }
@@ -664,7 +666,7 @@ async fn a_welcome_over_our_frame_limit_is_a_protocol_violation() {
         // frozen_server's Welcome says 1 MiB; we asked for 64 KiB.
         let (addr, _frozen) = frozen_server(0).await;
         let config = SessionConfig::new().with_max_frame_len(64 * 1024);
-        let result = tcp::connect_session(addr, &config).await;
+        let result = tcp::connect_session(addr, &config, spawn).await;
         assert!(
             matches!(
                 result,
@@ -785,7 +787,7 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
             .with_heartbeat(Some(Duration::from_millis(50)))
             .with_missed_heartbeats(20);
         let (addr, accepted) = server(config.clone()).await;
-        let mut client = tcp::connect_session(addr, &config).await.unwrap();
+        let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
         let mut server = accepted.await.unwrap();
         let sender = async_std::task::spawn(async move {
             for i in 0..2000 {
@@ -818,7 +820,7 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
 async fn a_flush_after_the_peer_closed_gracefully_succeeds_for_what_was_fed_before() {
     bounded("test", async {
         let (addr, server) = server(SessionConfig::new()).await;
-        let mut client = tcp::connect_session(addr, &SessionConfig::new())
+        let mut client = tcp::connect_session(addr, &SessionConfig::new(), spawn)
             .await
             .unwrap();
         let mut server = server.await.unwrap();
@@ -870,7 +872,7 @@ async fn dispatcher_echo_server() -> std::net::SocketAddr {
             };
             let (dispatcher, config) = (dispatcher.clone(), config.clone());
             async_std::task::spawn(async move {
-                let session = tcp::accept_session(conn, &config).await?;
+                let session = tcp::accept_session(conn, &config, spawn).await?;
                 dispatcher.serve_session(session).await
             });
         }
@@ -967,14 +969,18 @@ async fn max_frame_len_zero_means_no_preference() {
         // Client without a preference, server with the default: the server's value.
         let (addr, accepted) = server(SessionConfig::new()).await;
         let client_config = SessionConfig::new().with_max_frame_len(0);
-        let client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let client = tcp::connect_session(addr, &client_config, spawn)
+            .await
+            .unwrap();
         let server_session = accepted.await.unwrap();
         assert_eq!(client.info().max_frame_len(), 16 << 20);
         assert_eq!(server_session.info().max_frame_len(), 16 << 20);
 
         // Neither side has a preference: the floor, 4096.
         let (addr, accepted) = server(SessionConfig::new().with_max_frame_len(0)).await;
-        let client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let client = tcp::connect_session(addr, &client_config, spawn)
+            .await
+            .unwrap();
         let server_session = accepted.await.unwrap();
         assert_eq!(client.info().max_frame_len(), 4096);
         assert_eq!(server_session.info().max_frame_len(), 4096);
@@ -1013,4 +1019,9 @@ async fn peer_supplied_names_and_lists_are_escaped_and_capped_in_refusals() {
         assert!(refuse.reason.ends_with('…'), "{}", refuse.reason);
     })
     .await;
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

@@ -41,7 +41,7 @@ async fn credentials_never_appear_in_logs() {
     let server = async_std::task::spawn(async move {
         for _ in 0..2 {
             let conn = listener.accept().await.unwrap();
-            if let Ok(mut session) = tcp::accept_session(conn, &config).await {
+            if let Ok(mut session) = tcp::accept_session(conn, &config, spawn).await {
                 log::debug!("server config {config:?}");
                 while session.recv().await.unwrap().is_some() {}
             }
@@ -49,10 +49,10 @@ async fn credentials_never_appear_in_logs() {
     });
     let bad = SessionConfig::new().with_credentials(Credentials::plain("alice", wrong));
     log::debug!("client config {bad:?}");
-    assert!(tcp::connect_session(addr, &bad).await.is_err());
+    assert!(tcp::connect_session(addr, &bad, spawn).await.is_err());
     let good = SessionConfig::new().with_credentials(Credentials::plain("alice", password));
     log::debug!("client config {good:?}");
-    let mut session = tcp::connect_session(addr, &good).await.unwrap();
+    let mut session = tcp::connect_session(addr, &good, spawn).await.unwrap();
     session.close(ReasonCode::Normal, "").await.unwrap();
     async_std::future::timeout(Duration::from_secs(20), server)
         .await
@@ -63,4 +63,9 @@ async fn credentials_never_appear_in_logs() {
     assert!(logged.contains("<redacted>"), "{logged}");
     assert!(!logged.contains(password), "{logged}");
     assert!(!logged.contains(wrong), "{logged}");
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use connect::proto::example::HelloWorld;
 use connect::proto::v1::{Credentials, ReasonCode};
 use connect::session::{self, AuthError, Authenticator, SessionConfig, SessionEnd};
-use connect::transport::tcp::spawn_driver;
 use connect::transport::tls::{self, TlsListener};
 use connect::{ConnectionInfo, Error};
 use support::certs::{client_config, server_config, Ca, Role};
@@ -63,7 +62,7 @@ async fn the_authenticator_sees_the_verified_client_certificate() {
                 let conn = listener.accept().await.unwrap();
                 let outcome = match session::accept(conn, &config).await {
                     Ok((mut session, driver)) => {
-                        spawn_driver(driver);
+                        spawn(connect::transport::driver_task(driver));
                         let identity = session.info().identity().map(str::to_owned);
                         // Echo until the client closes.
                         while let Some(any) = session.recv().await.unwrap() {
@@ -87,7 +86,7 @@ async fn the_authenticator_sees_the_verified_client_certificate() {
         .await
         .unwrap();
         let (mut session, driver) = session::connect(conn, &SessionConfig::new()).await.unwrap();
-        spawn_driver(driver);
+        spawn(connect::transport::driver_task(driver));
         assert_eq!(session.info().identity(), Some("service:billing"));
         let msg = HelloWorld {
             text: "invoice".into(),
@@ -134,4 +133,9 @@ async fn the_authenticator_sees_the_verified_client_certificate() {
     })
     .await
     .expect("bounded in time");
+}
+
+/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
+fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
 }

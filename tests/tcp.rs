@@ -88,8 +88,10 @@ async fn pipelined_frames_in_one_write() {
     for i in 0..500 {
         codec.encode_message(&hello(i), &mut wire).unwrap();
     }
-    let mut raw = TcpStream::connect(addr).await.unwrap();
-    raw.write_all(&wire).await.unwrap();
+    let mut raw = smol::net::TcpStream::connect(addr).await.unwrap();
+    futures::AsyncWriteExt::write_all(&mut raw, &wire)
+        .await
+        .unwrap();
 
     // Read the replies through a Connection over a second handle of the same socket.
     let mut conn = tcp::wrap(raw.clone(), &Config::default());

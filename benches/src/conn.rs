@@ -52,7 +52,7 @@ pub async fn send(
 }
 
 async fn receive(listener: TcpListener, mut meter: Meter) -> anyhow::Result<Throughput> {
-    let (stream, _) = async_std::net::TcpListener::from(listener).accept().await?;
+    let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
     let mut conn = tcp::wrap(stream, &Config::default());
     while let Some(msg) = conn.recv_message::<Payload>().await? {
         if msg.data.is_empty() {
@@ -93,12 +93,12 @@ async fn pings<T: AsyncRead + AsyncWrite + Unpin>(
     Ok(rounds.samples())
 }
 
-/// Ping-pong over connect's own async-std transport.
+/// Ping-pong over connect's own TCP transport (async-net), run by async-std.
 pub fn ping_pong() -> anyhow::Result<Latency> {
     harness::ping_pong(
         |listener| {
             async_std::task::block_on(async {
-                let (stream, _) = async_std::net::TcpListener::from(listener).accept().await?;
+                let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
                 echo(tcp::wrap(stream, &Config::default())).await
             })
         },

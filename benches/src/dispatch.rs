@@ -33,7 +33,7 @@ pub fn throughput(size: usize, path: Path) -> anyhow::Result<Throughput> {
 }
 
 async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Result<Throughput> {
-    let (stream, _) = async_std::net::TcpListener::from(listener).accept().await?;
+    let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
     let conn = tcp::wrap(stream, &Config::default());
     // Uncontended: only this thread takes it, the same in both paths.
     let meter = Arc::new(Mutex::new(Some(meter)));

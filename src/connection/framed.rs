@@ -366,7 +366,7 @@ impl WriteState {
         if self.closed {
             return Err(Error::Closed);
         }
-        let type_url = self.type_url.get(M::type_url);
+        let type_url = self.type_url.get(crate::codec::type_url::<M>);
         self.codec.encode_message_as(type_url, msg, &mut self.buf)
     }
 

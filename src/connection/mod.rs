@@ -2,6 +2,7 @@
 
 mod frame;
 mod framed;
+mod half;
 mod identity;
 mod names;
 mod reader;
@@ -17,8 +18,6 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
-use futures_util::io::{ReadHalf, WriteHalf};
-use futures_util::AsyncReadExt;
 use prost::{Message, Name};
 use prost_types::Any;
 
@@ -26,6 +25,7 @@ use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::error::{Error, Result};
 
 pub(crate) use frame::Frame;
+pub use half::{ReadHalf, WriteHalf};
 pub use identity::PeerIdentity;
 pub(crate) use reader::unpack;
 pub use reader::ConnectionReader;
@@ -206,7 +206,7 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
     /// A connection over `io` with the given settings and info (transports fill in addresses).
     pub fn with_config(io: T, config: &Config, info: ConnectionInfo) -> Self {
         let info = Arc::new(info);
-        let (read_half, write_half) = io.split();
+        let (read_half, write_half) = half::split(io);
         Self {
             reader: ConnectionReader {
                 io: read_half,

@@ -41,7 +41,7 @@ pub(crate) enum LinkEnd {
 
 pub(crate) fn pack<M: Message + Name>(msg: &M) -> Any {
     Any {
-        type_url: M::type_url(),
+        type_url: crate::codec::type_url::<M>(),
         value: msg.encode_to_vec(),
     }
 }

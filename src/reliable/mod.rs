@@ -82,7 +82,11 @@
 //!     Ok::<(), connect::Error>(())
 //! });
 //!
-//! let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new());
+//! // The driver runs where `spawn` puts it (here: on an async-std task).
+//! let spawn = |task| {
+//!     async_std::task::spawn(task);
+//! };
+//! let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new(), spawn);
 //! let hello = HelloWorld { text: "hi".into(), sequence: 1 };
 //! stream.send_confirmed(connect::prost_types::Any::from_msg(&hello)?).await?;
 //! let echoed = stream.recv().await?;

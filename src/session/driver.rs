@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::connection::{ReadHalf, WriteHalf};
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
-use futures_util::io::{ReadHalf, WriteHalf};
 use futures_util::{FutureExt, StreamExt};
 use prost_types::Any;
 

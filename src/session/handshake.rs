@@ -7,9 +7,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connection::{ReadHalf, WriteHalf};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::future::{select, Either};
-use futures_util::io::{ReadHalf, WriteHalf};
 use prost::{Message, Name};
 use prost_types::Any;
 

@@ -25,8 +25,9 @@
 //! future): it owns the connection, reads and writes frames, answers and sends heartbeats,
 //! notices a silent peer and runs the close handshake, whether or not the application is
 //! currently reading or writing. It resolves to the [`SessionEnd`] once the session is over.
-//! [`transport::tcp::connect_session`](crate::transport::tcp) does connect-handshake-spawn in one
-//! call on async-std; with another runtime, spawn the driver on it.
+//! [`transport::tcp::connect_session`](crate::transport::tcp::connect_session) does
+//! connect-handshake-spawn in one call, handing the driver to the `spawn` function you give it
+//! (see [where background work runs](crate::transport#where-background-work-runs)).
 //!
 //! The [`Session`] (or its [`split`](Session::split) halves [`SessionReader`] and
 //! [`SessionWriter`], usable from different tasks) sends and receives application messages only;
@@ -59,7 +60,11 @@
 //! let config = SessionConfig::new()
 //!     .with_heartbeat(Some(Duration::from_secs(5)))
 //!     .with_credentials(Credentials::plain("alice", "s3cret"));
-//! let mut session = tcp::connect_session(addr, &config).await?;
+//! // The driver runs where `spawn` puts it (here: on an async-std task).
+//! let spawn = |task| {
+//!     async_std::task::spawn(task);
+//! };
+//! let mut session = tcp::connect_session(addr, &config, spawn).await?;
 //! println!("session {} as {:?}", session.info().session_id(), session.info().identity());
 //! session.send_message(&HelloWorld { text: "hi".into(), sequence: 1 }).await?;
 //! let echoed: Option<HelloWorld> = session.recv_message().await?;

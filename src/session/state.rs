@@ -381,7 +381,7 @@ impl SessionState {
 /// Packs a control message into an `Any` with its standard type URL.
 pub(crate) fn pack<M: Message + Name>(msg: &M) -> Any {
     Any {
-        type_url: M::type_url(),
+        type_url: crate::codec::type_url::<M>(),
         value: msg.encode_to_vec(),
     }
 }

@@ -1,7 +1,16 @@
-//! TCP on async-std: [`connect`] a client, [`TcpListener::bind`] a server.
+//! TCP: [`connect`] a client, [`TcpListener::bind`] a server.
+//!
+//! The sockets are [`async-net`](https://docs.rs/async-net)'s, driven by the `async-io` reactor
+//! (its own thread, started on first use). That is the reactor async-std and smol themselves run
+//! on, so connections work unchanged inside async-std and smol programs, and under any other
+//! executor (tokio included): no executor is needed to poll them.
 //!
 //! Every connection has `TCP_NODELAY` set: frames are coalesced by the connection's writer, so
 //! Nagle's algorithm would only add latency.
+//!
+//! The session and reliable-stream helpers ([`connect_session`], [`accept_session`],
+//! [`connect_reliable`]) run a background driver; they take a `spawn` function that hands it to
+//! your executor (see [`Task`]).
 //!
 //! ```no_run
 //! # async_std::task::block_on(async {
@@ -33,32 +42,60 @@ use std::net::{Shutdown, SocketAddr};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use async_std::net::ToSocketAddrs;
+use async_net::AsyncToSocketAddrs as ToSocketAddrs;
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::connection::{Config, Connection, ConnectionInfo};
 use crate::error::Result;
+use crate::transport::{driver_task, Task};
 
 /// A connection over TCP.
 pub type TcpConnection = Connection<TcpStream>;
 
-/// async-std's TCP stream, with one difference: closing it shuts the write side down, so the peer
-/// reads a clean end of stream. (async-std's own `poll_close` only flushes, which would leave
-/// the peer waiting until the socket is dropped.)
+/// A TCP stream ([`async_net::TcpStream`]) whose close flushes, then shuts the write side down
+/// (the peer reads a clean end of stream), and counts an already disconnected socket as closed.
 #[derive(Debug)]
-pub struct TcpStream(async_std::net::TcpStream);
+pub struct TcpStream(async_net::TcpStream);
 
 impl TcpStream {
-    /// The async-std stream underneath.
-    pub fn get_ref(&self) -> &async_std::net::TcpStream {
+    /// The async-net stream underneath.
+    pub fn get_ref(&self) -> &async_net::TcpStream {
         &self.0
     }
 }
 
-impl From<async_std::net::TcpStream> for TcpStream {
-    fn from(stream: async_std::net::TcpStream) -> Self {
+impl From<async_net::TcpStream> for TcpStream {
+    fn from(stream: async_net::TcpStream) -> Self {
         Self(stream)
+    }
+}
+
+/// Registers a connected standard-library stream with the reactor (making it non-blocking).
+impl TryFrom<std::net::TcpStream> for TcpStream {
+    type Error = io::Error;
+
+    fn try_from(stream: std::net::TcpStream) -> io::Result<Self> {
+        Ok(Self(async_net::TcpStream::try_from(stream)?))
+    }
+}
+
+/// Takes over an async-std stream: a second handle on the same socket (as `clone` gives),
+/// registered with the same reactor, so the async-std stream can be dropped or kept.
+///
+/// # Errors
+/// If the socket handle cannot be duplicated (out of file descriptors).
+#[cfg(feature = "async-std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-std")))]
+impl TryFrom<async_std::net::TcpStream> for TcpStream {
+    type Error = io::Error;
+
+    fn try_from(stream: async_std::net::TcpStream) -> io::Result<Self> {
+        #[cfg(unix)]
+        let handle = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned()?;
+        #[cfg(windows)]
+        let handle = std::os::windows::io::AsSocket::as_socket(&stream).try_clone_to_owned()?;
+        Self::try_from(std::net::TcpStream::from(handle))
     }
 }
 
@@ -124,26 +161,34 @@ pub async fn connect(addr: impl ToSocketAddrs) -> Result<TcpConnection> {
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if no address could be connected to.
 pub async fn connect_with(addr: impl ToSocketAddrs, config: &Config) -> Result<TcpConnection> {
-    let stream = async_std::net::TcpStream::connect(addr).await?;
+    let stream = async_net::TcpStream::connect(addr).await?;
     Ok(wrap(stream, config))
 }
 
-/// Wraps an already connected stream, setting `TCP_NODELAY`.
-pub fn wrap(stream: async_std::net::TcpStream, config: &Config) -> TcpConnection {
+/// Wraps an already connected stream (an [`async_net::TcpStream`], smol's, or our
+/// [`TcpStream`]), setting `TCP_NODELAY`.
+pub fn wrap(stream: impl Into<TcpStream>, config: &Config) -> TcpConnection {
+    let stream = stream.into();
+    let info = tcp_info(&stream.0);
+    Connection::with_config(stream, config, info)
+}
+
+/// Sets `TCP_NODELAY` (the connection's writer coalesces frames; Nagle would only add latency)
+/// and reads the addresses.
+pub(crate) fn tcp_info(stream: &async_net::TcpStream) -> ConnectionInfo {
     if let Err(e) = stream.set_nodelay(true) {
         log::debug!("cannot set TCP_NODELAY: {e}");
     }
     // The peer may already be gone; its address is then unknown, which is not an error here.
-    let info = ConnectionInfo::new()
+    ConnectionInfo::new()
         .with_local_addr(stream.local_addr().ok())
-        .with_peer_addr(stream.peer_addr().ok());
-    Connection::with_config(TcpStream(stream), config, info)
+        .with_peer_addr(stream.peer_addr().ok())
 }
 
 /// Accepts TCP connections.
 #[derive(Debug)]
 pub struct TcpListener {
-    inner: async_std::net::TcpListener,
+    inner: async_net::TcpListener,
     config: Config,
 }
 
@@ -154,7 +199,7 @@ impl TcpListener {
     /// [`Error::Io`](crate::Error::Io) if the address cannot be bound.
     pub async fn bind(addr: impl ToSocketAddrs) -> Result<Self> {
         Ok(Self {
-            inner: async_std::net::TcpListener::bind(addr).await?,
+            inner: async_net::TcpListener::bind(addr).await?,
             config: Config::default(),
         })
     }
@@ -199,7 +244,7 @@ impl TcpListener {
 /// Stream of accepted connections, from [`TcpListener::incoming`].
 #[derive(Debug)]
 pub struct Incoming<'a> {
-    inner: async_std::net::Incoming<'a>,
+    inner: async_net::Incoming<'a>,
     config: &'a Config,
 }
 
@@ -216,8 +261,11 @@ impl Stream for Incoming<'_> {
     }
 }
 
-/// Connects to `addr`, opens a session as the connecting side (see [`crate::session`]) and runs
-/// its driver on an async-std task, which logs how the session ended.
+/// Connects to `addr`, opens a session as the connecting side (see [`crate::session`]) and hands
+/// its driver to `spawn`, which runs it until the session ends (see [`Task`]:
+/// `|task| smol::spawn(task).detach()`, `|task| { tokio::spawn(task); }`, ...). To hold the
+/// driver yourself, use [`session::connect`](crate::session::connect) on [`connect`]'s
+/// connection.
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if no address could be connected to, or any error of
@@ -225,16 +273,17 @@ impl Stream for Incoming<'_> {
 pub async fn connect_session(
     addr: impl ToSocketAddrs,
     config: &crate::session::SessionConfig,
+    spawn: impl FnOnce(Task),
 ) -> Result<crate::session::Session> {
     let conn = connect(addr).await?;
     let (session, driver) = crate::session::connect(conn, config).await?;
-    spawn_driver(driver);
+    spawn(driver_task(driver));
     Ok(session)
 }
 
 /// Opens a session on an accepted connection as the accepting side (see [`crate::session`])
-/// and runs its driver on an async-std task. Call it on the connection's own task, so a slow
-/// handshake holds up no other connection.
+/// and hands its driver to `spawn` (as [`connect_session`]). Call it on the connection's own
+/// task, so a slow handshake holds up no other connection.
 ///
 /// # Errors
 /// Any error of [`session::accept`](crate::session::accept): a refusal (already sent to the
@@ -242,31 +291,25 @@ pub async fn connect_session(
 pub async fn accept_session(
     conn: TcpConnection,
     config: &crate::session::SessionConfig,
+    spawn: impl FnOnce(Task),
 ) -> Result<crate::session::Session> {
     let (session, driver) = crate::session::accept(conn, config).await?;
-    spawn_driver(driver);
+    spawn(driver_task(driver));
     Ok(session)
 }
 
-/// Runs a session driver on an async-std task until the session ends. Works for a session over
-/// any transport (TCP, TLS, …).
-pub fn spawn_driver<T>(driver: crate::session::SessionDriver<T>)
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    async_std::task::spawn(driver);
-}
-
-/// Opens a [reliable stream](crate::reliable) to `addr` as the connecting side, with its
-/// driver (which connects, and reconnects after every drop) on an async-std task. Returns at
-/// once: messages wait in the bounded queue until a connection carries them; watch
-/// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops.
+/// Opens a [reliable stream](crate::reliable) to `addr` as the connecting side, and hands its
+/// driver (which connects, and reconnects after every drop) to `spawn` (see [`Task`]). Returns
+/// at once: messages wait in the bounded queue until a connection carries them; watch
+/// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops. To
+/// hold the driver yourself, use [`reliable::client`](crate::reliable::client).
 pub fn connect_reliable(
     addr: std::net::SocketAddr,
     session_config: crate::session::SessionConfig,
     config: crate::reliable::ReliableConfig,
+    spawn: impl FnOnce(Task),
 ) -> crate::reliable::ReliableSession {
     let (session, driver) = crate::reliable::client(move || connect(addr), session_config, config);
-    async_std::task::spawn(driver);
+    spawn(Box::pin(driver));
     session
 }

@@ -81,7 +81,8 @@ async fn well_behaved_client_is_served(addr: SocketAddr) {
         Backoff::new(Duration::from_millis(5), Duration::from_millis(50))
             .with_max_attempts(Some(100)),
     );
-    let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), config);
+    let mut stream =
+        tcp::connect_reliable(addr, SessionConfig::new(), config, crate::support::spawn);
     within(20, "well-behaved client", async {
         for i in 0..10 {
             stream.send_confirmed(hello(i)).await.unwrap();

@@ -143,7 +143,9 @@ async fn await_sessions(sessions: &Sessions, n: usize) {
 /// A well-behaved client: a session, ten echoes in order, a graceful close.
 async fn well_behaved_client(addr: SocketAddr) {
     let config = SessionConfig::new().with_heartbeat(None);
-    let mut session = tcp::connect_session(addr, &config).await.unwrap();
+    let mut session = tcp::connect_session(addr, &config, crate::support::spawn)
+        .await
+        .unwrap();
     for i in 0..10 {
         let msg = HelloWorld {
             text: "fine".into(),

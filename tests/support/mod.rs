@@ -187,3 +187,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// Where the library's background work (session and reliable-stream drivers) runs in the
+/// tests: async-std.
+pub fn spawn(task: connect::transport::Task) {
+    async_std::task::spawn(task);
+}

@@ -1,4 +1,4 @@
-//! SCTP over UDP on async-std: [`connect`] a client, [`SctpListener::bind`] a server. Needs
+//! SCTP over UDP (on the `async-io` reactor): [`connect`] a client, [`SctpListener::bind`] a server. Needs
 //! the `sctp` feature.
 //!
 //! The SCTP is userspace SCTP ([`sctp-proto`](https://docs.rs/sctp-proto), the sans-IO crate
@@ -81,7 +81,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_std::net::ToSocketAddrs;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
@@ -90,6 +89,7 @@ use sctp_proto::{AssociationHandle, TransportConfig};
 use self::driver::{lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI, MAX_MESSAGE};
 use crate::connection::{Config, Connection, ConnectionInfo};
 use crate::error::Result;
+use crate::transport::ToSocketAddrs;
 
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
@@ -268,7 +268,7 @@ pub async fn connect(addr: impl ToSocketAddrs) -> Result<SctpConnection> {
 /// See [`connect`].
 pub async fn connect_with(addr: impl ToSocketAddrs, config: &SctpConfig) -> Result<SctpConnection> {
     let mut last_error = None;
-    for peer in addr.to_socket_addrs().await? {
+    for peer in async_net::resolve(addr).await? {
         match connect_addr(peer, config).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
@@ -290,7 +290,7 @@ async fn connect_addr(peer: SocketAddr, config: &SctpConfig) -> Result<SctpConne
     let config = Arc::new(config.clone());
     let shared = Shared::bind(local, Some(peer), config.clone())?;
     let handle = shared.lock().connect(peer)?;
-    async_std::task::spawn(Driver::new(shared.clone()));
+    run_on_own_thread(Driver::new(shared.clone()))?;
     // From here on, dropping `stream` (a cancelled connect) lets the driver clean up.
     let stream = SctpStream { shared, handle };
     poll_fn(|cx| stream.poll_connected(cx)).await?;
@@ -330,10 +330,10 @@ impl SctpListener {
     pub async fn bind_with(addr: impl ToSocketAddrs, config: SctpConfig) -> Result<Self> {
         let config = Arc::new(config);
         let mut last_error = None;
-        for local in addr.to_socket_addrs().await? {
+        for local in async_net::resolve(addr).await? {
             match Shared::bind(local, None, config.clone()) {
                 Ok(shared) => {
-                    async_std::task::spawn(Driver::new(shared.clone()));
+                    run_on_own_thread(Driver::new(shared.clone()))?;
                     return Ok(Self { shared, config });
                 }
                 Err(e) => last_error = Some(e),
@@ -702,4 +702,13 @@ mod sealed {
     impl Sealed for super::SctpStream {}
     #[cfg(feature = "tls")]
     impl Sealed for crate::transport::tls::TlsStream<super::SctpStream> {}
+}
+
+/// Runs a UDP port's driver on a thread of its own, on the `async-io` reactor, until the port
+/// closes: it needs no executor, so SCTP works the same under any runtime (or none).
+fn run_on_own_thread(driver: Driver) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("connect-sctp".into())
+        .spawn(move || async_io::block_on(driver))
+        .map(drop)
 }

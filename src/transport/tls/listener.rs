@@ -1,4 +1,4 @@
-//! [`TlsListener`]: accepts TCP connections on async-std and runs their TLS handshakes
+//! [`TlsListener`]: accepts TCP connections and runs their TLS handshakes
 //! concurrently, each with a timeout.
 
 use std::fmt;
@@ -10,22 +10,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_std::net::ToSocketAddrs;
 use futures_core::Stream;
 use futures_util::stream::{self, FuturesUnordered};
 use futures_util::StreamExt;
 
-use super::async_std::{tcp_info, TlsConnection};
 use super::config::{TlsServerConfig, DEFAULT_HANDSHAKE_TIMEOUT};
 use super::stream::accept_stream;
+use super::tcp::{with_timeout, TlsConnection};
 use crate::connection::Config;
 use crate::error::{Error, Result, TlsError};
-use crate::transport::tcp::TcpStream;
+use crate::transport::tcp::{tcp_info, TcpStream};
+use crate::transport::ToSocketAddrs;
 
 /// How many handshakes a [`TlsListener`] runs at once unless configured otherwise: 64.
 pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 64;
 
-type Accepts = Pin<Box<dyn Stream<Item = io::Result<async_std::net::TcpStream>> + Send>>;
+type Accepts = Pin<Box<dyn Stream<Item = io::Result<async_net::TcpStream>> + Send>>;
 type Handshake = Pin<Box<dyn Future<Output = Result<TlsConnection>> + Send>>;
 
 /// Accepts TLS connections over TCP.
@@ -60,7 +60,7 @@ impl TlsListener {
     /// # Errors
     /// [`Error::Io`] if the address cannot be bound.
     pub async fn bind(addr: impl ToSocketAddrs, tls: TlsServerConfig) -> Result<Self> {
-        let listener = async_std::net::TcpListener::bind(addr).await?;
+        let listener = async_net::TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let accepts = stream::unfold(Arc::new(listener), |listener| async move {
             let accepted = listener.accept().await.map(|(stream, _)| stream);
@@ -118,7 +118,7 @@ impl TlsListener {
         }
     }
 
-    fn handshake(&self, stream: async_std::net::TcpStream) -> Handshake {
+    fn handshake(&self, stream: async_net::TcpStream) -> Handshake {
         let info = tcp_info(&stream);
         let peer_addr = info.peer_addr();
         let tls = self.tls.clone();
@@ -126,11 +126,7 @@ impl TlsListener {
         let timeout = self.handshake_timeout;
         Box::pin(async move {
             let handshake = accept_stream(TcpStream::from(stream), &tls, &config, info);
-            let result = match async_std::future::timeout(timeout, handshake).await {
-                Ok(result) => result,
-                Err(_) => Err(TlsError::HandshakeTimeout(timeout).into()),
-            };
-            result.map_err(|source| {
+            with_timeout(timeout, handshake).await.map_err(|source| {
                 log::debug!("TLS handshake with {peer_addr:?} failed: {source}");
                 TlsError::Handshake {
                     peer_addr,

@@ -3,8 +3,8 @@
 //! A TLS connection is an ordinary [`Connection`](crate::Connection) over a [`TlsStream`]: the
 //! dispatcher and everything above work unchanged. The handshake functions
 //! [`connect_stream`] and [`accept_stream`] run over any `futures-io` stream on any runtime;
-//! with the `async-std` feature, [`connect`] and [`TlsListener`] do TCP plus TLS, with
-//! handshake timeouts.
+//! with the `tcp` feature, [`connect`] and [`TlsListener`] do TCP plus TLS, with handshake
+//! timeouts.
 //!
 //! * Certificates and keys come from PEM ([`certificates_from_pem_file`], [`Identity`]).
 //! * A client checks the server's certificate against its trusted CAs and the server name it
@@ -54,7 +54,7 @@
 //! ```
 
 mod config;
-#[cfg(feature = "async-std")]
+#[cfg(feature = "tcp")]
 mod listener;
 mod stream;
 
@@ -63,7 +63,8 @@ pub use config::{
     private_key_from_pem_file, Identity, TlsClientConfig, TlsClientConfigBuilder, TlsServerConfig,
     TlsServerConfigBuilder, DEFAULT_HANDSHAKE_TIMEOUT,
 };
-#[cfg(feature = "async-std")]
+#[cfg(feature = "tcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
 pub use listener::{TlsListener, DEFAULT_MAX_PENDING_HANDSHAKES};
 pub use stream::{accept_stream, connect_stream, TlsStream};
 
@@ -73,17 +74,22 @@ pub use rustls;
 /// Re-exported: the certificate and key types (`CertificateDer`, `PrivateKeyDer`).
 pub use rustls_pki_types as pki_types;
 
-#[cfg(feature = "async-std")]
-pub use self::async_std::{connect, connect_with, TlsConnection};
+#[cfg(feature = "tcp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
+pub use self::tcp::{connect, connect_with, TlsConnection};
 
-#[cfg(feature = "async-std")]
-mod async_std {
-    use ::async_std::net::ToSocketAddrs;
+#[cfg(feature = "tcp")]
+mod tcp {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use futures_util::future::{select, Either};
 
     use super::{connect_stream, TlsClientConfig, TlsStream};
-    use crate::connection::{Config, Connection, ConnectionInfo};
+    use crate::connection::{Config, Connection};
     use crate::error::{Result, TlsError};
-    use crate::transport::tcp::TcpStream;
+    use crate::transport::tcp::{tcp_info, TcpStream};
+    use crate::transport::ToSocketAddrs;
 
     /// A TLS connection over TCP.
     pub type TlsConnection = Connection<TlsStream<TcpStream>>;
@@ -114,23 +120,23 @@ mod async_std {
         tls: &TlsClientConfig,
         config: &Config,
     ) -> Result<TlsConnection> {
-        let stream = ::async_std::net::TcpStream::connect(addr).await?;
+        let stream = async_net::TcpStream::connect(addr).await?;
         let info = tcp_info(&stream);
         let timeout = tls.handshake_timeout();
         let handshake = connect_stream(TcpStream::from(stream), server_name, tls, config, info);
-        ::async_std::future::timeout(timeout, handshake)
-            .await
-            .map_err(|_| TlsError::HandshakeTimeout(timeout))?
+        with_timeout(timeout, handshake).await
     }
 
-    /// Sets `TCP_NODELAY` (the connection's writer coalesces frames; Nagle would only add
-    /// latency) and reads the addresses.
-    pub(super) fn tcp_info(stream: &::async_std::net::TcpStream) -> ConnectionInfo {
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("cannot set TCP_NODELAY: {e}");
+    /// `future`'s result, or [`TlsError::HandshakeTimeout`] once `limit` has passed. The timer
+    /// is `futures-timer`'s, which needs no runtime.
+    pub(super) async fn with_timeout<T>(
+        limit: Duration,
+        future: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let future = std::pin::pin!(future);
+        match select(future, futures_timer::Delay::new(limit)).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => Err(TlsError::HandshakeTimeout(limit).into()),
         }
-        ConnectionInfo::new()
-            .with_local_addr(stream.local_addr().ok())
-            .with_peer_addr(stream.peer_addr().ok())
     }
 }

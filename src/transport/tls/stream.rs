@@ -83,8 +83,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
 /// Runs the client side of a TLS handshake over an already connected `stream`, checking that
 /// the server's certificate is valid for `server_name` (a DNS name or an IP address). Works over
-/// any `futures-io` stream and any runtime; [`connect`](super::connect) does it over TCP on
-/// async-std, with a timeout.
+/// any `futures-io` stream and any runtime; with the `tcp` feature,
+/// [`connect`](super::connect) does it over TCP, with a timeout.
 ///
 /// `info` is kept for the connection (transports put the addresses in it); the server's
 /// verified identity is added to it.
