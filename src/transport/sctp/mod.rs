@@ -70,6 +70,8 @@
 //!   without keep-alive does; a [session](crate::session) on top adds heartbeats that notice it.
 
 mod driver;
+#[cfg(test)]
+mod tests;
 
 use std::future::poll_fn;
 use std::io;
@@ -85,7 +87,10 @@ use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 use sctp_proto::{AssociationHandle, TransportConfig};
 
-use self::driver::{lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI, MAX_MESSAGE};
+use self::driver::{
+    crashed_error, driver_gone, lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI,
+    MAX_MESSAGE,
+};
 use crate::connection::{Config, Connection, ConnectionInfo};
 use crate::error::Result;
 
@@ -120,7 +125,13 @@ pub struct SctpConfig {
     handshake_timeout: Duration,
     linger: Duration,
     backlog: usize,
+    max_half_open_per_source: usize,
+    half_open_timeout: Option<Duration>,
 }
+
+/// Timer settings above this are lowered to it: far beyond any useful value, and small enough
+/// that `sctp-proto`'s doubling of the retransmission timeout cannot overflow.
+const MAX_RTO: Duration = Duration::from_secs(3600);
 
 impl Default for SctpConfig {
     fn default() -> Self {
@@ -137,6 +148,8 @@ impl Default for SctpConfig {
             handshake_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(5),
             backlog: 128,
+            max_half_open_per_source: 8,
+            half_open_timeout: None,
         }
     }
 }
@@ -160,11 +173,11 @@ impl SctpConfig {
     }
 
     /// Retransmission timeout: initial value, lower and upper bound (default 200 ms, 20 ms,
-    /// 1 s: a LAN. SCTP's internet defaults are 3 s, 1 s, 60 s).
+    /// 1 s: a LAN. SCTP's internet defaults are 3 s, 1 s, 60 s). Each is capped at one hour.
     pub fn with_rto(mut self, initial: Duration, min: Duration, max: Duration) -> Self {
-        self.rto_initial = initial;
-        self.rto_min = min;
-        self.rto_max = max.max(min);
+        self.rto_initial = initial.min(MAX_RTO);
+        self.rto_min = min.min(MAX_RTO);
+        self.rto_max = max.max(min).min(MAX_RTO);
         self
     }
 
@@ -195,7 +208,8 @@ impl SctpConfig {
         self
     }
 
-    /// How long an association may take to be established (default 10 s).
+    /// How long an association may take to be established (default 10 s; `Duration::MAX`:
+    /// no limit of its own, the INIT retransmissions still give up).
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -208,11 +222,39 @@ impl SctpConfig {
         self
     }
 
-    /// Associations a listener holds at most that are being set up or not yet accepted
-    /// (default 128). More are refused.
+    /// Associations a listener holds at most that are being set up, and at most that are set
+    /// up but not yet accepted (default 128 each). A new handshake beyond the first bound
+    /// replaces the oldest one still pending; an association set up beyond the second is ended
+    /// at once.
     pub fn with_backlog(mut self, backlog: usize) -> Self {
         self.backlog = backlog.max(1);
         self
+    }
+
+    /// Handshakes from one IP address a listener holds at most (default 8, at least 1). A new
+    /// INIT beyond this replaces that address's oldest pending handshake, so a flood of INITs
+    /// from one address only competes with itself. `sctp-proto` keeps state from the first
+    /// INIT on (it has no stateless cookie, unlike kernel SCTP), which is what this bounds.
+    pub fn with_max_half_open_per_source(mut self, count: usize) -> Self {
+        self.max_half_open_per_source = count.max(1);
+        self
+    }
+
+    /// How long a listener keeps a handshake that has answered INIT with INIT ACK and waits
+    /// for the COOKIE ECHO (default: 2 s or four initial retransmission timeouts, whichever
+    /// is longer, and never more than the [handshake timeout](Self::with_handshake_timeout)).
+    /// A real client answers within a round trip, so a short time ages a flood of spoofed
+    /// INITs out quickly; a client whose COOKIE ECHO is lost retransmits it within this.
+    pub fn with_half_open_timeout(mut self, timeout: Duration) -> Self {
+        self.half_open_timeout = Some(timeout);
+        self
+    }
+
+    /// See [`with_half_open_timeout`](Self::with_half_open_timeout).
+    pub fn half_open_timeout(&self) -> Duration {
+        self.half_open_timeout
+            .unwrap_or_else(|| Duration::from_secs(2).max(self.rto_initial.saturating_mul(4)))
+            .min(self.handshake_timeout)
     }
 
     /// See [`with_connection_config`](Self::with_connection_config).
@@ -341,6 +383,13 @@ impl SctpListener {
         self.shared.local_addr
     }
 
+    /// Handshakes in progress: INITs answered whose COOKIE ECHO has not arrived yet. Bounded
+    /// by [`SctpConfig::with_backlog`] in total and by
+    /// [`SctpConfig::with_max_half_open_per_source`] per IP address.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.shared.lock().half_open()
+    }
+
     /// Waits for the next established association.
     ///
     /// # Errors
@@ -358,6 +407,9 @@ impl SctpListener {
         let mut state = self.shared.lock();
         if let Some(kind) = state.failed {
             return Poll::Ready(Err(io::Error::new(kind, "the UDP socket failed").into()));
+        }
+        if state.driver_gone {
+            return Poll::Ready(Err(driver_gone().into()));
         }
         while let Some(handle) = state.accept_queue.pop_front() {
             let Some(assoc) = state.assocs.get_mut(&handle) else {
@@ -448,6 +500,9 @@ impl SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         if assoc.connected {
             return Poll::Ready(Ok(()));
         }
@@ -491,6 +546,9 @@ impl AsyncRead for SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         let mut read_any = false;
         let result = loop {
             if let Some(chunks) = &mut assoc.pending {
@@ -569,6 +627,9 @@ impl AsyncWrite for SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         if let Some(reason) = &assoc.lost {
             return Poll::Ready(Err(lost_error(reason)));
         }
@@ -604,6 +665,9 @@ impl AsyncWrite for SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         if assoc.fin_acked {
             return Poll::Ready(Ok(()));
         }
