@@ -345,6 +345,46 @@ mod sctp {
         bounded("shutdown", sctp::shutdown(client)).await.unwrap();
     }
 
+    /// `Duration::MAX` for every SCTP timer setting: no overflow, associations work.
+    #[async_std::test]
+    async fn duration_max_sctp_timers_mean_never() {
+        let config = SctpConfig::default()
+            .with_handshake_timeout(Duration::MAX)
+            .with_half_open_timeout(Duration::MAX)
+            .with_linger(Duration::MAX)
+            .with_rto(
+                Duration::from_millis(200),
+                Duration::from_millis(20),
+                Duration::MAX,
+            );
+        let listener = SctpListener::bind_with("127.0.0.1:0", config.clone())
+            .await
+            .unwrap();
+        let addr = listener.local_addr();
+        let connecting =
+            async_std::task::spawn(async move { sctp::connect_with(addr, &config).await });
+        let mut server = bounded("accept", listener.accept()).await.unwrap();
+        let mut client = bounded("connect", connecting).await.unwrap();
+        client.send_message(&hello(1)).await.unwrap();
+        let got: HelloWorld = bounded("recv", server.recv_message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, hello(1));
+        drop(server);
+        bounded("shutdown", sctp::shutdown(client)).await.unwrap();
+        // And as initial RTO too (capped, so sctp-proto's doubling cannot overflow).
+        let capped = SctpConfig::default().with_rto(Duration::MAX, Duration::MAX, Duration::MAX);
+        let listener = SctpListener::bind_with("127.0.0.1:0", capped.clone())
+            .await
+            .unwrap();
+        let addr = listener.local_addr();
+        let connecting =
+            async_std::task::spawn(async move { sctp::connect_with(addr, &capped).await });
+        let _server = bounded("accept", listener.accept()).await.unwrap();
+        bounded("connect", connecting).await.unwrap();
+    }
+
     /// INITs from one address: that address gets a handful of half-open associations, the
     /// rest of the backlog stays free, and a real client connects during the flood.
     #[async_std::test]

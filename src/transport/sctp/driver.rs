@@ -6,9 +6,10 @@
 //! behind one mutex: a stream reads from and writes into its association directly, then wakes
 //! the driver to put the resulting packets on the wire.
 //!
-//! Every call into `sctp-proto` with bytes from the network runs under `catch_unwind`: a packet
-//! that trips a bug in the protocol crate ends that association only, never the driver (which
-//! serves every other association on the port).
+//! Every call into `sctp-proto` with bytes from the network, and each association's share of
+//! a round, runs under `catch_unwind`: a packet that trips a bug (in the protocol crate or
+//! here) ends that association only, never the driver, which serves every other association
+//! on the port. If the driver itself dies anyway, it fails every association on its way out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;

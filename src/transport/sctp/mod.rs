@@ -59,10 +59,22 @@
 //! * **Timers** are tuned for a LAN by default (RTO 200 ms initially, 20 ms minimum, 1 s
 //!   maximum); use [`SctpConfig::with_rto`] across a WAN.
 //! * **Bad input**: datagrams that are not SCTP, carry a wrong checksum or an unknown
-//!   verification tag are dropped without touching any association. Handshakes that are never
-//!   completed expire after [`SctpConfig::with_handshake_timeout`] and are bounded by
-//!   [`SctpConfig::with_backlog`]. Whatever a peer sends inside its own association affects that
-//!   association only (a packet that made `sctp-proto` panic would end just that association).
+//!   verification tag are dropped without touching any association. Whatever a peer sends
+//!   inside its own association affects that association only.
+//! * **INIT floods**: `sctp-proto` keeps state from the first INIT on (it has no stateless
+//!   cookie, unlike kernel SCTP), so a listener bounds those half-open associations: at most
+//!   [`SctpConfig::with_max_half_open_per_source`] per IP address and
+//!   [`SctpConfig::with_backlog`] in total, each dropped after
+//!   [`SctpConfig::with_half_open_timeout`] (2 s by default). A new INIT beyond a bound
+//!   replaces the oldest half-open association of its own address, or of the address holding
+//!   the most, so a flood from a few addresses competes only with itself. What remains: a
+//!   flood from many (spoofed) addresses that sends more than the backlog's worth of INITs
+//!   within a real client's round trip can still crowd that client out, and each INIT costs
+//!   an INIT ACK sent to its (possibly spoofed) source, no larger than the INIT.
+//! * **Panics**: each association's processing runs under `catch_unwind`; a panic (a bug in
+//!   `sctp-proto` or here) ends that association with an error and the others go on. Should
+//!   the endpoint's driver itself end early (a panic outside any association, or its runtime
+//!   dropping it), every association and the listener fail with an error instead of waiting.
 //! * **A vanished peer** is noticed when it stops acknowledging data (after
 //!   [`SctpConfig::with_max_retransmits`]) or, for a client, at once when its server's port is
 //!   closed (ICMP port unreachable, like a TCP reset). `sctp-proto` sends no heartbeats, so an
