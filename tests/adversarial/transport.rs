@@ -111,6 +111,8 @@ async fn duration_max_session_timeouts_mean_never() {
     use connect::session::SessionConfig;
     bounded("test", async {
         let config = SessionConfig::default()
+            .with_heartbeat(Some(Duration::MAX))
+            .with_missed_heartbeats(u32::MAX)
             .with_handshake_timeout(Duration::MAX)
             .with_close_timeout(Duration::MAX);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
