@@ -8,17 +8,23 @@
 //! cargo run --example tcp-echo-server [ADDR]                 # bare frames (the default)
 //! cargo run --example tcp-echo-server -- --session [ADDR]    # sessions, anonymous clients
 //! cargo run --example tcp-echo-server -- --user NAME --password PW [--heartbeat-ms MS] [ADDR]
+//! cargo run --example tcp-echo-server -- --session --no-heartbeats --handshake-timeout-ms MS
 //! cargo run --example tcp-echo-server -- --reliable [--ack-every N] [ADDR]
 //! ```
 //!
 //! `--reliable` (implies `--session`) serves reliable streams (`connect::reliable`): clients
 //! that lose their connection resume where they were. Session clients that do not ask for
 //! reliable delivery are still served as plain sessions. `--ack-every N` confirms received
-//! messages only every N messages (and otherwise never): for tests that kill the server before
-//! it confirms anything.
+//! messages only every N messages, or when half the receive window (512 of 1024 messages) is
+//! taken and not confirmed, and otherwise never: for tests that kill the server before it
+//! confirms anything.
 //!
 //! ADDR defaults to 127.0.0.1:7878. `--user`/`--password` set the one account the server
-//! accepts (PLAIN) and imply `--session`. Once bound it prints `listening on <ip:port>` (the
+//! accepts (PLAIN) and imply `--session`. `--heartbeat-ms MS` is the heartbeat interval the
+//! server wishes for (default 10000); `--heartbeat-ms 0` or `--no-heartbeats` expresses no
+//! preference, so a client without one either gets a session without heartbeats (PROTOCOL.md,
+//! section 3). `--handshake-timeout-ms MS` (default 10000) bounds how long a client may take to
+//! send its `Hello`. Once bound it prints `listening on <ip:port>` (the
 //! real port when ADDR has port 0).
 
 use std::sync::Arc;
@@ -40,11 +46,20 @@ struct Args {
     user: Option<String>,
     password: Option<String>,
     heartbeat_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
     reliable: bool,
     ack_every: Option<u64>,
 }
 
-const USAGE: &str = "usage: tcp-echo-server [ADDR] [--session] [--user NAME --password PW] [--heartbeat-ms MS]\n                       [--reliable [--ack-every N]]\n  ADDR defaults to 127.0.0.1:7878; without options it serves bare frames";
+const USAGE: &str = "\
+usage: tcp-echo-server [ADDR] [--session] [--user NAME --password PW]
+                       [--heartbeat-ms MS | --no-heartbeats] [--handshake-timeout-ms MS]
+                       [--reliable [--ack-every N]]
+  ADDR defaults to 127.0.0.1:7878; without options it serves bare frames
+  --heartbeat-ms MS          heartbeat interval the server wishes for (default 10000);
+                             0 = no preference: no heartbeats unless the client asks for them
+  --no-heartbeats            same as --heartbeat-ms 0
+  --handshake-timeout-ms MS  time a client has to send its Hello (default 10000, at least 1)";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args::default();
@@ -58,6 +73,12 @@ fn parse_args() -> anyhow::Result<Args> {
             "--user" => args.user = Some(value()?),
             "--password" => args.password = Some(value()?),
             "--heartbeat-ms" => args.heartbeat_ms = Some(value()?.parse()?),
+            "--no-heartbeats" => args.heartbeat_ms = Some(0),
+            "--handshake-timeout-ms" => {
+                let ms: u64 = value()?.parse()?;
+                anyhow::ensure!(ms > 0, "--handshake-timeout-ms must be at least 1");
+                args.handshake_timeout_ms = Some(ms);
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -85,11 +106,17 @@ async fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("--user and --password go together"),
     };
     let session_config = session_config.map(|config| {
-        let config = config.with_property("name", "tcp-echo-server");
-        Arc::new(match args.heartbeat_ms {
+        let mut config = config.with_property("name", "tcp-echo-server");
+        config = match args.heartbeat_ms {
+            // 0 is "no preference", as in the Hello: not a 0 ms (raised to 10 ms) wish.
+            Some(0) => config.with_heartbeat(None),
             Some(ms) => config.with_heartbeat(Some(Duration::from_millis(ms))),
             None => config,
-        })
+        };
+        if let Some(ms) = args.handshake_timeout_ms {
+            config = config.with_handshake_timeout(Duration::from_millis(ms));
+        }
+        Arc::new(config)
     });
 
     let listener = TcpListener::bind(&addr).await?;

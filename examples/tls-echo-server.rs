@@ -1,59 +1,74 @@
-//! TLS echo server: sends every message back to its sender, unchanged and in order, like
-//! `tcp-echo-server` but over TLS, optionally requiring client certificates (mutual TLS).
+//! TLS echo server: sends every message back to its sender, unchanged (byte for byte) and in
+//! order, like `tcp-echo-server` but over TLS, optionally requiring client certificates (mutual
+//! TLS), and with the same session and reliable-stream modes.
 //!
 //! ```text
 //! cargo run --example make-certs target/certs       # a local CA, server and client certificates
 //! cargo run --example tls-echo-server 127.0.0.1:7879 --cert target/certs/server.pem --key target/certs/server.key \
-//!     [--client-ca target/certs/ca.pem]
+//!     [--client-ca target/certs/ca.pem] [--session | --user NAME --password PW] [--reliable]
 //! ```
 //!
 //! Once bound it prints `listening on <ip:port>` (the real port when ADDR has port 0). With
 //! `--client-ca`, only clients with a certificate signed by that CA get in; the server logs who
 //! they are. A client whose handshake fails (no TLS, wrong certificate, stalls) loses only its
-//! own connection.
+//! own connection. `--session`, `--user`/`--password`, `--heartbeat-ms`, `--reliable` and
+//! `--ack-every` work as for `tcp-echo-server`: sessions (PLAIN credentials, heartbeats) and
+//! reliable streams that clients resume over a new TLS connection after a drop.
 
-use std::sync::Arc;
+#[path = "common/echo.rs"]
+mod echo;
 
 use anyhow::{bail, Context as _};
-use connect::dispatch::{Context, Dispatcher, Reply};
-use connect::proto::example::HelloWorld;
 use connect::transport::tls::{self, Identity, TlsListener, TlsServerConfig};
 use connect::{Error, TlsError};
 use futures::StreamExt;
-use prost_types::Any;
 
-const USAGE: &str =
-    "usage: tls-echo-server ADDR --cert CERT.pem --key KEY.pem [--client-ca CA.pem]";
+fn usage() -> String {
+    format!(
+        "usage: tls-echo-server ADDR --cert CERT.pem --key KEY.pem [--client-ca CA.pem]\n                  {}",
+        echo::OPTIONS_USAGE
+    )
+}
 
 struct Args {
     addr: String,
     cert: String,
     key: String,
     client_ca: Option<String>,
+    options: echo::Options,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let (mut addr, mut cert, mut key, mut client_ca) = (None, None, None, None);
+    let mut options = echo::Options::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if options.parse(&arg, &mut args)? {
+            continue;
+        }
         let mut value = || {
             args.next()
-                .with_context(|| format!("{arg} needs a value\n{USAGE}"))
+                .with_context(|| format!("{arg} needs a value\n{}", usage()))
         };
         match arg.as_str() {
             "--cert" => cert = Some(value()?),
             "--key" => key = Some(value()?),
             "--client-ca" => client_ca = Some(value()?),
-            _ if arg.starts_with("--") => bail!("unknown option {arg}\n{USAGE}"),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            _ if arg.starts_with("--") => bail!("unknown option {arg}\n{}", usage()),
             _ if addr.is_none() => addr = Some(arg),
-            _ => bail!("unexpected argument {arg}\n{USAGE}"),
+            _ => bail!("unexpected argument {arg}\n{}", usage()),
         }
     }
     Ok(Args {
-        addr: addr.context(USAGE)?,
-        cert: cert.context(USAGE)?,
-        key: key.context(USAGE)?,
+        addr: addr.with_context(usage)?,
+        cert: cert.with_context(usage)?,
+        key: key.with_context(usage)?,
         client_ca,
+        options,
     })
 }
 
@@ -69,15 +84,8 @@ async fn main() -> anyhow::Result<()> {
     let mut listener = TlsListener::bind(&args.addr, tls.build()?).await?;
     println!("listening on {}", listener.local_addr());
 
-    let dispatcher = Arc::new(
-        Dispatcher::new()
-            .on(|hello: HelloWorld, _: Context| async move {
-                Ok::<_, connect::Error>(Reply::message(&hello))
-            })
-            .fallback(
-                |any: Any, _: Context| async move { Ok::<_, connect::Error>(Reply::any(any)) },
-            ),
-    );
+    let mode = args.options.mode("tls-echo-server")?;
+    let dispatcher = echo::dispatcher();
 
     while let Some(conn) = listener.next().await {
         let conn = match conn {
@@ -104,9 +112,10 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default();
         log::info!("{}{who} connected", conn.info());
         let dispatcher = dispatcher.clone();
+        let mode = mode.clone();
         async_std::task::spawn(async move {
             let info = conn.info().clone();
-            match dispatcher.serve(conn).await {
+            match echo::serve(conn, mode, &dispatcher).await {
                 Ok(()) => log::info!("{info} closed"),
                 Err(e) => log::warn!("{info} ended: {e}"),
             }

@@ -59,13 +59,13 @@ pub enum Error {
 
     /// A message arrived whose type has no handler and no fallback is set. The message is
     /// handed back whole so nothing is lost silently.
-    #[error("no handler for message type {:?}", .0.type_url)]
+    #[error("no handler for message type {}", quoted(&.0.type_url))]
     UnknownType(Box<Any>),
 
     /// A message of another type than the one asked for arrived (see
     /// [`ConnectionReader::recv_message`](crate::ConnectionReader::recv_message)). The message is
     /// handed back whole.
-    #[error("expected a {expected} message, got type {:?}", .any.type_url)]
+    #[error("expected a {expected} message, got type {}", quoted(&.any.type_url))]
     UnexpectedType {
         /// Full protobuf name of the type that was expected.
         expected: String,
@@ -215,5 +215,61 @@ impl Error {
                 | Error::Truncated { .. }
                 | Error::Tls(TlsError::Protocol(_))
         )
+    }
+}
+
+/// Longest peer-supplied text, in characters, that goes into a log line, an error message or a
+/// `Refuse`/`Close` reason.
+pub(crate) const MAX_QUOTED_CHARS: usize = 128;
+
+/// Peer-supplied text as it may be shown: quoted and escaped like `{:?}` (no control characters
+/// or line breaks reach a log), and cut after [`MAX_QUOTED_CHARS`] characters with `…`.
+pub(crate) fn quoted(text: &str) -> Quoted<'_> {
+    Quoted(text)
+}
+
+/// See [`quoted`].
+pub(crate) struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(MAX_QUOTED_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}…", &self.0[..cut]),
+        }
+    }
+}
+
+/// A peer-supplied list as it may be shown: its first eight items, then how many there are.
+pub(crate) fn quoted_list<T: std::fmt::Debug>(items: &[T]) -> String {
+    const SHOWN: usize = 8;
+    if items.len() <= SHOWN {
+        format!("{items:?}")
+    } else {
+        let head = format!("{:?}", &items[..SHOWN]);
+        format!(
+            "{}, … ({} in all)]",
+            head.trim_end_matches(']'),
+            items.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod quoted_tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_escaped_and_capped() {
+        assert_eq!(quoted("a\nb").to_string(), "\"a\\nb\"");
+        let long = "é".repeat(1000);
+        let shown = quoted(&long).to_string();
+        assert_eq!(shown.chars().count(), MAX_QUOTED_CHARS + 3); // two quotes and "…"
+        assert!(shown.ends_with('…'));
+        assert_eq!(quoted_list(&[1, 2]), "[1, 2]");
+        assert_eq!(
+            quoted_list(&(0..1000).collect::<Vec<_>>()),
+            "[0, 1, 2, 3, 4, 5, 6, 7, … (1000 in all)]"
+        );
     }
 }

@@ -84,6 +84,13 @@ pub mod reliable;
 pub mod session;
 pub mod transport;
 
+/// Internals the fuzz targets in `fuzz/` drive directly; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::session::fuzz::SessionState;
+}
+
 pub use connection::{
     Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
     ReuniteError, DEFAULT_WRITE_HIGH_WATER,

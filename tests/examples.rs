@@ -47,3 +47,40 @@ fn tcp_client_gets_typed_replies_from_tcp_echo_server() {
     }
     assert!(server.is_running());
 }
+
+#[test]
+fn tcp_echo_server_heartbeat_and_handshake_flags() {
+    use connect::proto::v1::{ReasonCode, Refuse};
+    use connect::session::SessionConfig;
+    use connect::transport::tcp;
+    use std::time::Duration;
+
+    for no_preference in [&["--heartbeat-ms", "0"][..], &["--no-heartbeats"][..]] {
+        let mut args = vec!["--session", "--handshake-timeout-ms", "300"];
+        args.extend_from_slice(no_preference);
+        args.push("127.0.0.1:0");
+        let server = Server::start("tcp-echo-server", &args);
+        async_std::task::block_on(async {
+            // Neither side wishes for heartbeats: the session has none (it had 10 ms ones when
+            // 0 was taken as a wish).
+            let config = SessionConfig::new().with_heartbeat(None);
+            let mut session = tcp::connect_session(server.addr, &config).await.unwrap();
+            assert_eq!(session.info().heartbeat(), None, "{args:?}");
+            // A client that wishes for them still gets them.
+            let config = SessionConfig::new().with_heartbeat(Some(Duration::from_secs(2)));
+            let other = tcp::connect_session(server.addr, &config).await.unwrap();
+            assert_eq!(other.info().heartbeat(), Some(Duration::from_secs(2)));
+            // A client that says nothing is refused after the handshake timeout (the hang
+            // guard is far above the 300 ms asked for).
+            let mut silent = tcp::connect(server.addr).await.unwrap();
+            let refuse =
+                async_std::future::timeout(Duration::from_secs(8), silent.recv_message::<Refuse>())
+                    .await
+                    .expect("refused well before the default 10 s")
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(refuse.code(), ReasonCode::HandshakeTimeout);
+            session.close(ReasonCode::Normal, "").await.unwrap();
+        });
+    }
+}

@@ -481,7 +481,7 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
 #[test]
 fn protocol_examples_match_the_encoder() {
     use connect::codec::Codec;
-    use connect::proto::reliable::{Ack, Nack, Resume};
+    use connect::proto::reliable::{Ack, Nack, Resume, ResumeStatus};
     use prost::Message;
     fn frame<M: prost::Name + Message>(msg: &M) -> String {
         let any = Any::from_msg(msg).unwrap();
@@ -502,6 +502,8 @@ fn protocol_examples_match_the_encoder() {
         acknowledged: 3,
         window_messages: 1024,
         window_bytes: 4 << 20,
+        incarnation: 0x0807_0605_0403_0201,
+        ..Resume::default()
     };
     let answer = Resume {
         stream_id: (0u8..16).collect(),
@@ -510,6 +512,15 @@ fn protocol_examples_match_the_encoder() {
         acknowledged: 2,
         window_messages: 1024,
         window_bytes: 4 << 20,
+        status: ResumeStatus::Resumed as i32,
+        incarnation: 0x0807_0605_0403_0201,
+        ..Resume::default()
+    };
+    let closed = Resume {
+        stream_id: (0u8..16).collect(),
+        status: ResumeStatus::Closed as i32,
+        reason: "stream closed".into(),
+        ..Resume::default()
     };
     let ack = Ack { delivered: 300 };
     let nack = Nack {
@@ -517,8 +528,17 @@ fn protocol_examples_match_the_encoder() {
         reason: NackReason::UnknownType as i32,
         text: "no handler".into(),
     };
-    for hex in [frame(&resume), frame(&answer), frame(&ack), frame(&nack)] {
+    let frames = [
+        frame(&resume),
+        frame(&answer),
+        frame(&closed),
+        frame(&ack),
+        frame(&nack),
+    ];
+    for hex in &frames {
         println!("{hex}");
+    }
+    for hex in frames {
         assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
     }
 }
@@ -596,4 +616,93 @@ async fn dropping_the_stream_delivers_what_was_queued_then_closes() {
     drop(stream);
     let end = within(30, "peer sees the end", done_rx).await.unwrap();
     assert_eq!(end, Ok(500));
+}
+
+/// An empty type URL is a message like any other: delivered, not taken for a refusal.
+#[async_std::test]
+async fn a_message_with_an_empty_type_url_is_delivered() {
+    let (addr, _server) = server(ReliableConfig::new(), echo).await;
+    let mut stream = client(addr, client_config());
+    let empty = Any {
+        type_url: String::new(),
+        value: b"payload".to_vec(),
+    };
+    within(20, "confirmed", stream.send_confirmed(empty.clone()))
+        .await
+        .unwrap();
+    within(20, "echo", stream.send(hello(1))).await.unwrap();
+    assert_eq!(
+        within(20, "echo", stream.recv()).await.unwrap(),
+        Some(empty)
+    );
+    assert_eq!(
+        sequence(&within(20, "echo", stream.recv()).await.unwrap().unwrap()),
+        1
+    );
+    within(20, "close", stream.close()).await.unwrap();
+}
+
+/// Two `Events` readers both see every event (no stealing from each other).
+#[async_std::test]
+async fn every_events_reader_gets_every_event() {
+    let (addr, _server) = server(ReliableConfig::new(), echo).await;
+    let stream = client(addr, client_config());
+    let first = stream.events();
+    let second = stream.events();
+    within(20, "confirmed", stream.send_confirmed(hello(0)))
+        .await
+        .unwrap();
+    within(20, "close", stream.close()).await.unwrap();
+    let (a, b): (Vec<Event>, Vec<Event>) = within(
+        20,
+        "events",
+        futures::future::join(
+            futures::StreamExt::collect(first),
+            futures::StreamExt::collect(second),
+        ),
+    )
+    .await;
+    assert_eq!(a, b);
+    assert!(matches!(a.first(), Some(Event::Connected { .. })), "{a:?}");
+    assert_eq!(a.last(), Some(&Event::Closed { reason: None }));
+    // `next_event` reads its own queue.
+    assert!(matches!(
+        stream.next_event().await,
+        Some(Event::Connected { .. })
+    ));
+}
+
+/// `ack_every` above what the receive window lets through: the receiver acknowledges at half
+/// its window anyway, so the sender never stalls (it stopped after 1024 messages with
+/// `ack_every(2000)` and the default window). The acknowledgement delay is set far away so
+/// that only the window can trigger the acknowledgements.
+#[async_std::test]
+async fn ack_every_above_the_window_does_not_stall_the_sender() {
+    let config = ReliableConfig::new()
+        .with_ack_every(2000)
+        .with_ack_delay(Duration::from_secs(3600));
+    let received = Arc::new(AtomicU64::new(0));
+    let count = received.clone();
+    let (addr, _server) = server(config, move |mut stream: ReliableSession| {
+        let count = count.clone();
+        async move {
+            while let Ok(Some(_)) = stream.recv().await {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let stream = client(addr, client_config());
+    within(60, "5000 messages through a 1024-message window", async {
+        for i in 0..5000 {
+            stream.send(hello(i)).await.unwrap();
+        }
+        // Without acknowledgements (ack_every and ack_delay both far) the sender would stop
+        // at the window, 1024.
+        while received.load(Ordering::SeqCst) < 5000 {
+            task::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(stream.stats().sent, 5000);
 }

@@ -99,8 +99,10 @@ async fn handshake_negotiates_and_both_sides_agree() {
         client.send_message(&hello("ping", 1)).await.unwrap();
         let got: HelloWorld = server.recv_message().await.unwrap().unwrap();
         assert_eq!(got.text, "ping");
-        client.close(ReasonCode::Normal, "bye").await.unwrap();
-        assert!(server.recv().await.unwrap().is_none());
+        // The close completes once the server's application has seen the end of its reader.
+        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, "bye"), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
         assert!(matches!(
             server.end(),
             Some(SessionEnd::ClosedByPeer { code: ReasonCode::Normal, reason }) if reason == "bye"
@@ -216,11 +218,12 @@ async fn client_gives_up_on_a_server_that_never_answers() {
 #[async_std::test]
 async fn idle_sessions_stay_up_for_many_heartbeat_intervals() {
     bounded("test", async {
-        // Generous tolerance: the machine is shared and tests run in parallel.
+        // Generous tolerance: the machine is shared and tests run in parallel, so a stall of
+        // the whole process must not look like a dead peer (25 intervals = 1 s of silence).
         let heartbeat = Duration::from_millis(40);
         let config = SessionConfig::new()
             .with_heartbeat(Some(heartbeat))
-            .with_missed_heartbeats(6);
+            .with_missed_heartbeats(25);
         let (addr, accepted) = server(config.clone()).await;
         let mut client = tcp::connect_session(addr, &config).await.unwrap();
         let mut server = accepted.await.unwrap();
@@ -232,8 +235,10 @@ async fn idle_sessions_stay_up_for_many_heartbeat_intervals() {
         client.send_message(&hello("still here", 1)).await.unwrap();
         let got: HelloWorld = server.recv_message().await.unwrap().unwrap();
         assert_eq!(got.text, "still here");
-        server.close(ReasonCode::GoingAway, "done").await.unwrap();
-        assert!(client.recv().await.unwrap().is_none());
+        let (closed, end) =
+            futures::join!(server.close(ReasonCode::GoingAway, "done"), client.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
     })
     .await;
 }
@@ -517,7 +522,7 @@ fn sessions_run_on_tokio_too() {
         let addr = listener.local_addr().unwrap();
         let config = SessionConfig::new()
             .with_heartbeat(Some(Duration::from_millis(20)))
-            .with_missed_heartbeats(10);
+            .with_missed_heartbeats(100);
         let server_config = config.clone();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
@@ -533,7 +538,13 @@ fn sessions_run_on_tokio_too() {
         let conn = connect::Connection::new(stream.compat());
         let (mut session, driver) = session::connect(conn, &config).await.unwrap();
         let driver = tokio::spawn(driver);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Heartbeats run on tokio's thread: wait for the first round trip (bounded).
+        for _ in 0..1000 {
+            if session.rtt().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         session.send_message(&hello("tokio", 7)).await.unwrap();
         let back: HelloWorld = session.recv_message().await.unwrap().unwrap();
         assert_eq!(back.sequence, 7);
@@ -672,7 +683,7 @@ fn sessions_run_on_smol_too() {
         let addr = listener.local_addr().unwrap();
         let config = SessionConfig::new()
             .with_heartbeat(Some(Duration::from_millis(20)))
-            .with_missed_heartbeats(10)
+            .with_missed_heartbeats(100)
             .with_credentials(Credentials::bearer("t"))
             .with_authenticator(BearerAuthenticator::new().with_token("t", "smol-client"));
         let server_config = config.clone();
@@ -691,7 +702,13 @@ fn sessions_run_on_smol_too() {
         let (mut session, driver) = session::connect(conn, &config).await.unwrap();
         let driver = smol::spawn(driver);
         assert_eq!(session.info().identity(), Some("smol-client"));
-        smol::Timer::after(Duration::from_millis(100)).await;
+        // Heartbeats run on smol: wait for the first round trip (bounded).
+        for _ in 0..1000 {
+            if session.rtt().is_some() {
+                break;
+            }
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
         session.send_message(&hello("smol", 3)).await.unwrap();
         let back: HelloWorld = session.recv_message().await.unwrap().unwrap();
         assert_eq!(back.sequence, 3);
@@ -761,9 +778,12 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
     bounded("test", async {
         // One message at a time waits for the application: the driver must be woken each
         // time the application takes one.
+        // Heartbeats flow while the application sleeps; 20 missed (1 s) before a peer counts
+        // as dead, so a busy machine does not end the session.
         let config = SessionConfig::new()
             .with_receive_buffer_len(1)
-            .with_heartbeat(Some(Duration::from_millis(50)));
+            .with_heartbeat(Some(Duration::from_millis(50)))
+            .with_missed_heartbeats(20);
         let (addr, accepted) = server(config.clone()).await;
         let mut client = tcp::connect_session(addr, &config).await.unwrap();
         let mut server = accepted.await.unwrap();
@@ -786,8 +806,10 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
                 async_std::task::sleep(Duration::from_millis(200)).await;
             }
         }
-        let _server = sender.await;
-        client.close(ReasonCode::Normal, "").await.unwrap();
+        let mut server = sender.await;
+        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, ""), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
     })
     .await;
 }
@@ -805,16 +827,190 @@ async fn a_flush_after_the_peer_closed_gracefully_succeeds_for_what_was_fed_befo
         server.feed_message(&hello("before", 1)).await.unwrap();
         let got: HelloWorld = client.recv_message().await.unwrap().unwrap();
         assert_eq!(got, hello("before", 1));
-        client.close(ReasonCode::Normal, "done").await.unwrap();
-        assert!(server.recv().await.unwrap().is_none(), "graceful end");
+        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, "done"), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none(), "graceful end");
 
-        // Nothing fed before the Close is pending, so the flush has nothing to fail on...
+        // Nothing fed before the CloseOk is pending, so the flush has nothing to fail on...
         server.flush().await.unwrap();
         // ...while a message fed after it is refused with the end's reason.
         assert!(matches!(
             server.send_message(&hello("after", 2)).await,
             Err(Error::Session(SessionEnd::ClosedByPeer { .. }))
         ));
+    })
+    .await;
+}
+
+/// The bytes of one frame carrying `msg`.
+fn frame_bytes<M: prost::Message + Name>(msg: &M) -> Vec<u8> {
+    use prost::Message as _;
+    prost_types::Any {
+        type_url: M::type_url(),
+        value: msg.encode_to_vec(),
+    }
+    .encode_length_delimited_to_vec()
+}
+
+/// A server that serves every session with the dispatcher, echoing every message, as the
+/// `tcp-echo-server --session` example does.
+async fn dispatcher_echo_server() -> std::net::SocketAddr {
+    use connect::dispatch::{Context, Dispatcher, Reply};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dispatcher = Arc::new(Dispatcher::new().fallback(
+        |any: prost_types::Any, _: Context| async move { Ok::<_, Error>(Reply::any(any)) },
+    ));
+    async_std::task::spawn(async move {
+        let config = SessionConfig::new().with_heartbeat(None);
+        loop {
+            let Ok(conn) = listener.accept().await else {
+                continue;
+            };
+            let (dispatcher, config) = (dispatcher.clone(), config.clone());
+            async_std::task::spawn(async move {
+                let session = tcp::accept_session(conn, &config).await?;
+                dispatcher.serve_session(session).await
+            });
+        }
+    });
+    addr
+}
+
+/// A raw client: handshake, then `n` requests and a `Close` in one write; returns the echoes'
+/// sequence numbers read before the `CloseOk`, checking that the end of stream follows it.
+async fn requests_then_close(addr: std::net::SocketAddr, n: u64) -> Vec<u64> {
+    let stream = async_std::net::TcpStream::connect(addr).await.unwrap();
+    let mut conn = connect::Connection::new(stream.clone());
+    let hello = Hello {
+        versions: vec![PROTOCOL_VERSION],
+        ..Default::default()
+    };
+    conn.send_message(&hello).await.unwrap();
+    let _: Welcome = conn.recv_message().await.unwrap().unwrap();
+    let mut burst: Vec<u8> = (0..n).flat_map(|i| frame_bytes(&hello_msg(i))).collect();
+    burst.extend(frame_bytes(&Close {
+        code: ReasonCode::Normal as i32,
+        reason: "done".into(),
+    }));
+    // One write, while this task reads: the server may answer before it has read it all.
+    let write = async_std::task::spawn(async move {
+        use async_std::io::WriteExt;
+        let mut stream = stream;
+        stream.write_all(&burst).await.unwrap();
+        stream
+    });
+    let mut echoed = Vec::new();
+    loop {
+        let any = conn.recv().await.unwrap().expect("CloseOk before the end");
+        if any.type_url == CloseOk::type_url() {
+            break;
+        }
+        let m: HelloWorld = prost::Message::decode(any.value.as_slice()).unwrap();
+        echoed.push(m.sequence);
+    }
+    assert!(
+        conn.recv().await.unwrap().is_none(),
+        "end of stream after CloseOk"
+    );
+    drop(write.await);
+    echoed
+}
+
+fn hello_msg(sequence: u64) -> HelloWorld {
+    hello("q", sequence)
+}
+
+#[async_std::test]
+async fn requests_then_close_in_one_write_get_every_reply_before_close_ok() {
+    // Half a million echoes in all: a longer hang guard than the other tests, for a debug build
+    // on a loaded machine.
+    async_std::future::timeout(Duration::from_secs(180), async {
+        let addr = dispatcher_echo_server().await;
+        // Every N from 1 to 1000, eight clients at a time.
+        let ns: Vec<u64> = (1..=1000).collect();
+        for group in ns.chunks(8) {
+            let clients: Vec<_> = group
+                .iter()
+                .map(|&n| {
+                    async_std::task::spawn(async move { (n, requests_then_close(addr, n).await) })
+                })
+                .collect();
+            for client in clients {
+                let (n, echoed) = client.await;
+                assert_eq!(echoed, (0..n).collect::<Vec<_>>(), "N = {n}");
+            }
+        }
+    })
+    .await
+    .expect("every N within 180 s");
+}
+
+#[async_std::test]
+async fn a_first_frame_over_the_handshake_limit_is_refused_as_frame_too_large() {
+    bounded("test", async {
+        let (addr, _accepted) = server(SessionConfig::new()).await;
+        let big = prost_types::Any {
+            type_url: Hello::type_url(),
+            value: vec![0; 70_000],
+        };
+        let refuse = raw_refusal(addr, Some(big)).await;
+        assert_eq!(refuse.code(), ReasonCode::FrameTooLarge, "{refuse:?}");
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn max_frame_len_zero_means_no_preference() {
+    bounded("test", async {
+        // Client without a preference, server with the default: the server's value.
+        let (addr, accepted) = server(SessionConfig::new()).await;
+        let client_config = SessionConfig::new().with_max_frame_len(0);
+        let client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let server_session = accepted.await.unwrap();
+        assert_eq!(client.info().max_frame_len(), 16 << 20);
+        assert_eq!(server_session.info().max_frame_len(), 16 << 20);
+
+        // Neither side has a preference: the floor, 4096.
+        let (addr, accepted) = server(SessionConfig::new().with_max_frame_len(0)).await;
+        let client = tcp::connect_session(addr, &client_config).await.unwrap();
+        let server_session = accepted.await.unwrap();
+        assert_eq!(client.info().max_frame_len(), 4096);
+        assert_eq!(server_session.info().max_frame_len(), 4096);
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn peer_supplied_names_and_lists_are_escaped_and_capped_in_refusals() {
+    bounded("test", async {
+        let (addr, _accepted) = server(SessionConfig::new()).await;
+        // Ten thousand versions, none of them ours.
+        let hello = Hello {
+            versions: (100..10_100).collect(),
+            ..Default::default()
+        };
+        let any = prost_types::Any {
+            type_url: Hello::type_url(),
+            value: prost::Message::encode_to_vec(&hello),
+        };
+        let refuse = raw_refusal(addr, Some(any)).await;
+        assert_eq!(refuse.code(), ReasonCode::UnsupportedVersion);
+        assert!(refuse.reason.len() < 300, "{} bytes", refuse.reason.len());
+        assert!(refuse.reason.contains("10000 in all"), "{}", refuse.reason);
+
+        // A first frame whose type name is long and full of line breaks.
+        let (addr, _accepted) = server(SessionConfig::new()).await;
+        let any = prost_types::Any {
+            type_url: format!("x/{}", "evil\nlog line\r".repeat(2000)),
+            value: vec![],
+        };
+        let refuse = raw_refusal(addr, Some(any)).await;
+        assert_eq!(refuse.code(), ReasonCode::ProtocolViolation);
+        assert!(refuse.reason.len() < 300, "{} bytes", refuse.reason.len());
+        assert!(!refuse.reason.contains('\n') && !refuse.reason.contains('\r'));
+        assert!(refuse.reason.ends_with('…'), "{}", refuse.reason);
     })
     .await;
 }

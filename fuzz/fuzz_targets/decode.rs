@@ -28,7 +28,9 @@ fuzz_target!(|data: &[u8]| {
             match codec.decode(&mut buf) {
                 Ok(Some(any)) => {
                     let mut again = BytesMut::new();
-                    codec.encode(&any, &mut again).expect("a decoded Any fits the maximum");
+                    codec
+                        .encode(&any, &mut again)
+                        .expect("a decoded Any fits the maximum");
                     assert_eq!(codec.decode(&mut again).ok().flatten(), Some(any));
                 }
                 Ok(None) => break,

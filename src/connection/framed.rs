@@ -433,6 +433,14 @@ impl WriteState {
     pub(crate) fn buffered_len(&self) -> usize {
         self.buf.len()
     }
+
+    /// The settings this writer was made with (for a connection rebuilt on another stream).
+    #[cfg_attr(not(feature = "sctp"), allow(dead_code))]
+    pub(crate) fn config(&self) -> super::Config {
+        super::Config::default()
+            .with_max_frame_len(self.codec.max_frame_len())
+            .with_write_high_water(self.high_water)
+    }
 }
 
 #[cfg(test)]

@@ -232,6 +232,12 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
         (self.reader, self.writer)
     }
 
+    /// The settings the connection was made with.
+    #[cfg_attr(not(feature = "sctp"), allow(dead_code))]
+    pub(crate) fn config(&self) -> Config {
+        self.writer.state.config()
+    }
+
     /// Gives back the byte stream. Bytes received but not yet decoded and frames encoded but not
     /// yet written are dropped; call [`flush`](Self::flush) first.
     pub fn into_inner(self) -> T

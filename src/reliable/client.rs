@@ -12,7 +12,7 @@ use super::link::{self, LinkEnd};
 use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableSession, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::proto::reliable::Resume;
+use crate::proto::reliable::{Resume, ResumeStatus};
 use crate::proto::v1::ReasonCode;
 use crate::session::{self, SessionConfig, SessionEnd};
 
@@ -154,6 +154,8 @@ where
     let driver = async move {
         let mut attempt: u32 = 0;
         let mut connected_before = false;
+        // The server's name for the state of the stream we last heard of (0: none yet).
+        let mut incarnation: u64 = 0;
         loop {
             if inner.lock().end().is_some() {
                 return;
@@ -234,6 +236,10 @@ where
                     acknowledged: core.acknowledged(),
                     window_messages: core.window().0,
                     window_bytes: core.window().1,
+                    status: 0,
+                    incarnation,
+                    closing: core.close_requested && core.drained(),
+                    reason: String::new(),
                 };
                 (core.attach(), resume)
             };
@@ -261,29 +267,75 @@ where
             };
             {
                 let mut core = inner.lock();
-                core.set_peer_window(answer.window_messages, answer.window_bytes);
-                if answer.resumed {
-                    core.peer_resumed(answer.acknowledged);
-                    match core.resume_from(answer.received) {
-                        Ok(retransmitted) => core.emit(Event::Resumed {
-                            session_id,
-                            retransmitted,
-                        }),
-                        Err(why) => {
-                            core.finish(StreamEnd::Failed(format!(
-                                "server broke the reliable protocol: {why}"
-                            )));
-                            return;
+                // An older server sets only `resumed`.
+                let status = match ResumeStatus::try_from(answer.status) {
+                    Ok(ResumeStatus::Unspecified) if answer.resumed => ResumeStatus::Resumed,
+                    Ok(ResumeStatus::Unspecified) => ResumeStatus::NewStream,
+                    Ok(status) => status,
+                    Err(_) => {
+                        core.detach(generation);
+                        core.finish(StreamEnd::Failed(format!(
+                            "server answered Resume with unknown status {}",
+                            answer.status
+                        )));
+                        return;
+                    }
+                };
+                let reason = super::quoted(&answer.reason);
+                match status {
+                    ResumeStatus::Resumed | ResumeStatus::Unspecified => {
+                        core.set_peer_window(answer.window_messages, answer.window_bytes);
+                        match core.resume(answer.received, answer.acknowledged) {
+                            Ok(retransmitted) => core.emit(Event::Resumed {
+                                session_id,
+                                retransmitted,
+                            }),
+                            Err(why) => {
+                                core.detach(generation);
+                                core.finish(StreamEnd::Failed(format!(
+                                    "server broke the reliable protocol: {why}"
+                                )));
+                                return;
+                            }
                         }
                     }
-                } else {
-                    let retransmitted = core.restart_stream();
-                    core.emit(Event::Connected {
-                        session_id,
-                        new_stream: connected_before,
-                        retransmitted,
-                    });
+                    ResumeStatus::NewStream if core.close_requested && core.drained() => {
+                        // An older server that lost the stream: the close is complete, and a
+                        // close never opens a stream.
+                        core.detach(generation);
+                        core.finish(StreamEnd::Closed);
+                        return;
+                    }
+                    ResumeStatus::NewStream => {
+                        core.set_peer_window(answer.window_messages, answer.window_bytes);
+                        let retransmitted = core.restart_stream();
+                        core.emit(Event::Connected {
+                            session_id,
+                            new_stream: connected_before,
+                            retransmitted,
+                        });
+                    }
+                    ResumeStatus::Closed => {
+                        core.detach(generation);
+                        core.finish(StreamEnd::Closed);
+                        return;
+                    }
+                    ResumeStatus::Busy => {
+                        core.detach(generation);
+                        core.emit(Event::Disconnected {
+                            reason: format!("server busy: {reason}"),
+                        });
+                        continue;
+                    }
+                    ResumeStatus::Refused => {
+                        core.detach(generation);
+                        core.finish(StreamEnd::Failed(format!(
+                            "the server refused the stream: {reason}"
+                        )));
+                        return;
+                    }
                 }
+                incarnation = answer.incarnation;
             }
             connected_before = true;
 

@@ -7,6 +7,9 @@
 //! keys of `confirms`); `epoch` is the local number of the stream's message 0, so the wire
 //! number of local message `n` is `n - epoch`. A new stream (the peer lost ours) moves `epoch`
 //! to the first unconfirmed message, which is then retransmitted as the new stream's message 0.
+//!
+//! Wakers are never called with the core's lock held: the core collects them (`wake_later`)
+//! and the lock guard in `mod.rs` wakes them after unlocking.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::task::Waker;
@@ -17,8 +20,18 @@ use prost_types::Any;
 use super::{DeliveryError, Event, ReliableConfig, TrySendError};
 use crate::proto::reliable::{Nack, NackReason};
 
-/// Refusals kept until the peer is known to have seen them (see `peer_resumed`).
-const MAX_RETAINED_NACKS: usize = 4096;
+/// Refusals kept until the peer is known to have seen them (see `resume`), in number and in
+/// bytes (each `Nack`'s text is short: the refused type URL is escaped and capped). Beyond
+/// either bound the oldest refusal already written is forgotten.
+pub(crate) const MAX_RETAINED_NACKS: usize = 1024;
+pub(crate) const MAX_RETAINED_NACK_BYTES: usize = 64 * 1024;
+
+/// Refusals not yet written at which the link stops reading from the peer (each message it
+/// reads may add one): what we owe the peer stays bounded while it does not read.
+pub(crate) const MAX_UNSENT_NACKS: usize = 64;
+
+/// The longest part of a peer's type URL copied into a `Nack` text or a log line.
+pub(crate) const MAX_QUOTED: usize = 100;
 
 /// Events kept for the application before the oldest are dropped (with a warning).
 const EVENT_QUEUE_LEN: usize = 256;
@@ -26,6 +39,29 @@ const EVENT_QUEUE_LEN: usize = 256;
 /// What a message counts against the byte bounds.
 pub(crate) fn queued_len(any: &Any) -> usize {
     any.type_url.len() + any.value.len()
+}
+
+/// What a retained `Nack` costs: its text plus a fixed overhead.
+fn nack_len(nack: &Nack) -> usize {
+    nack.text.len() + 16
+}
+
+/// A received message waiting for the application.
+#[derive(Debug)]
+enum Inbound {
+    /// Delivered to the application.
+    Message(Any),
+    /// Refused with a `Nack`; holds its place so the cumulative count stays in order.
+    Refused,
+}
+
+/// The lifecycle event queue of one [`Events`](super::Events) reader (id 0: `next_event`).
+#[derive(Debug)]
+struct EventQueue {
+    id: u64,
+    events: VecDeque<Event>,
+    dropped: u64,
+    waker: Option<Waker>,
 }
 
 /// How a stream ended.
@@ -48,12 +84,17 @@ pub(crate) struct Core {
     epoch: u64,
     /// Bytes of `out[..next_write - base]`: written and not acknowledged.
     written_bytes: usize,
+    /// Local number after the last message ever written on this stream (a `Resume`'s
+    /// `received` beyond it is a lie).
+    stream_written: u64,
+    /// Local number after the last message ever written (any stream): `Stats::sent`.
+    ever_written: u64,
     /// The peer's receive window (messages, bytes), from its `Resume`.
     peer_window: (u64, usize),
     confirms: BTreeMap<u64, oneshot::Sender<Result<(), DeliveryError>>>,
     send_wakers: Vec<Waker>,
     // Incoming.
-    inbound: VecDeque<Any>,
+    inbound: VecDeque<Inbound>,
     inbound_bytes: usize,
     /// Messages at the front of `inbound` from a previous stream (not counted in `delivered`).
     inbound_stale: usize,
@@ -62,11 +103,14 @@ pub(crate) struct Core {
     /// Wire count taken by the application (or refused).
     delivered: u64,
     acked_sent: u64,
+    /// Bytes taken by the application since the last `Ack`.
+    unacked_bytes: usize,
     /// An `Ack` must go out even if it repeats the last one (a new link: it may have been lost).
     ack_again: bool,
     /// Refusals not known to be seen by the peer, oldest first; `nacks[nacks_sent..]` are not
     /// sent on the current link yet.
     nacks: VecDeque<Nack>,
+    nack_bytes: usize,
     nacks_sent: usize,
     recv_waker: Option<Waker>,
     // The link.
@@ -77,9 +121,10 @@ pub(crate) struct Core {
     pub(crate) close_requested: bool,
     end: Option<StreamEnd>,
     end_wakers: Vec<Waker>,
-    events: VecDeque<Event>,
-    events_dropped: u64,
-    event_waker: Option<Waker>,
+    event_queues: Vec<EventQueue>,
+    next_event_queue: u64,
+    /// Wakers to call once the lock is released.
+    wake_later: Vec<Waker>,
     // Counters.
     pub(crate) stats: Counters,
 }
@@ -101,6 +146,8 @@ impl Core {
             next_write: 0,
             epoch: 0,
             written_bytes: 0,
+            stream_written: 0,
+            ever_written: 0,
             peer_window: (1, 0),
             confirms: BTreeMap::new(),
             send_wakers: Vec::new(),
@@ -110,8 +157,10 @@ impl Core {
             received: 0,
             delivered: 0,
             acked_sent: 0,
+            unacked_bytes: 0,
             ack_again: false,
             nacks: VecDeque::new(),
+            nack_bytes: 0,
             nacks_sent: 0,
             recv_waker: None,
             generation: 0,
@@ -120,10 +169,26 @@ impl Core {
             close_requested: false,
             end: None,
             end_wakers: Vec::new(),
-            events: VecDeque::new(),
-            events_dropped: 0,
-            event_waker: None,
+            event_queues: vec![EventQueue {
+                id: 0,
+                events: VecDeque::new(),
+                dropped: 0,
+                waker: None,
+            }],
+            next_event_queue: 1,
+            wake_later: Vec::new(),
             stats: Counters::default(),
+        }
+    }
+
+    /// Wakers collected under the lock; the caller wakes them after unlocking.
+    pub(crate) fn take_wakers(&mut self) -> Vec<Waker> {
+        std::mem::take(&mut self.wake_later)
+    }
+
+    fn wake(&mut self, waker: Waker) {
+        if !self.wake_later.iter().any(|w| w.will_wake(&waker)) {
+            self.wake_later.push(waker);
         }
     }
 
@@ -163,25 +228,32 @@ impl Core {
         }
     }
 
-    /// The next received message for the application.
+    /// The next received message for the application (refusals' place holders are counted
+    /// on the way).
     pub(crate) fn pop_inbound(&mut self, waker: &Waker) -> Option<Any> {
-        match self.inbound.pop_front() {
-            Some(any) => {
-                self.inbound_bytes = self.inbound_bytes.saturating_sub(queued_len(&any));
-                if self.inbound_stale > 0 {
-                    self.inbound_stale -= 1;
-                } else {
-                    self.delivered += 1;
-                }
-                // The link may be waiting for room, or have an acknowledgement to send.
-                self.wake_link();
-                Some(any)
+        while let Some(entry) = self.inbound.pop_front() {
+            let stale = self.inbound_stale > 0;
+            if stale {
+                self.inbound_stale -= 1;
+            } else {
+                self.delivered += 1;
             }
-            None => {
-                self.recv_waker = Some(waker.clone());
-                None
+            // The link may be waiting for room, or have an acknowledgement to send.
+            self.wake_link();
+            match entry {
+                Inbound::Message(any) => {
+                    let len = queued_len(&any);
+                    self.inbound_bytes = self.inbound_bytes.saturating_sub(len);
+                    if !stale {
+                        self.unacked_bytes = self.unacked_bytes.saturating_add(len);
+                    }
+                    return Some(any);
+                }
+                Inbound::Refused => {}
             }
         }
+        self.recv_waker = Some(waker.clone());
+        None
     }
 
     /// The application closes: the link closes the session once everything is confirmed.
@@ -191,7 +263,9 @@ impl Core {
     }
 
     pub(crate) fn register_end(&mut self, waker: &Waker) {
-        self.end_wakers.push(waker.clone());
+        if !self.end_wakers.iter().any(|w| w.will_wake(waker)) {
+            self.end_wakers.push(waker.clone());
+        }
     }
 
     pub(crate) fn end(&self) -> Option<&StreamEnd> {
@@ -206,32 +280,67 @@ impl Core {
         (self.inbound.len(), self.inbound_bytes)
     }
 
-    /// (sent on the stream, confirmed by the peer): local numbers.
+    /// (distinct messages ever written, messages confirmed by the peer): local numbers, both
+    /// only grow.
     pub(crate) fn progress(&self) -> (u64, u64) {
-        (self.next_write, self.base)
+        (self.ever_written, self.base)
     }
 
-    pub(crate) fn pop_event(&mut self, waker: &Waker) -> Option<Event> {
-        let event = self.events.pop_front();
+    /// Refusals retained (number, bytes).
+    pub(crate) fn retained_nacks(&self) -> (usize, usize) {
+        (self.nacks.len(), self.nack_bytes)
+    }
+
+    /// A new [`Events`](super::Events) reader: its queue starts with the events `next_event`
+    /// has not taken yet.
+    pub(crate) fn subscribe(&mut self) -> u64 {
+        let id = self.next_event_queue;
+        self.next_event_queue += 1;
+        let events = self.event_queues[0].events.clone();
+        self.event_queues.push(EventQueue {
+            id,
+            events,
+            dropped: 0,
+            waker: None,
+        });
+        id
+    }
+
+    pub(crate) fn unsubscribe(&mut self, id: u64) {
+        if id != 0 {
+            self.event_queues.retain(|q| q.id != id);
+        }
+    }
+
+    pub(crate) fn pop_event(&mut self, id: u64, waker: &Waker) -> Option<Event> {
+        let queue = self.event_queues.iter_mut().find(|q| q.id == id)?;
+        let event = queue.events.pop_front();
         if event.is_none() {
-            self.event_waker = Some(waker.clone());
+            queue.waker = Some(waker.clone());
         }
         event
     }
 
+    /// Every reader gets every event.
     pub(crate) fn emit(&mut self, event: Event) {
         log::debug!("reliable stream: {event:?}");
-        if self.events.len() >= EVENT_QUEUE_LEN {
-            self.events.pop_front();
-            self.events_dropped += 1;
-            log::warn!(
-                "reliable stream: nobody reads lifecycle events; {} dropped",
-                self.events_dropped
-            );
+        let mut wake = Vec::new();
+        for queue in &mut self.event_queues {
+            if queue.events.len() >= EVENT_QUEUE_LEN {
+                queue.events.pop_front();
+                queue.dropped += 1;
+                if queue.id != 0 {
+                    log::warn!(
+                        "reliable stream: an Events reader lags; {} events dropped",
+                        queue.dropped
+                    );
+                }
+            }
+            queue.events.push_back(event.clone());
+            wake.extend(queue.waker.take());
         }
-        self.events.push_back(event);
-        if let Some(w) = self.event_waker.take() {
-            w.wake();
+        for w in wake {
+            self.wake(w);
         }
     }
 
@@ -254,11 +363,14 @@ impl Core {
             }));
         }
         self.emit(event);
-        for w in self.send_wakers.drain(..).chain(self.end_wakers.drain(..)) {
-            w.wake();
-        }
-        if let Some(w) = self.recv_waker.take() {
-            w.wake();
+        let wakers: Vec<Waker> = self
+            .send_wakers
+            .drain(..)
+            .chain(self.end_wakers.drain(..))
+            .chain(self.recv_waker.take())
+            .collect();
+        for w in wakers {
+            self.wake(w);
         }
         self.wake_link();
     }
@@ -271,7 +383,7 @@ impl Core {
 
     fn wake_link(&mut self) {
         if let Some(w) = self.link_waker.take() {
-            w.wake();
+            self.wake(w);
         }
     }
 
@@ -301,40 +413,47 @@ impl Core {
         self.base - self.epoch
     }
 
-    /// The peer's `Resume` says it has seen our acknowledgements up to `acknowledged`: send
-    /// the refusals from there on again, and an `Ack`, since either may have been lost with
-    /// the previous connection.
-    pub(crate) fn peer_resumed(&mut self, acknowledged: u64) {
+    /// The peer resumed the stream; its `Resume` says it has `received` of our messages and
+    /// has seen `acknowledged` of its own acknowledged. Both sides call this. Retransmits from
+    /// `received` on, and sends again the refusals from `acknowledged` on and an `Ack`, since
+    /// either may have been lost with the previous connection. Returns how many messages are
+    /// sent again; fails, changing nothing, if the counts are not ones an honest peer sends
+    /// (`received` outside what we sent and is not confirmed, `acknowledged` above what we
+    /// acknowledged).
+    pub(crate) fn resume(&mut self, received: u64, acknowledged: u64) -> Result<u64, String> {
+        let local = self
+            .epoch
+            .checked_add(received)
+            .filter(|&l| l >= self.base && l <= self.stream_written);
+        let Some(local) = local else {
+            return Err(format!(
+                "peer says it received {received} messages; we sent {} of which {} are confirmed",
+                self.stream_written - self.epoch,
+                self.base - self.epoch
+            ));
+        };
+        if acknowledged > self.delivered {
+            return Err(format!(
+                "peer says {acknowledged} of its messages are acknowledged; we took {}",
+                self.delivered
+            ));
+        }
         while self
             .nacks
             .front()
             .is_some_and(|n| n.sequence < acknowledged)
         {
-            self.nacks.pop_front();
+            if let Some(n) = self.nacks.pop_front() {
+                self.nack_bytes -= nack_len(&n);
+            }
         }
         self.nacks_sent = 0;
         self.ack_again = self.delivered > 0;
-    }
-
-    /// The peer has our messages up to wire count `peer_received` (it resumed the stream):
-    /// retransmit from there. Fails if that is not a count we could have sent.
-    pub(crate) fn resume_from(&mut self, peer_received: u64) -> Result<u64, String> {
-        let local = self.epoch.checked_add(peer_received);
-        let end = self.base + self.out.len() as u64;
-        match local {
-            Some(local) if local >= self.base && local <= end => {
-                let retransmitted = self.next_write.saturating_sub(local);
-                self.stats.retransmitted += retransmitted;
-                self.next_write = local;
-                self.rewind_written();
-                Ok(retransmitted)
-            }
-            _ => Err(format!(
-                "peer says it received {peer_received} messages; we have {}..={} unconfirmed",
-                self.base - self.epoch,
-                end - self.epoch
-            )),
-        }
+        let retransmitted = self.next_write.saturating_sub(local);
+        self.stats.retransmitted += retransmitted;
+        self.next_write = local;
+        self.rewind_written();
+        Ok(retransmitted)
     }
 
     /// The peer does not know the stream (it lost its state): start a new one. Everything not
@@ -344,13 +463,16 @@ impl Core {
         let retransmitted = self.next_write - self.base;
         self.stats.retransmitted += retransmitted;
         self.next_write = self.base;
+        self.stream_written = self.base;
         self.written_bytes = 0;
         self.inbound_stale = self.inbound.len();
         self.received = 0;
         self.delivered = 0;
         self.acked_sent = 0;
+        self.unacked_bytes = 0;
         self.ack_again = false;
         self.nacks.clear();
+        self.nack_bytes = 0;
         self.nacks_sent = 0;
         retransmitted
     }
@@ -368,39 +490,50 @@ impl Core {
         self.received += 1;
         if let Some(accepts) = &self.config.accepts {
             if !accepts(&any.type_url) {
-                log::debug!(
-                    "reliable stream: refusing message {sequence} ({})",
-                    any.type_url
-                );
-                if self.nacks.len() >= MAX_RETAINED_NACKS {
-                    log::warn!("reliable stream: over {MAX_RETAINED_NACKS} refusals retained");
-                    self.nacks.pop_front();
-                    self.nacks_sent = self.nacks_sent.saturating_sub(1);
-                }
-                self.nacks.push_back(Nack {
+                let url = super::quoted(&any.type_url);
+                log::debug!("reliable stream: refusing message {sequence} ({url})");
+                self.retain_nack(Nack {
                     sequence,
                     reason: NackReason::UnknownType as i32,
-                    text: format!("no handler for {}", any.type_url),
+                    text: format!("no handler for {url}"),
                 });
-                // A refused message counts as taken by the application.
+                // A refused message counts as taken by the application, in order: at once if
+                // nothing is before it, else when the messages before it are taken.
                 if self.inbound_stale == 0 && self.inbound.is_empty() {
                     self.delivered += 1;
+                    self.unacked_bytes = self.unacked_bytes.saturating_add(queued_len(&any));
                 } else {
-                    // Keep the cumulative count in order: the refusal is accounted when the
-                    // messages before it are taken. Simplest: queue a marker.
-                    self.inbound.push_back(Any {
-                        type_url: String::new(),
-                        value: Vec::new(),
-                    });
+                    self.inbound.push_back(Inbound::Refused);
                 }
                 return;
             }
         }
         self.inbound_bytes += queued_len(&any);
-        self.inbound.push_back(any);
+        self.inbound.push_back(Inbound::Message(any));
         if let Some(w) = self.recv_waker.take() {
-            w.wake();
+            self.wake(w);
         }
+    }
+
+    /// Keeps a refusal until the peer is known to have seen it, within the bounds: beyond them
+    /// the oldest refusal already written goes (the peer has most likely read it; only a cut
+    /// before it did would lose it, and the message then counts as delivered).
+    fn retain_nack(&mut self, nack: Nack) {
+        self.nack_bytes += nack_len(&nack);
+        self.nacks.push_back(nack);
+        while (self.nacks.len() > MAX_RETAINED_NACKS || self.nack_bytes > MAX_RETAINED_NACK_BYTES)
+            && self.nacks_sent > 0
+        {
+            if let Some(old) = self.nacks.pop_front() {
+                self.nack_bytes -= nack_len(&old);
+                self.nacks_sent -= 1;
+            }
+        }
+    }
+
+    /// Whether the link should stop reading: it owes the peer too many refusals.
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.nacks.len() - self.nacks_sent >= MAX_UNSENT_NACKS
     }
 
     /// Next control frame: a refusal first, then an acknowledgement if one is due (`force`:
@@ -411,9 +544,16 @@ impl Core {
             return Some(Control::Nack(nack.clone()));
         }
         let unacked = self.delivered - self.acked_sent;
-        if self.ack_again || (unacked > 0 && (force || unacked >= self.config.ack_every)) {
+        // Half our window taken and not acknowledged: the peer is about to stop sending, so
+        // acknowledge now whatever `ack_every` says.
+        let window_half = unacked.saturating_mul(2) >= self.config.receive_messages as u64
+            || self.unacked_bytes.saturating_mul(2) >= self.config.receive_bytes;
+        if self.ack_again
+            || (unacked > 0 && (force || unacked >= self.config.ack_every || window_half))
+        {
             self.ack_again = false;
             self.acked_sent = self.delivered;
+            self.unacked_bytes = 0;
             return Some(Control::Ack(self.delivered));
         }
         None
@@ -439,6 +579,8 @@ impl Core {
         let any = any.clone();
         self.written_bytes += len;
         self.next_write += 1;
+        self.stream_written = self.stream_written.max(self.next_write);
+        self.ever_written = self.ever_written.max(self.next_write);
         Some(any)
     }
 
@@ -493,8 +635,9 @@ impl Core {
             }
             let _ = entry.remove().send(Ok(()));
         }
-        for w in self.send_wakers.drain(..) {
-            w.wake();
+        let wakers: Vec<Waker> = self.send_wakers.drain(..).collect();
+        for w in wakers {
+            self.wake(w);
         }
         Ok(())
     }
@@ -509,12 +652,12 @@ impl Core {
                 log::debug!(
                     "reliable stream: message {} refused: {}",
                     nack.sequence,
-                    nack.text
+                    super::quoted(&nack.text)
                 );
                 if let Some(tx) = self.confirms.remove(&local) {
                     let _ = tx.send(Err(DeliveryError::Refused {
                         reason,
-                        text: nack.text,
+                        text: super::quoted(&nack.text),
                     }));
                 }
                 Ok(())
@@ -533,6 +676,10 @@ pub(crate) enum Control {
     Ack(u64),
     Nack(Nack),
 }
+
+#[cfg(test)]
+#[path = "core_model.rs"]
+mod model;
 
 #[cfg(test)]
 mod tests {
@@ -599,10 +746,19 @@ mod tests {
         while c.next_outgoing().is_some() {}
         c.on_ack(1).unwrap();
         // Reconnected: the peer received 3 of them.
-        assert_eq!(c.resume_from(3).unwrap(), 1);
+        assert_eq!(c.resume(3, 0).unwrap(), 1);
         assert_eq!(c.next_outgoing().unwrap().value, vec![3]);
-        assert!(c.resume_from(0).is_err(), "0 was confirmed and released");
-        assert!(c.resume_from(5).is_err(), "5 was never sent");
+        assert!(c.resume(0, 0).is_err(), "0 was confirmed and released");
+        assert!(c.resume(5, 0).is_err(), "5 was never sent");
+        assert!(c.resume(3, 1).is_err(), "we acknowledged nothing");
+        // Queued is not sent: a count above what was ever written is a lie.
+        let mut c = core();
+        for i in 0..4 {
+            c.try_push(msg(i)).unwrap();
+        }
+        c.next_outgoing().unwrap();
+        assert!(c.resume(2, 0).is_err(), "only 1 was written");
+        assert_eq!(c.resume(1, 0).unwrap(), 0);
     }
 
     #[test]
@@ -654,8 +810,101 @@ mod tests {
         }
         assert!(c.poll_control(true).is_none(), "message 0 not taken yet");
         assert_eq!(c.pop_inbound(&waker).unwrap().value, vec![0]);
-        // The marker for the refused one is skipped by the reader; it still counts.
-        assert!(c.pop_inbound(&waker).unwrap().type_url.is_empty());
+        // The refused one's place holder is passed over by the reader; it still counts.
+        assert!(c.pop_inbound(&waker).is_none());
         assert!(matches!(c.poll_control(true), Some(Control::Ack(2))));
+    }
+
+    #[test]
+    fn an_empty_type_url_is_an_ordinary_message() {
+        let mut c = core();
+        let waker = futures_util::task::noop_waker();
+        c.push_inbound(Any::default());
+        assert_eq!(c.pop_inbound(&waker), Some(Any::default()));
+        assert!(matches!(c.poll_control(true), Some(Control::Ack(1))));
+    }
+
+    #[test]
+    fn refusals_are_bounded_in_number_and_bytes() {
+        let accepts: super::super::Accepts = std::sync::Arc::new(|_: &str| false);
+        let mut c = Core::new(ReliableConfig::new().with_accepts(accepts));
+        let huge = "x".repeat(1 << 20);
+        for _ in 0..10 * MAX_RETAINED_NACKS {
+            c.push_inbound(Any {
+                type_url: huge.clone(),
+                value: vec![],
+            });
+            // The link writes what it owes before reading more.
+            while c.reading_paused() {
+                assert!(matches!(c.poll_control(false), Some(Control::Nack(_))));
+            }
+            let (n, bytes) = c.retained_nacks();
+            assert!(n <= MAX_RETAINED_NACKS + MAX_UNSENT_NACKS, "{n}");
+            assert!(bytes <= MAX_RETAINED_NACK_BYTES + 4096, "{bytes}");
+        }
+        while let Some(Control::Nack(n)) = c.poll_control(false) {
+            assert!(n.text.len() < 200, "the type URL is capped in the text");
+        }
+    }
+
+    #[test]
+    fn acknowledges_at_half_the_window_whatever_ack_every_says() {
+        let mut c = Core::new(
+            ReliableConfig::new()
+                .with_ack_every(2000)
+                .with_receive_buffer(10, 1 << 20),
+        );
+        let waker = futures_util::task::noop_waker();
+        for i in 0..10 {
+            c.push_inbound(msg(i));
+        }
+        for _ in 0..4 {
+            c.pop_inbound(&waker).unwrap();
+            assert!(c.poll_control(false).is_none());
+        }
+        c.pop_inbound(&waker).unwrap();
+        assert!(matches!(c.poll_control(false), Some(Control::Ack(5))));
+        // And by bytes.
+        let mut c = Core::new(
+            ReliableConfig::new()
+                .with_ack_every(2000)
+                .with_receive_buffer(1000, 100),
+        );
+        c.push_inbound(Any {
+            type_url: "t".into(),
+            value: vec![0; 60],
+        });
+        c.pop_inbound(&waker).unwrap();
+        assert!(matches!(c.poll_control(false), Some(Control::Ack(1))));
+    }
+
+    #[test]
+    fn sent_only_grows_across_resumes() {
+        let mut c = core();
+        for i in 0..3 {
+            c.try_push(msg(i)).unwrap();
+        }
+        while c.next_outgoing().is_some() {}
+        assert_eq!(c.progress().0, 3);
+        c.resume(0, 0).unwrap();
+        assert_eq!(
+            c.progress().0,
+            3,
+            "rewound for retransmission, still 3 written"
+        );
+        c.restart_stream();
+        assert_eq!(c.progress().0, 3);
+    }
+
+    #[test]
+    fn wakers_are_collected_once_for_after_the_lock() {
+        let mut c = core();
+        let waker = futures_util::task::noop_waker();
+        for _ in 0..100 {
+            c.register_end(&waker);
+        }
+        assert_eq!(c.end_wakers.len(), 1);
+        c.finish(StreamEnd::Closed);
+        assert_eq!(c.take_wakers().len(), 1, "one waker, deduplicated");
     }
 }

@@ -88,7 +88,10 @@ pub(crate) async fn read_resume(reader: &mut SessionReader) -> Result<Resume, St
     };
     let name = type_name(&first.type_url);
     if name != Resume::full_name() {
-        return Err(format!("expected connect.reliable.v1.Resume, got {name}"));
+        return Err(format!(
+            "expected connect.reliable.v1.Resume, got {}",
+            super::quoted(name)
+        ));
     }
     Resume::decode(first.value.as_slice()).map_err(|e| format!("bad Resume: {e}"))
 }
@@ -115,15 +118,23 @@ where
         ack_delay,
         close_started: false,
         write_closed: false,
+        reader_ended: false,
     };
     let mut driver_done = false;
-    poll_fn(|cx| {
+    let end = poll_fn(|cx| {
         if !driver_done && driver.as_mut().poll(cx).is_ready() {
             driver_done = true;
         }
         pump.poll(cx)
     })
-    .await
+    .await;
+    if pump.reader_ended && !driver_done {
+        // The peer closed and the reader has ended: with the reader and writer dropped, the
+        // driver acknowledges the close (bounded by the close timeout).
+        drop(pump);
+        driver.await;
+    }
+    end
 }
 
 struct Pump {
@@ -139,6 +150,8 @@ struct Pump {
     /// The session is closing (either side): nothing more is written; reading goes on until
     /// its end.
     write_closed: bool,
+    /// The session reader yielded its end (the session is closing gracefully).
+    reader_ended: bool,
 }
 
 /// Whether a send failed because the session is closing gracefully.
@@ -174,6 +187,10 @@ impl Pump {
                         break;
                     }
                 }
+                // What we owe the peer (refusals) is backed up: read again once written.
+                if core.reading_paused() {
+                    break;
+                }
                 match Pin::new(&mut self.reader).poll_next(cx) {
                     Poll::Ready(Some(Ok(any))) => {
                         budget -= 1;
@@ -189,7 +206,7 @@ impl Pump {
                                     .map_err(|e| format!("bad Nack: {e}"))
                                     .and_then(|nack| core.on_nack(nack))
                             } else {
-                                Err(format!("unexpected {name}"))
+                                Err(format!("unexpected {}", super::quoted(name)))
                             };
                             if let Err(why) = result {
                                 return Poll::Ready(LinkEnd::Fatal(format!(
@@ -203,7 +220,10 @@ impl Pump {
                     Poll::Ready(Some(Err(e))) => {
                         return Poll::Ready(LinkEnd::Dropped(e.to_string()));
                     }
-                    Poll::Ready(None) => return Poll::Ready(LinkEnd::Closed),
+                    Poll::Ready(None) => {
+                        self.reader_ended = true;
+                        return Poll::Ready(LinkEnd::Closed);
+                    }
                     Poll::Pending => break,
                 }
             }

@@ -34,8 +34,21 @@
 //! * If the accepting process dies, the client's next connection starts a new stream
 //!   ([`Event::Connected`] with `new_stream: true` after a first connection): unconfirmed
 //!   messages are sent again, so the dead process may have received some of them, i.e. they are
-//!   delivered *at least once*; messages the dead process had received but its application had
-//!   not taken are lost with it. Messages queued in a process that dies are lost.
+//!   delivered *at least once*; that includes messages the dead process had received but its
+//!   application had not taken (they were not acknowledged). What is lost is what a process
+//!   that dies had queued to send (for a server: its replies).
+//! * A close completes once even if its connection is cut: the server remembers a closed
+//!   stream for its resume timeout and answers a late resume "closed"; a close never opens a
+//!   new stream.
+//!
+//! ## Bounds
+//!
+//! Everything a peer can make a stream hold is bounded: the outgoing and inbound queues (above),
+//! the refusals retained for the peer (1024 `Nack`s, 64 KiB; the link stops reading while 64
+//! are unsent), the lifecycle events per reader (256), and on the accepting side the streams
+//! kept and the closed streams remembered (`max_streams` each, swept on every accept and when a
+//! detached stream's resume timeout passes). A server answers a stream it will not carry with
+//! an explicit `Resume` status (`BUSY`, `REFUSED`, `CLOSED`), never by just dropping the link.
 //!
 //! ## Example
 //!
@@ -196,6 +209,9 @@ impl ReliableConfig {
     }
 
     /// Send an `Ack` once the application has taken this many messages since the last one.
+    /// An `Ack` also goes out whenever half the receive window
+    /// ([`with_receive_buffer`](Self::with_receive_buffer)), in messages or bytes, is taken
+    /// and not acknowledged, so a value above the window never stalls the sender.
     pub fn with_ack_every(mut self, messages: u64) -> Self {
         self.ack_every = messages.max(1);
         self
@@ -297,7 +313,7 @@ pub enum DeliveryError {
     Refused {
         /// The peer's reason code.
         reason: NackReason,
-        /// The peer's explanation.
+        /// The peer's explanation (escaped, and capped at about 100 bytes).
         text: String,
     },
     /// The stream ended before the message was confirmed (with why, unless closed
@@ -339,7 +355,8 @@ pub struct Stats {
     pub inbound_messages: usize,
     /// Their bytes.
     pub inbound_bytes: usize,
-    /// Messages written (by local count, including retransmissions counted once).
+    /// Distinct messages written to a connection at least once (a retransmission is not
+    /// counted again; see `retransmitted`). Never decreases.
     pub sent: u64,
     /// Messages confirmed by the peer.
     pub confirmed: u64,
@@ -351,6 +368,11 @@ pub struct Stats {
     pub connections: u64,
     /// Whether a connection carries the stream now.
     pub connected: bool,
+    /// Refusals (`Nack`s) of the peer's messages kept until the peer is known to have seen
+    /// them; bounded (1024).
+    pub retained_nacks: usize,
+    /// Their bytes; bounded (64 KiB plus one unsent batch).
+    pub retained_nack_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -381,9 +403,58 @@ impl Inner {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> CoreGuard<'_> {
+        CoreGuard(Some(self.core.lock().unwrap_or_else(|e| e.into_inner())))
     }
+}
+
+/// The core's lock; on release it wakes the tasks the core asked to wake, after unlocking (a
+/// woken task that polls at once then does not block on the lock, and a waker that locks
+/// again does not deadlock).
+struct CoreGuard<'a>(Option<MutexGuard<'a, Core>>);
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        self.0
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.0.take() {
+            let wakers = guard.take_wakers();
+            drop(guard);
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A peer-supplied string fit for a log line or an error text: escaped (no control characters
+/// or line breaks) and capped at about [`core::MAX_QUOTED`] bytes.
+pub(crate) fn quoted(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.char_indices() {
+        if out.len() >= core::MAX_QUOTED {
+            out.push_str(&format!("... ({} bytes)", s.len() - i));
+            break;
+        }
+        out.extend(c.escape_debug());
+    }
+    out
 }
 
 fn end_error(end: &StreamEnd) -> Error {
@@ -427,13 +498,8 @@ impl Stream for ReliableReader {
             return Poll::Ready(None);
         }
         let mut core = self.inner.lock();
-        loop {
-            match core.pop_inbound(cx.waker()) {
-                // A refused message's place holder: counted, not delivered.
-                Some(any) if any.type_url.is_empty() => continue,
-                Some(any) => return Poll::Ready(Some(Ok(any))),
-                None => break,
-            }
+        if let Some(any) = core.pop_inbound(cx.waker()) {
+            return Poll::Ready(Some(Ok(any)));
         }
         let end = core.end().cloned();
         drop(core);
@@ -578,7 +644,10 @@ fn stats(inner: &Inner) -> Stats {
     let (outgoing_messages, outgoing_bytes) = core.outgoing();
     let (inbound_messages, inbound_bytes) = core.inbound_len();
     let (sent, confirmed) = core.progress();
+    let (retained_nacks, retained_nack_bytes) = core.retained_nacks();
     Stats {
+        retained_nacks,
+        retained_nack_bytes,
         outgoing_messages,
         outgoing_bytes,
         inbound_messages,
@@ -666,24 +735,43 @@ impl ReliableSession {
         self.writer.clone()
     }
 
-    /// An [`Events`] stream of this stream's lifecycle events, for another task.
+    /// An [`Events`] stream of this stream's lifecycle events, for another task. Every
+    /// `Events` gets every event (a broadcast): it starts with the events
+    /// [`next_event`](Self::next_event) has not taken yet, then each one emitted while it
+    /// lives (up to 256 unread; beyond that the oldest are dropped).
     pub fn events(&self) -> Events {
+        let id = self.writer.inner.lock().subscribe();
         Events {
             inner: self.writer.inner.clone(),
+            id,
         }
     }
 
     /// The next lifecycle event (connected, disconnected, reconnecting, resumed, closed).
-    /// Events are kept until read (the 256 most recent).
+    /// Events are kept until read (the 256 most recent); [`Events`] streams read them
+    /// independently of this.
     pub async fn next_event(&self) -> Option<Event> {
-        futures_util::StreamExt::next(&mut self.events()).await
+        let mut events = Events {
+            inner: self.writer.inner.clone(),
+            id: 0,
+        };
+        futures_util::StreamExt::next(&mut events).await
     }
 }
 
-/// Lifecycle events of a stream; ends after [`Event::Closed`].
+/// Lifecycle events of a stream; ends after [`Event::Closed`]. Each `Events` (from
+/// [`ReliableSession::events`]) receives every event.
 #[derive(Debug)]
 pub struct Events {
     inner: Arc<Inner>,
+    /// Its queue in the core (0: the one `next_event` reads).
+    id: u64,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.inner.lock().unsubscribe(self.id);
+    }
 }
 
 impl Stream for Events {
@@ -691,7 +779,7 @@ impl Stream for Events {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let mut core = self.inner.lock();
-        match core.pop_event(cx.waker()) {
+        match core.pop_event(self.id, cx.waker()) {
             Some(event) => Poll::Ready(Some(event)),
             None if core.end().is_some() => Poll::Ready(None),
             None => Poll::Pending,
@@ -701,3 +789,53 @@ impl Stream for Events {
 
 /// A boxed future the caller spawns (the drivers are runtime-agnostic).
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+
+    /// Records whether the core's lock was free when it was woken.
+    struct LockProbe {
+        inner: Arc<Inner>,
+        woken: AtomicBool,
+        lock_was_free: AtomicBool,
+    }
+
+    impl Wake for LockProbe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.woken.store(true, Ordering::SeqCst);
+            let free = self.inner.core.try_lock().is_ok();
+            self.lock_was_free.store(free, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wakers_run_after_the_lock_is_released() {
+        let inner = Inner::new(ReliableConfig::new());
+        let probe = Arc::new(LockProbe {
+            inner: inner.clone(),
+            woken: AtomicBool::new(false),
+            lock_was_free: AtomicBool::new(false),
+        });
+        let waker = Waker::from(probe.clone());
+        inner.lock().register_link(&waker);
+        // Queuing a message wakes the link.
+        inner.lock().try_push(Any::default()).unwrap();
+        assert!(probe.woken.load(Ordering::SeqCst));
+        assert!(probe.lock_was_free.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn peer_strings_are_escaped_and_capped() {
+        assert_eq!(quoted("a\nb\u{1b}"), "a\\nb\\u{1b}");
+        let long = quoted(&"x".repeat(1 << 20));
+        assert!(long.len() < 150, "{}", long.len());
+        assert!(long.ends_with("bytes)"), "{long}");
+    }
+}

@@ -1,4 +1,10 @@
 //! The accepting side: streams outlive connections, for a bounded time and in bounded number.
+//!
+//! The stream table holds every stream the server carries or keeps for resumption, and a
+//! tombstone for each stream closed gracefully within the resume timeout (so that a client
+//! whose close was cut learns the stream is closed instead of opening a new one). Both are
+//! bounded by `max_streams`; every accept sweeps expired entries, and each dropped link also
+//! sweeps once its stream's resume timeout has passed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,8 +20,12 @@ use super::link::{self, LinkEnd};
 use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableSession, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::proto::reliable::Resume;
+use crate::proto::reliable::{Resume, ResumeStatus};
+use crate::proto::v1::ReasonCode;
 use crate::session::{self, Session, SessionConfig, SessionDriver};
+
+/// The longest `Resume.stream_id` accepted (clients of this crate send 16 bytes).
+const MAX_STREAM_ID_LEN: usize = 64;
 
 /// Accepts reliable streams, and keeps the state of those whose connection dropped so that
 /// their client can resume them. Cheap to clone (shared).
@@ -27,7 +37,14 @@ pub struct ReliableServer {
 struct ServerShared {
     session_config: SessionConfig,
     config: ReliableConfig,
-    streams: Mutex<HashMap<Vec<u8>, Entry>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    streams: HashMap<Vec<u8>, Entry>,
+    /// Streams closed gracefully, remembered for the resume timeout.
+    closed: HashMap<Vec<u8>, Tombstone>,
 }
 
 struct Entry {
@@ -36,6 +53,27 @@ struct Entry {
     identity: Option<String>,
     /// When the stream lost its connection, if it has none now.
     detached_since: Option<Instant>,
+    /// Our name for this state of the stream (`Resume.incarnation`), never 0.
+    incarnation: u64,
+}
+
+struct Tombstone {
+    identity: Option<String>,
+    since: Instant,
+}
+
+/// What the table makes of a client's `Resume`.
+enum Decision {
+    /// A link carries the stream now (attached as `generation`).
+    Carry {
+        inner: Arc<Inner>,
+        generation: u64,
+        incarnation: u64,
+        status: ResumeStatus,
+        new_stream: Option<ReliableSession>,
+    },
+    /// Answer with `status` and `reason`, then close the session.
+    Answer(ResumeStatus, String),
 }
 
 impl std::fmt::Debug for ReliableServer {
@@ -90,30 +128,96 @@ impl ReliableServer {
             shared: Arc::new(ServerShared {
                 session_config: session_config.with_capability(CAPABILITY),
                 config,
-                streams: Mutex::new(HashMap::new()),
+                table: Mutex::new(Table::default()),
             }),
         }
     }
 
-    /// Streams currently kept (attached or waiting for resumption).
+    /// Streams currently kept (attached or waiting for resumption); expired ones are swept
+    /// first.
     pub fn stream_count(&self) -> usize {
-        self.lock().len()
+        let mut table = self.lock();
+        self.sweep(&mut table);
+        table.streams.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
-        self.shared
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// Streams closed gracefully that are still remembered (to answer a late resume with
+    /// "closed"); at most `max_streams`, each for the resume timeout.
+    pub fn closed_count(&self) -> usize {
+        let mut table = self.lock();
+        self.sweep(&mut table);
+        table.closed.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.shared.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends and forgets streams detached for longer than the resume timeout, forgets ended
+    /// streams (remembering those closed gracefully) and old tombstones.
+    fn sweep(&self, table: &mut Table) {
+        let now = Instant::now();
+        let timeout = self.shared.config.resume_timeout;
+        let expired = |since: Instant| now.saturating_duration_since(since) >= timeout;
+        let mut closed = Vec::new();
+        table.streams.retain(|id, e| {
+            let mut core = e.inner.lock();
+            if !core.attached && e.detached_since.is_some_and(expired) {
+                core.finish(StreamEnd::Failed(format!("not resumed within {timeout:?}")));
+            }
+            match core.end() {
+                None => true,
+                Some(StreamEnd::Closed) => {
+                    closed.push((id.clone(), e.identity.clone()));
+                    false
+                }
+                Some(StreamEnd::Failed(_)) => false,
+            }
+        });
+        for (id, identity) in closed {
+            Self::remember_closed(&self.shared.config, table, id, identity, now);
+        }
+        table.closed.retain(|_, t| !expired(t.since));
+    }
+
+    fn remember_closed(
+        config: &ReliableConfig,
+        table: &mut Table,
+        id: Vec<u8>,
+        identity: Option<String>,
+        now: Instant,
+    ) {
+        if table.closed.len() >= config.max_streams && !table.closed.contains_key(&id) {
+            let oldest = table
+                .closed
+                .iter()
+                .min_by_key(|(_, t)| t.since)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                table.closed.remove(&oldest);
+            }
+        }
+        table.closed.insert(
+            id,
+            Tombstone {
+                identity,
+                since: now,
+            },
+        );
     }
 
     /// Runs the session handshake on `conn`, then the `Resume` exchange: the connection
     /// either resumes a kept stream (taking it over from an older connection that may not have
     /// noticed its drop yet) or starts a new one.
     ///
+    /// A stream the server will not carry (too many streams, another identity, counts no
+    /// honest client sends, a stream already closed) is answered with that `Resume` status
+    /// and a reason before the session is closed.
+    ///
     /// # Errors
     /// Any error of [`session::accept`]; [`Error::Reliable`] if the client sent no valid
-    /// `Resume` in time, or too many streams are attached.
+    /// `Resume` in time, if the stream was answered without being carried (see above), or if
+    /// the answer to a new stream could not be sent.
     pub async fn accept<T>(&self, conn: Connection<T>) -> Result<Accepted<T>>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -145,54 +249,85 @@ impl ReliableServer {
         };
         let stream_id = request.stream_id.clone();
         let identity = reader.info().identity().map(str::to_owned);
-        let (inner, new_stream) = self.find_or_create(&stream_id, identity)?;
-        let (generation, received, acknowledged, window) = {
-            let mut core = inner.lock();
-            core.set_peer_window(request.window_messages, request.window_bytes);
-            (
-                core.attach(),
-                core.received(),
-                core.acknowledged(),
-                core.window(),
-            )
-        };
-        {
-            let mut core = inner.lock();
-            if new_stream.is_some() {
-                core.emit(Event::Connected {
-                    session_id,
-                    new_stream: false,
-                    retransmitted: 0,
-                });
-            } else {
-                core.peer_resumed(request.acknowledged);
-                match core.resume_from(request.received) {
-                    Ok(retransmitted) => core.emit(Event::Resumed {
-                        session_id,
-                        retransmitted,
-                    }),
-                    Err(why) => {
-                        core.detach(generation);
-                        return Err(Error::Reliable(format!(
-                            "client broke the reliable protocol: {why}"
-                        )));
-                    }
+        let (inner, generation, new_stream, answer) =
+            match self.decide(&request, identity, &session_id) {
+                Decision::Carry {
+                    inner,
+                    generation,
+                    incarnation,
+                    status,
+                    new_stream,
+                } => {
+                    let answer = {
+                        let core = inner.lock();
+                        let window = core.window();
+                        Resume {
+                            stream_id: stream_id.clone(),
+                            received: core.received(),
+                            resumed: status == ResumeStatus::Resumed,
+                            acknowledged: core.acknowledged(),
+                            window_messages: window.0,
+                            window_bytes: window.1,
+                            status: status as i32,
+                            incarnation,
+                            closing: false,
+                            reason: String::new(),
+                        }
+                    };
+                    (inner, generation, new_stream, answer)
                 }
-            }
-        }
-        let answer = Resume {
-            stream_id: stream_id.clone(),
-            received,
-            resumed: new_stream.is_none(),
-            acknowledged,
-            window_messages: window.0,
-            window_bytes: window.1,
-        };
+                Decision::Answer(status, reason) => {
+                    log::info!(
+                        "reliable server: stream answered {}: {reason}",
+                        status.as_str_name()
+                    );
+                    let answer = Resume {
+                        stream_id: if stream_id.len() <= MAX_STREAM_ID_LEN {
+                            stream_id
+                        } else {
+                            Vec::new()
+                        },
+                        status: status as i32,
+                        reason: reason.clone(),
+                        ..Resume::default()
+                    };
+                    // The client reads the answer and leaves; the close is a courtesy.
+                    let exchange = async {
+                        writer.send_any(link::pack(&answer)).await?;
+                        writer.close(ReasonCode::Normal, reason.clone()).await
+                    };
+                    let _ = link::with_driver(&mut driver, exchange, limit).await;
+                    return Err(Error::Reliable(format!(
+                        "stream not carried ({}): {reason}",
+                        status.as_str_name()
+                    )));
+                }
+            };
         let sent =
             link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
-            inner.lock().detach(generation);
-            return Err(Error::Reliable("could not answer Resume".into()));
+            if new_stream.is_some() {
+                // Nobody saw this stream: forget it (its client starts it again).
+                self.forget(&stream_id, &inner);
+                return Err(Error::Reliable("could not answer Resume".into()));
+            }
+            // The connection dropped after the stream was attached to it: like any dropped
+            // link, the driver waits for the client to come back and expires the stream if
+            // it does not.
+            let server = self.clone();
+            let why = "could not answer Resume".to_owned();
+            let run = async move {
+                server
+                    .link_ended(&stream_id, &inner, generation, LinkEnd::Dropped(why))
+                    .await;
+            };
+            return Ok(Accepted {
+                new_stream: None,
+                driver: ServerDriver {
+                    inner: Box::pin(run),
+                },
+                plain: None,
+            });
         }
         let server = self.clone();
         let run = async move {
@@ -208,61 +343,191 @@ impl ReliableServer {
         })
     }
 
-    fn find_or_create(
-        &self,
-        stream_id: &[u8],
-        identity: Option<String>,
-    ) -> Result<(Arc<Inner>, Option<ReliableSession>)> {
-        let mut streams = self.lock();
-        if let Some(entry) = streams.get_mut(stream_id) {
-            if entry.identity != identity {
-                return Err(Error::Reliable("stream opened by another identity".into()));
-            }
-            if entry.inner.lock().end().is_none() {
-                entry.detached_since = None;
-                return Ok((entry.inner.clone(), None));
-            }
-            streams.remove(stream_id);
+    /// Looks the stream up and decides, under the table's lock: resume it, restart its
+    /// numbering (the client never saw our answer for its current state), start a new one, or
+    /// answer without carrying it. Attaches the stream when it is carried.
+    fn decide(&self, request: &Resume, identity: Option<String>, session_id: &str) -> Decision {
+        let config = &self.shared.config;
+        let id = request.stream_id.as_slice();
+        if id.is_empty() || id.len() > MAX_STREAM_ID_LEN {
+            // Kept as a key of the table (and of a tombstone): bounded.
+            return Decision::Answer(
+                ResumeStatus::Refused,
+                format!(
+                    "stream_id of {} bytes (1 to {MAX_STREAM_ID_LEN}, normally 16)",
+                    id.len()
+                ),
+            );
         }
-        // Expired and ended streams go first; then, if full, the longest-detached one.
-        let now = Instant::now();
-        let timeout = self.shared.config.resume_timeout;
-        streams.retain(|_, e| {
-            e.inner.lock().end().is_none()
-                && e.detached_since
-                    .is_none_or(|t| now.duration_since(t) < timeout)
-        });
-        if streams.len() >= self.shared.config.max_streams {
-            let oldest = streams
+        let mut table = self.lock();
+        self.sweep(&mut table);
+        if let Some(entry) = table.streams.get_mut(id) {
+            if entry.identity != identity {
+                return Decision::Answer(
+                    ResumeStatus::Refused,
+                    "stream opened by another identity".into(),
+                );
+            }
+            let inner = entry.inner.clone();
+            let mut core = inner.lock();
+            let status = if request.incarnation == entry.incarnation {
+                match core.resume(request.received, request.acknowledged) {
+                    Ok(retransmitted) => {
+                        core.emit(Event::Resumed {
+                            session_id: session_id.to_owned(),
+                            retransmitted,
+                        });
+                        ResumeStatus::Resumed
+                    }
+                    Err(why) => {
+                        // The stream stays as it was: attached to its link, or detached and
+                        // expiring.
+                        return Decision::Answer(
+                            ResumeStatus::Refused,
+                            format!("client broke the reliable protocol: {why}"),
+                        );
+                    }
+                }
+            } else if request.closing {
+                // The client is done and never learned of this state of the stream: nothing
+                // was exchanged on it, so it ends here.
+                core.finish(StreamEnd::Closed);
+                drop(core);
+                let identity = entry.identity.clone();
+                table.streams.remove(id);
+                Self::remember_closed(config, &mut table, id.to_vec(), identity, Instant::now());
+                return Decision::Answer(ResumeStatus::Closed, "stream closed".into());
+            } else {
+                // Nothing was exchanged on this state (the client sends nothing before our
+                // answer, which it never saw): number both directions from 0 again.
+                let retransmitted = core.restart_stream();
+                core.emit(Event::Resumed {
+                    session_id: session_id.to_owned(),
+                    retransmitted,
+                });
+                ResumeStatus::NewStream
+            };
+            core.set_peer_window(request.window_messages, request.window_bytes);
+            let generation = core.attach();
+            drop(core);
+            entry.detached_since = None;
+            return Decision::Carry {
+                inner,
+                generation,
+                incarnation: entry.incarnation,
+                status,
+                new_stream: None,
+            };
+        }
+        if let Some(tomb) = table.closed.get(id) {
+            return if tomb.identity == identity {
+                Decision::Answer(ResumeStatus::Closed, "stream closed".into())
+            } else {
+                Decision::Answer(
+                    ResumeStatus::Refused,
+                    "stream opened by another identity".into(),
+                )
+            };
+        }
+        if request.closing {
+            // A close never opens a stream.
+            return Decision::Answer(ResumeStatus::Closed, "no such stream to close".into());
+        }
+        if table.streams.len() >= config.max_streams {
+            let oldest = table
+                .streams
                 .iter()
                 .filter_map(|(id, e)| e.detached_since.map(|t| (t, id.clone())))
                 .min();
             match oldest {
-                Some((_, id)) => {
-                    if let Some(e) = streams.remove(&id) {
+                Some((_, old)) => {
+                    if let Some(e) = table.streams.remove(&old) {
                         e.inner.lock().finish(StreamEnd::Failed(
                             "dropped to make room for another stream".into(),
                         ));
                     }
                 }
                 None => {
-                    return Err(Error::Reliable(format!(
-                        "too many streams ({})",
-                        streams.len()
-                    )))
+                    return Decision::Answer(
+                        ResumeStatus::Busy,
+                        format!("too many streams ({})", table.streams.len()),
+                    )
                 }
             }
         }
-        let inner = Inner::new(self.shared.config.clone());
-        streams.insert(
-            stream_id.to_vec(),
+        let inner = Inner::new(config.clone());
+        let generation = {
+            let mut core = inner.lock();
+            core.set_peer_window(request.window_messages, request.window_bytes);
+            core.emit(Event::Connected {
+                session_id: session_id.to_owned(),
+                new_stream: false,
+                retransmitted: 0,
+            });
+            core.attach()
+        };
+        let incarnation = loop {
+            let n = getrandom::u64().unwrap_or_else(|_| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            if n != 0 {
+                break n;
+            }
+        };
+        table.streams.insert(
+            id.to_vec(),
             Entry {
                 inner: inner.clone(),
                 identity,
                 detached_since: None,
+                incarnation,
             },
         );
-        Ok((inner.clone(), Some(ReliableSession::new(inner))))
+        Decision::Carry {
+            inner: inner.clone(),
+            generation,
+            incarnation,
+            status: ResumeStatus::NewStream,
+            new_stream: Some(ReliableSession::new(inner)),
+        }
+    }
+
+    /// Ends and removes a stream nobody has seen.
+    fn forget(&self, stream_id: &[u8], inner: &Arc<Inner>) {
+        let mut table = self.lock();
+        if table
+            .streams
+            .get(stream_id)
+            .is_some_and(|e| Arc::ptr_eq(&e.inner, inner))
+        {
+            table.streams.remove(stream_id);
+        }
+        inner
+            .lock()
+            .finish(StreamEnd::Failed("the Resume answer was not sent".into()));
+    }
+
+    /// Link `generation` of the stream is gone without ending it: the stream waits for its
+    /// client, and expires if it does not come back in time.
+    fn detached(&self, stream_id: &[u8], inner: &Arc<Inner>, generation: u64, reason: String) {
+        let mut table = self.lock();
+        let mut core = inner.lock();
+        if core.generation != generation {
+            return;
+        }
+        core.detach(generation);
+        if core.end().is_none() {
+            log::info!("reliable server: stream disconnected: {reason}");
+            core.emit(Event::Disconnected { reason });
+        }
+        drop(core);
+        if let Some(entry) = table.streams.get_mut(stream_id) {
+            if Arc::ptr_eq(&entry.inner, inner) {
+                entry.detached_since = Some(Instant::now());
+            }
+        }
     }
 
     async fn link_ended(
@@ -272,42 +537,22 @@ impl ReliableServer {
         generation: u64,
         end: LinkEnd,
     ) {
+        match end {
+            LinkEnd::Superseded => return,
+            LinkEnd::Closed => inner.lock().finish(StreamEnd::Closed),
+            LinkEnd::Fatal(why) => inner.lock().finish(StreamEnd::Failed(why)),
+            LinkEnd::Dropped(reason) => {
+                self.detached(stream_id, inner, generation, reason);
+                // Wait for the client to come back; the sweep expires the stream if it has
+                // not (any accept sweeps too).
+                futures_timer::Delay::new(self.shared.config.resume_timeout).await;
+            }
+        }
         {
             let mut core = inner.lock();
             core.detach(generation);
-            match end {
-                LinkEnd::Superseded => return,
-                LinkEnd::Closed => core.finish(StreamEnd::Closed),
-                LinkEnd::Fatal(why) => core.finish(StreamEnd::Failed(why)),
-                LinkEnd::Dropped(reason) => {
-                    log::info!("reliable server: stream disconnected: {reason}");
-                    core.emit(Event::Disconnected { reason });
-                }
-            }
         }
-        if inner.lock().end().is_none() {
-            if let Some(entry) = self.lock().get_mut(stream_id) {
-                entry.detached_since = Some(Instant::now());
-            }
-            // Wait for the client to come back; expire the stream if it does not.
-            futures_timer::Delay::new(self.shared.config.resume_timeout).await;
-            let mut core = inner.lock();
-            if core.generation != generation || core.end().is_some() {
-                return;
-            }
-            core.finish(StreamEnd::Failed(format!(
-                "not resumed within {:?}",
-                self.shared.config.resume_timeout
-            )));
-            // Lock order: the stream table before a stream, never the reverse.
-            drop(core);
-        }
-        let mut streams = self.lock();
-        if streams
-            .get(stream_id)
-            .is_some_and(|e| Arc::ptr_eq(&e.inner, inner))
-        {
-            streams.remove(stream_id);
-        }
+        let mut table = self.lock();
+        self.sweep(&mut table);
     }
 }

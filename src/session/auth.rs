@@ -116,8 +116,27 @@ fn secret_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// Whether `given` is `stored`, doing the same work for every `stored`: each byte of `given`
+/// is compared (with `stored` padded by zeros), then the lengths, all without branching on the
+/// secret. The time depends on `given`'s length only, which the peer knows anyway.
+fn password_eq(given: &str, stored: &str) -> bool {
+    let (given, stored) = (given.as_bytes(), stored.as_bytes());
+    let mut equal = subtle::Choice::from(1);
+    for (i, g) in given.iter().enumerate() {
+        equal &= g.ct_eq(stored.get(i).unwrap_or(&0));
+    }
+    #[cfg(test)]
+    tests::COMPARED.with(|n| n.set(n.get() + given.len()));
+    (equal & (given.len() as u64).ct_eq(&(stored.len() as u64))).into()
+}
+
+/// What an unknown user's password is compared with, so that an unknown user costs the same
+/// comparison as a known user with a wrong password.
+const DUMMY_PASSWORD: &str = "unknown user: no password matches this one";
+
 /// PLAIN: a fixed set of users and passwords. Passwords are compared in constant time; an
-/// unknown user costs the same comparison as a known one.
+/// unknown user costs the same comparison as a known one with a wrong password (against a
+/// dummy password, through the same function).
 #[derive(Clone, Default)]
 pub struct PlainAuthenticator {
     users: HashMap<String, String>,
@@ -161,9 +180,9 @@ impl Authenticator for PlainAuthenticator {
         };
         let (known, stored) = match self.users.get(&plain.user) {
             Some(stored) => (true, stored.as_str()),
-            None => (false, ""),
+            None => (false, DUMMY_PASSWORD),
         };
-        if secret_eq(&plain.password, stored) & known {
+        if password_eq(&plain.password, stored) & known {
             Ok(plain.user.clone())
         } else {
             Err(AuthError::new("unknown user or wrong password"))
@@ -226,6 +245,40 @@ impl Authenticator for BearerAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Password bytes compared by `password_eq` on this thread.
+        pub(super) static COMPARED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn unknown_users_cost_the_same_comparison_as_wrong_passwords() {
+        let auth = PlainAuthenticator::new().with_user("alice", "a much longer password");
+        let info = ConnectionInfo::new();
+        let compared = |user: &str, password: &str| {
+            COMPARED.with(|n| n.set(0));
+            let result = run(auth.authenticate(&Credentials::plain(user, password), &info));
+            (result.is_ok(), COMPARED.with(|n| n.get()))
+        };
+        for password in [
+            "",
+            "x",
+            "wrong password",
+            "a much longer password, and more",
+        ] {
+            let known = compared("alice", password);
+            let unknown = compared("mallory", password);
+            // Both go through the same comparison, byte for byte of what the peer sent.
+            assert_eq!(known, (false, password.len()), "{password:?}");
+            assert_eq!(unknown, (false, password.len()), "{password:?}");
+        }
+        assert_eq!(
+            compared("alice", "a much longer password"),
+            (true, "a much longer password".len())
+        );
+        assert!(!password_eq("a", "ab") && !password_eq("ab", "a") && password_eq("", ""));
+        assert!(!password_eq("a\0", "a"));
+    }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
         futures_util::FutureExt::now_or_never(f).expect("authenticators do not wait")

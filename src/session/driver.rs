@@ -53,6 +53,12 @@ pub struct SessionDriver<T> {
     outbound_closed: bool,
     /// Every outbound item has been taken (the queue ended).
     outbound_done: bool,
+    /// After the peer's `Close`, the application is done sending: it has seen the end of its
+    /// reader, dropped it, or closed the session itself. What it queued until then goes out,
+    /// then `CloseOk`.
+    app_done: bool,
+    /// Reading is paused because the peer does not take our replies.
+    read_paused: bool,
     flush_waiters: Vec<oneshot::Sender<Result<()>>>,
     close_waiters: Vec<oneshot::Sender<Result<()>>>,
     unflushed: bool,
@@ -92,6 +98,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             rtt_nanos: Default::default(),
             inbound_bytes: Default::default(),
             driver_waker: Default::default(),
+            reader_done: Default::default(),
+            stats: Default::default(),
         });
         let (inbound, inbound_rx) = queue::bounded(config.queue_len());
         let (outbound_tx, outbound) = queue::bounded(config.queue_len());
@@ -117,6 +125,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             outbound,
             outbound_closed: false,
             outbound_done: false,
+            app_done: false,
+            read_paused: false,
             flush_waiters: Vec::new(),
             close_waiters: Vec::new(),
             unflushed: false,
@@ -160,11 +170,36 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             if self.read_done || self.state.end().is_some() || *budget == 0 {
                 return progress;
             }
+            if self.state.replies_backed_up() {
+                // The peer keeps sending but does not take our replies: read again once they
+                // are out (the writer wakes us), so what we owe it stays bounded.
+                if !self.read_paused {
+                    self.read_paused = true;
+                    self.shared
+                        .stats
+                        .read_pauses
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::debug!(
+                        "{}: peer does not read our replies; pausing reads",
+                        self.shared.info
+                    );
+                }
+                return progress;
+            }
+            self.read_paused = false;
             match self.reader.poll_next_unpin(cx) {
                 Poll::Ready(Some(Ok(any))) => {
                     *budget -= 1;
                     progress = true;
                     self.pending_in = self.state.handle_frame(any, now);
+                    if *self.state.phase() == Phase::PeerClosed && !self.inbound.is_closed() {
+                        // Every message the peer sent before its Close is queued: the
+                        // application reads them, then the end of its reader.
+                        if let Some(outcome) = self.state.outcome() {
+                            self.shared.set_end(outcome.clone());
+                        }
+                        self.inbound.close_channel();
+                    }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let end = match &e {
@@ -205,19 +240,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
     /// Moves queued application messages into the connection writer.
     fn poll_outbound(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
         let mut progress = false;
-        if *self.state.phase() != Phase::Open && !self.outbound_closed {
-            // After a Close either way no new message is taken; those already queued are
-            // still sent when the peer closed (below), and dropped when this side closed
-            // (they were queued after the Close).
-            // Sends from now on fail with how the session is ending (recorded before the queue
-            // closes, so a woken writer finds it); `finish` records the final end.
+        let phase = self.state.phase().clone();
+        if phase == Phase::PeerClosed && !self.app_done {
+            // The application sends on until it has seen the end of its reader (or dropped it,
+            // or closes the session itself, below).
+            self.shared.driver_waker.register(cx.waker());
+            if self.shared.reader_done.load(Ordering::Acquire) {
+                self.app_done = true;
+            }
+        }
+        let takes_no_more = match phase {
+            Phase::Open => false,
+            Phase::PeerClosed => self.app_done,
+            Phase::Closing | Phase::Finishing => true,
+        };
+        if takes_no_more && !self.outbound_closed {
+            // No new message is taken. Those already queued are still sent when the peer
+            // closed (below), and dropped when this side closed (they were queued after the
+            // Close). Sends from now on fail with how the session is ending (recorded before
+            // the queue closes, so a woken writer finds it); `finish` records the final end.
             if let Some(outcome) = self.state.outcome() {
                 self.shared.set_end(outcome.clone());
             }
             self.outbound.close();
             self.outbound_closed = true;
         }
-        if self.outbound_done && self.inbound.is_closed() && *self.state.phase() == Phase::Open {
+        if self.outbound_done && phase == Phase::PeerClosed {
+            // Everything the application queued is in the writer: acknowledge.
+            self.state.ack_close(now);
+            return true;
+        }
+        if self.outbound_done && self.inbound.is_closed() && phase == Phase::Open {
             log::debug!("{}: session dropped by the application", self.shared.info);
             self.state
                 .close(ReasonCode::Normal, "session dropped".into(), now);
@@ -261,13 +314,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 }
                 Some(Outbound::Close { code, reason, done }) => {
                     self.close_waiters.push(done);
-                    self.state.close(code, reason, now);
+                    if phase == Phase::PeerClosed {
+                        // Closing after the peer did: the application is done sending; what
+                        // it queued before is still sent.
+                        self.app_done = true;
+                        self.outbound.close();
+                        self.outbound_closed = true;
+                    } else {
+                        self.state.close(code, reason, now);
+                    }
                 }
                 None => {
                     self.outbound_done = true;
                     if phase == Phase::PeerClosed {
-                        // Everything the application queued before the peer's Close is in the
-                        // writer: acknowledge.
+                        // Everything the application queued is in the writer: acknowledge.
                         self.state.ack_close(now);
                     }
                 }
@@ -349,6 +409,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         self.timer.poll_unpin(cx).is_ready()
     }
 
+    /// Makes the state's counters readable from the handles.
+    fn publish_stats(&self) {
+        let stats = &self.shared.stats;
+        let (frames, bytes) = self.state.queued_control();
+        debug_assert!(frames <= super::state::MAX_QUEUED_CONTROL_FRAMES);
+        stats.control_frames.store(frames, Ordering::Relaxed);
+        stats.control_bytes.store(bytes, Ordering::Relaxed);
+        stats.control_bytes_peak.fetch_max(bytes, Ordering::Relaxed);
+        stats
+            .pongs_coalesced
+            .store(self.state.pongs_coalesced(), Ordering::Relaxed);
+    }
+
     fn finish(&mut self, end: SessionEnd) -> SessionEnd {
         match &end {
             e if e.is_graceful() => log::debug!("{}: {e}", self.shared.info),
@@ -393,6 +466,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for SessionDriver<T> {
             this.inbound.wake_receiver();
             progress |= this.poll_outbound(cx, now, &mut budget);
             progress |= this.poll_write(cx);
+            this.publish_stats();
             if let Some(rtt) = this.state.rtt() {
                 let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
                 this.shared.rtt_nanos.store(nanos, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use super::driver::SessionDriver;
 use super::{Session, SessionEnd, SessionInfo};
 use crate::codec::{type_name, DEFAULT_MAX_FRAME_LEN};
 use crate::connection::{Connection, ConnectionReader, ConnectionWriter};
-use crate::error::{Error, Result};
+use crate::error::{quoted, quoted_list, Error, Result};
 use crate::proto::v1::{Credentials, Hello, ReasonCode, Refuse, Welcome};
 
 /// The protocol version this crate prefers: the highest in [`SUPPORTED_VERSIONS`].
@@ -141,6 +141,8 @@ impl SessionConfig {
     }
 
     /// The largest frame this side accepts; the session uses the smaller of both sides' values.
+    /// 0 sends "no preference" (PROTOCOL.md, section 3): the other side's value is used, and
+    /// 4096 if it has none either.
     pub fn with_max_frame_len(mut self, bytes: usize) -> Self {
         self.max_frame_len = bytes;
         self
@@ -235,6 +237,14 @@ impl SessionConfig {
         })
     }
 
+    /// The frame limit until the handshake is over: 0 is "no preference", not "no frames".
+    fn handshake_frame_limit(&self) -> usize {
+        match self.max_frame_len {
+            0 => HANDSHAKE_MAX_FRAME_LEN,
+            max => HANDSHAKE_MAX_FRAME_LEN.min(max),
+        }
+    }
+
     fn max_frame_len_u32(&self) -> u32 {
         u32::try_from(self.max_frame_len).unwrap_or(u32::MAX)
     }
@@ -272,8 +282,8 @@ pub(crate) fn negotiate(
             (
                 ReasonCode::UnsupportedVersion,
                 format!(
-                    "no common protocol version: you speak {:?}, we speak {SUPPORTED_VERSIONS:?}",
-                    hello.versions
+                    "no common protocol version: you speak {}, we speak {SUPPORTED_VERSIONS:?}",
+                    quoted_list(&hello.versions)
                 ),
             )
         })?;
@@ -322,7 +332,7 @@ where
 {
     let (mut reader, mut writer) = conn.split();
     let info = reader.info.clone();
-    reader.set_max_frame_len(HANDSHAKE_MAX_FRAME_LEN.min(config.max_frame_len));
+    reader.set_max_frame_len(config.handshake_frame_limit());
     let hello = Hello {
         versions: SUPPORTED_VERSIONS.to_vec(),
         properties: config.properties.clone(),
@@ -344,7 +354,10 @@ where
     if name == Refuse::full_name() {
         let refuse: Refuse = decode(&answer).map_err(violation)?;
         let code = ReasonCode::try_from(refuse.code).unwrap_or(ReasonCode::Unspecified);
-        log::debug!("{info}: session refused: {code:?} {}", refuse.reason);
+        log::debug!(
+            "{info}: session refused: {code:?} {}",
+            quoted(&refuse.reason)
+        );
         return Err(Error::Session(SessionEnd::Refused {
             code,
             reason: refuse.reason,
@@ -352,7 +365,8 @@ where
     }
     if name != Welcome::full_name() {
         return Err(violation(format!(
-            "expected connect.v1.Welcome or connect.v1.Refuse, got {name}"
+            "expected connect.v1.Welcome or connect.v1.Refuse, got {}",
+            quoted(name)
         )));
     }
     let welcome: Welcome = decode(&answer).map_err(violation)?;
@@ -364,8 +378,13 @@ where
     }
     // The server picks the smaller value; more than we asked for would let it make us buffer
     // frames larger than we agreed to.
+    // A client that sent 1-4095 gets the floor; one that sent 0 (no preference) takes any
+    // value from the floor up.
     let max_frame_len = welcome.max_frame_len as usize;
-    let asked = config.max_frame_len.max(MIN_MAX_FRAME_LEN);
+    let asked = match config.max_frame_len_u32() {
+        0 => usize::MAX,
+        sent => (sent as usize).max(MIN_MAX_FRAME_LEN),
+    };
     if !(MIN_MAX_FRAME_LEN..=asked).contains(&max_frame_len) {
         return Err(violation(format!(
             "Welcome set max_frame_len {max_frame_len}, outside {MIN_MAX_FRAME_LEN}..={asked}"
@@ -409,7 +428,7 @@ where
 {
     let (mut reader, mut writer) = conn.split();
     let info = reader.info.clone();
-    reader.set_max_frame_len(HANDSHAKE_MAX_FRAME_LEN.min(config.max_frame_len));
+    reader.set_max_frame_len(config.handshake_frame_limit());
     let first = match timeout(config.handshake_timeout, reader.recv()).await {
         None => {
             let reason = format!("no Hello within {:?}", config.handshake_timeout);
@@ -418,15 +437,13 @@ where
         Some(Ok(Some(first))) => first,
         Some(Ok(None)) => return Err(Error::Session(SessionEnd::Disconnected)),
         Some(Err(e)) if e.is_protocol_violation() => {
+            // PROTOCOL.md, section 3: an over-long frame has its own code.
+            let code = match e {
+                Error::FrameTooLarge { .. } => ReasonCode::FrameTooLarge,
+                _ => ReasonCode::ProtocolViolation,
+            };
             let reason = format!("bad first frame: {e}");
-            return Err(refuse(
-                reader,
-                writer,
-                config,
-                ReasonCode::ProtocolViolation,
-                reason,
-            )
-            .await);
+            return Err(refuse(reader, writer, config, code, reason).await);
         }
         Some(Err(e)) => return Err(e),
     };
@@ -435,7 +452,8 @@ where
         decode::<Hello>(&first)
     } else {
         Err(format!(
-            "the first frame must be a connect.v1.Hello, not {name}"
+            "the first frame must be a connect.v1.Hello, not {}",
+            quoted(name)
         ))
     };
     let hello = match hello {

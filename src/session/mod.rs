@@ -14,7 +14,8 @@
 //!            (or Refuse { code, reason }, then the accepting side closes)
 //!  application messages both ways; Ping/Pong when a side has sent nothing for an interval
 //!        ── Close { code, reason } ──►   (after everything queued before it)
-//!        ◄── CloseOk ──                   (after everything the peer had queued)
+//!        ◄── CloseOk ──                   (after what the peer's application sent until it
+//!                                          read the end of its reader)
 //! ```
 //!
 //! ## How it is used
@@ -78,11 +79,14 @@ mod handshake;
 mod queue;
 mod state;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,7 +99,7 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use crate::connection::{unpack, ConnectionInfo};
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::proto::v1::ReasonCode;
 
 pub use auth::{AuthError, Authenticator, BearerAuthenticator, PlainAuthenticator};
@@ -178,11 +182,17 @@ impl fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Closed { code, reason } => write!(f, "closed ({}: {reason})", code.as_str_name()),
+            // The peer's words: escaped and capped, they end up in logs.
             Self::ClosedByPeer { code, reason } => {
-                write!(f, "closed by peer ({}: {reason})", code.as_str_name())
+                write!(
+                    f,
+                    "closed by peer ({}: {})",
+                    code.as_str_name(),
+                    quoted(reason)
+                )
             }
             Self::Refused { code, reason } => {
-                write!(f, "refused ({}: {reason})", code.as_str_name())
+                write!(f, "refused ({}: {})", code.as_str_name(), quoted(reason))
             }
             Self::PeerUnresponsive { silent_for } => {
                 write!(f, "peer unresponsive (silent for {silent_for:?})")
@@ -259,7 +269,13 @@ impl SessionInfo {
 
 impl fmt::Display for SessionInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "session {} on {}", self.session_id, self.connection)
+        // On the connecting side the id is the peer's: shown as is only if it is short and plain.
+        let id = &self.session_id;
+        if id.len() <= crate::error::MAX_QUOTED_CHARS && id.bytes().all(|b| b.is_ascii_graphic()) {
+            write!(f, "session {id} on {}", self.connection)
+        } else {
+            write!(f, "session {} on {}", quoted(id), self.connection)
+        }
     }
 }
 
@@ -273,8 +289,66 @@ struct Shared {
     /// Bytes of received messages waiting for the application (bounded by the driver).
     inbound_bytes: AtomicUsize,
     /// Woken when the application takes a received message: the driver may be waiting for
-    /// room under the byte bound.
+    /// room under the byte bound; and when the reader ends or is dropped.
     driver_waker: AtomicWaker,
+    /// The application has seen the end of its reader, or dropped it.
+    reader_done: AtomicBool,
+    stats: SharedStats,
+}
+
+/// Counters the driver publishes for [`SessionStats`].
+#[derive(Debug, Default)]
+struct SharedStats {
+    control_frames: AtomicUsize,
+    control_bytes: AtomicUsize,
+    control_bytes_peak: AtomicUsize,
+    pongs_coalesced: AtomicU64,
+    read_pauses: AtomicU64,
+}
+
+/// What a session holds on its peer's behalf, for monitoring and tests: see
+/// [`Session::stats`].
+///
+/// A session queues at most one reply per kind of control message (a Pong, a CloseOk) plus its
+/// own Ping and Close: a peer that floods Pings costs one pending Pong, and once it has sent
+/// many Pings without taking our Pong the driver stops reading from it until it does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Control frames (Ping, Pong, Close, CloseOk) waiting to be handed to the connection writer.
+    pub control_frames_queued: usize,
+    /// Their bytes (type URLs and values).
+    pub control_bytes_queued: usize,
+    /// The most control bytes ever queued at once in this session.
+    pub control_bytes_queued_peak: usize,
+    /// Pings answered by a later Pong rather than their own (only the latest Pong matters).
+    pub pongs_coalesced: u64,
+    /// Times the driver stopped reading because the peer did not take our replies.
+    pub read_pauses: u64,
+    /// Bytes of received application messages waiting for the application (bounded by
+    /// [`SessionConfig::with_receive_buffer_len`] plus one message).
+    pub received_bytes_queued: usize,
+}
+
+impl Shared {
+    fn stats(&self) -> SessionStats {
+        let s = &self.stats;
+        SessionStats {
+            control_frames_queued: s.control_frames.load(Ordering::Relaxed),
+            control_bytes_queued: s.control_bytes.load(Ordering::Relaxed),
+            control_bytes_queued_peak: s.control_bytes_peak.load(Ordering::Relaxed),
+            pongs_coalesced: s.pongs_coalesced.load(Ordering::Relaxed),
+            read_pauses: s.read_pauses.load(Ordering::Relaxed),
+            received_bytes_queued: self.inbound_bytes.load(Ordering::Acquire),
+        }
+    }
+
+    /// The application is done with received messages: after the peer's `Close`, the driver
+    /// may acknowledge once what the application queued is out.
+    fn reader_done(&self) {
+        self.reader_done.store(true, Ordering::Release);
+        self.driver_waker.wake();
+    }
 }
 
 /// What a received message counts against the byte bound of the inbound queue.
@@ -324,6 +398,11 @@ enum Outbound {
 /// Control messages never show up here. The stream ends with `None` after a graceful close (by
 /// either side), after every message the peer sent before its `Close`. Any other end is yielded
 /// once as `Err(Error::Session(end))`, after the messages received before it.
+///
+/// When the peer closes, the end comes as soon as its earlier messages are read, while the
+/// session is still open for sending: the `CloseOk` goes out once this reader has yielded its
+/// end (or is dropped, or the application closes too), after what the application sent until
+/// then. So read to the end promptly, or drop the reader, or the peer's close times out.
 #[derive(Debug)]
 pub struct SessionReader {
     inbound: queue::Receiver<Any>,
@@ -357,6 +436,17 @@ impl SessionReader {
     pub fn rtt(&self) -> Option<Duration> {
         self.shared.rtt()
     }
+
+    /// What the session holds on the peer's behalf; see [`SessionStats`].
+    pub fn stats(&self) -> SessionStats {
+        self.shared.stats()
+    }
+}
+
+impl Drop for SessionReader {
+    fn drop(&mut self) {
+        self.shared.reader_done();
+    }
 }
 
 impl Stream for SessionReader {
@@ -376,6 +466,7 @@ impl Stream for SessionReader {
             }
             Poll::Ready(None) => {
                 self.finished = true;
+                self.shared.reader_done();
                 match self.shared.end() {
                     Some(end) if end.is_graceful() => Poll::Ready(None),
                     _ => Poll::Ready(Some(Err(self.shared.ended()))),
@@ -436,10 +527,11 @@ impl SessionWriter {
 
     /// Waits until everything queued so far is written to the transport.
     ///
-    /// Once the session is ending gracefully (either side sent `Close`), the driver takes no new
-    /// requests but still writes every message queued before, as part of the close: a flush then
-    /// succeeds at once (a failure while closing is reported as the session's end). After any
-    /// other end it fails with that end.
+    /// After the peer's `Close`, sending goes on until this side's application has seen the end
+    /// of its [`SessionReader`] (or dropped it, or closed too). Once the session is ending
+    /// gracefully and takes no more messages, the driver still writes every message queued
+    /// before, as part of the close: a flush then succeeds at once (a failure while closing is
+    /// reported as the session's end). After any other end it fails with that end.
     pub async fn flush(&mut self) -> Result<()> {
         let (done, written) = oneshot::channel();
         if let Err(ended) = self.enqueue(Outbound::Flush(done)).await {
@@ -524,6 +616,11 @@ impl SessionWriter {
     pub fn end(&self) -> Option<SessionEnd> {
         self.shared.end()
     }
+
+    /// What the session holds on the peer's behalf; see [`SessionStats`].
+    pub fn stats(&self) -> SessionStats {
+        self.shared.stats()
+    }
 }
 
 /// An open session: application messages in both directions. See the [module docs](self).
@@ -554,6 +651,11 @@ impl Session {
     /// How the session ended (or, during a close handshake, is ending), once known.
     pub fn end(&self) -> Option<SessionEnd> {
         self.reader.shared.end()
+    }
+
+    /// What the session holds on the peer's behalf; see [`SessionStats`].
+    pub fn stats(&self) -> SessionStats {
+        self.reader.shared.stats()
     }
 
     /// See [`SessionReader::recv`].
@@ -610,8 +712,7 @@ impl crate::dispatch::Dispatcher {
     /// message goes to its handler (whose [`Context::session`](crate::dispatch::Context::session)
     /// tells the authenticated identity), replies go back in order. Returns `Ok(())` once the peer
     /// has closed the session gracefully. Messages the peer sent before its `Close` are all
-    /// handled; replies to those still queued when the `Close` arrived are dropped (the peer
-    /// no longer takes application messages).
+    /// handled and their replies all sent before the `CloseOk` (PROTOCOL.md, section 6).
     ///
     /// # Errors
     /// The session's end if it was not graceful, or any error of

@@ -14,10 +14,20 @@ use prost_types::Any;
 
 use super::SessionEnd;
 use crate::codec::type_name;
+use crate::error::quoted;
 use crate::proto::v1::{Close, CloseOk, Ping, Pong, ReasonCode};
 
 /// Prefix of the full names of the session layer's control messages.
 pub(crate) const CONTROL_PACKAGE: &str = "connect.v1.";
+
+/// Control frames a session queues on the peer's behalf at most: a Pong, a Ping, a Close and a
+/// CloseOk.
+pub(crate) const MAX_QUEUED_CONTROL_FRAMES: usize = 4;
+
+/// Pings a peer may send while our Pong to it cannot be written before the driver stops reading
+/// from it. A peer that pings on its heartbeat sends one per interval and is declared dead long
+/// before it gets here; only a peer that pings without reading does.
+pub(crate) const MAX_PINGS_WHILE_PONG_PENDING: u32 = 16;
 
 /// Where the session is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,8 +36,9 @@ pub(crate) enum Phase {
     Open,
     /// This side sent `Close` and waits for `CloseOk`; it still receives.
     Closing,
-    /// The peer sent `Close`: the driver sends what the application had already queued, then
-    /// [`SessionState::ack_close`] sends `CloseOk`.
+    /// The peer sent `Close`: the application reads what came before it, then the end; the
+    /// driver sends what the application sends until then, then [`SessionState::ack_close`]
+    /// sends `CloseOk`.
     PeerClosed,
     /// The close handshake is done: flush, shut the write side down, read to the end of stream.
     Finishing,
@@ -45,7 +56,18 @@ pub(crate) struct SessionState {
     next_ping_id: u64,
     ping_in_flight: Option<(u64, Instant)>,
     rtt: Option<Duration>,
+    /// Control frames to send: at most one Ping, one Close and one CloseOk at a time (each
+    /// guarded by the phase), so at most [`MAX_QUEUED_CONTROL_FRAMES`].
     transmit: VecDeque<Any>,
+    /// The id of the latest Ping not answered yet. Pongs are coalesced: only the latest matters
+    /// to the peer, so a Ping flood costs one pending Pong, not one per Ping.
+    pong_due: Option<u64>,
+    /// Pings received since our last Pong was handed to the driver.
+    pings_while_pong_pending: u32,
+    /// Pings answered by a later Pong instead of their own, over the session's life.
+    pongs_coalesced: u64,
+    /// The peer sent `Close`: a second one is a protocol violation, not another CloseOk.
+    peer_sent_close: bool,
     phase: Phase,
     /// Deadline of the close handshake (`Closing`, `PeerClosed`) or of the final end of stream
     /// (`Finishing`).
@@ -76,6 +98,10 @@ impl SessionState {
             ping_in_flight: None,
             rtt: None,
             transmit: VecDeque::new(),
+            pong_due: None,
+            pings_while_pong_pending: 0,
+            pongs_coalesced: 0,
+            peer_sent_close: false,
             phase: Phase::Open,
             close_deadline: None,
             outcome: None,
@@ -119,21 +145,26 @@ impl SessionState {
                 Phase::Open | Phase::Closing => Some(any),
                 // After its Close the peer may send nothing but Pong and CloseOk.
                 Phase::PeerClosed | Phase::Finishing => {
-                    self.violation(format!("application message {name} after Close"));
+                    self.violation(format!("application message {} after Close", quoted(name)));
                     None
                 }
             };
         }
         if self.phase == Phase::Finishing {
             // Our CloseOk is out or theirs is in: nothing more matters.
-            log::debug!("ignoring {name} after the close handshake");
+            log::debug!("ignoring {} after the close handshake", quoted(name));
             return None;
         }
         let value = any.value.as_slice();
         if name == Ping::full_name() {
             match Ping::decode(value) {
                 // Answer even while closing: the peer may be measuring liveness.
-                Ok(ping) => self.transmit.push_back(pack(&Pong { id: ping.id })),
+                Ok(ping) => {
+                    if self.pong_due.replace(ping.id).is_some() {
+                        self.pongs_coalesced += 1;
+                    }
+                    self.pings_while_pong_pending = self.pings_while_pong_pending.saturating_add(1);
+                }
                 Err(e) => self.violation(format!("bad Ping: {e}")),
             }
         } else if name == Pong::full_name() {
@@ -161,16 +192,21 @@ impl SessionState {
                 self.violation("CloseOk without a Close".into());
             }
         } else {
-            self.violation(format!("unexpected control message {name}"));
+            self.violation(format!("unexpected control message {}", quoted(name)));
         }
         None
     }
 
     fn peer_close(&mut self, close: Close, now: Instant) {
+        if std::mem::replace(&mut self.peer_sent_close, true) {
+            // Whatever our phase: one Close per session, so one CloseOk at most.
+            self.violation("second Close".into());
+            return;
+        }
         let code = ReasonCode::try_from(close.code).unwrap_or(ReasonCode::Unspecified);
         match self.phase {
             Phase::Open => {
-                log::debug!("peer closes: {code:?} {:?}", close.reason);
+                log::debug!("peer closes: {code:?} {}", quoted(&close.reason));
                 self.outcome = Some(SessionEnd::ClosedByPeer {
                     code,
                     reason: close.reason,
@@ -180,12 +216,14 @@ impl SessionState {
             }
             // Both sides closed at once: acknowledge theirs and keep waiting for our CloseOk.
             Phase::Closing => self.transmit.push_back(pack(&CloseOk {})),
+            // A Close in these phases is a second one (caught above); `Finishing` after our
+            // own Close ignores control frames before getting here.
             Phase::PeerClosed | Phase::Finishing => self.violation("second Close".into()),
         }
     }
 
-    /// The driver has sent everything the application had queued before the peer's `Close`:
-    /// acknowledge it.
+    /// The application is done after the peer's `Close` (it has seen the end of its reader,
+    /// dropped it, or closed) and the driver has sent what it queued: acknowledge.
     pub(crate) fn ack_close(&mut self, now: Instant) {
         if self.phase == Phase::PeerClosed {
             self.transmit.push_back(pack(&CloseOk {}));
@@ -241,12 +279,43 @@ impl SessionState {
 
     /// Next control frame to send, if any.
     pub(crate) fn poll_transmit(&mut self) -> Option<Any> {
+        if let Some(id) = self.pong_due.take() {
+            self.pings_while_pong_pending = 0;
+            return Some(pack(&Pong { id }));
+        }
         self.transmit.pop_front()
     }
 
     /// Whether a control frame waits to be sent.
     pub(crate) fn wants_transmit(&self) -> bool {
-        !self.transmit.is_empty()
+        self.pong_due.is_some() || !self.transmit.is_empty()
+    }
+
+    /// Whether the driver should stop reading from the peer until our replies to it are out:
+    /// the peer keeps pinging but does not take our Pongs (backpressure, as TCP does it).
+    pub(crate) fn replies_backed_up(&self) -> bool {
+        self.pong_due.is_some() && self.pings_while_pong_pending >= MAX_PINGS_WHILE_PONG_PENDING
+    }
+
+    /// Control frames waiting to be sent, and their encoded bytes (type URL and value).
+    pub(crate) fn queued_control(&self) -> (usize, usize) {
+        let pong = self
+            .pong_due
+            .map_or(0, |id| Pong::type_url().len() + Pong { id }.encoded_len());
+        let bytes = self
+            .transmit
+            .iter()
+            .map(|any| any.type_url.len() + any.value.len())
+            .sum::<usize>();
+        (
+            self.transmit.len() + usize::from(self.pong_due.is_some()),
+            bytes + pong,
+        )
+    }
+
+    /// Pings answered by a later Pong instead of their own, so far.
+    pub(crate) fn pongs_coalesced(&self) -> u64 {
+        self.pongs_coalesced
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
@@ -562,12 +631,75 @@ mod tests {
                 }
                 s.handle_timeout(now);
                 s.ack_close(now);
+                proptest::prop_assert!(s.queued_control().0 <= MAX_QUEUED_CONTROL_FRAMES);
                 while s.poll_transmit().is_some() {}
                 if s.end().is_some() {
                     break;
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_ping_flood_owes_one_pong_with_the_latest_id() {
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        for id in 1..=10_000 {
+            s.handle_frame(pack(&Ping { id }), t0);
+            assert!(s.queued_control().0 <= MAX_QUEUED_CONTROL_FRAMES);
+        }
+        assert_eq!(s.queued_control().0, 1);
+        assert_eq!(s.pongs_coalesced(), 9_999);
+        assert!(s.replies_backed_up(), "the driver stops reading");
+        let pong: Pong = unpack(&s.poll_transmit().unwrap());
+        assert_eq!(pong.id, 10_000);
+        assert!(s.poll_transmit().is_none());
+        assert!(
+            !s.replies_backed_up(),
+            "reading resumes once the Pong is out"
+        );
+    }
+
+    #[test]
+    fn a_second_close_is_a_violation_in_every_phase() {
+        let t0 = Instant::now();
+        for we_closed_first in [false, true] {
+            let mut s = state(t0);
+            if we_closed_first {
+                s.close(ReasonCode::Normal, String::new(), t0);
+            }
+            s.handle_frame(pack(&Close::default()), t0);
+            assert!(s.end().is_none());
+            s.handle_frame(pack(&Close::default()), t0);
+            assert!(
+                matches!(s.end(), Some(SessionEnd::ProtocolViolation { reason }) if reason == "second Close"),
+                "{:?}",
+                s.end()
+            );
+            let mut close_oks = 0;
+            while let Some(any) = s.poll_transmit() {
+                close_oks += usize::from(type_name(&any.type_url) == CloseOk::full_name());
+            }
+            assert!(close_oks <= 1);
+        }
+    }
+
+    #[test]
+    fn peer_supplied_names_in_violations_are_escaped_and_capped() {
+        let t0 = Instant::now();
+        let mut s = state(t0);
+        let name = format!("connect.v1.{}", "x\n".repeat(10_000));
+        s.handle_frame(
+            Any {
+                type_url: name,
+                value: vec![],
+            },
+            t0,
+        );
+        let Some(SessionEnd::ProtocolViolation { reason }) = s.end() else {
+            panic!("{:?}", s.end());
+        };
+        assert!(reason.len() < 300 && !reason.contains('\n'), "{reason}");
     }
 
     #[test]

@@ -244,6 +244,8 @@ def main():
             break
         echoed += 1
     assert session.peer_closed is None, "the server did not close on its own"
+    # Section 6: everything sent before the Close is answered before the CloseOk.
+    assert echoed == len(tail), f"{echoed} of {len(tail)} echoes before CloseOk"
     peer.sock.shutdown(socket.SHUT_WR)
     assert peer.recv(10) is None, "end of stream after CloseOk"
     peer.sock.close()

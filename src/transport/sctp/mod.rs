@@ -84,6 +84,8 @@
 mod driver;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::future::poll_fn;
 use std::io;
@@ -105,6 +107,12 @@ use self::driver::{
 };
 use crate::connection::{Config, Connection, ConnectionInfo};
 use crate::error::Result;
+
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use self::tls::{
+    accept_tls, accept_tls_within, connect_tls, connect_tls_with, SctpTlsConnection,
+};
 
 /// A connection over SCTP.
 pub type SctpConnection = Connection<SctpStream>;
@@ -715,13 +723,16 @@ impl Drop for SctpStream {
 /// stream, then for SCTP's SHUTDOWN exchange. Messages that still arrive are dropped (logged
 /// at debug level). Bounded by [`SctpConfig::with_linger`] after the peer's end of stream.
 ///
+/// Works on a plain association ([`SctpConnection`]) and, with the `tls` feature, on TLS over
+/// one ([`SctpTlsConnection`]: TLS's `close_notify` goes first).
+///
 /// Call it when done with a connection in a process about to exit; otherwise dropping the
 /// connection does the same in the background.
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if the association failed before everything written was acknowledged, or any
 /// error reading the rest of the peer's stream.
-pub async fn shutdown(mut conn: SctpConnection) -> Result<()> {
+pub async fn shutdown<S: Association>(mut conn: Connection<S>) -> Result<()> {
     conn.close().await?;
     let mut dropped = 0usize;
     while conn.recv().await?.is_some() {
@@ -733,10 +744,38 @@ pub async fn shutdown(mut conn: SctpConnection) -> Result<()> {
             conn.info()
         );
     }
-    let stream = conn.into_inner();
+    let io = conn.into_inner();
+    let stream = io.association();
     let linger = stream.shared.lock().config.linger;
     let finished = poll_fn(|cx| stream.poll_finished(cx));
     let timeout = async_io::Timer::after(linger);
     futures_util::future::select(std::pin::pin!(finished), timeout).await;
     Ok(())
+}
+
+/// A byte stream carried by an SCTP association: [`SctpStream`] itself, or TLS over one.
+/// [`shutdown`] takes a connection over any of them. Sealed: implemented here only.
+pub trait Association: AsyncRead + AsyncWrite + Unpin + sealed::Sealed {
+    /// The association underneath.
+    fn association(&self) -> &SctpStream;
+}
+
+impl Association for SctpStream {
+    fn association(&self) -> &SctpStream {
+        self
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Association for crate::transport::tls::TlsStream<SctpStream> {
+    fn association(&self) -> &SctpStream {
+        self.get_ref().0
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::SctpStream {}
+    #[cfg(feature = "tls")]
+    impl Sealed for crate::transport::tls::TlsStream<super::SctpStream> {}
 }
