@@ -42,6 +42,14 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// The longest valid base-128 varint for a 64-bit value.
 const MAX_VARINT_LEN: usize = 10;
 
+/// The largest frame length any buffer can hold with its prefix: a larger `max_frame_len`
+/// (such as `usize::MAX`, "no limit") acts as this, so `prefix + frame` never overflows.
+const LARGEST_FRAME_LEN: usize = isize::MAX as usize - MAX_VARINT_LEN;
+
+/// Room reserved at once for a frame still arriving: the buffer grows with what the peer
+/// actually sends (doubling), not with what its length prefix announces.
+const RESERVE_STEP: usize = 64 * 1024;
+
 /// Encoder and decoder of delimited-`Any` frames, with a maximum frame length.
 ///
 /// The maximum applies to the `Any` bytes (the length prefix's value) in both directions: a
@@ -67,7 +75,15 @@ impl Codec {
     }
 
     /// A codec accepting frames of at most `max_frame_len` bytes.
+    ///
+    /// Values above what memory can address (`isize::MAX` less a length prefix) mean "no
+    /// limit" and are lowered to that, so `usize::MAX` is a valid setting.
     pub const fn with_max_frame_len(max_frame_len: usize) -> Self {
+        let max_frame_len = if max_frame_len > LARGEST_FRAME_LEN {
+            LARGEST_FRAME_LEN
+        } else {
+            max_frame_len
+        };
         Self { max_frame_len }
     }
 
@@ -79,8 +95,9 @@ impl Codec {
     /// Takes one frame off the front of `src`.
     ///
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame; in that case `src` is left
-    /// untouched apart from reserving room for the rest of the announced frame (never more than
-    /// the maximum frame length). On success the frame's bytes are removed from `src`.
+    /// untouched apart from reserving room for more of the announced frame (never more than
+    /// the frame, and growing with what has arrived rather than with what the prefix announces).
+    /// On success the frame's bytes are removed from `src`.
     ///
     /// # Errors
     /// [`Error::FrameTooLarge`] if the length prefix exceeds the maximum,
@@ -91,9 +108,10 @@ impl Codec {
         let Some((prefix_len, frame_len)) = self.decode_header(src)? else {
             return Ok(None);
         };
+        // Cannot overflow: `decode_header` caps `frame_len` at `LARGEST_FRAME_LEN`.
         let total = prefix_len + frame_len;
         if src.len() < total {
-            src.reserve(total - src.len());
+            src.reserve((total - src.len()).min(src.len().max(RESERVE_STEP)));
             return Ok(None);
         }
         let any = Any::decode(&src[prefix_len..total]);
@@ -402,6 +420,44 @@ mod tests {
             "{}",
             buf.capacity()
         );
+    }
+
+    #[test]
+    fn unlimited_max_frame_len_never_overflows() {
+        let codec = Codec::with_max_frame_len(usize::MAX);
+        assert_eq!(codec.max_frame_len(), LARGEST_FRAME_LEN);
+        // A prefix announcing the largest frame that still fits: waits for it, reserving only a
+        // step, not the announced length.
+        let mut buf = BytesMut::new();
+        encode_varint(LARGEST_FRAME_LEN as u64, &mut buf);
+        buf.extend_from_slice(&[0x0a, 0x01]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() <= 2 * RESERVE_STEP, "{}", buf.capacity());
+        // Prefixes whose length plus the prefix would overflow `usize`: refused.
+        for len in [u64::MAX, u64::MAX - 5, isize::MAX as u64] {
+            let mut buf = BytesMut::new();
+            encode_varint(len, &mut buf);
+            assert!(
+                matches!(codec.decode(&mut buf), Err(Error::FrameTooLarge { .. })),
+                "{len}"
+            );
+        }
+        // Ordinary frames still round-trip.
+        let mut wire = BytesMut::new();
+        codec.encode(&any("a.B", &[1; 100]), &mut wire).unwrap();
+        assert_eq!(
+            codec.decode(&mut wire).unwrap(),
+            Some(any("a.B", &[1; 100]))
+        );
+    }
+
+    #[test]
+    fn reserve_grows_with_what_arrived() {
+        let codec = Codec::with_max_frame_len(1 << 30);
+        let mut buf = BytesMut::new();
+        encode_varint(1 << 30, &mut buf);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < 2 * RESERVE_STEP, "{}", buf.capacity());
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl Backoff {
         let base = self.initial.as_secs_f64() * exp;
         let base = base.min(self.max.as_secs_f64());
         let random = getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64;
-        Duration::from_secs_f64((base * (1.0 - self.jitter * random)).max(0.0))
+        // `max` may be `Duration::MAX`, which as seconds rounds up past what a `Duration` holds.
+        Duration::try_from_secs_f64((base * (1.0 - self.jitter * random)).max(0.0))
+            .unwrap_or(self.max)
     }
 }
 

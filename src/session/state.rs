@@ -77,6 +77,9 @@ pub(crate) struct SessionState {
     end: Option<SessionEnd>,
 }
 
+/// A timeout this long is "never" (a century): longer settings are lowered to it.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl SessionState {
     pub(crate) fn new(
         heartbeat: Option<Duration>,
@@ -87,7 +90,8 @@ impl SessionState {
         Self {
             heartbeat,
             dead_after: heartbeat.map(|h| h * missed_heartbeats.max(1)),
-            close_timeout,
+            // `Duration::MAX` means "never": kept where `now + close_timeout` cannot overflow.
+            close_timeout: close_timeout.min(NEVER),
             last_sent: now,
             last_recv: now,
             next_ping_id: 1,

@@ -6,14 +6,15 @@
 //! behind one mutex: a stream reads from and writes into its association directly, then wakes
 //! the driver to put the resulting packets on the wire.
 //!
-//! Every call into `sctp-proto` with bytes from the network runs under `catch_unwind`: a packet
-//! that trips a bug in the protocol crate ends that association only, never the driver (which
-//! serves every other association on the port).
+//! Every call into `sctp-proto` with bytes from the network, and each association's share of
+//! a round, runs under `catch_unwind`: a packet that trips a bug (in the protocol crate or
+//! here) ends that association only, never the driver, which serves every other association
+//! on the port. If the driver itself dies anyway, it fails every association on its way out.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -91,6 +92,13 @@ pub(super) struct Assoc {
     next_wake: Option<Instant>,
     /// Had more packets than fit the send queue last time.
     more_to_send: bool,
+    /// A server-side association still in its handshake: the address its INIT came from.
+    half_open_from: Option<IpAddr>,
+    /// Its processing panicked (or the driver died): `inner` is never called into again.
+    pub(super) crashed: bool,
+    /// Test hook: panic the next time the driver processes this association.
+    #[cfg(test)]
+    pub(super) panic_next_round: bool,
 }
 
 impl Assoc {
@@ -113,7 +121,24 @@ impl Assoc {
             deadline: handshake_deadline,
             next_wake: None,
             more_to_send: false,
+            half_open_from: None,
+            crashed: false,
+            #[cfg(test)]
+            panic_next_round: false,
         }
+    }
+
+    /// Ends the association after a panic in its processing, without calling into `inner`
+    /// again (its state may be inconsistent). Its stream reads and writes fail from now on.
+    pub(super) fn crash(&mut self) {
+        self.crashed = true;
+        if self.lost.is_none() {
+            self.lost = Some(AssociationError::TransportError);
+        }
+        self.finished = true;
+        self.pending = None;
+        self.half_open_from = None;
+        self.wake_all();
     }
 
     fn wake_all(&mut self) {
@@ -149,6 +174,9 @@ impl Assoc {
     /// Marks the association as given up by its stream: it lingers until shut down.
     pub(super) fn drop_owner(&mut self, linger: Duration) {
         self.owner = Owner::Dropped;
+        if self.crashed {
+            return;
+        }
         self.read_waker = None;
         self.write_waker = None;
         self.pending = None;
@@ -190,6 +218,19 @@ pub(super) fn lost_error(reason: &AssociationError) -> io::Error {
     io::Error::new(kind, format!("SCTP association ended: {reason}"))
 }
 
+/// The error of a stream whose association crashed (a panic while processing it).
+pub(super) fn crashed_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "SCTP association ended by an internal error (see the log)",
+    )
+}
+
+/// The error of a listener whose endpoint driver is gone.
+pub(super) fn driver_gone() -> io::Error {
+    io::Error::other("SCTP endpoint driver ended by an internal error (see the log)")
+}
+
 /// Everything the driver, the listener and the streams share.
 pub(super) struct State {
     endpoint: Endpoint,
@@ -217,6 +258,15 @@ pub(super) struct State {
     connected_socket: bool,
     /// A client's socket reported the peer's port unreachable.
     refused: bool,
+    /// Server-side associations still in their handshake, oldest first (entries whose
+    /// association has since connected or gone are pruned when the list is next looked at).
+    half_open: VecDeque<AssociationHandle>,
+    /// The driver task ended without finishing its work (it panicked, or its runtime dropped
+    /// it): every operation fails instead of waiting for it.
+    pub(super) driver_gone: bool,
+    /// Test hook: panic in the driver, outside any association's processing.
+    #[cfg(test)]
+    pub(super) panic_driver: bool,
 }
 
 impl State {
@@ -274,8 +324,46 @@ impl State {
         self.wake();
     }
 
-    fn handshaking(&self) -> usize {
-        self.assocs.values().filter(|a| !a.connected).count()
+    /// Server-side associations in their handshake, after pruning the list of those that have
+    /// connected or gone since.
+    pub(super) fn half_open(&mut self) -> usize {
+        let assocs = &self.assocs;
+        self.half_open.retain(|h| {
+            assocs
+                .get(h)
+                .is_some_and(|a| a.half_open_from.is_some() && !a.connected && !a.finished)
+        });
+        self.half_open.len()
+    }
+
+    /// Before a new half-open association from `source`: if that source already has its
+    /// share, its oldest half-open association is dropped without a word; if all sources
+    /// together have the backlog, the oldest of the source holding the most is. A handshake
+    /// takes one round trip, so a flood of INITs competes with itself first: a source with
+    /// one handshake pending loses it only once every source has at most one.
+    fn make_room_for_half_open(&mut self, source: IpAddr) {
+        let total = self.half_open();
+        let mut per_source: HashMap<IpAddr, (usize, AssociationHandle)> = HashMap::new();
+        for handle in &self.half_open {
+            if let Some(ip) = self.assocs.get(handle).and_then(|a| a.half_open_from) {
+                // Oldest first, so the first handle seen per source is its oldest.
+                per_source.entry(ip).or_insert((0, *handle)).0 += 1;
+            }
+        }
+        let victim = match per_source.get(&source) {
+            Some(&(count, oldest)) if count >= self.config.max_half_open_per_source => Some(oldest),
+            _ if total >= self.config.backlog => per_source
+                .values()
+                .max_by_key(|(count, _)| *count)
+                .map(|&(_, oldest)| oldest),
+            _ => None,
+        };
+        if let Some(handle) = victim {
+            log::debug!("SCTP: too many handshakes pending, dropping the oldest ({source})");
+            self.half_open.retain(|h| *h != handle);
+            self.assocs.remove(&handle);
+            self.endpoint.handle_event(handle, EndpointEvent::drained());
+        }
     }
 
     /// Feeds one received datagram to the endpoint and the association it belongs to.
@@ -288,23 +376,26 @@ impl State {
             Ok(None) => log::trace!("SCTP: ignored a datagram from {remote}"),
             Ok(Some((handle, DatagramEvent::AssociationEvent(event)))) => {
                 self.touched.insert(handle);
-                if let Some(assoc) = self.assocs.get_mut(&handle) {
+                if let Some(assoc) = self.assocs.get_mut(&handle).filter(|a| !a.crashed) {
                     let inner = &mut assoc.inner;
                     if catch_unwind(AssertUnwindSafe(|| inner.handle_event(event))).is_err() {
                         log::error!("SCTP: a packet from {remote} crashed its association");
-                        assoc.close(AssociationError::TransportError);
+                        assoc.crash();
                     }
                 }
             }
             Ok(Some((handle, DatagramEvent::NewAssociation(inner)))) => {
-                if !self.listening || self.handshaking() >= self.config.backlog {
+                if !self.listening {
                     log::debug!("SCTP: refusing an association from {remote}");
                     self.endpoint.handle_event(handle, EndpointEvent::drained());
                     return;
                 }
-                let deadline = now.checked_add(self.config.handshake_timeout);
-                self.assocs
-                    .insert(handle, Assoc::new(inner, Owner::Unaccepted, deadline));
+                self.make_room_for_half_open(remote.ip());
+                let deadline = now.checked_add(self.config.half_open_timeout());
+                let mut assoc = Assoc::new(inner, Owner::Unaccepted, deadline);
+                assoc.half_open_from = Some(remote.ip());
+                self.assocs.insert(handle, assoc);
+                self.half_open.push_back(handle);
                 self.touched.insert(handle);
             }
             Err(_) => log::error!("SCTP: a datagram from {remote} crashed the endpoint's parser"),
@@ -313,12 +404,25 @@ impl State {
 
     /// Lets every association react to time, events and its stream, and queues its packets.
     /// Returns the earliest time something has to happen next.
+    ///
+    /// Each association's work runs under `catch_unwind`: a panic (in `sctp-proto` or in our
+    /// own code) fails that association only, and the driver goes on serving the others.
     fn process(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut remove = Vec::new();
-        let high_water = self.config.send_buffer;
         let all = std::mem::take(&mut self.touch_all) || self.failed.is_some() || self.refused;
         let touched = std::mem::take(&mut self.touched);
+        let mut round = Round {
+            now,
+            config: &self.config,
+            listening: self.listening,
+            failed: self.failed,
+            refused: self.refused,
+            accept_queue: &mut self.accept_queue,
+            accept_waker: &mut self.accept_waker,
+            outgoing: &mut self.outgoing,
+            backlogged: &mut self.backlogged,
+        };
         for (&handle, assoc) in self.assocs.iter_mut() {
             let due = assoc.next_wake.is_some_and(|t| t <= now);
             if !(all || due || assoc.more_to_send || touched.contains(&handle)) {
@@ -327,128 +431,28 @@ impl State {
                 }
                 continue;
             }
-            if let Some(kind) = self.failed {
-                assoc.close(AssociationError::TransportError);
-                log::debug!("SCTP: association failed with its socket: {kind:?}");
-            }
-            if self.refused {
-                // Port unreachable on a client's connected socket: nobody (any more) at the
-                // peer's address, what a TCP reset would say.
-                assoc.close(AssociationError::Reset);
-            }
-            if assoc.deadline.is_some_and(|d| d <= now) {
-                if assoc.owner == Owner::Dropped {
-                    log::debug!("SCTP: linger time over, closing an association");
-                } else if !assoc.connected {
-                    log::debug!("SCTP: handshake timed out");
+            if assoc.crashed {
+                // Never call into a crashed association again: it goes once nobody holds it.
+                if assoc.owner != Owner::Stream {
+                    remove.push(handle);
                 }
-                if assoc.owner == Owner::Dropped || !assoc.connected {
-                    assoc.close(AssociationError::TimedOut);
-                }
-                assoc.deadline = None;
-            }
-            let inner = &mut assoc.inner;
-            let ticked = catch_unwind(AssertUnwindSafe(|| {
-                if inner.poll_timeout().is_some_and(|t| t <= now) {
-                    inner.handle_timeout(now);
-                }
-                // The only endpoint event is "drained", which `shutdown` emits at once, while
-                // packets still have to be routed: the driver tells the endpoint itself when it
-                // removes the association.
-                while inner.poll_endpoint_event().is_some() {}
-            }));
-            if ticked.is_err() {
-                log::error!("SCTP: a timer crashed its association");
-                assoc.close(AssociationError::TransportError);
-            }
-            while let Some(event) = assoc.inner.poll() {
-                on_event(
-                    handle,
-                    assoc,
-                    event,
-                    &mut self.accept_queue,
-                    &mut self.accept_waker,
-                    &self.config,
-                    self.listening,
-                );
-            }
-            if assoc.owner == Owner::Dropped {
-                discard_incoming(assoc);
-            } else if assoc.inner.is_closing() {
-                keep_incoming(assoc);
-            }
-            let buffered = assoc.buffered();
-            if assoc.fin_sent && buffered == Some(0) {
-                assoc.fin_acked = true;
-            }
-            // The client starts SCTP's shutdown once both ends have sent their end of stream
-            // and everything is acknowledged; the server waits for it (no shutdown collision).
-            if assoc.side == Side::Client
-                && assoc.fin_acked
-                && assoc.fin_received
-                && !assoc.shutdown_started
-                && assoc.lost.is_none()
-            {
-                assoc.shutdown_started = true;
-                if let Err(e) = assoc.inner.shutdown() {
-                    log::debug!("SCTP: shutdown: {e}");
-                }
-            }
-            let mut more_to_send = true;
-            while self.outgoing.len() < MAX_OUTGOING {
-                match assoc.inner.poll_transmit(now) {
-                    Some(transmit) => {
-                        if let Payload::RawEncode(packets) = transmit.payload {
-                            self.outgoing
-                                .extend(packets.into_iter().map(|p| (transmit.remote, p)));
-                        }
-                    }
-                    None => {
-                        more_to_send = false;
-                        break;
-                    }
-                }
-            }
-            self.backlogged |= more_to_send;
-            assoc.more_to_send = more_to_send;
-            // `sctp-proto` does not report the end of a shutdown it started: it is over once
-            // SHUTDOWN COMPLETE went out and no timer is left.
-            if assoc.shutdown_started && !more_to_send && assoc.inner.poll_timeout().is_none() {
-                assoc.finished = true;
-                if assoc.lost.is_none() {
-                    assoc.lost = Some(AssociationError::LocallyClosed);
-                }
-                assoc.wake_all();
-            }
-            if assoc.lost.is_some() {
-                assoc.finished = true;
-                assoc.wake_all();
-            } else if assoc.write_waker.is_some() {
-                let ready = match buffered {
-                    None => true,
-                    Some(b) if assoc.fin_sent => b == 0,
-                    Some(b) => b < high_water,
-                };
-                if ready {
-                    if let Some(w) = assoc.write_waker.take() {
-                        w.wake();
-                    }
-                }
-            }
-            // Half-open associations that never completed their handshake go too: nobody
-            // will ever accept them.
-            let abandoned = assoc.owner == Owner::Dropped
-                || (assoc.owner == Owner::Unaccepted && !assoc.connected);
-            if abandoned && assoc.finished {
-                remove.push(handle);
                 continue;
             }
-            assoc.next_wake = [assoc.inner.poll_timeout(), assoc.deadline]
-                .into_iter()
-                .flatten()
-                .min();
-            if let Some(t) = assoc.next_wake {
-                next = Some(next.map_or(t, |n| n.min(t)));
+            let done = catch_unwind(AssertUnwindSafe(|| round.association(handle, assoc)));
+            match done {
+                Ok(true) => remove.push(handle),
+                Ok(false) => {
+                    if let Some(t) = assoc.next_wake {
+                        next = Some(next.map_or(t, |n| n.min(t)));
+                    }
+                }
+                Err(_) => {
+                    log::error!("SCTP: association {handle:?} crashed; ending it");
+                    assoc.crash();
+                    if assoc.owner != Owner::Stream {
+                        remove.push(handle);
+                    }
+                }
             }
         }
         for handle in remove {
@@ -459,9 +463,169 @@ impl State {
         next
     }
 
+    /// Fails every association and the listener: the driver is gone, so nothing would ever
+    /// make progress again. Every waiting stream and `accept` wakes up to an error.
+    fn fail_all(&mut self) {
+        self.driver_gone = true;
+        self.listening = false;
+        for assoc in self.assocs.values_mut() {
+            assoc.crash();
+        }
+        if let Some(w) = self.accept_waker.take() {
+            w.wake();
+        }
+    }
+
     /// The driver's work is done: nobody listens and no association is left.
     fn done(&self) -> bool {
         !self.listening && self.assocs.is_empty()
+    }
+}
+
+/// What one round of [`State::process`] works with besides the association at hand.
+struct Round<'a> {
+    now: Instant,
+    config: &'a SctpConfig,
+    listening: bool,
+    failed: Option<io::ErrorKind>,
+    refused: bool,
+    accept_queue: &'a mut VecDeque<AssociationHandle>,
+    accept_waker: &'a mut Option<Waker>,
+    outgoing: &'a mut VecDeque<(SocketAddr, Bytes)>,
+    backlogged: &'a mut bool,
+}
+
+impl Round<'_> {
+    /// One association's share of a round: timers, events, its stream, its packets. Returns
+    /// whether it is over and can be removed.
+    fn association(&mut self, handle: AssociationHandle, assoc: &mut Assoc) -> bool {
+        #[cfg(test)]
+        if assoc.panic_next_round {
+            assoc.panic_next_round = false;
+            panic!("injected for a test");
+        }
+        let now = self.now;
+        let high_water = self.config.send_buffer;
+        if let Some(kind) = self.failed {
+            assoc.close(AssociationError::TransportError);
+            log::debug!("SCTP: association failed with its socket: {kind:?}");
+        }
+        if self.refused {
+            // Port unreachable on a client's connected socket: nobody (any more) at the
+            // peer's address, what a TCP reset would say.
+            assoc.close(AssociationError::Reset);
+        }
+        if assoc.deadline.is_some_and(|d| d <= now) {
+            if assoc.owner == Owner::Dropped {
+                log::debug!("SCTP: linger time over, closing an association");
+            } else if !assoc.connected {
+                log::debug!("SCTP: handshake timed out");
+            }
+            if assoc.owner == Owner::Dropped || !assoc.connected {
+                assoc.close(AssociationError::TimedOut);
+            }
+            assoc.deadline = None;
+        }
+        let inner = &mut assoc.inner;
+        let ticked = catch_unwind(AssertUnwindSafe(|| {
+            if inner.poll_timeout().is_some_and(|t| t <= now) {
+                inner.handle_timeout(now);
+            }
+            // The only endpoint event is "drained", which `shutdown` emits at once, while
+            // packets still have to be routed: the driver tells the endpoint itself when it
+            // removes the association.
+            while inner.poll_endpoint_event().is_some() {}
+        }));
+        if ticked.is_err() {
+            log::error!("SCTP: a timer crashed its association");
+            assoc.close(AssociationError::TransportError);
+        }
+        while let Some(event) = assoc.inner.poll() {
+            on_event(
+                handle,
+                assoc,
+                event,
+                self.accept_queue,
+                self.accept_waker,
+                self.config,
+                self.listening,
+            );
+        }
+        if assoc.owner == Owner::Dropped {
+            discard_incoming(assoc);
+        } else if assoc.inner.is_closing() {
+            keep_incoming(assoc);
+        }
+        let buffered = assoc.buffered();
+        if assoc.fin_sent && buffered == Some(0) {
+            assoc.fin_acked = true;
+        }
+        // The client starts SCTP's shutdown once both ends have sent their end of stream
+        // and everything is acknowledged; the server waits for it (no shutdown collision).
+        if assoc.side == Side::Client
+            && assoc.fin_acked
+            && assoc.fin_received
+            && !assoc.shutdown_started
+            && assoc.lost.is_none()
+        {
+            assoc.shutdown_started = true;
+            if let Err(e) = assoc.inner.shutdown() {
+                log::debug!("SCTP: shutdown: {e}");
+            }
+        }
+        let mut more_to_send = true;
+        while self.outgoing.len() < MAX_OUTGOING {
+            match assoc.inner.poll_transmit(now) {
+                Some(transmit) => {
+                    if let Payload::RawEncode(packets) = transmit.payload {
+                        self.outgoing
+                            .extend(packets.into_iter().map(|p| (transmit.remote, p)));
+                    }
+                }
+                None => {
+                    more_to_send = false;
+                    break;
+                }
+            }
+        }
+        *self.backlogged |= more_to_send;
+        assoc.more_to_send = more_to_send;
+        // `sctp-proto` does not report the end of a shutdown it started: it is over once
+        // SHUTDOWN COMPLETE went out and no timer is left.
+        if assoc.shutdown_started && !more_to_send && assoc.inner.poll_timeout().is_none() {
+            assoc.finished = true;
+            if assoc.lost.is_none() {
+                assoc.lost = Some(AssociationError::LocallyClosed);
+            }
+            assoc.wake_all();
+        }
+        if assoc.lost.is_some() {
+            assoc.finished = true;
+            assoc.wake_all();
+        } else if assoc.write_waker.is_some() {
+            let ready = match buffered {
+                None => true,
+                Some(b) if assoc.fin_sent => b == 0,
+                Some(b) => b < high_water,
+            };
+            if ready {
+                if let Some(w) = assoc.write_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        // Half-open associations that never completed their handshake go too: nobody
+        // will ever accept them.
+        let abandoned =
+            assoc.owner == Owner::Dropped || (assoc.owner == Owner::Unaccepted && !assoc.connected);
+        if abandoned && assoc.finished {
+            return true;
+        }
+        assoc.next_wake = [assoc.inner.poll_timeout(), assoc.deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        false
     }
 }
 
@@ -477,6 +641,7 @@ fn on_event(
     match event {
         Event::Connected => {
             assoc.connected = true;
+            assoc.half_open_from = None;
             if assoc.owner != Owner::Dropped {
                 assoc.deadline = None;
             }
@@ -639,6 +804,10 @@ impl Shared {
                 failed: None,
                 connected_socket: peer.is_some(),
                 refused: false,
+                half_open: VecDeque::new(),
+                driver_gone: false,
+                #[cfg(test)]
+                panic_driver: false,
             }),
         }))
     }
@@ -656,6 +825,8 @@ pub(super) struct Driver {
     shared: Arc<Shared>,
     timer: Timer,
     recv_buf: Box<[u8]>,
+    /// Finished (or failed everything): nothing is left to do, even on drop.
+    done: bool,
 }
 
 impl Driver {
@@ -664,6 +835,7 @@ impl Driver {
             shared,
             timer: Timer::never(),
             recv_buf: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            done: false,
         }
     }
 
@@ -695,6 +867,52 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// One wake-up's work: receive, process, send, for up to [`ROUNDS`] rounds.
+    fn run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
+        #[cfg(test)]
+        if std::mem::take(&mut state.panic_driver) {
+            panic!("injected for a test");
+        }
+        if !state
+            .driver_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.driver_waker = Some(cx.waker().clone());
+        }
+        for _ in 0..ROUNDS {
+            state.dirty = false;
+            state.backlogged = false;
+            let now = Instant::now();
+            let received = self.receive(&mut state, cx, now);
+            let next = state.process(now);
+            Self::send(&shared.socket, &mut state, cx);
+            if state.done() {
+                log::trace!("SCTP: endpoint driver on {} done", shared.local_addr);
+                return Poll::Ready(());
+            }
+            // Go round again if input is waiting, a stream asked for it, or an association
+            // could not queue everything and the socket has taken the queue meanwhile.
+            let busy = received == RECV_BATCH
+                || state.dirty
+                || (state.backlogged && state.outgoing.is_empty());
+            match next {
+                Some(t) if t <= Instant::now() => continue,
+                _ if busy => continue,
+                Some(t) => self.timer.set_at(t),
+                None => self.timer = Timer::never(),
+            }
+            if Pin::new(&mut self.timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        // Still busy after a full budget: let other tasks run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Receives up to a batch of datagrams. Returns how many; when it returns fewer than a
@@ -745,45 +963,40 @@ impl Driver {
 impl Future for Driver {
     type Output = ();
 
+    /// Runs [`Driver::run`] under `catch_unwind`: per-association work is contained there
+    /// already, so a panic here is in the driver's own code, and the endpoint's state cannot be
+    /// trusted any more. Every association and the listener then fail with an error.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let shared = this.shared.clone();
-        let mut state = shared.lock();
-        if !state
-            .driver_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.driver_waker = Some(cx.waker().clone());
+        if this.done {
+            return Poll::Ready(());
         }
-        for _ in 0..ROUNDS {
-            state.dirty = false;
-            state.backlogged = false;
-            let now = Instant::now();
-            let received = this.receive(&mut state, cx, now);
-            let next = state.process(now);
-            Self::send(&shared.socket, &mut state, cx);
-            if state.done() {
-                log::trace!("SCTP: endpoint driver on {} done", shared.local_addr);
-                return Poll::Ready(());
+        let polled = catch_unwind(AssertUnwindSafe(|| this.run(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => {
+                this.done = true;
+                Poll::Ready(())
             }
-            // Go round again if input is waiting, a stream asked for it, or an association
-            // could not queue everything and the socket has taken the queue meanwhile.
-            let busy = received == RECV_BATCH
-                || state.dirty
-                || (state.backlogged && state.outgoing.is_empty());
-            match next {
-                Some(t) if t <= Instant::now() => continue,
-                _ if busy => continue,
-                Some(t) => this.timer.set_at(t),
-                None => this.timer = Timer::never(),
-            }
-            if Pin::new(&mut this.timer).poll(cx).is_pending() {
-                return Poll::Pending;
+            Err(_) => {
+                log::error!(
+                    "SCTP: the endpoint driver on {} crashed; failing its associations",
+                    this.shared.local_addr
+                );
+                this.done = true;
+                this.shared.lock().fail_all();
+                Poll::Ready(())
             }
         }
-        // Still busy after a full budget: let other tasks run, then go on.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+    }
+}
+
+impl Drop for Driver {
+    /// A driver dropped before its work was done (its runtime shut down, or its task was
+    /// cancelled) fails everything that waits for it.
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.lock().fail_all();
+        }
     }
 }

@@ -59,10 +59,22 @@
 //! * **Timers** are tuned for a LAN by default (RTO 200 ms initially, 20 ms minimum, 1 s
 //!   maximum); use [`SctpConfig::with_rto`] across a WAN.
 //! * **Bad input**: datagrams that are not SCTP, carry a wrong checksum or an unknown
-//!   verification tag are dropped without touching any association. Handshakes that are never
-//!   completed expire after [`SctpConfig::with_handshake_timeout`] and are bounded by
-//!   [`SctpConfig::with_backlog`]. Whatever a peer sends inside its own association affects that
-//!   association only (a packet that made `sctp-proto` panic would end just that association).
+//!   verification tag are dropped without touching any association. Whatever a peer sends
+//!   inside its own association affects that association only.
+//! * **INIT floods**: `sctp-proto` keeps state from the first INIT on (it has no stateless
+//!   cookie, unlike kernel SCTP), so a listener bounds those half-open associations: at most
+//!   [`SctpConfig::with_max_half_open_per_source`] per IP address and
+//!   [`SctpConfig::with_backlog`] in total, each dropped after
+//!   [`SctpConfig::with_half_open_timeout`] (2 s by default). A new INIT beyond a bound
+//!   replaces the oldest half-open association of its own address, or of the address holding
+//!   the most, so a flood from a few addresses competes only with itself. What remains: a
+//!   flood from many (spoofed) addresses that sends more than the backlog's worth of INITs
+//!   within a real client's round trip can still crowd that client out, and each INIT costs
+//!   an INIT ACK sent to its (possibly spoofed) source, no larger than the INIT.
+//! * **Panics**: each association's processing runs under `catch_unwind`; a panic (a bug in
+//!   `sctp-proto` or here) ends that association with an error and the others go on. Should
+//!   the endpoint's driver itself end early (a panic outside any association, or its runtime
+//!   dropping it), every association and the listener fail with an error instead of waiting.
 //! * **A vanished peer** is noticed when it stops acknowledging data (after
 //!   [`SctpConfig::with_max_retransmits`]) or, for a client, at once when its server's port is
 //!   closed (ICMP port unreachable, like a TCP reset). `sctp-proto` sends no heartbeats, so an
@@ -70,6 +82,8 @@
 //!   without keep-alive does; a [session](crate::session) on top adds heartbeats that notice it.
 
 mod driver;
+#[cfg(test)]
+mod tests;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -86,7 +100,10 @@ use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 use sctp_proto::{AssociationHandle, TransportConfig};
 
-use self::driver::{lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI, MAX_MESSAGE};
+use self::driver::{
+    crashed_error, driver_gone, lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI,
+    MAX_MESSAGE,
+};
 use crate::connection::{Config, Connection, ConnectionInfo};
 use crate::error::Result;
 use crate::transport::ToSocketAddrs;
@@ -128,7 +145,13 @@ pub struct SctpConfig {
     handshake_timeout: Duration,
     linger: Duration,
     backlog: usize,
+    max_half_open_per_source: usize,
+    half_open_timeout: Option<Duration>,
 }
+
+/// Timer settings above this are lowered to it: far beyond any useful value, and small enough
+/// that `sctp-proto`'s doubling of the retransmission timeout cannot overflow.
+const MAX_RTO: Duration = Duration::from_secs(3600);
 
 impl Default for SctpConfig {
     fn default() -> Self {
@@ -145,6 +168,8 @@ impl Default for SctpConfig {
             handshake_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(5),
             backlog: 128,
+            max_half_open_per_source: 8,
+            half_open_timeout: None,
         }
     }
 }
@@ -168,11 +193,11 @@ impl SctpConfig {
     }
 
     /// Retransmission timeout: initial value, lower and upper bound (default 200 ms, 20 ms,
-    /// 1 s: a LAN. SCTP's internet defaults are 3 s, 1 s, 60 s).
+    /// 1 s: a LAN. SCTP's internet defaults are 3 s, 1 s, 60 s). Each is capped at one hour.
     pub fn with_rto(mut self, initial: Duration, min: Duration, max: Duration) -> Self {
-        self.rto_initial = initial;
-        self.rto_min = min;
-        self.rto_max = max.max(min);
+        self.rto_initial = initial.min(MAX_RTO);
+        self.rto_min = min.min(MAX_RTO);
+        self.rto_max = max.max(min).min(MAX_RTO);
         self
     }
 
@@ -203,7 +228,8 @@ impl SctpConfig {
         self
     }
 
-    /// How long an association may take to be established (default 10 s).
+    /// How long an association may take to be established (default 10 s; `Duration::MAX`:
+    /// no limit of its own, the INIT retransmissions still give up).
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
@@ -216,11 +242,39 @@ impl SctpConfig {
         self
     }
 
-    /// Associations a listener holds at most that are being set up or not yet accepted
-    /// (default 128). More are refused.
+    /// Associations a listener holds at most that are being set up, and at most that are set
+    /// up but not yet accepted (default 128 each). A new handshake beyond the first bound
+    /// replaces the oldest one still pending; an association set up beyond the second is ended
+    /// at once.
     pub fn with_backlog(mut self, backlog: usize) -> Self {
         self.backlog = backlog.max(1);
         self
+    }
+
+    /// Handshakes from one IP address a listener holds at most (default 8, at least 1). A new
+    /// INIT beyond this replaces that address's oldest pending handshake, so a flood of INITs
+    /// from one address only competes with itself. `sctp-proto` keeps state from the first
+    /// INIT on (it has no stateless cookie, unlike kernel SCTP), which is what this bounds.
+    pub fn with_max_half_open_per_source(mut self, count: usize) -> Self {
+        self.max_half_open_per_source = count.max(1);
+        self
+    }
+
+    /// How long a listener keeps a handshake that has answered INIT with INIT ACK and waits
+    /// for the COOKIE ECHO (default: 2 s or four initial retransmission timeouts, whichever
+    /// is longer, and never more than the [handshake timeout](Self::with_handshake_timeout)).
+    /// A real client answers within a round trip, so a short time ages a flood of spoofed
+    /// INITs out quickly; a client whose COOKIE ECHO is lost retransmits it within this.
+    pub fn with_half_open_timeout(mut self, timeout: Duration) -> Self {
+        self.half_open_timeout = Some(timeout);
+        self
+    }
+
+    /// See [`with_half_open_timeout`](Self::with_half_open_timeout).
+    pub fn half_open_timeout(&self) -> Duration {
+        self.half_open_timeout
+            .unwrap_or_else(|| Duration::from_secs(2).max(self.rto_initial.saturating_mul(4)))
+            .min(self.handshake_timeout)
     }
 
     /// See [`with_connection_config`](Self::with_connection_config).
@@ -349,6 +403,13 @@ impl SctpListener {
         self.shared.local_addr
     }
 
+    /// Handshakes in progress: INITs answered whose COOKIE ECHO has not arrived yet. Bounded
+    /// by [`SctpConfig::with_backlog`] in total and by
+    /// [`SctpConfig::with_max_half_open_per_source`] per IP address.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.shared.lock().half_open()
+    }
+
     /// Waits for the next established association.
     ///
     /// # Errors
@@ -366,6 +427,9 @@ impl SctpListener {
         let mut state = self.shared.lock();
         if let Some(kind) = state.failed {
             return Poll::Ready(Err(io::Error::new(kind, "the UDP socket failed").into()));
+        }
+        if state.driver_gone {
+            return Poll::Ready(Err(driver_gone().into()));
         }
         while let Some(handle) = state.accept_queue.pop_front() {
             let Some(assoc) = state.assocs.get_mut(&handle) else {
@@ -456,6 +520,9 @@ impl SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         if assoc.connected {
             return Poll::Ready(Ok(()));
         }
@@ -499,6 +566,9 @@ impl AsyncRead for SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         let mut read_any = false;
         let result = loop {
             if let Some(chunks) = &mut assoc.pending {
@@ -577,6 +647,9 @@ impl AsyncWrite for SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         if let Some(reason) = &assoc.lost {
             return Poll::Ready(Err(lost_error(reason)));
         }
@@ -612,6 +685,9 @@ impl AsyncWrite for SctpStream {
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
+        if assoc.crashed {
+            return Poll::Ready(Err(crashed_error()));
+        }
         if assoc.fin_acked {
             return Poll::Ready(Ok(()));
         }

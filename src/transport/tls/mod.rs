@@ -29,16 +29,19 @@
 //! let mut listener = TlsListener::bind("127.0.0.1:0", server_tls).await?;
 //! let addr = listener.local_addr();
 //! async_std::task::spawn(async move {
-//!     // Handshakes run concurrently; one failing (an `Err` item) does not stop the listener.
+//!     // Handshakes run inside the listener, so keep polling it: serve each connection in a
+//!     // task of its own. One failing handshake (an `Err` item) does not stop the listener.
 //!     while let Some(conn) = listener.next().await {
 //!         let Ok(mut conn) = conn else { continue };
-//!         let client = conn.peer_identity().and_then(|id| id.common_name()).unwrap_or("?");
-//!         println!("{client} connected");
-//!         while let Some(any) = conn.recv().await? {
-//!             conn.send_any(&any).await?; // echo
-//!         }
+//!         async_std::task::spawn(async move {
+//!             let client = conn.peer_identity().and_then(|id| id.common_name()).unwrap_or("?");
+//!             println!("{client} connected");
+//!             while let Some(any) = conn.recv().await? {
+//!                 conn.send_any(&any).await?; // echo
+//!             }
+//!             conn.close().await
+//!         });
 //!     }
-//!     Ok::<(), connect::Error>(())
 //! });
 //!
 //! // Client: trusts our CA, checks the name "localhost", shows its own certificate.
