@@ -78,7 +78,7 @@ async fn session(n: u64) -> anyhow::Result<Duration> {
     session.flush().await?;
     let _: Option<HelloWorld> = session.recv_message().await?;
     let elapsed = start.elapsed();
-    session.close(ReasonCode::Normal, "").await?;
+    session.close_with(ReasonCode::Normal, "").await?;
     server.await?;
     Ok(elapsed)
 }
@@ -132,7 +132,7 @@ async fn idle_rtt() -> anyhow::Result<Option<Duration>> {
     let mut session = tcp::connect_session(addr, &config, spawn).await?;
     async_std::task::sleep(Duration::from_millis(500)).await;
     let rtt = session.rtt();
-    session.close(ReasonCode::Normal, "").await?;
+    session.close_with(ReasonCode::Normal, "").await?;
     server.await?;
     Ok(rtt)
 }

@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("the session ended early"))?;
         println!("reply #{}: {:?}", reply.sequence, reply.text);
     }
-    session.close(ReasonCode::Normal, "done").await?;
+    session.close_with(ReasonCode::Normal, "done").await?;
     println!("closed: {:?}", session.end());
     Ok(())
 }

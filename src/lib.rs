@@ -112,6 +112,7 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod handle;
 pub mod reliable;
 pub mod session;
 pub mod transport;
@@ -125,9 +126,10 @@ pub mod __fuzz {
 
 pub use connection::{
     Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity, ReadHalf,
-    ReuniteError, WriteHalf, DEFAULT_WRITE_HIGH_WATER,
+    WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
 pub use error::{Error, Result, TlsError};
+pub use handle::ReuniteError;
 
 /// Re-exported so callers need not depend on the same versions themselves.
 pub use prost;

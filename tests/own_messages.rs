@@ -81,7 +81,7 @@ async fn a_dispatcher_reply_and_a_session_pack_with_the_standard_prefix() {
                 .on(|order: Order, _: Context| async move {
                     Ok::<_, connect::Error>(Reply::message(&order))
                 })
-                .serve_session(session)
+                .serve(session)
                 .await
         });
         let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawn)
@@ -91,7 +91,7 @@ async fn a_dispatcher_reply_and_a_session_pack_with_the_standard_prefix() {
         let reply = session.recv().await.unwrap().unwrap();
         assert_eq!(reply.type_url, EXPECTED);
         session
-            .close(connect::proto::v1::ReasonCode::Normal, "")
+            .close_with(connect::proto::v1::ReasonCode::Normal, "")
             .await
             .unwrap();
         server.await.unwrap();

@@ -464,14 +464,14 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
         let (mut session, driver) = accepted.plain.expect("a plain session");
         task::spawn(driver);
         while let Some(any) = session.recv().await.unwrap() {
-            session.send_any(any).await.unwrap();
+            session.send(any).await.unwrap();
         }
     });
     let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawn)
         .await
         .unwrap();
     assert!(session.info().capabilities().is_empty());
-    session.send_any(hello(7)).await.unwrap();
+    session.send(hello(7)).await.unwrap();
     let echoed = within(20, "echo", session.recv()).await.unwrap().unwrap();
     assert_eq!(sequence(&echoed), 7);
     let _ = reliable::CAPABILITY;

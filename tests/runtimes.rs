@@ -210,7 +210,7 @@ async fn echo<R: Runtime>(rt: R) {
         let mut conn = Connection::new(listener.accept().await?);
         let mut echoed = 0;
         while let Some(any) = conn.recv().await? {
-            conn.send_any(&any).await?;
+            conn.send(any).await?;
             echoed += 1;
         }
         conn.close().await?;
@@ -277,7 +277,7 @@ async fn session_with_heartbeats<R: Runtime>(rt: R) {
         server_rt.spawn(driver_task(driver));
         let mut echoed = 0;
         while let Some(any) = session.recv().await? {
-            session.send_any(any).await?;
+            session.send(any).await?;
             echoed += 1;
         }
         Ok::<_, Error>(echoed)
@@ -298,7 +298,10 @@ async fn session_with_heartbeats<R: Runtime>(rt: R) {
         futures_timer::Delay::new(Duration::from_millis(25)).await;
         waits += 1;
     }
-    session.close(ReasonCode::Normal, "done").await.unwrap();
+    session
+        .close_with(ReasonCode::Normal, "done")
+        .await
+        .unwrap();
     assert_eq!(server.await.unwrap().unwrap(), 10);
 }
 
@@ -371,7 +374,7 @@ async fn tls_echo<R: Runtime>(rt: R) {
             .peer_identity()
             .and_then(|id| id.common_name().map(str::to_owned));
         while let Some(any) = conn.recv().await? {
-            conn.send_any(&any).await?;
+            conn.send(any).await?;
         }
         conn.close().await?;
         Ok::<_, Error>(who)
@@ -486,7 +489,7 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
             let mut session =
                 tcp::accept_session(conn, &SessionConfig::new(), server_spawner).await?;
             while let Some(any) = session.recv().await? {
-                session.send_any(any).await?;
+                session.send(any).await?;
             }
             Ok::<_, Error>(())
         });
@@ -496,7 +499,7 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
         session.send_message(&hello("helper", 1)).await.unwrap();
         let back: HelloWorld = session.recv_message().await.unwrap().expect("an echo");
         assert_eq!(back, hello("helper", 1));
-        session.close(ReasonCode::Normal, "").await.unwrap();
+        session.close_with(ReasonCode::Normal, "").await.unwrap();
         server.await.unwrap().unwrap();
         assert_eq!(spawned.load(Ordering::SeqCst), 2);
 
@@ -545,7 +548,7 @@ fn tls_client_and_listener_on_tokio() {
         let server = spawn_with_result(&rt, async move {
             let mut conn = listener.next().await.expect("a connection")?;
             while let Some(any) = conn.recv().await? {
-                conn.send_any(&any).await?;
+                conn.send(any).await?;
             }
             conn.close().await
         });

@@ -141,13 +141,13 @@ where
                 session.info(),
                 session.info().identity()
             );
-            dispatcher.serve_session(session).await
+            dispatcher.serve(session).await
         }
         Mode::Reliable(server) => {
             let accepted = server.accept(conn).await?;
             if let Some((session, driver)) = accepted.plain {
                 async_std::task::spawn(driver);
-                return dispatcher.serve_session(session).await;
+                return dispatcher.serve(session).await;
             }
             if let Some(stream) = accepted.new_stream {
                 async_std::task::spawn(echo_stream(stream));

@@ -245,7 +245,7 @@ where
             };
             let exchange = async {
                 writer
-                    .send_any(link::pack(&resume))
+                    .send(link::pack(&resume))
                     .await
                     .map_err(|e| e.to_string())?;
                 link::read_resume(&mut reader).await

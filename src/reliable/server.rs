@@ -293,8 +293,8 @@ impl ReliableServer {
                     };
                     // The client reads the answer and leaves; the close is a courtesy.
                     let exchange = async {
-                        writer.send_any(link::pack(&answer)).await?;
-                        writer.close(ReasonCode::Normal, reason.clone()).await
+                        writer.send(link::pack(&answer)).await?;
+                        writer.close_with(ReasonCode::Normal, reason.clone()).await
                     };
                     let _ = link::with_driver(&mut driver, exchange, limit).await;
                     return Err(Error::Reliable(format!(
@@ -303,8 +303,7 @@ impl ReliableServer {
                     )));
                 }
             };
-        let sent =
-            link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
+        let sent = link::with_driver(&mut driver, writer.send(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
             if new_stream.is_some() {
                 // Nobody saw this stream: forget it (its client starts it again).

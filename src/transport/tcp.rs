@@ -25,7 +25,7 @@
 //!     while let Some(conn) = incoming.next().await {
 //!         let mut conn = conn?;
 //!         while let Some(any) = conn.recv().await? {
-//!             conn.send_any(&any).await?; // echo
+//!             conn.send(any).await?; // echo
 //!         }
 //!     }
 //!     Ok::<(), connect::Error>(())
