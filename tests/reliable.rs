@@ -1,12 +1,13 @@
 //! Reliable delivery over loopback: exactly once and in order through a proxy that cuts the
 //! connection at random points, bounded queues with backpressure, refusals.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_std::net::{TcpListener as RawListener, TcpStream};
 use async_std::task;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::prost_types::Any;
@@ -17,7 +18,9 @@ use connect::reliable::{
 };
 use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpListener};
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures::FutureExt;
+use support::proxy::cutting_proxy;
+use support::spawn;
 
 fn hello(sequence: u64) -> Any {
     Any::from_msg(&HelloWorld {
@@ -286,92 +289,6 @@ impl Gate {
     }
 }
 
-/// A TCP proxy that forwards between a client and `upstream` and cuts each connection after a
-/// random number of forwarded bytes (counted over both directions): a few within the first
-/// bytes (mid-handshake, mid-Resume), the rest anywhere, mid-frame included.
-struct CuttingProxy {
-    addr: SocketAddr,
-    cuts: Arc<AtomicU64>,
-    cutting: Arc<std::sync::atomic::AtomicBool>,
-}
-
-fn random_below(n: u64) -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).unwrap();
-    u64::from_le_bytes(bytes) % n
-}
-
-async fn cutting_proxy(upstream: SocketAddr) -> CuttingProxy {
-    let listener = RawListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cuts = Arc::new(AtomicU64::new(0));
-    let cutting = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let (c, on) = (cuts.clone(), cutting.clone());
-    task::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                continue;
-            };
-            let Ok(server) = TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let budget = if random_below(5) == 0 {
-                1 + random_below(300)
-            } else {
-                1 + random_below(150_000)
-            };
-            let cut_here = on.load(Ordering::SeqCst);
-            let left = Arc::new(AtomicU64::new(budget));
-            let cuts = c.clone();
-            let pipe = move |mut from: TcpStream, mut to: TcpStream, left: Arc<AtomicU64>| async move {
-                let mut buf = vec![0u8; 8192];
-                loop {
-                    let n = match from.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let mut n = n as u64;
-                    let mut cut = false;
-                    if cut_here {
-                        let before = left
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
-                                Some(l.saturating_sub(n))
-                            })
-                            .unwrap();
-                        if before <= n {
-                            n = before;
-                            cut = true;
-                        }
-                    }
-                    if to.write_all(&buf[..n as usize]).await.is_err() {
-                        break;
-                    }
-                    if cut {
-                        break;
-                    }
-                }
-                let _ = from.shutdown(std::net::Shutdown::Both);
-                let _ = to.shutdown(std::net::Shutdown::Both);
-            };
-            task::spawn(async move {
-                let up = pipe(client.clone(), server.clone(), left.clone());
-                let down = pipe(server, client, left.clone());
-                futures::future::join(up, down).await;
-                if cut_here && left.load(Ordering::SeqCst) == 0 {
-                    cuts.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        }
-    });
-    CuttingProxy {
-        addr,
-        cuts,
-        cutting,
-    }
-}
-
 #[async_std::test]
 async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
     const MESSAGES: u64 = 100_000;
@@ -401,7 +318,7 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
         },
     )
     .await;
-    let proxy = cutting_proxy(upstream).await;
+    let proxy = cutting_proxy(upstream, 150_000).await;
     let (mut reader, writer) = client(proxy.addr, client_config()).split();
     let started = std::time::Instant::now();
     let probe = writer.clone();
@@ -705,9 +622,4 @@ async fn ack_every_above_the_window_does_not_stall_the_sender() {
     })
     .await;
     assert_eq!(stream.stats().sent, 5000);
-}
-
-/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
-fn spawn(task: connect::transport::Task) {
-    async_std::task::spawn(task);
 }

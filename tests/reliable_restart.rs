@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::spawn;
+
 use std::time::{Duration, Instant};
 
 use connect::proto::example::HelloWorld;
@@ -190,9 +192,4 @@ fn python_session_client_is_served_by_a_reliable_server() {
     assert!(out.contains("identity alice"), "{out}");
     assert!(out.contains("echoed: 300 messages in order"), "{out}");
     assert!(out.contains("then end of stream"), "{out}");
-}
-
-/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
-fn spawn(task: connect::transport::Task) {
-    async_std::task::spawn(task);
 }

@@ -2,6 +2,10 @@
 //! heartbeats and dead-peer detection, graceful close. Peers that misbehave are written by hand
 //! with a bare `Connection`, frame by frame.
 
+mod support;
+
+use support::spawn;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -1024,9 +1028,4 @@ async fn peer_supplied_names_and_lists_are_escaped_and_capped_in_refusals() {
         assert!(refuse.reason.ends_with('…'), "{}", refuse.reason);
     })
     .await;
-}
-
-/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
-fn spawn(task: connect::transport::Task) {
-    async_std::task::spawn(task);
 }

@@ -1,6 +1,10 @@
 //! Credentials never reach the log, at any level, whether authentication succeeds or fails.
 //! (A test binary of its own: it installs a global logger that records everything.)
 
+mod support;
+
+use support::spawn;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -63,9 +67,4 @@ async fn credentials_never_appear_in_logs() {
     assert!(logged.contains("<redacted>"), "{logged}");
     assert!(!logged.contains(password), "{logged}");
     assert!(!logged.contains(wrong), "{logged}");
-}
-
-/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
-fn spawn(task: connect::transport::Task) {
-    async_std::task::spawn(task);
 }

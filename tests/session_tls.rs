@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::spawn;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -136,9 +138,4 @@ async fn the_authenticator_sees_the_verified_client_certificate() {
     })
     .await
     .expect("bounded in time");
-}
-
-/// Where the library's background work (session and reliable-stream drivers) runs: async-std.
-fn spawn(task: connect::transport::Task) {
-    async_std::task::spawn(task);
 }
