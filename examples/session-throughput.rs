@@ -101,7 +101,7 @@ async fn reliable(n: u64) -> anyhow::Result<Duration> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("early end"))?;
         }
-        stream.send_message(&msg(n)).await?;
+        stream.feed_message(&msg(n)).await?;
         while stream.recv().await?.is_some() {}
         anyhow::Ok(())
     });
@@ -109,7 +109,7 @@ async fn reliable(n: u64) -> anyhow::Result<Duration> {
         tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new(), spawn);
     let start = Instant::now();
     for i in 0..n {
-        stream.send_message(&msg(i)).await?;
+        stream.feed_message(&msg(i)).await?;
     }
     let _: Option<HelloWorld> = stream.recv_message().await?;
     let elapsed = start.elapsed();

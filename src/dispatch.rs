@@ -407,7 +407,7 @@ impl Dispatcher {
             let next = match ready_now {
                 Poll::Ready(next) => next,
                 Poll::Pending => {
-                    match poll_fn(|cx| Pin::new(&mut *writer).poll_flush(cx)).await {
+                    match writer.flush_replies().await {
                         Err(e) if writer.replies_unwanted(&e) => replies_dropped = true,
                         other => other?,
                     }
@@ -492,6 +492,9 @@ pub(crate) mod sealed {
             false
         }
 
+        /// Delivers the replies queued so far (the loop calls it when no request is waiting).
+        fn flush_replies(&mut self) -> impl Future<Output = Result<()>>;
+
         /// The peer closed gracefully and every reply is queued: end this side.
         fn finish(&mut self) -> impl Future<Output = Result<()>>;
 
@@ -520,6 +523,10 @@ impl<R: AsyncRead + Unpin> sealed::Reader for ConnectionReader<R> {
 }
 
 impl<W: AsyncWrite + Unpin> sealed::Writer for ConnectionWriter<W> {
+    async fn flush_replies(&mut self) -> Result<()> {
+        self.flush().await
+    }
+
     async fn finish(&mut self) -> Result<()> {
         self.close().await
     }

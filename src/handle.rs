@@ -105,15 +105,16 @@ macro_rules! reader_methods {
 }
 
 /// `feed`, `send`, `flush`, `close`, `feed_message` and `send_message` for a writer: needs
-/// `Sink<Any, Error = Error> + Unpin` and a `start_send_message(&mut self, &M)` of the type's
-/// own (packing then `start_send`, or encoding in place).
+/// `Sink<Any, Error = Error> + Unpin` and the type's own `poll_feed(cx, &mut Option<Any>)` and
+/// `poll_feed_message(cx, &M)` (see [`poll_feed_sink`]: a layer may encode in place, or queue
+/// only what fits under its bounds).
 macro_rules! writer_methods {
     () => {
         /// Queues `any`, waiting only while the queue is full. See the
         /// [handle shape](crate::handle) for what "queued" means on this layer.
         pub async fn feed(&mut self, any: prost_types::Any) -> $crate::Result<()> {
-            self.ready().await?;
-            futures_sink::Sink::start_send(std::pin::Pin::new(&mut *self), any)
+            let mut item = Some(any);
+            std::future::poll_fn(|cx| self.poll_feed(cx, &mut item)).await
         }
 
         /// [`feed`](Self::feed)s `any`, then [`flush`](Self::flush)es.
@@ -132,8 +133,7 @@ macro_rules! writer_methods {
             &mut self,
             msg: &M,
         ) -> $crate::Result<()> {
-            self.ready().await?;
-            self.start_send_message(msg)
+            std::future::poll_fn(|cx| self.poll_feed_message(cx, msg)).await
         }
 
         /// [`feed_message`](Self::feed_message), then [`flush`](Self::flush).
@@ -159,13 +159,6 @@ macro_rules! writer_methods {
         pub async fn close(&mut self) -> $crate::Result<()> {
             std::future::poll_fn(|cx| {
                 futures_sink::Sink::poll_close(std::pin::Pin::new(&mut *self), cx)
-            })
-            .await
-        }
-
-        async fn ready(&mut self) -> $crate::Result<()> {
-            std::future::poll_fn(|cx| {
-                futures_sink::Sink::poll_ready(std::pin::Pin::new(&mut *self), cx)
             })
             .await
         }
@@ -230,11 +223,20 @@ macro_rules! whole_handle {
                 self.reader.poll_recv_message(cx)
             }
 
-            fn start_send_message<M: prost::Message + prost::Name>(
+            fn poll_feed(
                 &mut self,
+                cx: &mut std::task::Context<'_>,
+                item: &mut Option<prost_types::Any>,
+            ) -> std::task::Poll<$crate::Result<()>> {
+                self.writer.poll_feed(cx, item)
+            }
+
+            fn poll_feed_message<M: prost::Message + prost::Name>(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
                 msg: &M,
-            ) -> $crate::Result<()> {
-                self.writer.start_send_message(msg)
+            ) -> std::task::Poll<$crate::Result<()>> {
+                self.writer.poll_feed_message(cx, msg)
             }
         }
     };
@@ -254,4 +256,22 @@ where
     std::pin::Pin::new(reader)
         .poll_next(cx)
         .map(|next| next.map(|any| any.and_then(crate::connection::unpack)))
+}
+
+/// `poll_feed` for writers whose `Sink` takes any message once `poll_ready`: waits for
+/// `poll_ready`, then hands `item` (taken, so it is fed once) to `start_send` through `send`.
+pub(crate) fn poll_feed_sink<S, T>(
+    writer: &mut S,
+    cx: &mut std::task::Context<'_>,
+    item: &mut Option<T>,
+    send: impl FnOnce(&mut S, T) -> crate::Result<()>,
+) -> std::task::Poll<crate::Result<()>>
+where
+    S: futures_sink::Sink<prost_types::Any, Error = crate::Error> + Unpin,
+{
+    std::task::ready!(std::pin::Pin::new(&mut *writer).poll_ready(cx))?;
+    match item.take() {
+        Some(item) => std::task::Poll::Ready(send(writer, item)),
+        None => std::task::Poll::Ready(Ok(())),
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::proto::example::HelloWorld;
 use connect::proto::v1::ReasonCode;
+use connect::reliable::{ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::{self, SessionConfig, SessionEnd};
 use connect::transport::tcp::{self, TcpListener};
 use connect::{Error, Result};
@@ -156,6 +157,128 @@ async fn session_halves_reunite_only_with_their_own() {
             session.send(hello(7)).await.unwrap();
             assert_eq!(session.recv().await.unwrap(), Some(hello(7)));
             session.close().await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// A reliable server on loopback that hands each new stream to `app`.
+async fn reliable_server<F, Fut>(app: F) -> std::net::SocketAddr
+where
+    F: Fn(ReliableStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+    let app = std::sync::Arc::new(app);
+    async_std::task::spawn(async move {
+        while let Ok(conn) = listener.accept().await {
+            let (server, app) = (server.clone(), app.clone());
+            async_std::task::spawn(async move {
+                let Ok(accepted) = server.accept(conn).await else {
+                    return;
+                };
+                if let Some(stream) = accepted.new_stream {
+                    async_std::task::spawn(app(stream));
+                }
+                accepted.driver.await;
+            });
+        }
+    });
+    addr
+}
+
+fn reliable_client(addr: std::net::SocketAddr) -> ReliableStream {
+    tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new(), spawn)
+}
+
+#[async_std::test]
+async fn the_dispatcher_serves_reliable_streams_of_the_same_shape() {
+    bounded("test", async {
+        let addr = reliable_server(|stream| async move {
+            let _ = echo().serve(stream).await;
+        })
+        .await;
+        let mut stream = reliable_client(addr);
+        // `send_all` ends with a flush: on a reliable stream, every message is confirmed then.
+        assert_eq!(
+            round_trip(&mut stream, 50).await,
+            (0..50).collect::<Vec<_>>()
+        );
+        let stats = stream.stats();
+        assert_eq!(
+            (stats.sent, stats.confirmed, stats.outgoing_messages),
+            (50, 50, 0)
+        );
+        stream.send_message(&HelloWorld::default()).await.unwrap();
+        let echoed: HelloWorld = stream.recv_message().await.unwrap().unwrap();
+        assert_eq!(echoed, HelloWorld::default());
+        stream.close().await.unwrap();
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn a_reliable_flush_waits_until_the_peer_application_took_everything() {
+    bounded("test", async {
+        let (take, taken) = futures::channel::mpsc::unbounded::<()>();
+        let taken = std::sync::Arc::new(async_std::sync::Mutex::new(taken));
+        let addr = reliable_server(move |mut stream| {
+            let taken = taken.clone();
+            async move {
+                let mut go = taken.lock().await;
+                // Take one message per signal.
+                while go.next().await.is_some() {
+                    if stream.recv().await.ok().flatten().is_none() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        let mut stream = reliable_client(addr);
+        stream.feed(hello(1)).await.unwrap();
+        stream.feed(hello(2)).await.unwrap();
+        {
+            let flush = stream.flush();
+            futures::pin_mut!(flush);
+            // Written (the server's session has them), but its application took nothing.
+            let early = async_std::future::timeout(Duration::from_millis(300), &mut flush).await;
+            assert!(
+                early.is_err(),
+                "flush returned before confirmation: {early:?}"
+            );
+            take.unbounded_send(()).unwrap();
+            let early = async_std::future::timeout(Duration::from_millis(300), &mut flush).await;
+            assert!(
+                early.is_err(),
+                "flush returned with one message unconfirmed"
+            );
+            take.unbounded_send(()).unwrap();
+            flush.await.unwrap();
+        }
+        assert_eq!(stream.stats().confirmed, 2);
+        assert_eq!(stream.stats().outgoing_messages, 0);
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn reliable_halves_reunite_only_with_their_own() {
+    bounded("test", async {
+        let addr = reliable_server(|stream| async move {
+            let _ = echo().serve(stream).await;
+        })
+        .await;
+        let (reader_a, writer_a) = reliable_client(addr).split();
+        let (reader_b, writer_b) = reliable_client(addr).split();
+        let connect::ReuniteError(reader_a, writer_b) = reader_a.reunite(writer_b).unwrap_err();
+        let mut a = reader_a.reunite(writer_a).unwrap();
+        let mut b = reader_b.reunite(writer_b).unwrap();
+        for stream in [&mut a, &mut b] {
+            stream.send(hello(3)).await.unwrap();
+            assert_eq!(stream.recv().await.unwrap(), Some(hello(3)));
         }
     })
     .await;

@@ -112,13 +112,13 @@ async fn a_reliable_stream_packs_with_the_standard_prefix() {
             let mut stream = accepted.new_stream.expect("a new stream");
             stream.recv().await.unwrap().unwrap()
         });
-        let (stream, driver) = reliable::client(
+        let (mut stream, driver) = reliable::client(
             move || tcp::connect(addr),
             SessionConfig::new(),
             ReliableConfig::new(),
         );
         async_std::task::spawn(driver);
-        stream.send_message(&order()).await.unwrap();
+        stream.feed_message(&order()).await.unwrap();
         assert_eq!(received.await.type_url, EXPECTED);
     })
     .await;

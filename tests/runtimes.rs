@@ -322,7 +322,7 @@ async fn reliable_stream<R: Runtime>(rt: R) {
                 if let Some(mut stream) = accepted.new_stream {
                     rt.spawn(Box::pin(async move {
                         while let Ok(Some(any)) = stream.recv().await {
-                            if stream.send(any).await.is_err() {
+                            if stream.feed(any).await.is_err() {
                                 break;
                             }
                         }
@@ -343,7 +343,7 @@ async fn reliable_stream<R: Runtime>(rt: R) {
         ReliableConfig::new(),
     );
     rt.spawn(Box::pin(driver));
-    let (mut reader, writer) = stream.split();
+    let (mut reader, mut writer) = stream.split();
     for i in 0..20 {
         let any = prost_types::Any::from_msg(&hello("reliable", i)).unwrap();
         writer.send_confirmed(any).await.unwrap();
@@ -516,14 +516,14 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
             let mut stream = accepted.new_stream.expect("a new stream");
             stream.recv_message::<HelloWorld>().await.unwrap()
         });
-        let stream = tcp::connect_reliable(
+        let mut stream = tcp::connect_reliable(
             addr,
             SessionConfig::new(),
             ReliableConfig::new(),
             spawner(&spawned),
         );
         stream
-            .send_message(&hello("reliable helper", 2))
+            .feed_message(&hello("reliable helper", 2))
             .await
             .unwrap();
         assert_eq!(received.await.unwrap(), Some(hello("reliable helper", 2)));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::prost_types::Any;
-use connect::reliable::{ReliableConfig, ReliableServer, ReliableSession};
+use connect::reliable::{ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::{self, PlainAuthenticator, SessionConfig};
 use connect::Connection;
 use futures::{AsyncRead, AsyncWrite};
@@ -159,11 +159,11 @@ where
     }
 }
 
-async fn echo_stream(mut stream: ReliableSession) {
+async fn echo_stream(mut stream: ReliableStream) {
     loop {
         match stream.recv().await {
             Ok(Some(any)) => {
-                if let Err(e) = stream.send(any).await {
+                if let Err(e) = stream.feed(any).await {
                     log::warn!("reliable stream: {e}");
                     return;
                 }

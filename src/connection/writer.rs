@@ -42,9 +42,23 @@ impl<W: AsyncWrite + Unpin> ConnectionWriter<W> {
 
     crate::handle::writer_methods!();
 
+    pub(crate) fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: &mut Option<Any>,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, item, |w, any| Sink::start_send(Pin::new(w), any))
+    }
+
     /// Encodes `msg` into the write buffer without building an [`Any`] first.
-    pub(crate) fn start_send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.state.encode_message(msg)
+    pub(crate) fn poll_feed_message<M: Message + Name>(
+        &mut self,
+        cx: &mut Context<'_>,
+        msg: &M,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, &mut Some(msg), |w, msg| {
+            w.state.encode_message(msg)
+        })
     }
 }
 

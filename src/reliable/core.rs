@@ -214,6 +214,26 @@ impl Core {
         Ok(seq)
     }
 
+    /// Whether the outgoing queue is under both high-water marks (the `Sink` path: a writer
+    /// that saw room queues its next message whole, whatever its size).
+    pub(crate) fn under_mark(&self) -> bool {
+        self.out.is_empty()
+            || (self.out.len() < self.config.max_messages && self.out_bytes < self.config.max_bytes)
+    }
+
+    /// Queues a message without checking the high-water marks (the caller checked
+    /// [`under_mark`](Self::under_mark)); fails only once the stream is closing or over.
+    pub(crate) fn push_over_mark(&mut self, any: Any) -> Result<u64, TrySendError> {
+        if self.end.is_some() || self.close_requested {
+            return Err(TrySendError::Closed(any));
+        }
+        let seq = self.base + self.out.len() as u64;
+        self.out_bytes += queued_len(&any);
+        self.out.push_back(any);
+        self.wake_link();
+        Ok(seq)
+    }
+
     pub(crate) fn register_send(&mut self, waker: &Waker) {
         if !self.send_wakers.iter().any(|w| w.will_wake(waker)) {
             self.send_wakers.push(waker.clone());

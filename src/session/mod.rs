@@ -534,8 +534,22 @@ impl SessionWriter {
 
     crate::handle::writer_methods!();
 
-    pub(crate) fn start_send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        Sink::start_send(Pin::new(self), state::pack(msg))
+    pub(crate) fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: &mut Option<Any>,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, item, |w, any| Sink::start_send(Pin::new(w), any))
+    }
+
+    pub(crate) fn poll_feed_message<M: Message + Name>(
+        &mut self,
+        cx: &mut Context<'_>,
+        msg: &M,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, &mut Some(msg), |w, msg| {
+            Sink::start_send(Pin::new(w), state::pack(msg))
+        })
     }
 
     /// Closes the session gracefully: everything queued before is delivered, then the peer is
@@ -747,6 +761,10 @@ impl crate::dispatch::sealed::Reader for SessionReader {
 }
 
 impl crate::dispatch::sealed::Writer for SessionWriter {
+    async fn flush_replies(&mut self) -> Result<()> {
+        self.flush().await
+    }
+
     fn replies_unwanted(&self, e: &Error) -> bool {
         matches!(e, Error::Session(end) if end.is_graceful())
     }

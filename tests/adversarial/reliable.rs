@@ -62,7 +62,7 @@ async fn server_with(
                     ws.lock().unwrap().push(stream.writer());
                     task::spawn(async move {
                         while let Ok(Some(any)) = stream.recv().await {
-                            if stream.send(any).await.is_err() {
+                            if stream.feed(any).await.is_err() {
                                 break;
                             }
                         }
