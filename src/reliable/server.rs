@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use futures_io::{AsyncRead, AsyncWrite};
 
-use super::core::StreamEnd;
 use super::link::{self, LinkEnd};
+use super::shared::StreamEnd;
 use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableSession, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -260,12 +260,13 @@ impl ReliableServer {
                 } => {
                     let answer = {
                         let core = inner.lock();
-                        let window = core.window();
+                        let state = core.state();
+                        let window = state.window();
                         Resume {
                             stream_id: stream_id.clone(),
-                            received: core.received(),
+                            received: state.received(),
                             resumed: status == ResumeStatus::Resumed,
-                            acknowledged: core.acknowledged(),
+                            acknowledged: state.acknowledged(),
                             window_messages: window.0,
                             window_bytes: window.1,
                             status: status as i32,
@@ -370,8 +371,9 @@ impl ReliableServer {
             }
             let inner = entry.inner.clone();
             let mut core = inner.lock();
+            let window = (request.window_messages, request.window_bytes);
             let status = if request.incarnation == entry.incarnation {
-                match core.resume(request.received, request.acknowledged) {
+                match core.resume(request.received, request.acknowledged, window) {
                     Ok(retransmitted) => {
                         core.emit(Event::Resumed {
                             session_id: session_id.to_owned(),
@@ -400,14 +402,13 @@ impl ReliableServer {
             } else {
                 // Nothing was exchanged on this state (the client sends nothing before our
                 // answer, which it never saw): number both directions from 0 again.
-                let retransmitted = core.restart_stream();
+                let retransmitted = core.restart_stream(window);
                 core.emit(Event::Resumed {
                     session_id: session_id.to_owned(),
                     retransmitted,
                 });
                 ResumeStatus::NewStream
             };
-            core.set_peer_window(request.window_messages, request.window_bytes);
             let generation = core.attach();
             drop(core);
             entry.detached_since = None;
@@ -458,7 +459,7 @@ impl ReliableServer {
         let inner = Inner::new(config.clone());
         let generation = {
             let mut core = inner.lock();
-            core.set_peer_window(request.window_messages, request.window_bytes);
+            core.set_peer_window((request.window_messages, request.window_bytes));
             core.emit(Event::Connected {
                 session_id: session_id.to_owned(),
                 new_stream: false,
