@@ -25,6 +25,19 @@
 //! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken (or after
 //! [`ack_delay`](ReliableConfig::with_ack_delay)). `proto/PROTOCOL.md` section 10 specifies it.
 //!
+//! ## How the files fit
+//!
+//! `state.rs` is the protocol of one stream, sans-IO like [`session`](crate::session)'s
+//! state: numbering, the peer's window, retransmission, cumulative `Ack`s, `Nack`s and the one
+//! `resume` both sides call. It takes input as method calls (including the time, for the
+//! acknowledgement delay) and hands out the next frame to write and what happened to the
+//! messages sent; a deterministic test steps two of them by hand. `shared.rs` wraps it for
+//! the tasks that share it (the application's handles and the current link): the lock's
+//! contents, wakers, confirmation senders and lifecycle events. `link.rs` moves frames
+//! between a session and the shared state; `client.rs` (connecting and reconnecting) and
+//! `server.rs` (the `Resume` exchange and the table of streams, which sweeps expired ones
+//! itself) decide which link carries a stream; this file holds the handles.
+//!
 //! ## Guarantees
 //!
 //! * While both processes live, every message sent is delivered to the peer's application

@@ -99,6 +99,34 @@ pub struct Accepted<T> {
     pub plain: Option<(Session, SessionDriver<T>)>,
 }
 
+/// A stream attached to the link a connection's driver runs. Dropped while the stream is still
+/// attached to that link (the `accept` future or the driver cancelled before the link ended),
+/// it detaches the stream like a dropped link: the sweep expires it unless its client comes
+/// back. Otherwise (the link ended, or a newer one took over) it does nothing.
+struct Attachment {
+    server: ReliableServer,
+    stream_id: Vec<u8>,
+    inner: Arc<Inner>,
+    generation: u64,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let still_attached = {
+            let core = self.inner.lock();
+            core.attached && core.generation == self.generation
+        };
+        if still_attached {
+            self.server.detached(
+                &self.stream_id,
+                &self.inner,
+                self.generation,
+                "the connection's driver was dropped".into(),
+            );
+        }
+    }
+}
+
 /// Runs one connection of a reliable stream; resolves when the connection is over (and, if it
 /// dropped, once the stream was resumed elsewhere or expired).
 #[must_use = "the connection makes no progress unless its driver is polled (spawn it)"]
@@ -304,6 +332,14 @@ impl ReliableServer {
                     )));
                 }
             };
+        // From here on the stream is attached to this connection: every way out ends in a
+        // running link, a detached stream the sweep expires, or a forgotten stream.
+        let attachment = Attachment {
+            server: self.clone(),
+            stream_id: stream_id.clone(),
+            inner: inner.clone(),
+            generation,
+        };
         let sent =
             link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
@@ -318,6 +354,7 @@ impl ReliableServer {
             let server = self.clone();
             let why = "could not answer Resume".to_owned();
             let run = async move {
+                let _attachment = attachment;
                 server
                     .link_ended(&stream_id, &inner, generation, LinkEnd::Dropped(why))
                     .await;
@@ -332,6 +369,7 @@ impl ReliableServer {
         }
         let server = self.clone();
         let run = async move {
+            let _attachment = attachment;
             let end = link::run(driver, reader, writer, inner.clone(), generation).await;
             server.link_ended(&stream_id, &inner, generation, end).await;
         };
