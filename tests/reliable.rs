@@ -623,3 +623,44 @@ async fn ack_every_above_the_window_does_not_stall_the_sender() {
     .await;
     assert_eq!(stream.stats().sent, 5000);
 }
+
+/// A server application that drops a connection's driver (its task cancelled) leaves the
+/// stream detached: it expires after the resume timeout like any dropped link, instead of
+/// staying attached to a link that no longer runs and holding its slot in the table forever.
+#[async_std::test]
+async fn a_dropped_server_driver_lets_the_stream_expire() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ReliableConfig::new().with_resume_timeout(Duration::from_millis(200));
+    let server = ReliableServer::new(SessionConfig::new(), config);
+    let stream = client(addr, client_config());
+    let accepted = within(20, "accept", async {
+        let conn = listener.accept().await.unwrap();
+        server.accept(conn).await.unwrap()
+    })
+    .await;
+    assert_eq!(server.stream_count(), 1);
+    let session = accepted.new_stream.expect("a new stream");
+    let mut events = session.events();
+    drop(accepted.driver);
+    // The client's reconnections are never accepted.
+    within(20, "the stream expires", async {
+        while server.stream_count() > 0 {
+            task::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let closed = within(20, "closed", async {
+        loop {
+            match futures::StreamExt::next(&mut events).await {
+                Some(Event::Closed { reason }) => return reason,
+                Some(_) => {}
+                None => panic!("events ended without Closed"),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_some_and(|why| why.contains("not resumed")));
+    drop(stream);
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_io::{AsyncRead, AsyncWrite};
 
-use super::core::StreamEnd;
 use super::link::{self, LinkEnd};
+use super::shared::StreamEnd;
 use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -231,11 +231,11 @@ where
                 let mut core = inner.lock();
                 let resume = Resume {
                     stream_id: stream_id.clone(),
-                    received: core.received(),
+                    received: core.state().received(),
                     resumed: false,
-                    acknowledged: core.acknowledged(),
-                    window_messages: core.window().0,
-                    window_bytes: core.window().1,
+                    acknowledged: core.state().acknowledged(),
+                    window_messages: core.state().window().0,
+                    window_bytes: core.state().window().1,
                     status: 0,
                     incarnation,
                     closing: core.close_requested && core.drained(),
@@ -284,8 +284,8 @@ where
                 let reason = super::quoted(&answer.reason);
                 match status {
                     ResumeStatus::Resumed | ResumeStatus::Unspecified => {
-                        core.set_peer_window(answer.window_messages, answer.window_bytes);
-                        match core.resume(answer.received, answer.acknowledged) {
+                        let window = (answer.window_messages, answer.window_bytes);
+                        match core.resume(answer.received, answer.acknowledged, window) {
                             Ok(retransmitted) => core.emit(Event::Resumed {
                                 session_id,
                                 retransmitted,
@@ -307,8 +307,8 @@ where
                         return;
                     }
                     ResumeStatus::NewStream => {
-                        core.set_peer_window(answer.window_messages, answer.window_bytes);
-                        let retransmitted = core.restart_stream();
+                        let window = (answer.window_messages, answer.window_bytes);
+                        let retransmitted = core.restart_stream(window);
                         core.emit(Event::Connected {
                             session_id,
                             new_stream: connected_before,

@@ -5,7 +5,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use prost::{Message, Name};
 use prost_types::Any;
 
-use super::core::{queued_len, Control};
+use super::state::{queued_len, Transmit};
 use super::Inner;
 use crate::codec::type_name;
 use crate::proto::reliable::{Ack, Nack, Resume};
@@ -107,15 +107,13 @@ pub(crate) async fn run<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let ack_delay = inner.lock().config.ack_delay;
     let mut pump = Pump {
         inner,
         generation,
         reader,
         writer,
         pending_in: None,
-        ack_timer: None,
-        ack_delay,
+        timer: None,
         close_started: false,
         write_closed: false,
         reader_ended: false,
@@ -144,8 +142,8 @@ struct Pump {
     writer: SessionWriter,
     /// A received message waiting for room in the inbound queue.
     pending_in: Option<Any>,
-    ack_timer: Option<futures_timer::Delay>,
-    ack_delay: Duration,
+    /// The state's next deadline (`poll_timeout`) and the timer that wakes the link then.
+    timer: Option<(Instant, futures_timer::Delay)>,
     close_started: bool,
     /// The session is closing (either side): nothing more is written; reading goes on until
     /// its end.
@@ -179,8 +177,8 @@ impl Pump {
             // Read while the application has room.
             while budget > 0 {
                 if let Some(any) = self.pending_in.take() {
-                    if core.inbound_has_room(queued_len(&any)) {
-                        core.push_inbound(any);
+                    if core.has_room(queued_len(&any)) {
+                        core.handle_message(any);
                         progress = true;
                     } else {
                         self.pending_in = Some(any);
@@ -200,11 +198,11 @@ impl Pump {
                             let result = if name == Ack::full_name() {
                                 Ack::decode(any.value.as_slice())
                                     .map_err(|e| format!("bad Ack: {e}"))
-                                    .and_then(|ack| core.on_ack(ack.delivered))
+                                    .and_then(|ack| core.handle_ack(ack.delivered))
                             } else if name == Nack::full_name() {
                                 Nack::decode(any.value.as_slice())
                                     .map_err(|e| format!("bad Nack: {e}"))
-                                    .and_then(|nack| core.on_nack(nack))
+                                    .and_then(|nack| core.handle_nack(nack))
                             } else {
                                 Err(format!("unexpected {}", super::quoted(name)))
                             };
@@ -228,19 +226,8 @@ impl Pump {
                 }
             }
 
-            // Acknowledgement delay.
-            let mut force_ack = false;
-            if core.ack_pending() {
-                let timer = self
-                    .ack_timer
-                    .get_or_insert_with(|| futures_timer::Delay::new(self.ack_delay));
-                if timer.poll_unpin(cx).is_ready() {
-                    force_ack = true;
-                    self.ack_timer = None;
-                }
-            } else {
-                self.ack_timer = None;
-            }
+            // The state's clock (the acknowledgement delay).
+            core.handle_timeout(Instant::now());
 
             // Write: refusals and acknowledgements first, then messages, then the close.
             while budget > 0 && !self.write_closed && !self.close_started {
@@ -253,32 +240,26 @@ impl Pump {
                     Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
                     Poll::Pending => break,
                 }
-                let frame = match core.poll_control(force_ack) {
-                    Some(Control::Ack(delivered)) => Some(pack(&Ack { delivered })),
-                    Some(Control::Nack(nack)) => Some(pack(&nack)),
-                    None => None,
-                };
-                let frame = match frame {
-                    Some(frame) => frame,
-                    None => match core.next_outgoing() {
-                        Some(any) => {
-                            budget -= 1;
-                            any
-                        }
-                        None => {
-                            if core.close_requested && core.drained() && !self.close_started {
-                                self.close_started = true;
-                                if let Err(e) = self
-                                    .writer
-                                    .start_close(ReasonCode::Normal, "stream closed".into())
-                                {
-                                    return Poll::Ready(LinkEnd::Dropped(e.to_string()));
-                                }
-                                progress = true;
+                let frame = match core.poll_transmit() {
+                    Some(Transmit::Ack(delivered)) => pack(&Ack { delivered }),
+                    Some(Transmit::Nack(nack)) => pack(&nack),
+                    Some(Transmit::Message(any)) => {
+                        budget -= 1;
+                        any
+                    }
+                    None => {
+                        if core.close_requested && core.drained() && !self.close_started {
+                            self.close_started = true;
+                            if let Err(e) = self
+                                .writer
+                                .start_close(ReasonCode::Normal, "stream closed".into())
+                            {
+                                return Poll::Ready(LinkEnd::Dropped(e.to_string()));
                             }
-                            break;
+                            progress = true;
                         }
-                    },
+                        break;
+                    }
                 };
                 progress = true;
                 if let Err(e) = self.writer.start_send_any(frame) {
@@ -294,13 +275,32 @@ impl Pump {
                     });
                 }
             }
+            // A timer for the state's next deadline; once it fires, the next step's
+            // `handle_timeout` acts on it.
+            let deadline = core.poll_timeout();
             drop(core);
+            let mut timer_fired = false;
+            match deadline {
+                None => self.timer = None,
+                Some(deadline) => {
+                    if self.timer.as_ref().map(|(d, _)| *d) != Some(deadline) {
+                        let delay = deadline.saturating_duration_since(Instant::now());
+                        self.timer = Some((deadline, futures_timer::Delay::new(delay)));
+                    }
+                    if let Some((_, timer)) = &mut self.timer {
+                        if timer.poll_unpin(cx).is_ready() {
+                            timer_fired = true;
+                            self.timer = None;
+                        }
+                    }
+                }
+            }
 
             if budget == 0 {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            if !progress && !force_ack {
+            if !progress && !timer_fired {
                 return Poll::Pending;
             }
         }

@@ -25,6 +25,19 @@
 //! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken (or after
 //! [`ack_delay`](ReliableConfig::with_ack_delay)). `proto/PROTOCOL.md` section 10 specifies it.
 //!
+//! ## How the files fit
+//!
+//! `state.rs` is the protocol of one stream, sans-IO like [`session`](crate::session)'s
+//! state: numbering, the peer's window, retransmission, cumulative `Ack`s, `Nack`s and the one
+//! `resume` both sides call. It takes input as method calls (including the time, for the
+//! acknowledgement delay) and hands out the next frame to write and what happened to the
+//! messages sent; a deterministic test steps two of them by hand. `shared.rs` wraps it for
+//! the tasks that share it (the application's handles and the current link): the lock's
+//! contents, wakers, confirmation senders and lifecycle events. `link.rs` moves frames
+//! between a session and the shared state; `client.rs` (connecting and reconnecting) and
+//! `server.rs` (the `Resume` exchange and the table of streams, which sweeps expired ones
+//! itself) decide which link carries a stream; this file holds the handles.
+//!
 //! ## Guarantees
 //!
 //! * While both processes live, every message sent is delivered to the peer's application
@@ -95,9 +108,10 @@
 //! ```
 
 mod client;
-mod core;
 mod link;
 mod server;
+mod shared;
+mod state;
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -112,7 +126,7 @@ use futures_core::Stream;
 use prost::{Message, Name};
 use prost_types::Any;
 
-use self::core::{Core, StreamEnd};
+use self::shared::{Shared, StreamEnd};
 use crate::error::{Error, Result};
 use crate::handle::ReuniteError;
 pub use crate::proto::reliable::NackReason;
@@ -382,7 +396,7 @@ pub struct Stats {
 
 #[derive(Debug)]
 struct Inner {
-    core: Mutex<Core>,
+    core: Mutex<Shared>,
     /// Readers and writers the application holds; when the last is dropped the stream closes
     /// (after delivering what was queued).
     handles: AtomicUsize,
@@ -391,7 +405,7 @@ struct Inner {
 impl Inner {
     fn new(config: ReliableConfig) -> Arc<Self> {
         Arc::new(Self {
-            core: Mutex::new(Core::new(config)),
+            core: Mutex::new(Shared::new(config)),
             handles: AtomicUsize::new(0),
         })
     }
@@ -416,12 +430,12 @@ impl Inner {
 /// The core's lock; on release it wakes the tasks the core asked to wake, after unlocking (a
 /// woken task that polls at once then does not block on the lock, and a waker that locks
 /// again does not deadlock).
-struct CoreGuard<'a>(Option<MutexGuard<'a, Core>>);
+struct CoreGuard<'a>(Option<MutexGuard<'a, Shared>>);
 
 impl std::ops::Deref for CoreGuard<'_> {
-    type Target = Core;
+    type Target = Shared;
 
-    fn deref(&self) -> &Core {
+    fn deref(&self) -> &Shared {
         self.0
             .as_deref()
             .unwrap_or_else(|| unreachable!("taken only in drop"))
@@ -429,7 +443,7 @@ impl std::ops::Deref for CoreGuard<'_> {
 }
 
 impl std::ops::DerefMut for CoreGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Core {
+    fn deref_mut(&mut self) -> &mut Shared {
         self.0
             .as_deref_mut()
             .unwrap_or_else(|| unreachable!("taken only in drop"))
@@ -449,11 +463,11 @@ impl Drop for CoreGuard<'_> {
 }
 
 /// A peer-supplied string fit for a log line or an error text: escaped (no control characters
-/// or line breaks) and capped at about [`core::MAX_QUOTED`] bytes.
+/// or line breaks) and capped at about [`state::MAX_QUOTED`] bytes.
 pub(crate) fn quoted(s: &str) -> String {
     let mut out = String::new();
     for (i, c) in s.char_indices() {
-        if out.len() >= core::MAX_QUOTED {
+        if out.len() >= state::MAX_QUOTED {
             out.push_str(&format!("... ({} bytes)", s.len() - i));
             break;
         }
@@ -662,12 +676,12 @@ impl ReliableWriter {
 }
 
 /// The stream's end as an error, or the error for a stream that is closing.
-fn closed_error(core: &Core) -> Error {
+fn closed_error(core: &Shared) -> Error {
     core.end().map_or(Error::Closed, end_error)
 }
 
 /// Queues `any` after `poll_ready` found the queue under its high-water mark.
-fn push(core: &mut Core, any: Any) -> Result<u64> {
+fn push(core: &mut Shared, any: Any) -> Result<u64> {
     match core.push_over_mark(any) {
         Ok(seq) => Ok(seq),
         Err(_) => Err(closed_error(core)),
@@ -725,10 +739,12 @@ impl Sink<Any> for ReliableWriter {
 
 fn stats(inner: &Inner) -> Stats {
     let core = inner.lock();
-    let (outgoing_messages, outgoing_bytes) = core.outgoing();
-    let (inbound_messages, inbound_bytes) = core.inbound_len();
-    let (sent, confirmed) = core.progress();
-    let (retained_nacks, retained_nack_bytes) = core.retained_nacks();
+    let state = core.state();
+    let (outgoing_messages, outgoing_bytes) = state.outgoing();
+    let (inbound_messages, inbound_bytes) = state.inbound_len();
+    let (sent, confirmed) = state.progress();
+    let (retained_nacks, retained_nack_bytes) = state.retained_nacks();
+    let counters = state.counters();
     Stats {
         retained_nacks,
         retained_nack_bytes,
@@ -738,9 +754,9 @@ fn stats(inner: &Inner) -> Stats {
         inbound_bytes,
         sent,
         confirmed,
-        retransmitted: core.stats.retransmitted,
-        refused: core.stats.nacked,
-        connections: core.stats.links,
+        retransmitted: counters.retransmitted,
+        refused: counters.nacked,
+        connections: core.links(),
         connected: core.attached,
     }
 }

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use futures_io::{AsyncRead, AsyncWrite};
 
-use super::core::StreamEnd;
 use super::link::{self, LinkEnd};
+use super::shared::StreamEnd;
 use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
@@ -97,6 +97,34 @@ pub struct Accepted<T> {
     /// A client that did not ask for reliable delivery gets a plain session, as
     /// [`session::accept`] returns it; its driver must be spawned too.
     pub plain: Option<(Session, SessionDriver<T>)>,
+}
+
+/// A stream attached to the link a connection's driver runs. Dropped while the stream is still
+/// attached to that link (the `accept` future or the driver cancelled before the link ended),
+/// it detaches the stream like a dropped link: the sweep expires it unless its client comes
+/// back. Otherwise (the link ended, or a newer one took over) it does nothing.
+struct Attachment {
+    server: ReliableServer,
+    stream_id: Vec<u8>,
+    inner: Arc<Inner>,
+    generation: u64,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let still_attached = {
+            let core = self.inner.lock();
+            core.attached && core.generation == self.generation
+        };
+        if still_attached {
+            self.server.detached(
+                &self.stream_id,
+                &self.inner,
+                self.generation,
+                "the connection's driver was dropped".into(),
+            );
+        }
+    }
 }
 
 /// Runs one connection of a reliable stream; resolves when the connection is over (and, if it
@@ -260,12 +288,13 @@ impl ReliableServer {
                 } => {
                     let answer = {
                         let core = inner.lock();
-                        let window = core.window();
+                        let state = core.state();
+                        let window = state.window();
                         Resume {
                             stream_id: stream_id.clone(),
-                            received: core.received(),
+                            received: state.received(),
                             resumed: status == ResumeStatus::Resumed,
-                            acknowledged: core.acknowledged(),
+                            acknowledged: state.acknowledged(),
                             window_messages: window.0,
                             window_bytes: window.1,
                             status: status as i32,
@@ -303,6 +332,14 @@ impl ReliableServer {
                     )));
                 }
             };
+        // From here on the stream is attached to this connection: every way out ends in a
+        // running link, a detached stream the sweep expires, or a forgotten stream.
+        let attachment = Attachment {
+            server: self.clone(),
+            stream_id: stream_id.clone(),
+            inner: inner.clone(),
+            generation,
+        };
         let sent = link::with_driver(&mut driver, writer.send(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
             if new_stream.is_some() {
@@ -316,6 +353,7 @@ impl ReliableServer {
             let server = self.clone();
             let why = "could not answer Resume".to_owned();
             let run = async move {
+                let _attachment = attachment;
                 server
                     .link_ended(&stream_id, &inner, generation, LinkEnd::Dropped(why))
                     .await;
@@ -330,6 +368,7 @@ impl ReliableServer {
         }
         let server = self.clone();
         let run = async move {
+            let _attachment = attachment;
             let end = link::run(driver, reader, writer, inner.clone(), generation).await;
             server.link_ended(&stream_id, &inner, generation, end).await;
         };
@@ -369,8 +408,9 @@ impl ReliableServer {
             }
             let inner = entry.inner.clone();
             let mut core = inner.lock();
+            let window = (request.window_messages, request.window_bytes);
             let status = if request.incarnation == entry.incarnation {
-                match core.resume(request.received, request.acknowledged) {
+                match core.resume(request.received, request.acknowledged, window) {
                     Ok(retransmitted) => {
                         core.emit(Event::Resumed {
                             session_id: session_id.to_owned(),
@@ -399,14 +439,13 @@ impl ReliableServer {
             } else {
                 // Nothing was exchanged on this state (the client sends nothing before our
                 // answer, which it never saw): number both directions from 0 again.
-                let retransmitted = core.restart_stream();
+                let retransmitted = core.restart_stream(window);
                 core.emit(Event::Resumed {
                     session_id: session_id.to_owned(),
                     retransmitted,
                 });
                 ResumeStatus::NewStream
             };
-            core.set_peer_window(request.window_messages, request.window_bytes);
             let generation = core.attach();
             drop(core);
             entry.detached_since = None;
@@ -457,7 +496,7 @@ impl ReliableServer {
         let inner = Inner::new(config.clone());
         let generation = {
             let mut core = inner.lock();
-            core.set_peer_window(request.window_messages, request.window_bytes);
+            core.set_peer_window((request.window_messages, request.window_bytes));
             core.emit(Event::Connected {
                 session_id: session_id.to_owned(),
                 new_stream: false,

@@ -1,11 +1,14 @@
-//! A model-based property test of the reliable core: two cores wired to each other in memory
-//! (no I/O, no timers), driven by random operations: sends (some refused by the receiver),
-//! link steps, frame deliveries, the applications taking messages, cuts followed by honest
-//! resumes, dishonest resumes, and server restarts. After every step each piece of state is
-//! within its bound; at the end, after the links drain, everything sent was delivered once
-//! and in order (at least once across a restart), and everything retained is freed.
+//! A model-based property test of the reliable protocol state: two [`StreamState`]s wired to
+//! each other in memory (no I/O, a made-up clock), driven by random operations: sends (some
+//! refused by the receiver), link steps, frame deliveries, the applications taking messages,
+//! cuts followed by honest resumes, dishonest resumes, and server restarts. After every step
+//! each piece of state is within its bound and the events are consistent (confirmations only
+//! grow, only refused messages are reported refused); at the end, after the links drain,
+//! everything sent was delivered once and in order (at least once across a restart), every
+//! message confirmed, every refusal reported, and everything retained is freed.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
@@ -23,7 +26,8 @@ enum Frame {
 enum Op {
     /// Side 0 (client) or 1 (server) application sends; `refused`: a type the peer refuses.
     Send { side: usize, refused: bool },
-    /// One link step of a side: write what it may (`force`: the ack delay passed).
+    /// One link step of a side: write what it may (`force`: the clock first moves past the
+    /// ack delay).
     Write { side: usize, force: bool },
     /// Up to `n` frames towards `side` are read, as far as the receiver has room.
     Read { side: usize, n: usize },
@@ -62,11 +66,17 @@ fn config() -> ReliableConfig {
 }
 
 struct Side {
-    core: Core,
+    core: StreamState,
     /// Application messages sent, by number (their value), and whether the peer refuses them.
     sent: Vec<bool>,
     /// Numbers the application took, per stream (a restart starts a new list).
     got: Vec<Vec<u64>>,
+    /// From the state's events: everything below is confirmed.
+    confirmed_below: u64,
+    /// From the state's events: numbers of messages reported refused.
+    refused: BTreeSet<u64>,
+    /// Index in `sent` of the current state's message 0 (a restarted server starts over).
+    first: usize,
 }
 
 struct World {
@@ -78,7 +88,8 @@ struct World {
     /// Index in the server's `sent` of its current stream's first message (numbers go on
     /// across restarts, so that each is unique).
     server_stream_start: usize,
-    waker: std::task::Waker,
+    /// The made-up clock.
+    now: Instant,
 }
 
 fn message(n: u64, refused: bool) -> Any {
@@ -96,14 +107,17 @@ impl World {
     fn new() -> Self {
         let mut world = World {
             sides: [0, 1].map(|_| Side {
-                core: Core::new(config()),
+                core: StreamState::new(config()),
                 sent: Vec::new(),
                 got: vec![Vec::new()],
+                confirmed_below: 0,
+                refused: BTreeSet::new(),
+                first: 0,
             }),
             wires: [VecDeque::new(), VecDeque::new()],
             restarts: 0,
             server_stream_start: 0,
-            waker: futures_util::task::noop_waker(),
+            now: Instant::now(),
         };
         world.exchange_windows();
         world
@@ -121,21 +135,24 @@ impl World {
             Op::Send { side, refused } => {
                 let s = &mut self.sides[side];
                 let n = s.sent.len() as u64;
-                if s.core.try_push(message(n, refused)).is_ok() {
+                if s.core.push(message(n, refused)).is_ok() {
                     s.sent.push(refused);
                 }
             }
             Op::Write { side, force } => {
                 let core = &mut self.sides[side].core;
                 let wire = &mut self.wires[1 - side];
+                core.handle_timeout(self.now);
+                if force {
+                    self.now += core.config.ack_delay + Duration::from_millis(1);
+                    core.handle_timeout(self.now);
+                }
                 for _ in 0..16 {
-                    let frame = match core.poll_control(force) {
-                        Some(Control::Ack(n)) => Frame::Ack(n),
-                        Some(Control::Nack(n)) => Frame::Nack(n),
-                        None => match core.next_outgoing() {
-                            Some(any) => Frame::Message(any),
-                            None => break,
-                        },
+                    let frame = match core.poll_transmit() {
+                        Some(Transmit::Ack(n)) => Frame::Ack(n),
+                        Some(Transmit::Nack(n)) => Frame::Nack(n),
+                        Some(Transmit::Message(any)) => Frame::Message(any),
+                        None => break,
                     };
                     wire.push_back(frame);
                 }
@@ -150,13 +167,13 @@ impl World {
                         break;
                     };
                     match frame {
-                        Frame::Message(any) if !core.inbound_has_room(queued_len(any)) => break,
+                        Frame::Message(any) if !core.has_room(queued_len(any)) => break,
                         _ => {}
                     }
                     match self.wires[side].pop_front().unwrap() {
-                        Frame::Message(any) => core.push_inbound(any),
-                        Frame::Ack(n) => core.on_ack(n).unwrap(),
-                        Frame::Nack(n) => core.on_nack(n).unwrap(),
+                        Frame::Message(any) => core.handle_message(any),
+                        Frame::Ack(n) => core.handle_ack(n).unwrap(),
+                        Frame::Nack(n) => core.handle_nack(n).unwrap(),
                     }
                 }
             }
@@ -166,7 +183,7 @@ impl World {
                     // Messages of streams that ended with a restart come first: a message is
                     // stale if no more entries were popped than were stale.
                     let (stale, len) = (s.core.inbound_stale, s.core.inbound.len());
-                    match s.core.pop_inbound(&self.waker) {
+                    match s.core.take() {
                         Some(any) => {
                             assert!(!any.type_url.ends_with(".X"), "a refused message delivered");
                             let popped = len - s.core.inbound.len();
@@ -201,8 +218,10 @@ impl World {
             }
             Op::Restart => {
                 self.wires = [VecDeque::new(), VecDeque::new()];
-                self.sides[1].core = Core::new(config());
+                self.sides[1].core = StreamState::new(config());
                 self.sides[1].got.push(Vec::new());
+                self.sides[1].confirmed_below = 0;
+                self.sides[1].first = self.sides[1].sent.len();
                 self.server_stream_start = self.sides[1].sent.len();
                 self.sides[0].core.restart_stream();
                 self.sides[0].got.push(Vec::new());
@@ -210,9 +229,7 @@ impl World {
                 self.exchange_windows();
             }
         }
-        for s in &mut self.sides {
-            s.core.take_wakers();
-        }
+        self.check_events();
         self.check_bounds();
     }
 
@@ -233,6 +250,33 @@ impl World {
         self.exchange_windows();
     }
 
+    /// Drains the states' events: confirmations only grow and never pass what was sent; only
+    /// messages of a refused type are reported refused.
+    fn check_events(&mut self) {
+        for s in &mut self.sides {
+            while let Some(event) = s.core.poll_event() {
+                match event {
+                    StreamEvent::Confirmed { below } => {
+                        assert!(
+                            below > s.confirmed_below,
+                            "{below} after {}",
+                            s.confirmed_below
+                        );
+                        assert!(s.first as u64 + below <= s.sent.len() as u64);
+                        s.confirmed_below = below;
+                    }
+                    StreamEvent::Refused { seq, reason, .. } => {
+                        let n = s.first as u64 + seq;
+                        assert!(s.sent[n as usize], "message {n} was of an accepted type");
+                        assert!(seq >= s.confirmed_below, "refused after it was confirmed");
+                        assert_eq!(reason, NackReason::UnknownType);
+                        s.refused.insert(n);
+                    }
+                }
+            }
+        }
+    }
+
     fn check_bounds(&self) {
         for s in &self.sides {
             let c = &s.core;
@@ -242,12 +286,7 @@ impl World {
             assert!(c.inbound.len() <= 1 || c.inbound_bytes <= c.config.receive_bytes);
             assert!(c.nacks.len() <= MAX_RETAINED_NACKS + MAX_UNSENT_NACKS);
             assert!(c.nack_bytes <= MAX_RETAINED_NACK_BYTES + MAX_UNSENT_NACKS * 200);
-            assert!(c.confirms.len() <= c.out.len());
-            assert!(c
-                .event_queues
-                .iter()
-                .all(|q| q.events.len() <= EVENT_QUEUE_LEN));
-            assert!(c.wake_later.is_empty());
+            assert!(c.events.is_empty(), "drained after every step");
         }
         // Each application takes, per stream, increasing numbers without repeats.
         for s in &self.sides {
@@ -304,9 +343,20 @@ proptest! {
         for side in 0..2 {
             let s = &world.sides[side];
             prop_assert!(s.core.out.is_empty(), "side {side}: all confirmed");
-            prop_assert!(s.core.confirms.is_empty());
+            prop_assert_eq!(s.first as u64 + s.confirmed_below, s.sent.len() as u64);
             prop_assert!(s.core.inbound.is_empty());
             prop_assert_eq!(s.core.retained_nacks(), (0, 0));
+        }
+        // Every refused message was reported refused (a client's message to a server that
+        // died may have been refused by the dead one only).
+        for side in 0..2 {
+            let s = &world.sides[side];
+            if side == 1 || world.restarts == 0 {
+                let expected: BTreeSet<u64> = (s.first as u64..s.sent.len() as u64)
+                    .filter(|&n| s.sent[n as usize])
+                    .collect();
+                prop_assert_eq!(&s.refused.range(s.first as u64..).copied().collect::<BTreeSet<_>>(), &expected);
+            }
         }
         // Server to client: each stream of the server delivered once, in order, all of it
         // (a server restart loses what the dead server had queued; the new one starts over).
