@@ -356,7 +356,7 @@ impl Dispatcher {
             .map(|handler| &**handler)
     }
 
-    /// Serves one handle (a [`Connection`](crate::Connection), a
+    /// Serves one handle (a [`Connection`], a
     /// [`Session`](crate::session::Session) or a
     /// [`ReliableStream`](crate::reliable::ReliableStream)) until the peer closes it: each
     /// message goes to its handler, in order, and the replies are written back in order.

@@ -160,7 +160,8 @@ impl fmt::Display for ConnectionInfo {
 /// A bidirectional stream of delimited-`Any` frames over a byte stream `T` (TCP, TLS, an
 /// in-memory pipe: anything `futures-io` `AsyncRead + AsyncWrite`).
 ///
-/// Use it as a whole ([`Stream`] of `Result<Any>` and [`Sink`] of `Any`, or the typed
+/// Use it as a whole ([`Stream`](futures_core::Stream) of `Result<Any>` and
+/// [`Sink`](futures_sink::Sink) of `Any`, or the typed
 /// [`send_message`](Self::send_message) and [`recv_message`](Self::recv_message)), or
 /// [`split`](Self::split) it into a [`ConnectionReader`] and a [`ConnectionWriter`] that can live
 /// in different tasks.
