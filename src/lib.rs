@@ -19,6 +19,9 @@
 //! * [`Connection`]: frames over any `futures-io` `AsyncRead + AsyncWrite`;
 //!   [`split`](Connection::split) into [`ConnectionReader`] (a `Stream`) and
 //!   [`ConnectionWriter`] (a `Sink`), [`reunite`](ConnectionReader::reunite) them again.
+//! * [`handle`]: the one shape every handle shares (connection, session, reliable stream):
+//!   `recv`/`recv_message`, `feed`/`send`/`flush`/`close`, `split`/`reunite`, and what each
+//!   means on each layer.
 //! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
 //! * [`session`]: handshake (negotiation, authentication), heartbeats with dead-peer detection
 //!   and graceful close on top of a connection, as control messages of [`proto::v1`].

@@ -10,7 +10,8 @@
 //! nothing is delivered twice.
 //!
 //! ```text
-//!  application ── send ──► outgoing queue (bounded: messages and bytes; send waits when full)
+//!  application ── feed ──► outgoing queue (bounded: messages and bytes; feed waits when full;
+//!                             │  flush waits until everything queued is confirmed)
 //!                             │ written on the current link, kept until the peer's Ack
 //!                             ▼
 //!                           session (Hello/Welcome with capability "connect.reliable.v1",
