@@ -214,6 +214,7 @@ impl Error {
                 | Error::Decode { .. }
                 | Error::Truncated { .. }
                 | Error::Tls(TlsError::Protocol(_))
+                | Error::Session(crate::session::SessionEnd::ProtocolViolation { .. })
         )
     }
 }
@@ -271,5 +272,17 @@ mod quoted_tests {
             quoted_list(&(0..1000).collect::<Vec<_>>()),
             "[0, 1, 2, 3, 4, 5, 6, 7, … (1000 in all)]"
         );
+    }
+
+    #[test]
+    fn a_session_ended_by_a_protocol_violation_is_one() {
+        use crate::session::SessionEnd;
+        let violation = Error::Session(SessionEnd::ProtocolViolation {
+            reason: "second Close".into(),
+        });
+        assert!(violation.is_protocol_violation());
+        assert!(Error::InvalidLengthPrefix.is_protocol_violation());
+        assert!(!Error::Session(SessionEnd::Disconnected).is_protocol_violation());
+        assert!(!Error::Closed.is_protocol_violation());
     }
 }

@@ -344,6 +344,7 @@ pub enum DeliveryError {
 
 /// [`ReliableWriter::try_send`] failed; the message is handed back.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrySendError {
     /// The outgoing queue is at its high-water mark.
     #[error("outgoing queue full")]

@@ -79,6 +79,7 @@
 //! tokio.
 
 mod auth;
+mod config;
 mod driver;
 mod handshake;
 mod queue;
@@ -109,10 +110,11 @@ use crate::handle::ReuniteError;
 use crate::proto::v1::ReasonCode;
 
 pub use auth::{AuthError, Authenticator, BearerAuthenticator, PlainAuthenticator};
+pub use config::SessionConfig;
 pub use driver::SessionDriver;
 pub use handshake::{
-    accept, connect, SessionConfig, HANDSHAKE_MAX_FRAME_LEN, MIN_HEARTBEAT, MIN_MAX_FRAME_LEN,
-    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    accept, connect, HANDSHAKE_MAX_FRAME_LEN, MIN_HEARTBEAT, MIN_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
 };
 
 /// Why a session ended (or never began). Every end is reported with one of these: by the
