@@ -78,7 +78,7 @@ async fn session(n: u64) -> anyhow::Result<Duration> {
     session.flush().await?;
     let _: Option<HelloWorld> = session.recv_message().await?;
     let elapsed = start.elapsed();
-    session.close(ReasonCode::Normal, "").await?;
+    session.close_with(ReasonCode::Normal, "").await?;
     server.await?;
     Ok(elapsed)
 }
@@ -101,7 +101,7 @@ async fn reliable(n: u64) -> anyhow::Result<Duration> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("early end"))?;
         }
-        stream.send_message(&msg(n)).await?;
+        stream.feed_message(&msg(n)).await?;
         while stream.recv().await?.is_some() {}
         anyhow::Ok(())
     });
@@ -109,7 +109,7 @@ async fn reliable(n: u64) -> anyhow::Result<Duration> {
         tcp::connect_reliable(addr, SessionConfig::new(), ReliableConfig::new(), spawn);
     let start = Instant::now();
     for i in 0..n {
-        stream.send_message(&msg(i)).await?;
+        stream.feed_message(&msg(i)).await?;
     }
     let _: Option<HelloWorld> = stream.recv_message().await?;
     let elapsed = start.elapsed();
@@ -132,7 +132,7 @@ async fn idle_rtt() -> anyhow::Result<Option<Duration>> {
     let mut session = tcp::connect_session(addr, &config, spawn).await?;
     async_std::task::sleep(Duration::from_millis(500)).await;
     let rtt = session.rtt();
-    session.close(ReasonCode::Normal, "").await?;
+    session.close_with(ReasonCode::Normal, "").await?;
     server.await?;
     Ok(rtt)
 }

@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("the session ended early"))?;
         println!("reply #{}: {:?}", reply.sequence, reply.text);
     }
-    session.close(ReasonCode::Normal, "done").await?;
+    session.close_with(ReasonCode::Normal, "done").await?;
     println!("closed: {:?}", session.end());
     Ok(())
 }
@@ -158,11 +158,11 @@ async fn reliable(addr: &str, n: u64, heartbeat_ms: Option<u64>) -> anyhow::Resu
             println!("event: {event:?}");
         }
     });
-    let (mut reader, writer) = stream.split();
-    let sender = writer.clone();
+    let (mut reader, mut writer) = stream.split();
+    let mut sender = writer.clone();
     async_std::task::spawn(async move {
         for sequence in 0..n {
-            if let Err(e) = sender.send_message(&greeting(sequence, "reliable")).await {
+            if let Err(e) = sender.feed_message(&greeting(sequence, "reliable")).await {
                 eprintln!("send {sequence}: {e}");
                 return;
             }

@@ -47,7 +47,7 @@ where
     let start = Instant::now();
     let sender = async_std::task::spawn(async move {
         for _ in 0..count {
-            writer.feed_any(&any).await?;
+            writer.feed(any.clone()).await?;
         }
         writer.flush().await?;
         Ok::<_, Error>(writer)

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures_io::{AsyncRead, AsyncWrite};
+use futures_sink::Sink;
 use futures_util::FutureExt;
 use prost::{Message, Name};
 use prost_types::Any;
@@ -355,57 +356,49 @@ impl Dispatcher {
             .map(|handler| &**handler)
     }
 
-    /// Serves one connection until the peer closes it: each message goes to its handler, in
-    /// order, and the replies are written back in order.
+    /// Serves one handle (a [`Connection`], a
+    /// [`Session`](crate::session::Session) or a
+    /// [`ReliableStream`](crate::reliable::ReliableStream)) until the peer closes it: each
+    /// message goes to its handler, in order, and the replies are written back in order.
     ///
     /// Replies are buffered while more input is already waiting and flushed as soon as there
     /// is none, so a burst of requests is answered with few system calls. When the peer
-    /// closes cleanly the writer is flushed and closed, and `Ok(())` is returned.
+    /// closes gracefully, `Ok(())` is returned after the replies are out: a connection is then
+    /// flushed and its write side closed; a session's `CloseOk` follows the replies to every
+    /// message the peer sent before its `Close` (PROTOCOL.md, section 6), and the handler's
+    /// [`Context::session`] tells the authenticated identity.
     ///
     /// # Errors
-    /// The first error ends serving: a bad frame from the peer, an I/O error, or any error of
-    /// [`dispatch`](Self::dispatch). Only this connection is affected.
-    pub async fn serve<T>(&self, connection: Connection<T>) -> Result<()>
-    where
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
-        let (mut reader, mut writer) = connection.split();
+    /// The first error ends serving: a bad frame or a non-graceful end from the peer, an I/O
+    /// error, or any error of [`dispatch`](Self::dispatch). Only this handle is affected. The
+    /// replies to earlier messages are flushed first; a session is then closed with
+    /// `REASON_CODE_INTERNAL_ERROR` (unless it had already ended).
+    pub async fn serve<H: Serve>(&self, handle: H) -> Result<()> {
+        let (mut reader, mut writer) = handle.into_halves();
         self.serve_split(&mut reader, &mut writer).await
     }
 
-    /// [`serve`](Self::serve) for a connection already split into halves.
-    pub async fn serve_split<R, W>(
+    /// [`serve`](Self::serve) for a handle already split into halves.
+    pub async fn serve_split<R: ServeReader, W: ServeWriter>(
         &self,
-        reader: &mut ConnectionReader<R>,
-        writer: &mut ConnectionWriter<W>,
-    ) -> Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<()> {
         let result = self.serve_messages(reader, writer).await;
         if let Err(e) = &result {
-            // Replies to the messages before the failure are already accepted: deliver them.
-            if let Err(flush_error) = writer.flush().await {
-                log::debug!(
-                    "{}: flushing after {e} failed: {flush_error}",
-                    reader.info()
-                );
-            }
+            writer.after_error(e).await;
         }
         result
     }
 
-    async fn serve_messages<R, W>(
+    async fn serve_messages<R: ServeReader, W: ServeWriter>(
         &self,
-        reader: &mut ConnectionReader<R>,
-        writer: &mut ConnectionWriter<W>,
-    ) -> Result<()>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let info = reader.info.clone();
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<()> {
+        // Set once the peer has closed gracefully while requests were still queued: they are
+        // still handled (handlers may have effects), but nobody reads replies any more.
+        let mut replies_dropped = false;
         loop {
             // Flush replies only when no further input is ready: that batches the answers to a
             // burst of requests into one write.
@@ -414,20 +407,134 @@ impl Dispatcher {
             let next = match ready_now {
                 Poll::Ready(next) => next,
                 Poll::Pending => {
-                    writer.flush().await?;
+                    match writer.flush_replies().await {
+                        Err(e) if writer.replies_unwanted(&e) => replies_dropped = true,
+                        other => other?,
+                    }
                     poll_fn(|cx| reader.poll_next_frame(cx)).await
                 }
             };
             let Some(frame) = next.transpose()? else {
-                log::debug!("{info}: peer closed the connection");
-                return writer.close().await;
+                log::debug!("{}: peer closed", reader.context().connection());
+                return writer.finish().await;
             };
-            for reply in self
-                .dispatch_frame(frame, Context::new(info.clone()))
-                .await?
-            {
-                writer.feed_any(&reply).await?;
+            let reply = self.dispatch_frame(frame, reader.context()).await?;
+            if replies_dropped {
+                continue;
             }
+            for any in reply {
+                let fed = match poll_fn(|cx| Pin::new(&mut *writer).poll_ready(cx)).await {
+                    Ok(()) => Pin::new(&mut *writer).start_send(any),
+                    Err(e) => Err(e),
+                };
+                match fed {
+                    Ok(()) => {}
+                    Err(e) if writer.replies_unwanted(&e) => {
+                        log::debug!("{}: {e}; dropping replies", reader.context().connection());
+                        replies_dropped = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// A whole handle [`Dispatcher::serve`] can serve: [`Connection<T>`](crate::Connection),
+/// [`Session`](crate::session::Session), [`ReliableStream`](crate::reliable::ReliableStream).
+/// Sealed: the dispatcher relies on how each layer ends.
+pub trait Serve: sealed::Handle {}
+
+/// A reader half [`Dispatcher::serve_split`] can read from: [`ConnectionReader<R>`],
+/// [`SessionReader`](crate::session::SessionReader),
+/// [`ReliableReader`](crate::reliable::ReliableReader). Sealed.
+pub trait ServeReader: futures_core::Stream<Item = Result<Any>> + Unpin + sealed::Reader {}
+
+/// A writer half [`Dispatcher::serve_split`] can answer on: [`ConnectionWriter<W>`],
+/// [`SessionWriter`](crate::session::SessionWriter),
+/// [`ReliableWriter`](crate::reliable::ReliableWriter). Sealed.
+pub trait ServeWriter: Sink<Any, Error = Error> + Unpin + sealed::Writer {}
+
+impl<H: sealed::Handle> Serve for H {}
+impl<R: futures_core::Stream<Item = Result<Any>> + Unpin + sealed::Reader> ServeReader for R {}
+impl<W: Sink<Any, Error = Error> + Unpin + sealed::Writer> ServeWriter for W {}
+
+/// What the serve loop needs to know of each layer, beyond `Stream` and `Sink`.
+pub(crate) mod sealed {
+    use std::future::Future;
+    use std::task::Poll;
+
+    use super::{Context, Error, Frame, Result, ServeReader, ServeWriter};
+
+    pub trait Handle {
+        type Reader: ServeReader;
+        type Writer: ServeWriter;
+
+        fn into_halves(self) -> (Self::Reader, Self::Writer);
+    }
+
+    pub trait Reader {
+        /// The next message as a [`Frame`] (seen in place where the layer can).
+        fn poll_next_frame(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<Frame>>>;
+
+        /// What the handlers are told about where a message came from.
+        fn context(&self) -> Context;
+    }
+
+    pub trait Writer {
+        /// `e` (from this writer) says the peer has closed gracefully and reads no replies any
+        /// more; requests already received are still handled.
+        fn replies_unwanted(&self, _e: &Error) -> bool {
+            false
+        }
+
+        /// Delivers the replies queued so far (the loop calls it when no request is waiting).
+        fn flush_replies(&mut self) -> impl Future<Output = Result<()>>;
+
+        /// The peer closed gracefully and every reply is queued: end this side.
+        fn finish(&mut self) -> impl Future<Output = Result<()>>;
+
+        /// Serving failed with `e`: deliver what is queued and end this side as the layer does.
+        fn after_error(&mut self, e: &Error) -> impl Future<Output = ()>;
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> sealed::Handle for Connection<T> {
+    type Reader = ConnectionReader<crate::ReadHalf<T>>;
+    type Writer = ConnectionWriter<crate::WriteHalf<T>>;
+
+    fn into_halves(self) -> (Self::Reader, Self::Writer) {
+        self.split()
+    }
+}
+
+impl<R: AsyncRead + Unpin> sealed::Reader for ConnectionReader<R> {
+    fn poll_next_frame(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Result<Frame>>> {
+        ConnectionReader::poll_next_frame(self, cx)
+    }
+
+    fn context(&self) -> Context {
+        Context::new(self.info.clone())
+    }
+}
+
+impl<W: AsyncWrite + Unpin> sealed::Writer for ConnectionWriter<W> {
+    async fn flush_replies(&mut self) -> Result<()> {
+        self.flush().await
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.close().await
+    }
+
+    async fn after_error(&mut self, e: &Error) {
+        // Replies to the messages before the failure are already accepted: deliver them.
+        if let Err(flush_error) = self.flush().await {
+            log::debug!("{}: flushing after {e} failed: {flush_error}", self.info());
         }
     }
 }

@@ -19,6 +19,9 @@
 //! * [`Connection`]: frames over any `futures-io` `AsyncRead + AsyncWrite`;
 //!   [`split`](Connection::split) into [`ConnectionReader`] (a `Stream`) and
 //!   [`ConnectionWriter`] (a `Sink`), [`reunite`](ConnectionReader::reunite) them again.
+//! * [`handle`]: the one shape every handle shares (connection, session, reliable stream):
+//!   `recv`/`recv_message`, `feed`/`send`/`flush`/`close`, `split`/`reunite`, and what each
+//!   means on each layer.
 //! * [`dispatch`]: routes each message to the handler for its type; replies go back in order.
 //! * [`session`]: handshake (negotiation, authentication), heartbeats with dead-peer detection
 //!   and graceful close on top of a connection, as control messages of [`proto::v1`].
@@ -112,6 +115,7 @@ pub mod codec;
 mod connection;
 pub mod dispatch;
 mod error;
+pub mod handle;
 pub mod reliable;
 pub mod session;
 pub mod transport;
@@ -125,9 +129,10 @@ pub mod __fuzz {
 
 pub use connection::{
     Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity, ReadHalf,
-    ReuniteError, WriteHalf, DEFAULT_WRITE_HIGH_WATER,
+    WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
 pub use error::{Error, Result, TlsError};
+pub use handle::ReuniteError;
 
 /// Re-exported so callers need not depend on the same versions themselves.
 pub use prost;

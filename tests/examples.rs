@@ -84,7 +84,7 @@ fn tcp_echo_server_heartbeat_and_handshake_flags() {
                     .unwrap()
                     .unwrap();
             assert_eq!(refuse.code(), ReasonCode::HandshakeTimeout);
-            session.close(ReasonCode::Normal, "").await.unwrap();
+            session.close_with(ReasonCode::Normal, "").await.unwrap();
         });
     }
 }

@@ -81,7 +81,7 @@ async fn a_dispatcher_reply_and_a_session_pack_with_the_standard_prefix() {
                 .on(|order: Order, _: Context| async move {
                     Ok::<_, connect::Error>(Reply::message(&order))
                 })
-                .serve_session(session)
+                .serve(session)
                 .await
         });
         let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawn)
@@ -91,7 +91,7 @@ async fn a_dispatcher_reply_and_a_session_pack_with_the_standard_prefix() {
         let reply = session.recv().await.unwrap().unwrap();
         assert_eq!(reply.type_url, EXPECTED);
         session
-            .close(connect::proto::v1::ReasonCode::Normal, "")
+            .close_with(connect::proto::v1::ReasonCode::Normal, "")
             .await
             .unwrap();
         server.await.unwrap();
@@ -112,13 +112,13 @@ async fn a_reliable_stream_packs_with_the_standard_prefix() {
             let mut stream = accepted.new_stream.expect("a new stream");
             stream.recv().await.unwrap().unwrap()
         });
-        let (stream, driver) = reliable::client(
+        let (mut stream, driver) = reliable::client(
             move || tcp::connect(addr),
             SessionConfig::new(),
             ReliableConfig::new(),
         );
         async_std::task::spawn(driver);
-        stream.send_message(&order()).await.unwrap();
+        stream.feed_message(&order()).await.unwrap();
         assert_eq!(received.await.type_url, EXPECTED);
     })
     .await;

@@ -14,7 +14,7 @@ use connect::prost_types::Any;
 use connect::proto::example::HelloWorld;
 use connect::reliable::{
     self, Backoff, DeliveryError, Event, NackReason, ReliableConfig, ReliableServer,
-    ReliableSession, TrySendError,
+    ReliableStream, TrySendError,
 };
 use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpListener};
@@ -44,7 +44,7 @@ async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Out
 /// A reliable server on loopback whose application is `app`, run for every new stream.
 async fn server<A, Fut>(config: ReliableConfig, app: A) -> (SocketAddr, ReliableServer)
 where
-    A: Fn(ReliableSession) -> Fut + Send + Sync + 'static,
+    A: Fn(ReliableStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -74,9 +74,9 @@ where
     (addr, server)
 }
 
-async fn echo(mut stream: ReliableSession) {
+async fn echo(mut stream: ReliableStream) {
     while let Ok(Some(any)) = stream.recv().await {
-        if stream.send(any).await.is_err() {
+        if stream.feed(any).await.is_err() {
             break;
         }
     }
@@ -89,7 +89,7 @@ fn client_config() -> ReliableConfig {
     )
 }
 
-fn client(addr: SocketAddr, config: ReliableConfig) -> ReliableSession {
+fn client(addr: SocketAddr, config: ReliableConfig) -> ReliableStream {
     let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)));
     tcp::connect_reliable(addr, session_config, config, spawn)
 }
@@ -149,7 +149,7 @@ async fn unhandled_type_is_refused_with_a_nack() {
         ReliableConfig::new().with_accepts(Arc::new(move |url: &str| handles.handles(url)));
     let received = Arc::new(AtomicU64::new(0));
     let seen = received.clone();
-    let (addr, _server) = server(config, move |mut stream: ReliableSession| {
+    let (addr, _server) = server(config, move |mut stream: ReliableStream| {
         let seen = seen.clone();
         async move {
             while let Ok(Some(any)) = stream.recv().await {
@@ -159,7 +159,7 @@ async fn unhandled_type_is_refused_with_a_nack() {
         }
     })
     .await;
-    let stream = client(addr, client_config());
+    let mut stream = client(addr, client_config());
     let unknown = Any {
         type_url: "type.googleapis.com/acme.Unknown".into(),
         value: vec![1, 2, 3],
@@ -188,7 +188,7 @@ async fn stalled_consumer_fills_the_bounded_queue_and_send_waits() {
     let inbound_peak = Arc::new(AtomicU64::new(0));
     let peak = inbound_peak.clone();
     let server_config = ReliableConfig::new().with_receive_buffer(100, 1 << 20);
-    let (addr, _server) = server(server_config, move |mut stream: ReliableSession| {
+    let (addr, _server) = server(server_config, move |mut stream: ReliableStream| {
         let gate_rx = gate_rx.clone();
         let peak = peak.clone();
         async move {
@@ -206,7 +206,7 @@ async fn stalled_consumer_fills_the_bounded_queue_and_send_waits() {
     let config = client_config()
         .with_max_messages(MAX_MESSAGES)
         .with_max_bytes(MAX_BYTES);
-    let stream = client(addr, config);
+    let mut stream = client(addr, config);
     // 1 KiB messages: the byte bound (64) bites before the message bound (200).
     let big = |i: u64| {
         Any::from_msg(&HelloWorld {
@@ -250,7 +250,7 @@ async fn stalled_consumer_fills_the_bounded_queue_and_send_waits() {
         "the queue is full: {stats:?}"
     );
     // `send` waits while the queue is full...
-    let mut pending_send = Box::pin(stream.send(big(sent)));
+    let mut pending_send = Box::pin(stream.feed(big(sent)));
     task::sleep(Duration::from_millis(100)).await;
     assert!((&mut pending_send).now_or_never().is_none(), "send waits");
     // ...and completes once the consumer reads.
@@ -301,7 +301,7 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
     let sp = server_probe.clone();
     let (upstream, _server) = server(
         ReliableConfig::new().with_resume_timeout(Duration::from_secs(30)),
-        move |mut stream: ReliableSession| {
+        move |mut stream: ReliableStream| {
             let seen = seen.clone();
             *sp.lock().unwrap() = Some(stream.writer());
             async move {
@@ -310,7 +310,7 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
                     assert_eq!(sequence(&any), next, "server: out of order or duplicate");
                     next += 1;
                     seen.store(next, Ordering::SeqCst);
-                    if stream.send(any).await.is_err() {
+                    if stream.feed(any).await.is_err() {
                         break;
                     }
                 }
@@ -319,7 +319,7 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
     )
     .await;
     let proxy = cutting_proxy(upstream, 150_000).await;
-    let (mut reader, writer) = client(proxy.addr, client_config()).split();
+    let (mut reader, mut writer) = client(proxy.addr, client_config()).split();
     let started = std::time::Instant::now();
     let probe = writer.clone();
     if std::env::var_os("RELIABLE_DEBUG").is_some() {
@@ -335,7 +335,7 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
     }
     let sender = task::spawn(async move {
         for i in 0..MESSAGES {
-            writer.send(hello(i)).await.unwrap();
+            writer.feed(hello(i)).await.unwrap();
         }
         writer
     });
@@ -353,7 +353,7 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
         }
     })
     .await;
-    let writer = sender.await;
+    let mut writer = sender.await;
     let cuts = proxy.cuts.load(Ordering::SeqCst);
     let stats = writer.stats();
     println!(
@@ -381,14 +381,14 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
         let (mut session, driver) = accepted.plain.expect("a plain session");
         task::spawn(driver);
         while let Some(any) = session.recv().await.unwrap() {
-            session.send_any(any).await.unwrap();
+            session.send(any).await.unwrap();
         }
     });
     let mut session = tcp::connect_session(addr, &SessionConfig::new(), spawn)
         .await
         .unwrap();
     assert!(session.info().capabilities().is_empty());
-    session.send_any(hello(7)).await.unwrap();
+    session.send(hello(7)).await.unwrap();
     let echoed = within(20, "echo", session.recv()).await.unwrap().unwrap();
     assert_eq!(sequence(&echoed), 7);
     let _ = reliable::CAPABILITY;
@@ -486,7 +486,7 @@ fn reliable_stream_on_smol() {
             reliable::client(connector, SessionConfig::new(), ReliableConfig::new());
         smol::spawn(driver).detach();
         for i in 0..1000 {
-            stream.send(hello(i)).await.unwrap();
+            stream.feed(hello(i)).await.unwrap();
         }
         for i in 0..1000 {
             assert_eq!(sequence(&stream.recv().await.unwrap().unwrap()), i);
@@ -509,7 +509,7 @@ fn reliable_stream_on_smol() {
 async fn dropping_the_stream_delivers_what_was_queued_then_closes() {
     let (done_tx, done_rx) = futures::channel::oneshot::channel();
     let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
-    let (addr, _server) = server(ReliableConfig::new(), move |mut stream: ReliableSession| {
+    let (addr, _server) = server(ReliableConfig::new(), move |mut stream: ReliableStream| {
         let done_tx = done_tx.clone();
         async move {
             let mut n = 0;
@@ -526,9 +526,9 @@ async fn dropping_the_stream_delivers_what_was_queued_then_closes() {
         }
     })
     .await;
-    let stream = client(addr, client_config());
+    let mut stream = client(addr, client_config());
     for i in 0..500 {
-        stream.send(hello(i)).await.unwrap();
+        stream.feed(hello(i)).await.unwrap();
     }
     drop(stream);
     let end = within(30, "peer sees the end", done_rx).await.unwrap();
@@ -547,7 +547,7 @@ async fn a_message_with_an_empty_type_url_is_delivered() {
     within(20, "confirmed", stream.send_confirmed(empty.clone()))
         .await
         .unwrap();
-    within(20, "echo", stream.send(hello(1))).await.unwrap();
+    within(20, "echo", stream.feed(hello(1))).await.unwrap();
     assert_eq!(
         within(20, "echo", stream.recv()).await.unwrap(),
         Some(empty)
@@ -563,7 +563,7 @@ async fn a_message_with_an_empty_type_url_is_delivered() {
 #[async_std::test]
 async fn every_events_reader_gets_every_event() {
     let (addr, _server) = server(ReliableConfig::new(), echo).await;
-    let stream = client(addr, client_config());
+    let mut stream = client(addr, client_config());
     let first = stream.events();
     let second = stream.events();
     within(20, "confirmed", stream.send_confirmed(hello(0)))
@@ -600,7 +600,7 @@ async fn ack_every_above_the_window_does_not_stall_the_sender() {
         .with_ack_delay(Duration::from_secs(3600));
     let received = Arc::new(AtomicU64::new(0));
     let count = received.clone();
-    let (addr, _server) = server(config, move |mut stream: ReliableSession| {
+    let (addr, _server) = server(config, move |mut stream: ReliableStream| {
         let count = count.clone();
         async move {
             while let Ok(Some(_)) = stream.recv().await {
@@ -609,10 +609,10 @@ async fn ack_every_above_the_window_does_not_stall_the_sender() {
         }
     })
     .await;
-    let stream = client(addr, client_config());
+    let mut stream = client(addr, client_config());
     within(60, "5000 messages through a 1024-message window", async {
         for i in 0..5000 {
-            stream.send(hello(i)).await.unwrap();
+            stream.feed(hello(i)).await.unwrap();
         }
         // Without acknowledgements (ack_every and ack_delay both far) the sender would stop
         // at the window, 1024.

@@ -15,7 +15,7 @@ use async_std::net::{TcpListener as RawListener, TcpStream};
 use async_std::task;
 use connect::prost_types::Any;
 use connect::proto::example::HelloWorld;
-use connect::reliable::{Backoff, Event, ReliableConfig, ReliableServer, ReliableSession};
+use connect::reliable::{Backoff, Event, ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpListener};
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -42,7 +42,7 @@ fn session_config() -> SessionConfig {
     SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)))
 }
 
-fn client(addr: SocketAddr) -> ReliableSession {
+fn client(addr: SocketAddr) -> ReliableStream {
     let config = ReliableConfig::new().with_backoff(
         Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
             .with_max_attempts(Some(500)),
@@ -274,10 +274,10 @@ async fn events_until_closed(events: connect::reliable::Events) -> Vec<Event> {
 
 /// One stream: three messages, then close; returns its events.
 async fn send_three_and_close(addr: SocketAddr) -> Vec<Event> {
-    let stream = client(addr);
+    let mut stream = client(addr);
     let events = stream.events();
     for i in 0..3 {
-        stream.send(hello(i)).await.unwrap();
+        stream.feed(hello(i)).await.unwrap();
     }
     within(30, "close", stream.close()).await.unwrap();
     events_until_closed(events).await
@@ -372,7 +372,7 @@ async fn restart_with_the_answer_cut(config: &ReliableConfig, keep_server: bool)
         let (first, _first_server, first_seen) = server(config.clone(), 5).await;
         let upstream = Arc::new(Mutex::new(first));
         let proxy = proxy(upstream.clone()).await;
-        let stream = client(proxy.addr);
+        let mut stream = client(proxy.addr);
         let mut events = stream.events();
         for i in 0..5 {
             within(20, "confirmed", stream.send_confirmed(hello(i)))
@@ -380,7 +380,7 @@ async fn restart_with_the_answer_cut(config: &ReliableConfig, keep_server: bool)
                 .unwrap();
         }
         for i in 5..8 {
-            stream.send(hello(i)).await.unwrap();
+            stream.feed(hello(i)).await.unwrap();
         }
         within(20, "written", async {
             while stream.stats().sent < 8 {

@@ -10,7 +10,7 @@ use support::spawn;
 use std::time::{Duration, Instant};
 
 use connect::proto::example::HelloWorld;
-use connect::reliable::{Backoff, Event, ReliableConfig, ReliableSession};
+use connect::reliable::{Backoff, Event, ReliableConfig, ReliableStream};
 use connect::session::SessionConfig;
 use connect::transport::tcp;
 use futures::StreamExt;
@@ -24,7 +24,7 @@ async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Out
         .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
 }
 
-async fn echoes(stream: &mut ReliableSession, n: u64) -> Vec<u64> {
+async fn echoes(stream: &mut ReliableStream, n: u64) -> Vec<u64> {
     let mut got = Vec::new();
     for _ in 0..n {
         let echo: HelloWorld = stream.recv_message().await.unwrap().unwrap();
@@ -70,7 +70,7 @@ async fn server_killed_and_restarted_client_resends_what_was_not_confirmed() {
 
     for i in 0..HALF {
         stream
-            .send_message(&HelloWorld {
+            .feed_message(&HelloWorld {
                 text: "a".into(),
                 sequence: i,
             })
@@ -104,7 +104,7 @@ async fn server_killed_and_restarted_client_resends_what_was_not_confirmed() {
     // Sent while disconnected: waits in the bounded queue.
     for i in HALF..2 * HALF {
         stream
-            .send_message(&HelloWorld {
+            .feed_message(&HelloWorld {
                 text: "b".into(),
                 sequence: i,
             })

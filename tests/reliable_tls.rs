@@ -78,7 +78,7 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
                         while let Ok(Some(any)) = stream.recv().await {
                             assert_eq!(sequence(&any), next, "server: out of order or duplicate");
                             next += 1;
-                            if stream.send(any).await.is_err() {
+                            if stream.feed(any).await.is_err() {
                                 break;
                             }
                         }
@@ -105,10 +105,10 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
     let (stream, driver) = reliable::client(connector, session_config, config);
     task::spawn(driver);
     let events = stream.events();
-    let (mut reader, writer) = stream.split();
+    let (mut reader, mut writer) = stream.split();
     let sender = task::spawn(async move {
         for i in 0..MESSAGES {
-            writer.send(hello(i)).await.unwrap();
+            writer.feed(hello(i)).await.unwrap();
         }
         writer
     });
@@ -119,7 +119,7 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
         }
     })
     .await;
-    let writer = sender.await;
+    let mut writer = sender.await;
     let cuts = proxy.cuts.load(Ordering::SeqCst);
     println!(
         "{MESSAGES} messages through {cuts} cut TLS connections ({} cut inside the handshake); {:?}",
@@ -173,10 +173,10 @@ async fn the_tls_echo_server_example_serves_reliable_streams() {
     );
     let (stream, driver) = reliable::client(connector, SessionConfig::new(), config);
     task::spawn(driver);
-    let (mut reader, writer) = stream.split();
+    let (mut reader, mut writer) = stream.split();
     within(120, "echo through the example", async {
         for i in 0..2_000 {
-            writer.send(hello(i)).await.unwrap();
+            writer.feed(hello(i)).await.unwrap();
         }
         for i in 0..2_000 {
             let any = reader.recv().await.unwrap().unwrap();

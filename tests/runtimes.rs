@@ -210,7 +210,7 @@ async fn echo<R: Runtime>(rt: R) {
         let mut conn = Connection::new(listener.accept().await?);
         let mut echoed = 0;
         while let Some(any) = conn.recv().await? {
-            conn.send_any(&any).await?;
+            conn.send(any).await?;
             echoed += 1;
         }
         conn.close().await?;
@@ -277,7 +277,7 @@ async fn session_with_heartbeats<R: Runtime>(rt: R) {
         server_rt.spawn(driver_task(driver));
         let mut echoed = 0;
         while let Some(any) = session.recv().await? {
-            session.send_any(any).await?;
+            session.send(any).await?;
             echoed += 1;
         }
         Ok::<_, Error>(echoed)
@@ -298,7 +298,10 @@ async fn session_with_heartbeats<R: Runtime>(rt: R) {
         futures_timer::Delay::new(Duration::from_millis(25)).await;
         waits += 1;
     }
-    session.close(ReasonCode::Normal, "done").await.unwrap();
+    session
+        .close_with(ReasonCode::Normal, "done")
+        .await
+        .unwrap();
     assert_eq!(server.await.unwrap().unwrap(), 10);
 }
 
@@ -319,7 +322,7 @@ async fn reliable_stream<R: Runtime>(rt: R) {
                 if let Some(mut stream) = accepted.new_stream {
                     rt.spawn(Box::pin(async move {
                         while let Ok(Some(any)) = stream.recv().await {
-                            if stream.send(any).await.is_err() {
+                            if stream.feed(any).await.is_err() {
                                 break;
                             }
                         }
@@ -340,7 +343,7 @@ async fn reliable_stream<R: Runtime>(rt: R) {
         ReliableConfig::new(),
     );
     rt.spawn(Box::pin(driver));
-    let (mut reader, writer) = stream.split();
+    let (mut reader, mut writer) = stream.split();
     for i in 0..20 {
         let any = prost_types::Any::from_msg(&hello("reliable", i)).unwrap();
         writer.send_confirmed(any).await.unwrap();
@@ -371,7 +374,7 @@ async fn tls_echo<R: Runtime>(rt: R) {
             .peer_identity()
             .and_then(|id| id.common_name().map(str::to_owned));
         while let Some(any) = conn.recv().await? {
-            conn.send_any(&any).await?;
+            conn.send(any).await?;
         }
         conn.close().await?;
         Ok::<_, Error>(who)
@@ -486,7 +489,7 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
             let mut session =
                 tcp::accept_session(conn, &SessionConfig::new(), server_spawner).await?;
             while let Some(any) = session.recv().await? {
-                session.send_any(any).await?;
+                session.send(any).await?;
             }
             Ok::<_, Error>(())
         });
@@ -496,7 +499,7 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
         session.send_message(&hello("helper", 1)).await.unwrap();
         let back: HelloWorld = session.recv_message().await.unwrap().expect("an echo");
         assert_eq!(back, hello("helper", 1));
-        session.close(ReasonCode::Normal, "").await.unwrap();
+        session.close_with(ReasonCode::Normal, "").await.unwrap();
         server.await.unwrap().unwrap();
         assert_eq!(spawned.load(Ordering::SeqCst), 2);
 
@@ -513,14 +516,14 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
             let mut stream = accepted.new_stream.expect("a new stream");
             stream.recv_message::<HelloWorld>().await.unwrap()
         });
-        let stream = tcp::connect_reliable(
+        let mut stream = tcp::connect_reliable(
             addr,
             SessionConfig::new(),
             ReliableConfig::new(),
             spawner(&spawned),
         );
         stream
-            .send_message(&hello("reliable helper", 2))
+            .feed_message(&hello("reliable helper", 2))
             .await
             .unwrap();
         assert_eq!(received.await.unwrap(), Some(hello("reliable helper", 2)));
@@ -545,7 +548,7 @@ fn tls_client_and_listener_on_tokio() {
         let server = spawn_with_result(&rt, async move {
             let mut conn = listener.next().await.expect("a connection")?;
             while let Some(any) = conn.recv().await? {
-                conn.send_any(&any).await?;
+                conn.send(any).await?;
             }
             conn.close().await
         });

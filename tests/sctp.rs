@@ -128,7 +128,7 @@ async fn echo_through_the_dispatcher() {
         nanos: 0,
     })
     .expect("pack");
-    conn.send_any(&other).await.expect("send any");
+    conn.send(other.clone()).await.expect("send any");
     assert_eq!(conn.recv().await.expect("recv"), Some(other));
 
     timeout(STEP, sctp::shutdown(conn))
@@ -1059,7 +1059,7 @@ async fn a_session_over_sctp() {
         let (mut session, driver) = session::accept(conn, &server_config).await?;
         let driver = task::spawn(driver);
         while let Some(any) = session.recv().await? {
-            session.send_any(any).await?;
+            session.send(any).await?;
         }
         let end = driver.await;
         assert!(end.is_graceful(), "{end}");
@@ -1093,7 +1093,7 @@ async fn a_session_over_sctp() {
         assert_eq!(reply.sequence, i);
     }
     session
-        .close(ReasonCode::Normal, "done")
+        .close_with(ReasonCode::Normal, "done")
         .await
         .expect("graceful close");
     let end = timeout(STEP, driver).await.expect("in time");

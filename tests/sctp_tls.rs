@@ -197,7 +197,7 @@ async fn a_session_runs_over_tls_over_sctp() {
             let (mut session, driver) = session::accept(conn, &SessionConfig::new()).await.unwrap();
             let driver = async_std::task::spawn(driver);
             while let Some(any) = session.recv().await.unwrap() {
-                session.send_any(any).await.unwrap();
+                session.send(any).await.unwrap();
             }
             driver.await
         });
@@ -214,7 +214,10 @@ async fn a_session_runs_over_tls_over_sctp() {
                 Some(hello(i))
             );
         }
-        session.close(ReasonCode::Normal, "done").await.unwrap();
+        session
+            .close_with(ReasonCode::Normal, "done")
+            .await
+            .unwrap();
         assert!(driver.await.is_graceful());
         assert!(served.await.is_graceful());
     })

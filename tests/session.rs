@@ -60,7 +60,7 @@ fn refused_code(result: connect::Result<impl std::fmt::Debug>) -> ReasonCode {
 async fn raw_refusal(addr: std::net::SocketAddr, first: Option<prost_types::Any>) -> Refuse {
     let mut conn = tcp::connect(addr).await.unwrap();
     if let Some(first) = first {
-        conn.send_any(&first).await.unwrap();
+        conn.send(first.clone()).await.unwrap();
     }
     let refuse: Refuse = conn.recv_message().await.unwrap().expect("a Refuse");
     assert!(conn.recv().await.unwrap().is_none(), "closed after Refuse");
@@ -106,7 +106,8 @@ async fn handshake_negotiates_and_both_sides_agree() {
         let got: HelloWorld = server.recv_message().await.unwrap().unwrap();
         assert_eq!(got.text, "ping");
         // The close completes once the server's application has seen the end of its reader.
-        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, "bye"), server.recv());
+        let (closed, end) =
+            futures::join!(client.close_with(ReasonCode::Normal, "bye"), server.recv());
         closed.unwrap();
         assert!(end.unwrap().is_none());
         assert!(matches!(
@@ -241,8 +242,10 @@ async fn idle_sessions_stay_up_for_many_heartbeat_intervals() {
         client.send_message(&hello("still here", 1)).await.unwrap();
         let got: HelloWorld = server.recv_message().await.unwrap().unwrap();
         assert_eq!(got.text, "still here");
-        let (closed, end) =
-            futures::join!(server.close(ReasonCode::GoingAway, "done"), client.recv());
+        let (closed, end) = futures::join!(
+            server.close_with(ReasonCode::GoingAway, "done"),
+            client.recv()
+        );
         closed.unwrap();
         assert!(end.unwrap().is_none());
     })
@@ -375,7 +378,7 @@ async fn close_is_not_acknowledged_in_time() {
             .with_heartbeat(None)
             .with_close_timeout(Duration::from_millis(100));
         let mut session = tcp::connect_session(addr, &config, spawn).await.unwrap();
-        let result = session.close(ReasonCode::Normal, "bye").await;
+        let result = session.close_with(ReasonCode::Normal, "bye").await;
         assert!(
             matches!(result, Err(Error::Session(SessionEnd::CloseTimeout))),
             "{result:?}"
@@ -396,7 +399,7 @@ async fn raw_peer_sees_close_after_every_message() {
             session.feed_message(&hello("m", i)).await.unwrap();
         }
         let closer = async_std::task::spawn(async move {
-            let result = session.close(ReasonCode::Normal, "bye").await;
+            let result = session.close_with(ReasonCode::Normal, "bye").await;
             (result, session)
         });
         for i in 0..100 {
@@ -467,7 +470,7 @@ async fn graceful_close_with_thousands_of_messages_in_flight_loses_none() {
         }
         // Close right behind the last message, without waiting for anything to be written.
         client_writer
-            .close(ReasonCode::Normal, "done")
+            .close_with(ReasonCode::Normal, "done")
             .await
             .unwrap();
 
@@ -498,7 +501,7 @@ async fn dispatcher_serves_a_session() {
             let auth = BearerAuthenticator::new().with_token("t", "bob");
             let config = SessionConfig::new().with_authenticator(auth);
             let session = tcp::accept_session(conn, &config, spawn).await?;
-            dispatcher.serve_session(session).await
+            dispatcher.serve(session).await
         });
         let config = SessionConfig::new().with_credentials(Credentials::bearer("t"));
         let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
@@ -510,7 +513,7 @@ async fn dispatcher_serves_a_session() {
             let m: HelloWorld = client.recv_message().await.unwrap().unwrap();
             assert_eq!((m.text.as_str(), m.sequence), ("ABC for bob", i));
         }
-        client.close(ReasonCode::Normal, "").await.unwrap();
+        client.close_with(ReasonCode::Normal, "").await.unwrap();
         server.await.unwrap();
     })
     .await;
@@ -536,7 +539,7 @@ fn sessions_run_on_tokio_too() {
             let (mut session, driver) = session::accept(conn, &server_config).await.unwrap();
             let driver = tokio::spawn(driver);
             while let Some(any) = session.recv().await.unwrap() {
-                session.send_any(any).await.unwrap();
+                session.send(any).await.unwrap();
             }
             driver.await.unwrap()
         });
@@ -555,7 +558,7 @@ fn sessions_run_on_tokio_too() {
         let back: HelloWorld = session.recv_message().await.unwrap().unwrap();
         assert_eq!(back.sequence, 7);
         assert!(session.rtt().is_some());
-        session.close(ReasonCode::Normal, "").await.unwrap();
+        session.close_with(ReasonCode::Normal, "").await.unwrap();
         assert!(driver.await.unwrap().is_graceful());
         assert!(matches!(
             server.await.unwrap(),
@@ -699,7 +702,7 @@ fn sessions_run_on_smol_too() {
             let (mut session, driver) = session::accept(conn, &server_config).await.unwrap();
             let driver = smol::spawn(driver);
             while let Some(any) = session.recv().await.unwrap() {
-                session.send_any(any).await.unwrap();
+                session.send(any).await.unwrap();
             }
             driver.await
         });
@@ -719,7 +722,7 @@ fn sessions_run_on_smol_too() {
         let back: HelloWorld = session.recv_message().await.unwrap().unwrap();
         assert_eq!(back.sequence, 3);
         assert!(session.rtt().is_some());
-        session.close(ReasonCode::Normal, "").await.unwrap();
+        session.close_with(ReasonCode::Normal, "").await.unwrap();
         assert!(driver.await.is_graceful());
         assert!(matches!(server.await, SessionEnd::ClosedByPeer { .. }));
     });
@@ -740,7 +743,7 @@ async fn a_frame_over_the_negotiated_maximum_ends_the_session() {
             value: vec![0; 2 << 20],
         };
         // The peer may see its write fail once we close; that is fine.
-        let _ = raw.send_any(&big).await;
+        let _ = raw.send(big.clone()).await;
         assert!(matches!(
             driver.await,
             SessionEnd::ProtocolViolation { reason } if reason.contains("exceeds")
@@ -813,7 +816,8 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
             }
         }
         let mut server = sender.await;
-        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, ""), server.recv());
+        let (closed, end) =
+            futures::join!(client.close_with(ReasonCode::Normal, ""), server.recv());
         closed.unwrap();
         assert!(end.unwrap().is_none());
     })
@@ -833,7 +837,8 @@ async fn a_flush_after_the_peer_closed_gracefully_succeeds_for_what_was_fed_befo
         server.feed_message(&hello("before", 1)).await.unwrap();
         let got: HelloWorld = client.recv_message().await.unwrap().unwrap();
         assert_eq!(got, hello("before", 1));
-        let (closed, end) = futures::join!(client.close(ReasonCode::Normal, "done"), server.recv());
+        let (closed, end) =
+            futures::join!(client.close_with(ReasonCode::Normal, "done"), server.recv());
         closed.unwrap();
         assert!(end.unwrap().is_none(), "graceful end");
 
@@ -877,7 +882,7 @@ async fn dispatcher_echo_server() -> std::net::SocketAddr {
             let (dispatcher, config) = (dispatcher.clone(), config.clone());
             async_std::task::spawn(async move {
                 let session = tcp::accept_session(conn, &config, spawn).await?;
-                dispatcher.serve_session(session).await
+                dispatcher.serve(session).await
             });
         }
     });

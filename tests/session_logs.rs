@@ -57,7 +57,7 @@ async fn credentials_never_appear_in_logs() {
     let good = SessionConfig::new().with_credentials(Credentials::plain("alice", password));
     log::debug!("client config {good:?}");
     let mut session = tcp::connect_session(addr, &good, spawn).await.unwrap();
-    session.close(ReasonCode::Normal, "").await.unwrap();
+    session.close_with(ReasonCode::Normal, "").await.unwrap();
     async_std::future::timeout(Duration::from_secs(20), server)
         .await
         .unwrap();

@@ -68,7 +68,7 @@ async fn the_authenticator_sees_the_verified_client_certificate() {
                         let identity = session.info().identity().map(str::to_owned);
                         // Echo until the client closes.
                         while let Some(any) = session.recv().await.unwrap() {
-                            session.send_any(any).await.unwrap();
+                            session.send(any).await.unwrap();
                         }
                         Ok(identity)
                     }
@@ -99,7 +99,10 @@ async fn the_authenticator_sees_the_verified_client_certificate() {
             session.recv_message::<HelloWorld>().await.unwrap(),
             Some(msg)
         );
-        session.close(ReasonCode::Normal, "done").await.unwrap();
+        session
+            .close_with(ReasonCode::Normal, "done")
+            .await
+            .unwrap();
 
         // A certificate from the same CA passes TLS but not the authenticator.
         let conn = tls::connect(

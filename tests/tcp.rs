@@ -236,7 +236,7 @@ async fn unknown_type_without_fallback_is_returned_with_the_message_after_earlie
     .unwrap();
     conn.feed_message(&hello(1)).await.unwrap();
     conn.feed_message(&hello(2)).await.unwrap();
-    conn.send_any(&stranger).await.unwrap();
+    conn.send(stranger.clone()).await.unwrap();
 
     for i in 1..=2 {
         let back: HelloWorld = conn.recv_message().await.unwrap().unwrap();
@@ -281,7 +281,7 @@ async fn handler_errors_and_undecodable_messages_end_serving_with_typed_errors()
         type_url: "type.googleapis.com/connect.example.v1.HelloWorld".into(),
         value: vec![0x0a, 0x7f], // a string field claiming 127 bytes that are not there
     };
-    conn.send_any(&mislabeled).await.unwrap();
+    conn.send(mislabeled.clone()).await.unwrap();
     assert!(conn.recv().await.unwrap().is_none());
 
     let results = timeout(LIMIT, server).await.unwrap();

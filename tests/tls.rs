@@ -555,7 +555,7 @@ fn handshakes_run_over_any_futures_io_stream_on_smol() {
                 .peer_identity()
                 .and_then(|i| i.common_name().map(str::to_owned));
             while let Some(any) = conn.recv().await? {
-                conn.send_any(&any).await?;
+                conn.send(any).await?;
             }
             conn.close().await?;
             Ok::<_, Error>(who)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::prost_types::Any;
-use connect::reliable::{ReliableConfig, ReliableServer, ReliableSession};
+use connect::reliable::{ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::{self, PlainAuthenticator, SessionConfig};
 use connect::Connection;
 use futures::{AsyncRead, AsyncWrite};
@@ -141,13 +141,13 @@ where
                 session.info(),
                 session.info().identity()
             );
-            dispatcher.serve_session(session).await
+            dispatcher.serve(session).await
         }
         Mode::Reliable(server) => {
             let accepted = server.accept(conn).await?;
             if let Some((session, driver)) = accepted.plain {
                 async_std::task::spawn(driver);
-                return dispatcher.serve_session(session).await;
+                return dispatcher.serve(session).await;
             }
             if let Some(stream) = accepted.new_stream {
                 async_std::task::spawn(echo_stream(stream));
@@ -159,11 +159,11 @@ where
     }
 }
 
-async fn echo_stream(mut stream: ReliableSession) {
+async fn echo_stream(mut stream: ReliableStream) {
     loop {
         match stream.recv().await {
             Ok(Some(any)) => {
-                if let Err(e) = stream.send(any).await {
+                if let Err(e) = stream.feed(any).await {
                     log::warn!("reliable stream: {e}");
                     return;
                 }

@@ -9,7 +9,7 @@ use crate::codec::type_name;
 /// [`type_name`](Self::type_name) and decodes the handler's message from
 /// [`value`](Self::value), so only a fallback or an unknown type pays for an owned [`Any`].
 #[derive(Debug)]
-pub(crate) struct Frame {
+pub struct Frame {
     /// The type URL's bytes, checked to be UTF-8 when the frame was made.
     type_url: Bytes,
     value: Bytes,

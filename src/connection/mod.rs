@@ -10,19 +10,13 @@ mod writer;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
-use futures_sink::Sink;
-use prost::{Message, Name};
-use prost_types::Any;
 
 use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
-use crate::error::{Error, Result};
+use crate::handle::ReuniteError;
 
 pub(crate) use frame::Frame;
 pub use half::{ReadHalf, WriteHalf};
@@ -166,7 +160,8 @@ impl fmt::Display for ConnectionInfo {
 /// A bidirectional stream of delimited-`Any` frames over a byte stream `T` (TCP, TLS, an
 /// in-memory pipe: anything `futures-io` `AsyncRead + AsyncWrite`).
 ///
-/// Use it as a whole ([`Stream`] of `Result<Any>` and [`Sink`] of `Any`, or the typed
+/// Use it as a whole ([`Stream`](futures_core::Stream) of `Result<Any>` and
+/// [`Sink`](futures_sink::Sink) of `Any`, or the typed
 /// [`send_message`](Self::send_message) and [`recv_message`](Self::recv_message)), or
 /// [`split`](Self::split) it into a [`ConnectionReader`] and a [`ConnectionWriter`] that can live
 /// in different tasks.
@@ -271,47 +266,7 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
-    /// See [`ConnectionReader::recv`].
-    pub async fn recv(&mut self) -> Result<Option<Any>> {
-        self.reader.recv().await
-    }
-
-    /// See [`ConnectionReader::recv_message`].
-    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        self.reader.recv_message().await
-    }
-
-    /// See [`ConnectionWriter::send_message`].
-    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.writer.send_message(msg).await
-    }
-
-    /// See [`ConnectionWriter::feed_message`].
-    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.writer.feed_message(msg).await
-    }
-
-    /// See [`ConnectionWriter::send_any`].
-    pub async fn send_any(&mut self, any: &Any) -> Result<()> {
-        self.writer.send_any(any).await
-    }
-
-    /// See [`ConnectionWriter::feed_any`].
-    pub async fn feed_any(&mut self, any: &Any) -> Result<()> {
-        self.writer.feed_any(any).await
-    }
-
-    /// See [`ConnectionWriter::flush`].
-    pub async fn flush(&mut self) -> Result<()> {
-        self.writer.flush().await
-    }
-
-    /// See [`ConnectionWriter::close`].
-    pub async fn close(&mut self) -> Result<()> {
-        self.writer.close().await
-    }
-}
+crate::handle::whole_handle!([T: AsyncRead + AsyncWrite + Unpin] Connection<T>);
 
 impl<T> ConnectionReader<ReadHalf<T>> {
     /// Whether `writer` is the other half of the same connection.
@@ -329,7 +284,7 @@ impl<T> ConnectionReader<ReadHalf<T>> {
     pub fn reunite(
         self,
         writer: ConnectionWriter<WriteHalf<T>>,
-    ) -> Result<Connection<T>, ReuniteError<T>> {
+    ) -> Result<Connection<T>, ReuniteError<Self, ConnectionWriter<WriteHalf<T>>>> {
         if self.is_pair_of(&writer) {
             Ok(Connection {
                 reader: self,
@@ -338,61 +293,5 @@ impl<T> ConnectionReader<ReadHalf<T>> {
         } else {
             Err(ReuniteError(self, writer))
         }
-    }
-}
-
-/// [`ConnectionReader::reunite`] was given halves of two different connections; here they are
-/// back.
-pub struct ReuniteError<T>(
-    pub ConnectionReader<ReadHalf<T>>,
-    pub ConnectionWriter<WriteHalf<T>>,
-);
-
-impl<T> fmt::Debug for ReuniteError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReuniteError")
-            .field("reader", &self.0.info)
-            .field("writer", &self.1.info)
-            .finish()
-    }
-}
-
-impl<T> fmt::Display for ReuniteError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "tried to reunite halves of different connections ({} and {})",
-            self.0.info, self.1.info
-        )
-    }
-}
-
-impl<T> std::error::Error for ReuniteError<T> {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> Stream for Connection<T> {
-    type Item = Result<Any>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.get_mut().reader).poll_next(cx)
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Any> for Connection<T> {
-    type Error = Error;
-
-    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Pin::new(&mut self.get_mut().writer).poll_ready(cx)
-    }
-
-    fn start_send(self: Pin<&mut Self>, item: Any) -> Result<()> {
-        Pin::new(&mut self.get_mut().writer).start_send(item)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Pin::new(&mut self.get_mut().writer).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Pin::new(&mut self.get_mut().writer).poll_close(cx)
     }
 }

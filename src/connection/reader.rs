@@ -1,13 +1,11 @@
 //! The receiving half of a connection.
 
-use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use futures_io::AsyncRead;
-use futures_util::StreamExt;
 use prost::{Message, Name};
 use prost_types::Any;
 
@@ -25,8 +23,10 @@ use crate::error::{Error, Result};
 /// Memory: bytes are read into one buffer, which grows to the largest frame received (at most
 /// the maximum frame length) and is then reused for the life of the connection, so a steady
 /// stream of large messages allocates nothing per message. Frames are cut out of it without
-/// copying; a message from [`recv_message`](Self::recv_message) whose `bytes::Bytes` fields
-/// are still held keeps its part of the buffer alive, and reading goes on in a new buffer.
+/// copying: [`recv_message`](Self::recv_message) decodes straight from the frame, so fields of
+/// type [`bytes::Bytes`] (prost-build's `.bytes(..)` option) are slices of the receive buffer
+/// rather than copies; a message whose `Bytes` fields are still held keeps its part of the
+/// buffer alive, and reading goes on in a new buffer.
 ///
 /// Made by [`Connection::split`](crate::Connection::split), or with [`ConnectionReader::new`]
 /// over any [`AsyncRead`].
@@ -47,30 +47,17 @@ impl<R: AsyncRead + Unpin> ConnectionReader<R> {
         }
     }
 
-    /// The next message, or `Ok(None)` once the peer has closed the connection cleanly.
-    ///
-    /// Cancel-safe: dropping the returned future loses nothing.
-    pub async fn recv(&mut self) -> Result<Option<Any>> {
-        self.next().await.transpose()
-    }
+    crate::handle::reader_methods!();
 
-    /// The next message, unpacked as `M`, or `Ok(None)` once the peer has closed cleanly.
-    ///
-    /// The message is decoded straight from the received frame, without an intermediate
-    /// [`Any`]. Fields of type [`bytes::Bytes`] (prost-build's `.bytes(..)` option) are then
-    /// slices of the receive buffer rather than copies; the buffer is reused once such a
-    /// message has been dropped, so hold on to it only as long as needed.
-    ///
-    /// Cancel-safe: dropping the returned future loses nothing.
-    ///
-    /// # Errors
-    /// [`Error::UnexpectedType`] (carrying the message) if a message of another type arrives,
-    /// [`Error::Decode`] if its bytes are not a valid `M`, or any error of [`Self::recv`].
-    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        let this = &mut *self;
-        poll_fn(|cx| this.state.poll_next_message(Pin::new(&mut this.io), cx))
-            .await
-            .transpose()
+    /// Decodes straight from the received frame, without an intermediate [`Any`]: fields of
+    /// type [`bytes::Bytes`] (prost-build's `.bytes(..)` option) are slices of the receive
+    /// buffer rather than copies; the buffer is reused once such a message has been dropped, so
+    /// hold on to it only as long as needed.
+    pub(crate) fn poll_recv_message<M: Message + Name + Default>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<M>>> {
+        self.state.poll_next_message(Pin::new(&mut self.io), cx)
     }
 }
 

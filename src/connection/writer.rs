@@ -1,6 +1,5 @@
 //! The sending half of a connection.
 
-use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,8 +15,8 @@ use crate::error::{Error, Result};
 
 /// Sends frames: a [`Sink`] of [`Any`], plus typed [`send_message`](Self::send_message).
 ///
-/// Frames are encoded into a write buffer. `send_*` writes and flushes at once; `feed_*` only
-/// buffers (writing when the buffer passes its high-water mark), so many small messages go out
+/// Frames are encoded into a write buffer. `send` and `send_message` write and flush at once;
+/// `feed` and `feed_message` only buffer (writing when the buffer passes its high-water mark), so many small messages go out
 /// in few system calls when followed by one [`flush`](Self::flush). Short writes and `Pending`
 /// never lose bytes: what the transport did not take stays buffered for the next call.
 /// [`close`](Self::close) flushes everything, then shuts the transport's write side down.
@@ -41,48 +40,25 @@ impl<W: AsyncWrite + Unpin> ConnectionWriter<W> {
         }
     }
 
-    /// Sends `msg` packed in an `Any`, and flushes.
-    ///
-    /// # Errors
-    /// [`Error::FrameTooLarge`] if the message is too large (nothing is sent and the writer stays
-    /// usable), [`Error::Io`] if the transport fails, [`Error::Closed`] after `close` or a failure.
-    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.feed_message(msg).await?;
-        self.flush().await
+    crate::handle::writer_methods!();
+
+    pub(crate) fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: &mut Option<Any>,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, item, |w, any| Sink::start_send(Pin::new(w), any))
     }
 
-    /// Buffers `msg` packed in an `Any`, writing only if the buffer is over its high-water mark.
-    /// Call [`flush`](Self::flush) when done.
-    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.ready().await?;
-        self.state.encode_message(msg)
-    }
-
-    /// Sends `any` as is, and flushes.
-    pub async fn send_any(&mut self, any: &Any) -> Result<()> {
-        self.feed_any(any).await?;
-        self.flush().await
-    }
-
-    /// Buffers `any`, writing only if the buffer is over its high-water mark.
-    pub async fn feed_any(&mut self, any: &Any) -> Result<()> {
-        self.ready().await?;
-        self.state.encode(any)
-    }
-
-    /// Writes everything buffered and flushes the transport.
-    pub async fn flush(&mut self) -> Result<()> {
-        poll_fn(|cx| self.state.poll_flush(Pin::new(&mut self.io), cx)).await
-    }
-
-    /// Flushes everything buffered, then shuts the transport's write side down (for TCP, the
-    /// peer reads a clean end of stream after the last frame).
-    pub async fn close(&mut self) -> Result<()> {
-        poll_fn(|cx| self.state.poll_close(Pin::new(&mut self.io), cx)).await
-    }
-
-    async fn ready(&mut self) -> Result<()> {
-        poll_fn(|cx| self.state.poll_ready(Pin::new(&mut self.io), cx)).await
+    /// Encodes `msg` into the write buffer without building an [`Any`] first.
+    pub(crate) fn poll_feed_message<M: Message + Name>(
+        &mut self,
+        cx: &mut Context<'_>,
+        msg: &M,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, &mut Some(msg), |w, msg| {
+            w.state.encode_message(msg)
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, LinkEnd};
 use super::shared::StreamEnd;
-use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableSession, CAPABILITY};
+use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::reliable::{Resume, ResumeStatus};
@@ -132,14 +132,14 @@ pub fn client<C, F, T>(
     mut connector: C,
     session_config: SessionConfig,
     config: ReliableConfig,
-) -> (ReliableSession, ClientDriver)
+) -> (ReliableStream, ClientDriver)
 where
     C: FnMut() -> F + Send + 'static,
     F: Future<Output = Result<Connection<T>>> + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let inner = Inner::new(config.clone());
-    let session = ReliableSession::new(inner.clone());
+    let session = ReliableStream::new(inner.clone());
     let session_config = session_config.with_capability(CAPABILITY);
     let mut stream_id = vec![0u8; 16];
     if getrandom::fill(&mut stream_id).is_err() {
@@ -245,7 +245,7 @@ where
             };
             let exchange = async {
                 writer
-                    .send_any(link::pack(&resume))
+                    .send(link::pack(&resume))
                     .await
                     .map_err(|e| e.to_string())?;
                 link::read_resume(&mut reader).await

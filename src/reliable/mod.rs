@@ -1,7 +1,7 @@
 //! Reliable delivery on top of [sessions](crate::session): bounded queues with backpressure,
 //! delivery confirmations, and reconnection with resumption without loss or duplicates.
 //!
-//! A [`ReliableSession`] is a *stream* of messages in each direction that outlives any one
+//! A [`ReliableStream`] is a *stream* of messages in each direction that outlives any one
 //! connection. The connecting side ([`client`]) owns a connector (any closure returning a fresh
 //! [`Connection`](crate::Connection)) and reconnects by itself, with exponential backoff and jitter, whenever the
 //! connection drops; the accepting side ([`ReliableServer`]) keeps a detached stream for a
@@ -10,7 +10,8 @@
 //! nothing is delivered twice.
 //!
 //! ```text
-//!  application ── send ──► outgoing queue (bounded: messages and bytes; send waits when full)
+//!  application ── feed ──► outgoing queue (bounded: messages and bytes; feed waits when full;
+//!                             │  flush waits until everything queued is confirmed)
 //!                             │ written on the current link, kept until the peer's Ack
 //!                             ▼
 //!                           session (Hello/Welcome with capability "connect.reliable.v1",
@@ -84,7 +85,7 @@
 //!             if let Some(mut stream) = accepted.new_stream {
 //!                 async_std::task::spawn(async move {
 //!                     while let Ok(Some(any)) = stream.recv().await {
-//!                         if stream.send(any).await.is_err() { break; }
+//!                         if stream.feed(any).await.is_err() { break; }
 //!                     }
 //!                 });
 //!             }
@@ -127,9 +128,10 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use self::shared::{Shared, StreamEnd};
-use crate::connection::unpack;
 use crate::error::{Error, Result};
+use crate::handle::ReuniteError;
 pub use crate::proto::reliable::NackReason;
+use futures_sink::Sink;
 
 pub use client::{client, Backoff, ClientDriver};
 pub use server::{Accepted, ReliableServer, ServerDriver};
@@ -280,7 +282,7 @@ impl ReliableConfig {
     }
 }
 
-/// A lifecycle event of a reliable stream (see [`ReliableSession::next_event`]).
+/// A lifecycle event of a reliable stream (see [`ReliableStream::next_event`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -484,6 +486,11 @@ fn end_error(end: &StreamEnd) -> Error {
 }
 
 /// Receives a reliable stream's messages: a [`Stream`] of `Result<Any>`.
+///
+/// The stream ends with `None` once the reliable stream has closed gracefully (either side
+/// closed, after every message was confirmed). If it was given up (reconnection attempts
+/// exhausted, the peer does not support reliable delivery, a detached stream expired, ...),
+/// [`Error::Reliable`] is yielded once, then the stream ends.
 #[derive(Debug)]
 pub struct ReliableReader {
     inner: Arc<Inner>,
@@ -491,20 +498,31 @@ pub struct ReliableReader {
 }
 
 impl ReliableReader {
-    /// The next message, or `Ok(None)` once the stream has closed gracefully.
-    ///
-    /// # Errors
-    /// [`Error::Reliable`] if the stream was given up (reconnection attempts exhausted, the
-    /// peer does not support reliable delivery, a detached stream expired, ...).
-    pub async fn recv(&mut self) -> Result<Option<Any>> {
-        futures_util::StreamExt::next(self).await.transpose()
+    crate::handle::reader_methods!();
+
+    pub(crate) fn poll_recv_message<M: Message + Name + Default>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<M>>> {
+        crate::handle::poll_unpack(self, cx)
     }
 
-    /// The next message unpacked as `M`.
-    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        match self.recv().await? {
-            Some(any) => unpack(any).map(Some),
-            None => Ok(None),
+    /// Puts the two halves of a [`ReliableStream`] back together.
+    ///
+    /// # Errors
+    /// If the halves come from different streams, both are handed back unchanged.
+    #[allow(clippy::result_large_err)]
+    pub fn reunite(
+        self,
+        writer: ReliableWriter,
+    ) -> Result<ReliableStream, ReuniteError<Self, ReliableWriter>> {
+        if Arc::ptr_eq(&self.inner, &writer.inner) {
+            Ok(ReliableStream {
+                reader: self,
+                writer,
+            })
+        } else {
+            Err(ReuniteError(self, writer))
         }
     }
 }
@@ -535,7 +553,21 @@ impl Stream for ReliableReader {
     }
 }
 
-/// Sends on a reliable stream.
+/// Sends on a reliable stream: a [`Sink`] of [`Any`]. Cheap to clone: every clone feeds the
+/// same outgoing queue.
+///
+/// `feed` waits until the message fits under the outgoing queue's high-water marks (messages
+/// and bytes, see [`ReliableConfig::with_max_messages`]; one message always fits in an empty
+/// queue). Through the [`Sink`] trait (`poll_ready`, then `start_send` with a message of any
+/// size) a message is queued whole once the queue is under its marks, so there the queue may
+/// pass its byte mark by one message per writer. [`flush`](Self::flush)
+/// waits until everything queued is **confirmed** by the peer (see the
+/// [handle shape](crate::handle)); [`send_confirmed`](Self::send_confirmed) waits for one
+/// message and reports a refusal. [`close`](Self::close) waits until everything is confirmed,
+/// then closes the stream on both sides.
+///
+/// # Errors
+/// [`Error::Closed`] or [`Error::Reliable`] once the stream is closing or over.
 #[derive(Debug)]
 pub struct ReliableWriter {
     inner: Arc<Inner>,
@@ -562,23 +594,41 @@ impl Drop for ReliableReader {
 }
 
 impl ReliableWriter {
-    /// Queues `any`, waiting while the outgoing queue is at its high-water mark. Returns once
-    /// it is queued (use [`send_confirmed`](Self::send_confirmed) to wait for the peer).
-    ///
-    /// # Errors
-    /// [`Error::Closed`] or [`Error::Reliable`] once the stream is closing or over.
-    pub async fn send(&self, any: Any) -> Result<()> {
-        self.enqueue(any, None).await
+    crate::handle::writer_methods!();
+
+    /// Queues `item` once it fits under the high-water marks (unlike the `Sink` path, which
+    /// queues a message whole once the queue is under them).
+    pub(crate) fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: &mut Option<Any>,
+    ) -> Poll<Result<()>> {
+        let Some(any) = item.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut core = self.inner.lock();
+        match core.try_push(any) {
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(TrySendError::Full(any)) => {
+                core.register_send(cx.waker());
+                *item = Some(any);
+                Poll::Pending
+            }
+            Err(TrySendError::Closed(_)) => Poll::Ready(Err(closed_error(&core))),
+        }
     }
 
-    /// Packs `msg` and [`send`](Self::send)s it.
-    pub async fn send_message<M: Message + Name>(&self, msg: &M) -> Result<()> {
-        self.send(link::pack(msg)).await
+    pub(crate) fn poll_feed_message<M: Message + Name>(
+        &mut self,
+        cx: &mut Context<'_>,
+        msg: &M,
+    ) -> Poll<Result<()>> {
+        self.poll_feed(cx, &mut Some(link::pack(msg)))
     }
 
     /// Queues `any` if there is room now; otherwise hands it back in
     /// [`TrySendError::Full`].
-    pub fn try_send(&self, any: Any) -> Result<(), TrySendError> {
+    pub fn try_send(&mut self, any: Any) -> Result<(), TrySendError> {
         self.inner.lock().try_push(any).map(|_| ())
     }
 
@@ -587,24 +637,10 @@ impl ReliableWriter {
     /// # Errors
     /// [`Error::Delivery`] with [`DeliveryError::Refused`] if the peer refused it, or
     /// [`DeliveryError::Closed`] if the stream ended first; the errors of
-    /// [`send`](Self::send).
-    pub async fn send_confirmed(&self, any: Any) -> Result<()> {
+    /// [`feed`](Self::feed).
+    pub async fn send_confirmed(&mut self, any: Any) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(any, Some(tx)).await?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Delivery(e)),
-            Err(_) => Err(Error::Delivery(DeliveryError::Closed(None))),
-        }
-    }
-
-    /// Queues `any`; `confirm` (registered under the same lock, so no refusal can slip in
-    /// between) learns how its delivery ends.
-    async fn enqueue(
-        &self,
-        any: Any,
-        mut confirm: Option<oneshot::Sender<Result<(), DeliveryError>>>,
-    ) -> Result<()> {
+        let mut confirm = Some(tx);
         let mut slot = Some(any);
         poll_fn(|cx| {
             let Some(any) = slot.take() else {
@@ -613,6 +649,7 @@ impl ReliableWriter {
             let mut core = self.inner.lock();
             match core.try_push(any) {
                 Ok(seq) => {
+                    // Registered under the same lock, so no refusal can slip in between.
                     if let Some(tx) = confirm.take() {
                         core.confirm_on(seq, tx);
                     }
@@ -623,38 +660,82 @@ impl ReliableWriter {
                     slot = Some(any);
                     Poll::Pending
                 }
-                Err(TrySendError::Closed(_)) => {
-                    Poll::Ready(Err(core.end().map_or(Error::Closed, end_error)))
-                }
+                Err(TrySendError::Closed(_)) => Poll::Ready(Err(closed_error(&core))),
             }
         })
-        .await
-    }
-
-    /// Closes the stream gracefully: waits until everything queued is confirmed, then closes
-    /// the session. Returns once the stream is over.
-    ///
-    /// # Errors
-    /// [`Error::Reliable`] if the stream was given up before it could close.
-    pub async fn close(&self) -> Result<()> {
-        self.inner.lock().request_close();
-        poll_fn(|cx| {
-            let mut core = self.inner.lock();
-            match core.end() {
-                Some(StreamEnd::Closed) => Poll::Ready(Ok(())),
-                Some(failed) => Poll::Ready(Err(end_error(failed))),
-                None => {
-                    core.register_end(cx.waker());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        .await?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Delivery(e)),
+            Err(_) => Err(Error::Delivery(DeliveryError::Closed(None))),
+        }
     }
 
     /// Queues and counters; `outgoing_bytes` is what the high-water mark bounds.
     pub fn stats(&self) -> Stats {
         stats(&self.inner)
+    }
+}
+
+/// The stream's end as an error, or the error for a stream that is closing.
+fn closed_error(core: &Shared) -> Error {
+    core.end().map_or(Error::Closed, end_error)
+}
+
+/// Queues `any` after `poll_ready` found the queue under its high-water mark.
+fn push(core: &mut Shared, any: Any) -> Result<u64> {
+    match core.push_over_mark(any) {
+        Ok(seq) => Ok(seq),
+        Err(_) => Err(closed_error(core)),
+    }
+}
+
+impl Sink<Any> for ReliableWriter {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut core = self.inner.lock();
+        if core.end().is_some() || core.close_requested {
+            return Poll::Ready(Err(closed_error(&core)));
+        }
+        if core.under_mark() {
+            Poll::Ready(Ok(()))
+        } else {
+            core.register_send(cx.waker());
+            Poll::Pending
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, any: Any) -> Result<()> {
+        push(&mut self.inner.lock(), any).map(|_| ())
+    }
+
+    /// Ready once everything queued (by any clone) is confirmed by the peer.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut core = self.inner.lock();
+        if core.drained() {
+            return Poll::Ready(Ok(()));
+        }
+        if core.end().is_some() {
+            return Poll::Ready(Err(closed_error(&core)));
+        }
+        core.register_send(cx.waker());
+        Poll::Pending
+    }
+
+    /// Waits until everything queued is confirmed, then closes the stream (both directions);
+    /// ready once it is over.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut core = self.inner.lock();
+        core.request_close();
+        match core.end() {
+            Some(StreamEnd::Closed) => Poll::Ready(Ok(())),
+            Some(failed) => Poll::Ready(Err(end_error(failed))),
+            None => {
+                core.register_end(cx.waker());
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -688,12 +769,14 @@ fn stats(inner: &Inner) -> Stats {
 /// Dropping every reader and writer closes the stream like [`close`](Self::close): what was
 /// queued is still delivered first.
 #[derive(Debug)]
-pub struct ReliableSession {
+pub struct ReliableStream {
     reader: ReliableReader,
     writer: ReliableWriter,
 }
 
-impl ReliableSession {
+crate::handle::whole_handle!([] ReliableStream);
+
+impl ReliableStream {
     fn new(inner: Arc<Inner>) -> Self {
         Self {
             reader: ReliableReader {
@@ -711,39 +794,14 @@ impl ReliableSession {
         (self.reader, self.writer)
     }
 
-    /// See [`ReliableWriter::send`].
-    pub async fn send(&self, any: Any) -> Result<()> {
-        self.writer.send(any).await
-    }
-
-    /// See [`ReliableWriter::send_message`].
-    pub async fn send_message<M: Message + Name>(&self, msg: &M) -> Result<()> {
-        self.writer.send_message(msg).await
-    }
-
     /// See [`ReliableWriter::try_send`].
-    pub fn try_send(&self, any: Any) -> Result<(), TrySendError> {
+    pub fn try_send(&mut self, any: Any) -> Result<(), TrySendError> {
         self.writer.try_send(any)
     }
 
     /// See [`ReliableWriter::send_confirmed`].
-    pub async fn send_confirmed(&self, any: Any) -> Result<()> {
+    pub async fn send_confirmed(&mut self, any: Any) -> Result<()> {
         self.writer.send_confirmed(any).await
-    }
-
-    /// See [`ReliableReader::recv`].
-    pub async fn recv(&mut self) -> Result<Option<Any>> {
-        self.reader.recv().await
-    }
-
-    /// See [`ReliableReader::recv_message`].
-    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        self.reader.recv_message().await
-    }
-
-    /// See [`ReliableWriter::close`].
-    pub async fn close(&self) -> Result<()> {
-        self.writer.close().await
     }
 
     /// See [`ReliableWriter::stats`].
@@ -780,8 +838,53 @@ impl ReliableSession {
     }
 }
 
+impl crate::dispatch::sealed::Handle for ReliableStream {
+    type Reader = ReliableReader;
+    type Writer = ReliableWriter;
+
+    fn into_halves(self) -> (ReliableReader, ReliableWriter) {
+        self.split()
+    }
+}
+
+impl crate::dispatch::sealed::Reader for ReliableReader {
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<crate::connection::Frame>>> {
+        Pin::new(self)
+            .poll_next(cx)
+            .map(|next| next.map(|any| any.map(crate::connection::Frame::from)))
+    }
+
+    /// A stream outlives its connections: handlers get no connection's info.
+    fn context(&self) -> crate::dispatch::Context {
+        crate::dispatch::Context::detached()
+    }
+}
+
+impl crate::dispatch::sealed::Writer for ReliableWriter {
+    async fn flush_replies(&mut self) -> Result<()> {
+        // Queued replies go out by themselves. Waiting for their confirmation (what `flush`
+        // means here) would stop reading requests until the peer's application took the
+        // replies: a peer that sends before it reads would deadlock with us.
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        // The reader ends only once the stream is over (closed by either side after every
+        // message was confirmed): nothing is left to do.
+        Ok(())
+    }
+
+    async fn after_error(&mut self, e: &Error) {
+        // Dropping the halves closes the stream after what is queued is confirmed.
+        log::debug!("reliable stream: serving ended: {e}");
+    }
+}
+
 /// Lifecycle events of a stream; ends after [`Event::Closed`]. Each `Events` (from
-/// [`ReliableSession::events`]) receives every event.
+/// [`ReliableStream::events`]) receives every event.
 #[derive(Debug)]
 pub struct Events {
     inner: Arc<Inner>,

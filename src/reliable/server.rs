@@ -17,7 +17,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, LinkEnd};
 use super::shared::StreamEnd;
-use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableSession, CAPABILITY};
+use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::reliable::{Resume, ResumeStatus};
@@ -70,7 +70,7 @@ enum Decision {
         generation: u64,
         incarnation: u64,
         status: ResumeStatus,
-        new_stream: Option<ReliableSession>,
+        new_stream: Option<ReliableStream>,
     },
     /// Answer with `status` and `reason`, then close the session.
     Answer(ResumeStatus, String),
@@ -89,8 +89,8 @@ impl std::fmt::Debug for ReliableServer {
 #[derive(Debug)]
 pub struct Accepted<T> {
     /// A stream the application has not seen yet (`None` when the connection resumed a
-    /// stream, which goes on with its existing [`ReliableSession`], or for a plain session).
-    pub new_stream: Option<ReliableSession>,
+    /// stream, which goes on with its existing [`ReliableStream`], or for a plain session).
+    pub new_stream: Option<ReliableStream>,
     /// The connection's driver: **spawn it** (or await it on the connection's task). For a
     /// plain session it does nothing.
     pub driver: ServerDriver,
@@ -322,8 +322,8 @@ impl ReliableServer {
                     };
                     // The client reads the answer and leaves; the close is a courtesy.
                     let exchange = async {
-                        writer.send_any(link::pack(&answer)).await?;
-                        writer.close(ReasonCode::Normal, reason.clone()).await
+                        writer.send(link::pack(&answer)).await?;
+                        writer.close_with(ReasonCode::Normal, reason.clone()).await
                     };
                     let _ = link::with_driver(&mut driver, exchange, limit).await;
                     return Err(Error::Reliable(format!(
@@ -340,8 +340,7 @@ impl ReliableServer {
             inner: inner.clone(),
             generation,
         };
-        let sent =
-            link::with_driver(&mut driver, writer.send_any(link::pack(&answer)), limit).await;
+        let sent = link::with_driver(&mut driver, writer.send(link::pack(&answer)), limit).await;
         if !matches!(sent, Some(Ok(()))) {
             if new_stream.is_some() {
                 // Nobody saw this stream: forget it (its client starts it again).
@@ -529,7 +528,7 @@ impl ReliableServer {
             generation,
             incarnation,
             status: ResumeStatus::NewStream,
-            new_stream: Some(ReliableSession::new(inner)),
+            new_stream: Some(ReliableStream::new(inner)),
         }
     }
 

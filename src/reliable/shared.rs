@@ -114,6 +114,22 @@ impl Shared {
         Ok(seq)
     }
 
+    /// See [`StreamState::under_mark`].
+    pub(crate) fn under_mark(&self) -> bool {
+        self.state.under_mark()
+    }
+
+    /// Queues a message without checking the high-water marks (the caller checked
+    /// [`under_mark`](Self::under_mark)); fails only once the stream is closing or over.
+    pub(crate) fn push_over_mark(&mut self, any: Any) -> Result<u64, TrySendError> {
+        if self.end.is_some() || self.close_requested {
+            return Err(TrySendError::Closed(any));
+        }
+        let seq = self.state.push_over_mark(any);
+        self.wake_link();
+        Ok(seq)
+    }
+
     pub(crate) fn register_send(&mut self, waker: &Waker) {
         if !self.send_wakers.iter().any(|w| w.will_wake(waker)) {
             self.send_wakers.push(waker.clone());

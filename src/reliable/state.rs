@@ -168,6 +168,22 @@ impl StreamState {
 
     // ---- our messages -------------------------------------------------------------------
 
+    /// Whether the outgoing queue is under both high-water marks (the `Sink` path: a writer
+    /// that saw room queues its next message whole, whatever its size).
+    pub(crate) fn under_mark(&self) -> bool {
+        self.out.is_empty()
+            || (self.out.len() < self.config.max_messages && self.out_bytes < self.config.max_bytes)
+    }
+
+    /// Queues a message without checking the high-water marks (the caller checked
+    /// [`under_mark`](Self::under_mark)). Returns its local sequence number.
+    pub(crate) fn push_over_mark(&mut self, any: Any) -> u64 {
+        let seq = self.base + self.out.len() as u64;
+        self.out_bytes += queued_len(&any);
+        self.out.push_back(any);
+        seq
+    }
+
     /// Queues a message if it fits under the high-water marks (one message always fits in an
     /// empty queue): its local sequence number, or the message back.
     pub(crate) fn push(&mut self, any: Any) -> Result<u64, Any> {

@@ -109,10 +109,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 shared: shared.clone(),
                 finished: false,
             },
-            writer: SessionWriter {
-                outbound: outbound_tx,
-                shared: shared.clone(),
-            },
+            writer: SessionWriter::new(outbound_tx, shared.clone()),
         };
         let driver = Self {
             reader,

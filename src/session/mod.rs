@@ -39,7 +39,7 @@
 //! # async_std::task::block_on(async {
 //! use connect::proto::example::HelloWorld;
 //! use connect::session::{self, PlainAuthenticator, SessionConfig};
-//! use connect::proto::v1::{Credentials, ReasonCode};
+//! use connect::proto::v1::Credentials;
 //! use connect::transport::tcp::{self, TcpListener};
 //! use std::time::Duration;
 //!
@@ -52,7 +52,7 @@
 //!     let (mut session, driver) = session::accept(conn, &server_config).await?;
 //!     async_std::task::spawn(driver);
 //!     while let Some(any) = session.recv().await? {
-//!         session.send_any(any).await?; // echo
+//!         session.send(any).await?; // echo
 //!     }
 //!     Ok::<(), connect::Error>(())
 //! });
@@ -68,7 +68,7 @@
 //! println!("session {} as {:?}", session.info().session_id(), session.info().identity());
 //! session.send_message(&HelloWorld { text: "hi".into(), sequence: 1 }).await?;
 //! let echoed: Option<HelloWorld> = session.recv_message().await?;
-//! session.close(ReasonCode::Normal, "done").await?;
+//! session.close().await?; // REASON_CODE_NORMAL; `close_with` for another code
 //! # Ok::<(), connect::Error>(()) }).unwrap();
 //! ```
 //!
@@ -90,7 +90,7 @@ pub(crate) mod fuzz;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,13 +99,14 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 use futures_core::Stream;
+use futures_sink::Sink;
 use futures_util::task::AtomicWaker;
-use futures_util::StreamExt;
 use prost::{Message, Name};
 use prost_types::Any;
 
-use crate::connection::{unpack, ConnectionInfo};
+use crate::connection::ConnectionInfo;
 use crate::error::{quoted, Error, Result};
+use crate::handle::ReuniteError;
 use crate::proto::v1::ReasonCode;
 
 pub use auth::{AuthError, Authenticator, BearerAuthenticator, PlainAuthenticator};
@@ -418,19 +419,31 @@ pub struct SessionReader {
 }
 
 impl SessionReader {
-    /// The next application message, or `Ok(None)` once the session has closed gracefully.
-    ///
-    /// Cancel-safe.
-    pub async fn recv(&mut self) -> Result<Option<Any>> {
-        self.next().await.transpose()
+    crate::handle::reader_methods!();
+
+    pub(crate) fn poll_recv_message<M: Message + Name + Default>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<M>>> {
+        crate::handle::poll_unpack(self, cx)
     }
 
-    /// The next application message unpacked as `M`; see
-    /// [`ConnectionReader::recv_message`](crate::ConnectionReader::recv_message).
-    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        match self.recv().await? {
-            Some(any) => unpack(any).map(Some),
-            None => Ok(None),
+    /// Puts the two halves of a [`Session`] back together.
+    ///
+    /// # Errors
+    /// If the halves come from different sessions, both are handed back unchanged.
+    #[allow(clippy::result_large_err)]
+    pub fn reunite(
+        self,
+        writer: SessionWriter,
+    ) -> Result<Session, ReuniteError<Self, SessionWriter>> {
+        if Arc::ptr_eq(&self.shared, &writer.shared) {
+            Ok(Session {
+                reader: self,
+                writer,
+            })
+        } else {
+            Err(ReuniteError(self, writer))
         }
     }
 
@@ -484,70 +497,61 @@ impl Stream for SessionReader {
     }
 }
 
-/// Sends a session's application messages.
+/// Sends a session's application messages: a [`Sink`] of [`Any`].
 ///
 /// Messages are queued for the driver, which writes them in order and flushes whenever its
-/// queue runs empty. `feed_*` returns once the message is queued (waiting while the queue is
-/// full); `send_*` and [`flush`](Self::flush) return once everything queued so far is written
-/// to the transport. After the session has ended every call fails with
-/// `Error::Session(end)`.
+/// queue runs empty. `feed` and `feed_message` return once the message is queued (waiting while
+/// the queue is full); `send`, `send_message` and [`flush`](Self::flush) return once everything
+/// queued so far is written to the transport. [`close`](Self::close) closes the session with
+/// `REASON_CODE_NORMAL`, [`close_with`](Self::close_with) with another code. After the session
+/// has ended every call fails with `Error::Session(end)`.
+///
+/// After the peer's `Close`, sending goes on until this side's application has seen the end
+/// of its [`SessionReader`] (or dropped it, or closed too). Once the session is ending
+/// gracefully and takes no more messages, the driver still writes every message queued
+/// before, as part of the close: a flush then succeeds at once (a failure while closing is
+/// reported as the session's end). After any other end it fails with that end.
 #[derive(Debug)]
 pub struct SessionWriter {
     outbound: queue::Sender<Outbound>,
     shared: Arc<Shared>,
+    /// A flush or close handed to the driver and not completed yet.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    close: bool,
+    done: oneshot::Receiver<Result<()>>,
 }
 
 impl SessionWriter {
-    /// Queues `msg` packed in an `Any`, then waits until it is written.
-    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.feed_message(msg).await?;
-        self.flush().await
-    }
-
-    /// Queues `msg` packed in an `Any`.
-    ///
-    /// # Errors
-    /// [`Error::FrameTooLarge`] if it is longer than the negotiated maximum (nothing is sent and
-    /// the session goes on); `Error::Session` once the session has ended.
-    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.feed_any(state::pack(msg)).await
-    }
-
-    /// Queues `any` as is, then waits until it is written.
-    pub async fn send_any(&mut self, any: Any) -> Result<()> {
-        self.feed_any(any).await?;
-        self.flush().await
-    }
-
-    /// Queues `any` as is. See [`feed_message`](Self::feed_message).
-    pub async fn feed_any(&mut self, any: Any) -> Result<()> {
-        let len = any.encoded_len();
-        let max = self.shared.info.max_frame_len;
-        if len > max {
-            return Err(Error::FrameTooLarge {
-                len: len as u64,
-                max,
-            });
+    fn new(outbound: queue::Sender<Outbound>, shared: Arc<Shared>) -> Self {
+        Self {
+            outbound,
+            shared,
+            pending: None,
         }
-        self.enqueue(Outbound::Message(any)).await
     }
 
-    /// Waits until everything queued so far is written to the transport.
-    ///
-    /// After the peer's `Close`, sending goes on until this side's application has seen the end
-    /// of its [`SessionReader`] (or dropped it, or closed too). Once the session is ending
-    /// gracefully and takes no more messages, the driver still writes every message queued
-    /// before, as part of the close: a flush then succeeds at once (a failure while closing is
-    /// reported as the session's end). After any other end it fails with that end.
-    pub async fn flush(&mut self) -> Result<()> {
-        let (done, written) = oneshot::channel();
-        if let Err(ended) = self.enqueue(Outbound::Flush(done)).await {
-            return match self.shared.end() {
-                Some(end) if end.is_graceful() => Ok(()),
-                _ => Err(ended),
-            };
-        }
-        written.await.unwrap_or_else(|_| Err(self.shared.ended()))
+    crate::handle::writer_methods!();
+
+    pub(crate) fn poll_feed(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: &mut Option<Any>,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, item, |w, any| Sink::start_send(Pin::new(w), any))
+    }
+
+    pub(crate) fn poll_feed_message<M: Message + Name>(
+        &mut self,
+        cx: &mut Context<'_>,
+        msg: &M,
+    ) -> Poll<Result<()>> {
+        crate::handle::poll_feed_sink(self, cx, &mut Some(msg), |w, msg| {
+            Sink::start_send(Pin::new(w), state::pack(msg))
+        })
     }
 
     /// Closes the session gracefully: everything queued before is delivered, then the peer is
@@ -555,19 +559,60 @@ impl SessionWriter {
     /// before its acknowledgement still reaches the [`SessionReader`]; if the peer may send more
     /// than the queue holds meanwhile, keep reading (from another task, after
     /// [`Session::split`]), or the close waits for the reader and may time out.
+    /// [`close`](Self::close) is `close_with(ReasonCode::Normal, "")`.
     ///
     /// # Errors
     /// `Error::Session(SessionEnd::CloseTimeout)` if the peer did not acknowledge within the
     /// close timeout, or the session's end if it ended otherwise first.
-    pub async fn close(&mut self, code: ReasonCode, reason: impl Into<String>) -> Result<()> {
-        let (done, closed) = oneshot::channel();
-        self.enqueue(Outbound::Close {
-            code,
-            reason: reason.into(),
-            done,
-        })
-        .await?;
-        closed.await.unwrap_or_else(|_| Err(self.shared.ended()))
+    pub async fn close_with(&mut self, code: ReasonCode, reason: impl Into<String>) -> Result<()> {
+        let mut close = Some((code, reason.into()));
+        poll_fn(|cx| self.poll_marker(cx, true, &mut close)).await
+    }
+
+    /// Hands a flush marker (`close: None`) or a close to the driver, and polls it until the
+    /// driver completes it.
+    fn poll_marker(
+        &mut self,
+        cx: &mut Context<'_>,
+        close: bool,
+        with: &mut Option<(ReasonCode, String)>,
+    ) -> Poll<Result<()>> {
+        if self.pending.as_ref().map(|p| p.close) != Some(close) {
+            let ended = |shared: &Shared| match shared.end() {
+                // A graceful end still writes what was queued, so there is nothing to flush.
+                Some(end) if end.is_graceful() && !close => Ok(()),
+                _ => Err(shared.ended()),
+            };
+            match self.outbound.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(ended(&self.shared)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let (done, completed) = oneshot::channel();
+            let item = if close {
+                let (code, reason) = with.take().unwrap_or((ReasonCode::Normal, String::new()));
+                Outbound::Close { code, reason, done }
+            } else {
+                Outbound::Flush(done)
+            };
+            if self.outbound.start_send(item).is_err() {
+                return Poll::Ready(ended(&self.shared));
+            }
+            self.pending = Some(Pending {
+                close,
+                done: completed,
+            });
+        }
+        let Some(pending) = &mut self.pending else {
+            return Poll::Ready(Err(self.shared.ended()));
+        };
+        match Pin::new(&mut pending.done).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                self.pending = None;
+                Poll::Ready(result.unwrap_or_else(|_| Err(self.shared.ended())))
+            }
+        }
     }
 
     /// Room for one more item in the queue to the driver (for layers on top of sessions that
@@ -602,13 +647,6 @@ impl SessionWriter {
             .map_err(|_| self.shared.ended())
     }
 
-    async fn enqueue(&mut self, item: Outbound) -> Result<()> {
-        let ready = poll_fn(|cx| self.outbound.poll_ready(cx)).await;
-        ready
-            .and_then(|()| self.outbound.start_send(item))
-            .map_err(|_| self.shared.ended())
-    }
-
     /// What the handshake settled.
     pub fn info(&self) -> &SessionInfo {
         &self.shared.info
@@ -627,6 +665,32 @@ impl SessionWriter {
     /// What the session holds on the peer's behalf; see [`SessionStats`].
     pub fn stats(&self) -> SessionStats {
         self.shared.stats()
+    }
+}
+
+impl Sink<Any> for SessionWriter {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_ready_outbound(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, any: Any) -> Result<()> {
+        let this = self.get_mut();
+        // A flush started before this message must not complete the next flush.
+        if this.pending.as_ref().is_some_and(|p| !p.close) {
+            this.pending = None;
+        }
+        this.start_send_any(any)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_marker(cx, false, &mut None)
+    }
+
+    /// Closes with `REASON_CODE_NORMAL`; see [`SessionWriter::close_with`].
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.get_mut().poll_marker(cx, true, &mut None)
     }
 }
 
@@ -665,113 +729,65 @@ impl Session {
         self.reader.shared.stats()
     }
 
-    /// See [`SessionReader::recv`].
-    pub async fn recv(&mut self) -> Result<Option<Any>> {
-        self.reader.recv().await
-    }
-
-    /// See [`SessionReader::recv_message`].
-    pub async fn recv_message<M: Message + Name + Default>(&mut self) -> Result<Option<M>> {
-        self.reader.recv_message().await
-    }
-
-    /// See [`SessionWriter::send_message`].
-    pub async fn send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.writer.send_message(msg).await
-    }
-
-    /// See [`SessionWriter::feed_message`].
-    pub async fn feed_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
-        self.writer.feed_message(msg).await
-    }
-
-    /// See [`SessionWriter::send_any`].
-    pub async fn send_any(&mut self, any: Any) -> Result<()> {
-        self.writer.send_any(any).await
-    }
-
-    /// See [`SessionWriter::feed_any`].
-    pub async fn feed_any(&mut self, any: Any) -> Result<()> {
-        self.writer.feed_any(any).await
-    }
-
-    /// See [`SessionWriter::flush`].
-    pub async fn flush(&mut self) -> Result<()> {
-        self.writer.flush().await
-    }
-
-    /// See [`SessionWriter::close`]. Messages the peer sends before acknowledging stay readable.
-    pub async fn close(&mut self, code: ReasonCode, reason: impl Into<String>) -> Result<()> {
-        self.writer.close(code, reason).await
+    /// See [`SessionWriter::close_with`]. Messages the peer sends before acknowledging stay
+    /// readable.
+    pub async fn close_with(&mut self, code: ReasonCode, reason: impl Into<String>) -> Result<()> {
+        self.writer.close_with(code, reason).await
     }
 }
 
-impl Stream for Session {
-    type Item = Result<Any>;
+crate::handle::whole_handle!([] Session);
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.reader.poll_next_unpin(cx)
+impl crate::dispatch::sealed::Handle for Session {
+    type Reader = SessionReader;
+    type Writer = SessionWriter;
+
+    fn into_halves(self) -> (SessionReader, SessionWriter) {
+        self.split()
     }
 }
 
-impl crate::dispatch::Dispatcher {
-    /// Serves one session like [`serve`](Self::serve) serves a connection: each application
-    /// message goes to its handler (whose [`Context::session`](crate::dispatch::Context::session)
-    /// tells the authenticated identity), replies go back in order. Returns `Ok(())` once the peer
-    /// has closed the session gracefully. Messages the peer sent before its `Close` are all
-    /// handled and their replies all sent before the `CloseOk` (PROTOCOL.md, section 6).
-    ///
-    /// # Errors
-    /// The session's end if it was not graceful, or any error of
-    /// [`dispatch`](Self::dispatch) (the session is then closed with
-    /// `REASON_CODE_INTERNAL_ERROR`).
-    pub async fn serve_session(&self, session: Session) -> Result<()> {
-        let (mut reader, mut writer) = session.split();
-        let info = reader.shared.info.clone();
-        let mut replies_dropped = false;
-        loop {
-            // As in `serve`: flush replies only when no further request is waiting.
-            let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_unpin(cx))).await;
-            let next = match ready_now {
-                Poll::Ready(next) => next,
-                Poll::Pending => {
-                    match writer.flush().await {
-                        Err(Error::Session(end)) if end.is_graceful() => replies_dropped = true,
-                        other => other?,
-                    }
-                    reader.next().await
-                }
-            };
-            let Some(any) = next.transpose()? else {
-                return Ok(());
-            };
-            let context = crate::dispatch::Context::for_session(info.clone());
-            match self.dispatch(any, context).await {
-                Ok(_) if replies_dropped => {}
-                Ok(reply) => {
-                    for any in reply {
-                        match writer.feed_any(any).await {
-                            Ok(()) => {}
-                            // The peer closed while requests were still queued: they are still
-                            // handled (handlers may have effects), but nobody reads replies.
-                            Err(Error::Session(end)) if end.is_graceful() => {
-                                log::debug!("{}: {end}; dropping replies", reader.info());
-                                replies_dropped = true;
-                                break;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    if let Err(close_error) = writer.close(ReasonCode::InternalError, reason).await
-                    {
-                        log::debug!("{}: close after {e} failed: {close_error}", reader.info());
-                    }
-                    return Err(e);
-                }
-            }
+impl crate::dispatch::sealed::Reader for SessionReader {
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<crate::connection::Frame>>> {
+        Pin::new(self)
+            .poll_next(cx)
+            .map(|next| next.map(|any| any.map(crate::connection::Frame::from)))
+    }
+
+    fn context(&self) -> crate::dispatch::Context {
+        crate::dispatch::Context::for_session(self.shared.info.clone())
+    }
+}
+
+impl crate::dispatch::sealed::Writer for SessionWriter {
+    async fn flush_replies(&mut self) -> Result<()> {
+        self.flush().await
+    }
+
+    fn replies_unwanted(&self, e: &Error) -> bool {
+        matches!(e, Error::Session(end) if end.is_graceful())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        // The driver acknowledges the peer's Close once the replies queued so far are out.
+        Ok(())
+    }
+
+    async fn after_error(&mut self, e: &Error) {
+        if matches!(e, Error::Session(_)) {
+            return; // the session is over already
+        }
+        if let Err(close_error) = self
+            .close_with(ReasonCode::InternalError, e.to_string())
+            .await
+        {
+            log::debug!(
+                "{}: close after {e} failed: {close_error}",
+                self.shared.info
+            );
         }
     }
 }

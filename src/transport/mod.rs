@@ -17,7 +17,7 @@
 //! background (a session's driver, a reliable stream's reconnecting driver) is either returned
 //! to you as a future ([`session::connect`](crate::session::connect) /
 //! [`accept`](crate::session::accept) give `(Session, SessionDriver)`,
-//! [`reliable::client`](crate::reliable::client) gives `(ReliableSession, ClientDriver)`), or,
+//! [`reliable::client`](crate::reliable::client) gives `(ReliableStream, ClientDriver)`), or,
 //! in the one-call helpers ([`tcp::connect_session`], [`tcp::accept_session`],
 //! [`tcp::connect_reliable`]), handed as a boxed [`Task`] to a `spawn` function you pass:
 //!

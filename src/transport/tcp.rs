@@ -25,7 +25,7 @@
 //!     while let Some(conn) = incoming.next().await {
 //!         let mut conn = conn?;
 //!         while let Some(any) = conn.recv().await? {
-//!             conn.send_any(&any).await?; // echo
+//!             conn.send(any).await?; // echo
 //!         }
 //!     }
 //!     Ok::<(), connect::Error>(())
@@ -301,14 +301,14 @@ pub async fn accept_session(
 /// Opens a [reliable stream](crate::reliable) to `addr` as the connecting side, and hands its
 /// driver (which connects, and reconnects after every drop) to `spawn` (see [`Task`]). Returns
 /// at once: messages wait in the bounded queue until a connection carries them; watch
-/// [`next_event`](crate::reliable::ReliableSession::next_event) for connections and drops. To
+/// [`next_event`](crate::reliable::ReliableStream::next_event) for connections and drops. To
 /// hold the driver yourself, use [`reliable::client`](crate::reliable::client).
 pub fn connect_reliable(
     addr: std::net::SocketAddr,
     session_config: crate::session::SessionConfig,
     config: crate::reliable::ReliableConfig,
     spawn: impl FnOnce(Task),
-) -> crate::reliable::ReliableSession {
+) -> crate::reliable::ReliableStream {
     let (session, driver) = crate::reliable::client(move || connect(addr), session_config, config);
     spawn(Box::pin(driver));
     session

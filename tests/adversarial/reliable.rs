@@ -62,7 +62,7 @@ async fn server_with(
                     ws.lock().unwrap().push(stream.writer());
                     task::spawn(async move {
                         while let Ok(Some(any)) = stream.recv().await {
-                            if stream.send(any).await.is_err() {
+                            if stream.feed(any).await.is_err() {
                                 break;
                             }
                         }
@@ -119,10 +119,7 @@ async fn resume_with(addr: SocketAddr, config: SessionConfig, resume: &Resume) -
     let config = config.with_capability(CAPABILITY);
     let (mut session, driver) = session::connect(conn, &config).await.unwrap();
     let driver = task::spawn(driver);
-    session
-        .send_any(Any::from_msg(resume).unwrap())
-        .await
-        .unwrap();
+    session.send(Any::from_msg(resume).unwrap()).await.unwrap();
     let answer = within(10, "Resume answer", futures::StreamExt::next(&mut session))
         .await
         .expect("an answer, not a dropped link")
@@ -168,7 +165,7 @@ async fn nack_flood_with_huge_type_urls_keeps_retained_nacks_bounded() {
                 type_url: url.clone(),
                 value: vec![],
             };
-            if session.send_any(any).await.is_err() {
+            if session.send(any).await.is_err() {
                 break;
             }
             counter.fetch_add(1, Ordering::SeqCst);

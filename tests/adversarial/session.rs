@@ -95,7 +95,7 @@ async fn echo_server(config: SessionConfig) -> (SocketAddr, Sessions) {
                         Err(_) => continue,
                         Ok(Ok(Some(any))) => {
                             // Record while a send to a peer that does not read is blocked, too.
-                            let send = writer.send_any(any);
+                            let send = writer.send(any);
                             futures::pin_mut!(send);
                             let sent = loop {
                                 match async_std::future::timeout(
@@ -155,7 +155,7 @@ async fn well_behaved_client(addr: SocketAddr) {
         let echo: HelloWorld = session.recv_message().await.unwrap().unwrap();
         assert_eq!(echo, msg);
     }
-    session.close(ReasonCode::Normal, "bye").await.unwrap();
+    session.close_with(ReasonCode::Normal, "bye").await.unwrap();
 }
 
 /// The bytes of one frame carrying `msg`.

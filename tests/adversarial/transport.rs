@@ -57,7 +57,7 @@ async fn usize_max_frame_len_means_no_limit_not_an_overflow() {
                 let mut conn = listener.accept().await.unwrap();
                 loop {
                     match conn.recv().await {
-                        Ok(Some(any)) => conn.send_any(&any).await.unwrap(),
+                        Ok(Some(any)) => conn.send(any).await.unwrap(),
                         Ok(None) => {
                             outcomes.push(Ok(()));
                             break;
@@ -134,7 +134,7 @@ async fn duration_max_session_timeouts_mean_never() {
         let echoed: HelloWorld = client.recv_message().await.unwrap().unwrap();
         assert_eq!(echoed, hello(1));
         // Both ends start their close timer with `Duration::MAX`.
-        client.close(ReasonCode::Normal, "done").await.unwrap();
+        client.close_with(ReasonCode::Normal, "done").await.unwrap();
         server.await.unwrap();
     })
     .await;

@@ -16,7 +16,7 @@
 //! async_std::task::spawn(async move {
 //!     let mut conn = listener.accept().await?;
 //!     while let Some(any) = conn.recv().await? {
-//!         conn.send_any(&any).await?; // echo
+//!         conn.send(any).await?; // echo
 //!     }
 //!     conn.close().await
 //! });

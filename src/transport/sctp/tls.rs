@@ -22,7 +22,7 @@
 //!         async_std::task::spawn(async move {
 //!             let mut conn = sctp::accept_tls(association, &server_tls).await?;
 //!             while let Some(any) = conn.recv().await? {
-//!                 conn.send_any(&any).await?; // echo
+//!                 conn.send(any).await?; // echo
 //!             }
 //!             sctp::shutdown(conn).await
 //!         });

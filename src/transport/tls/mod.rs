@@ -37,7 +37,7 @@
 //!             let client = conn.peer_identity().and_then(|id| id.common_name()).unwrap_or("?");
 //!             println!("{client} connected");
 //!             while let Some(any) = conn.recv().await? {
-//!                 conn.send_any(&any).await?; // echo
+//!                 conn.send(any).await?; // echo
 //!             }
 //!             conn.close().await
 //!         });
