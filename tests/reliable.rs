@@ -22,24 +22,7 @@ use futures::FutureExt;
 use support::proxy::cutting_proxy;
 use support::spawn;
 
-fn hello(sequence: u64) -> Any {
-    Any::from_msg(&HelloWorld {
-        text: "m".into(),
-        sequence,
-    })
-    .unwrap()
-}
-
-fn sequence(any: &Any) -> u64 {
-    any.to_msg::<HelloWorld>().unwrap().sequence
-}
-
-/// Bounds a test step: a hang fails the test instead of blocking the suite.
-async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    async_std::future::timeout(Duration::from_secs(secs), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
-}
+use support::{numbered as hello, sequence, within};
 
 /// A reliable server on loopback whose application is `app`, run for every new stream.
 async fn server<A, Fut>(config: ReliableConfig, app: A) -> (SocketAddr, ReliableServer)

@@ -6,6 +6,8 @@
 //! its plan (none once the plan is empty), and `kill_all` cuts every live connection (the
 //! server process "dies").
 
+mod support;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,30 +15,12 @@ use std::time::Duration;
 
 use async_std::net::{TcpListener as RawListener, TcpStream};
 use async_std::task;
-use connect::prost_types::Any;
-use connect::proto::example::HelloWorld;
 use connect::reliable::{Backoff, Event, ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpListener};
 use futures::{AsyncReadExt, AsyncWriteExt};
 
-fn hello(sequence: u64) -> Any {
-    Any::from_msg(&HelloWorld {
-        text: "m".into(),
-        sequence,
-    })
-    .unwrap()
-}
-
-fn sequence(any: &Any) -> u64 {
-    any.to_msg::<HelloWorld>().unwrap().sequence
-}
-
-async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    async_std::future::timeout(Duration::from_secs(secs), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
-}
+use support::{numbered as hello, sequence, within};
 
 fn session_config() -> SessionConfig {
     SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)))

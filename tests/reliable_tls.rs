@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_std::task;
-use connect::prost_types::Any;
-use connect::proto::example::HelloWorld;
 use connect::reliable::{self, Backoff, Event, ReliableConfig, ReliableServer};
 use connect::session::SessionConfig;
 use connect::transport::tls::{self, TlsListener};
@@ -18,23 +16,7 @@ use futures::StreamExt;
 use support::certs::{client_config, server_config, Ca, Role};
 use support::proxy::cutting_proxy;
 
-fn hello(sequence: u64) -> Any {
-    Any::from_msg(&HelloWorld {
-        text: "m".into(),
-        sequence,
-    })
-    .unwrap()
-}
-
-fn sequence(any: &Any) -> u64 {
-    any.to_msg::<HelloWorld>().unwrap().sequence
-}
-
-async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
-    async_std::future::timeout(Duration::from_secs(secs), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
-}
+use support::{numbered as hello, sequence, within};
 
 #[async_std::test]
 async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {

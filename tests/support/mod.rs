@@ -193,3 +193,26 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 pub fn spawn(task: connect::transport::Task) {
     async_std::task::spawn(task);
 }
+
+/// The `n`th message of the reliable-stream tests: a `HelloWorld` with sequence `n`, packed.
+pub fn numbered(sequence: u64) -> connect::prost_types::Any {
+    connect::prost_types::Any::from_msg(&connect::proto::example::HelloWorld {
+        text: "m".into(),
+        sequence,
+    })
+    .expect("pack")
+}
+
+/// The sequence number of a message made by [`numbered`].
+pub fn sequence(any: &connect::prost_types::Any) -> u64 {
+    any.to_msg::<connect::proto::example::HelloWorld>()
+        .expect("a HelloWorld")
+        .sequence
+}
+
+/// Bounds a test step: a hang fails the test instead of blocking the suite.
+pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F::Output {
+    async_std::future::timeout(std::time::Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
+}
