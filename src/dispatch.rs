@@ -189,12 +189,7 @@ impl From<Vec<Any>> for Reply {
     }
 }
 
-fn pack<M: Message + Name>(msg: &M) -> Any {
-    Any {
-        type_url: crate::codec::type_url::<M>(),
-        value: msg.encode_to_vec(),
-    }
-}
+use crate::codec::pack;
 
 /// A type-erased handler: decodes the frame as its message type and runs.
 trait ErasedHandler: Send + Sync {
@@ -348,6 +343,17 @@ impl Dispatcher {
         }
     }
 
+    /// [`dispatch_frame`](Self::dispatch_frame) as a future that does not borrow the
+    /// dispatcher: what a driver keeps running while it goes on reading and writing.
+    pub(crate) fn start(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
+        match self.handler(frame.type_name()) {
+            Some(handler) => handler.call(frame, cx),
+            None => Box::pin(std::future::ready(Err(Error::UnknownType(Box::new(
+                frame.into_any(),
+            ))))),
+        }
+    }
+
     /// The handler for messages of type `type_name`: its own, or else the fallback.
     fn handler(&self, type_name: &str) -> Option<&dyn ErasedHandler> {
         self.handlers
@@ -493,17 +499,17 @@ pub(crate) mod sealed {
         }
 
         /// Delivers the replies queued so far (the loop calls it when no request is waiting).
-        fn flush_replies(&mut self) -> impl Future<Output = Result<()>>;
+        fn flush_replies(&mut self) -> impl Future<Output = Result<()>> + Send;
 
         /// The peer closed gracefully and every reply is queued: end this side.
-        fn finish(&mut self) -> impl Future<Output = Result<()>>;
+        fn finish(&mut self) -> impl Future<Output = Result<()>> + Send;
 
         /// Serving failed with `e`: deliver what is queued and end this side as the layer does.
-        fn after_error(&mut self, e: &Error) -> impl Future<Output = ()>;
+        fn after_error(&mut self, e: &Error) -> impl Future<Output = ()> + Send;
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> sealed::Handle for Connection<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> sealed::Handle for Connection<T> {
     type Reader = ConnectionReader<crate::ReadHalf<T>>;
     type Writer = ConnectionWriter<crate::WriteHalf<T>>;
 
@@ -522,7 +528,7 @@ impl<R: AsyncRead + Unpin> sealed::Reader for ConnectionReader<R> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> sealed::Writer for ConnectionWriter<W> {
+impl<W: AsyncWrite + Unpin + Send> sealed::Writer for ConnectionWriter<W> {
     async fn flush_replies(&mut self) -> Result<()> {
         self.flush().await
     }

@@ -116,6 +116,7 @@ mod connection;
 pub mod dispatch;
 mod error;
 pub mod handle;
+pub mod peer;
 pub mod reliable;
 pub mod session;
 pub mod transport;
