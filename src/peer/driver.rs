@@ -68,7 +68,7 @@ where
         config: &PeerConfig,
     ) -> Self {
         Self {
-            context: reader.context(),
+            context: shared.context.clone(),
             reader,
             writer,
             dispatcher,
