@@ -200,6 +200,7 @@ pub struct EndpointConfig {
     max_links: usize,
     backoff: Backoff,
     events: usize,
+    close_timeout: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -210,6 +211,7 @@ impl Default for EndpointConfig {
             max_links: 1024,
             backoff: Backoff::default(),
             events: 1024,
+            close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -254,6 +256,13 @@ impl EndpointConfig {
     /// reads events does not grow.
     pub fn with_event_queue(mut self, events: usize) -> Self {
         self.events = events.max(1);
+        self
+    }
+
+    /// How long [`Endpoint::close`] waits for each link to close gracefully before it aborts
+    /// it (default 5 s): a peer that reads nothing cannot hold the close up.
+    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
         self
     }
 
@@ -484,20 +493,46 @@ impl Endpoint {
     }
 
     /// Closes every link gracefully (what was queued goes out first; see
-    /// [`Peer::close`]) and stops accepting and connecting. Returns once every link is over.
+    /// [`Peer::close`]) and stops accepting and connecting. Returns once every link is over;
+    /// a link not over within [`EndpointConfig::with_close_timeout`] (its peer reads nothing,
+    /// or never closes its side) is aborted.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         for handle in lock(&self.inner.loops).drain(..) {
             handle.abort();
         }
         self.inner.slots.close();
-        let links = self.links();
-        for link in links {
-            let _ = link.peer.close().await;
+        let closing = self.links().into_iter().map(|link| {
+            let timeout = self.inner.config.close_timeout;
+            async move {
+                let close = Box::pin(link.peer.close());
+                let timer = futures_timer::Delay::new(timeout);
+                if let futures_util::future::Either::Right(_) =
+                    futures_util::future::select(close, timer).await
+                {
+                    log::debug!("{}: not closed within {timeout:?}; aborted", link.id);
+                    link.abort();
+                    let _ = link.peer.closed().await;
+                }
+            }
+        });
+        futures_util::future::join_all(closing).await;
+    }
+
+    /// Ends every link at once, without flushing (as [`Link::abort`]), and stops accepting and
+    /// connecting: for when a peer that does not read would make [`close`](Self::close) wait.
+    pub fn abort(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        for handle in lock(&self.inner.loops).drain(..) {
+            handle.abort();
+        }
+        self.inner.slots.close();
+        for link in self.links() {
+            link.abort();
         }
     }
 
-    /// Whether [`close`](Self::close) was called.
+    /// Whether [`close`](Self::close) or [`abort`](Self::abort) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }
