@@ -523,3 +523,60 @@ async fn a_publisher_that_vanishes_is_reconnected_resubscribed_or_given_up() {
     assert!(s.endpoint.is_empty());
     assert_eq!(s.subscriber.filters(), ["news.*"]);
 }
+
+/// The byte-level examples of proto/PROTOCOL.md, section 12, are what our encoder writes.
+#[test]
+fn protocol_examples_match_the_encoder() {
+    use connect::codec::Codec;
+    use connect::proto::pubsub::Unsubscribe;
+    use prost::Message;
+    fn frame<M: prost::Name + Message>(msg: &M) -> String {
+        let any = connect::prost_types::Any::from_msg(msg).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        Codec::default().encode(&any, &mut buf).unwrap();
+        buf.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md")).unwrap();
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let frames = [
+        frame(&Subscribe {
+            request_id: 1,
+            filter: "orders.*.created".into(),
+        }),
+        frame(&SubscribeAck {
+            request_id: 1,
+            subscribed: true,
+            ..SubscribeAck::default()
+        }),
+        frame(&SubscribeAck {
+            request_id: 2,
+            subscribed: false,
+            error: SubscribeError::InvalidFilter as i32,
+            message: "invalid filter".into(),
+        }),
+        frame(&Unsubscribe {
+            request_id: 3,
+            filter: "orders.*.created".into(),
+        }),
+        frame(&Publish {
+            topic: "orders.eu.created".into(),
+            message: Some(
+                connect::prost_types::Any::from_msg(&HelloWorld {
+                    text: "hi".into(),
+                    sequence: 1,
+                })
+                .unwrap(),
+            ),
+        }),
+    ];
+    for hex in &frames {
+        println!("{hex}");
+    }
+    for hex in frames {
+        assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
+    }
+}
