@@ -20,6 +20,7 @@
 mod conn;
 mod dispatch;
 mod harness;
+mod pubsub;
 mod raw;
 mod tokio_prost;
 mod zmq;
@@ -227,6 +228,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    if !args.skip_throughput {
+        pubsub_rows(&args, &mut rows, &mut checks)?;
+    }
+
     if !args.skip_latency {
         let impls: Vec<_> = latency_impls()
             .into_iter()
@@ -296,6 +301,96 @@ fn main() -> anyhow::Result<()> {
     println!();
     for (check, ok) in &checks {
         println!("{} {check}", if *ok { "met:    " } else { "MISSED: " });
+    }
+    Ok(())
+}
+
+const PUBSUB_CONNECT: &str = "connect pub/sub, waiting policy";
+const PUBSUB_ZMQ: &str = "zmq.rs PUB/SUB (baseline for pub/sub)";
+const PUBSUB_MATCH: &str = "connect pub/sub matching, trie";
+
+/// Fan-out to 1, 10 and 100 subscribers at 64 B and 1 KiB (connect next to zmq.rs), and the
+/// matching cost with 10 000 filters.
+fn pubsub_rows(
+    args: &Args,
+    rows: &mut Vec<[String; 5]>,
+    checks: &mut Vec<(String, bool)>,
+) -> anyhow::Result<()> {
+    let run_connect = args
+        .only
+        .as_deref()
+        .is_none_or(|o| PUBSUB_CONNECT.contains(o));
+    let run_zmq = args.only.as_deref().is_none_or(|o| PUBSUB_ZMQ.contains(o));
+    for (size, size_name) in [(64, "64 B"), (1024, "1 KiB")] {
+        if args.size.is_some_and(|s| s != size) || !(run_connect || run_zmq) {
+            continue;
+        }
+        for subscribers in [1, 10, 100] {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds {
+                if run_zmq {
+                    let r = pubsub::zmq_fan_out(subscribers, size)?;
+                    eprintln!(
+                        "PS {size_name:>6} {subscribers:>3} subs {PUBSUB_ZMQ:<40} {:>12.0} msg/s delivered, publisher CPU {:>6.0} ns/msg",
+                        r.delivered_per_sec, r.publisher_cpu_ns_per_delivered
+                    );
+                    theirs.push(r);
+                }
+                if run_connect {
+                    let r = pubsub::connect_fan_out(subscribers, size)?;
+                    eprintln!(
+                        "PS {size_name:>6} {subscribers:>3} subs {PUBSUB_CONNECT:<40} {:>12.0} msg/s delivered, publisher CPU {:>6.0} ns/msg",
+                        r.delivered_per_sec, r.publisher_cpu_ns_per_delivered
+                    );
+                    ours.push(r);
+                }
+            }
+            let key = |r: &pubsub::FanOut| r.delivered_per_sec;
+            let zmq = (!theirs.is_empty()).then(|| median_by(theirs, key));
+            let connect = (!ours.is_empty()).then(|| median_by(ours, key));
+            let base = zmq.as_ref().map_or(f64::NAN, |z| z.delivered_per_sec);
+            for (name, result) in [(PUBSUB_ZMQ, &zmq), (PUBSUB_CONNECT, &connect)] {
+                let Some(r) = result else { continue };
+                rows.push([
+                    format!("pub/sub fan-out {size_name}, {subscribers} subscribers"),
+                    name.to_string(),
+                    format!("{} msg/s delivered", si(r.delivered_per_sec)),
+                    format!("{:.2}× zmq.rs", r.delivered_per_sec / base),
+                    format!(
+                        "publisher CPU {}/delivered msg",
+                        nanos(r.publisher_cpu_ns_per_delivered)
+                    ),
+                ]);
+            }
+            if let (Some(c), Some(z), 10) = (&connect, &zmq, subscribers) {
+                let ratio = c.delivered_per_sec / z.delivered_per_sec;
+                checks.push((
+                    format!("pub/sub {size_name}, 10 subscribers: connect {ratio:.2}× zmq.rs delivered, target ≥ 1×"),
+                    ratio >= 1.0,
+                ));
+            }
+        }
+    }
+    if args
+        .only
+        .as_deref()
+        .is_none_or(|o| PUBSUB_MATCH.contains(o))
+    {
+        let (trie, scan, matched) = pubsub::matching_cost();
+        rows.push([
+            "pub/sub matching, 10 000 filters".into(),
+            PUBSUB_MATCH.into(),
+            format!("{} per topic ({matched:.1} links matched)", nanos(trie)),
+            format!("{:.0}× faster than a scan", scan / trie),
+            format!("scan of every filter: {} per topic", nanos(scan)),
+        ]);
+        checks.push((
+            format!(
+                "pub/sub matching: trie {:.0}× faster than a scan, target ≥ 10×",
+                scan / trie
+            ),
+            scan / trie >= 10.0,
+        ));
     }
     Ok(())
 }

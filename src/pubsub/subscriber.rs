@@ -54,7 +54,9 @@ impl SubscriberConfig {
 
     /// Delivers each message to `handlers` (by its type, as any dispatcher does) instead of
     /// [`Subscriber::messages`]; [`Context::topic`] tells the topic and
-    /// [`Context::link`] the publisher's link.
+    /// [`Context::link`] the publisher's link. As everywhere, a message no handler takes
+    /// (and no fallback) is an error that ends the link to that publisher: add a
+    /// [`fallback`](Dispatcher::fallback) to ignore types you do not know.
     pub fn with_handlers(mut self, handlers: impl Into<Arc<Dispatcher>>) -> Self {
         self.handlers = Some(handlers.into());
         self
