@@ -37,38 +37,46 @@ fn window() -> Duration {
     Duration::from_millis(harness::WINDOW_MS.load(Ordering::Relaxed))
 }
 
-/// Runs `publish_one` in a loop (on the calling thread) through a warm-up and the window,
-/// reading `delivered` and the thread's CPU time at both ends.
-async fn timed_publish<F, Fut>(delivered: &AtomicU64, mut publish_one: F) -> anyhow::Result<FanOut>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let start = Instant::now();
-    let mut mark: Option<(Instant, u64, u64)> = None;
-    for sequence in 0u64.. {
-        publish_one(sequence).await?;
-        if sequence % 32 != 0 {
-            continue;
+/// Times a publisher's loop: call [`published`](Self::published) after each message; it says
+/// the result once the warm-up and the window are over, reading `delivered` and the thread's
+/// CPU time at both ends of the window.
+struct PublishTimer {
+    start: Instant,
+    count: u64,
+    mark: Option<(Instant, u64, u64)>,
+}
+
+impl PublishTimer {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            count: 0,
+            mark: None,
+        }
+    }
+
+    fn published(&mut self, delivered: &AtomicU64) -> Option<FanOut> {
+        self.count += 1;
+        if self.count % 32 != 0 {
+            return None;
         }
         let now = Instant::now();
-        match mark {
-            None if now - start >= harness::WARM_UP => {
-                mark = Some((now, delivered.load(Ordering::Relaxed), thread_schedstat().0));
+        match self.mark {
+            None if now - self.start >= harness::WARM_UP => {
+                self.mark = Some((now, delivered.load(Ordering::Relaxed), thread_schedstat().0));
+                None
             }
             Some((t0, d0, c0)) if now - t0 >= window() => {
                 let d = delivered.load(Ordering::Relaxed) - d0;
                 let cpu = thread_schedstat().0 - c0;
-                let secs = (now - t0).as_secs_f64();
-                return Ok(FanOut {
-                    delivered_per_sec: d as f64 / secs,
+                Some(FanOut {
+                    delivered_per_sec: d as f64 / (now - t0).as_secs_f64(),
                     publisher_cpu_ns_per_delivered: cpu as f64 / d.max(1) as f64,
-                });
+                })
             }
-            _ => {}
+            _ => None,
         }
     }
-    unreachable!("the loop returns once the window is over")
 }
 
 /// connect: a Publisher on an Endpoint; each subscriber a bare connection that subscribes to
@@ -136,19 +144,18 @@ pub fn connect_fan_out(subscribers: usize, size: usize) -> anyhow::Result<FanOut
                 while ready.load(Ordering::Relaxed) < subscribers as u64 {
                     smol::Timer::after(Duration::from_millis(2)).await;
                 }
-                let text = "x".repeat(size.saturating_sub(8));
-                timed_publish(&delivered, |sequence| {
-                    let message = HelloWorld {
-                        text: text.clone(),
-                        sequence,
-                    };
-                    let publisher = &publisher;
-                    async move {
-                        publisher.publish("bench.ticks", &message).await?;
-                        Ok(())
+                let mut message = HelloWorld {
+                    text: "x".repeat(size.saturating_sub(8)),
+                    sequence: 0,
+                };
+                let mut timer = PublishTimer::new();
+                loop {
+                    message.sequence += 1;
+                    publisher.publish("bench.ticks", &message).await?;
+                    if let Some(result) = timer.published(&delivered) {
+                        break Ok::<_, anyhow::Error>(result);
                     }
-                })
-                .await
+                }
             }))
         })
     };
@@ -224,17 +231,22 @@ pub fn zmq_fan_out(subscribers: usize, size: usize) -> anyhow::Result<FanOut> {
                 // Subscriptions travel to the publisher asynchronously: give them a moment.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let payload = Bytes::from(vec![0xa5; size]);
-                let result = timed_publish(&delivered, |_| {
-                    let msg = ZmqMessage::from(payload.clone());
-                    let publisher = &mut publisher;
-                    async move {
-                        publisher
-                            .send(msg)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("publishing: {e}"))
+                let mut timer = PublishTimer::new();
+                let mut sent = 0u64;
+                let result = loop {
+                    sent += 1;
+                    // zmq.rs's PUB hands messages to per-peer tasks without ever waiting: on
+                    // a current-thread runtime they must be let run, or nothing goes out.
+                    if sent % 16 == 0 {
+                        tokio::task::yield_now().await;
                     }
-                })
-                .await;
+                    if let Err(e) = publisher.send(ZmqMessage::from(payload.clone())).await {
+                        break Err(anyhow::anyhow!("publishing: {e}"));
+                    }
+                    if let Some(result) = timer.published(&delivered) {
+                        break Ok(result);
+                    }
+                };
                 stop.store(true, Ordering::Relaxed);
                 // Wake every subscriber once more so it sees `stop`.
                 for _ in 0..64 {
