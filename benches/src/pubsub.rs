@@ -57,7 +57,7 @@ impl PublishTimer {
 
     fn published(&mut self, delivered: &AtomicU64) -> Option<FanOut> {
         self.count += 1;
-        if self.count % 32 != 0 {
+        if !self.count.is_multiple_of(32) {
             return None;
         }
         let now = Instant::now();
@@ -237,7 +237,7 @@ pub fn zmq_fan_out(subscribers: usize, size: usize) -> anyhow::Result<FanOut> {
                     sent += 1;
                     // zmq.rs's PUB hands messages to per-peer tasks without ever waiting: on
                     // a current-thread runtime they must be let run, or nothing goes out.
-                    if sent % 16 == 0 {
+                    if sent.is_multiple_of(16) {
                         tokio::task::yield_now().await;
                     }
                     if let Err(e) = publisher.send(ZmqMessage::from(payload.clone())).await {

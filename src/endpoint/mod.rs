@@ -719,7 +719,7 @@ impl Endpoint {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(config) = &self.inner.config.session else {
-            return Ok(LinkHandle::Connection(conn));
+            return Ok(LinkHandle::Connection(Box::new(conn)));
         };
         let (session, driver) = if connecting {
             crate::session::connect(conn, config).await?
@@ -730,21 +730,13 @@ impl Endpoint {
         Ok(LinkHandle::Session(session))
     }
 
-    fn join_any<T>(
-        &self,
-        handle: LinkHandle<T>,
-        origin: Origin,
-        slot: Slot,
-    ) -> (
-        LinkId,
-        Pin<Box<dyn std::future::Future<Output = Result<(), Arc<Error>>> + Send>>,
-    )
+    fn join_any<T>(&self, handle: LinkHandle<T>, origin: Origin, slot: Slot) -> (LinkId, LinkDone)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match handle {
             LinkHandle::Connection(conn) => {
-                let (id, done) = self.join(conn, origin, slot);
+                let (id, done) = self.join(*conn, origin, slot);
                 (id, Box::pin(done))
             }
             LinkHandle::Session(session) => {
@@ -765,8 +757,11 @@ impl WeakEndpoint {
     }
 }
 
+/// Resolves when a link is over, with how it ended.
+type LinkDone = Pin<Box<dyn std::future::Future<Output = Result<(), Arc<Error>>> + Send>>;
+
 enum LinkHandle<T> {
-    Connection(Connection<T>),
+    Connection(Box<Connection<T>>),
     Session(crate::session::Session),
 }
 
