@@ -580,3 +580,51 @@ fn protocol_examples_match_the_encoder() {
         assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
     }
 }
+
+/// Delivered to typed handlers: the handler sees the topic and the publisher's link.
+#[async_std::test]
+async fn typed_handlers_see_the_topic_and_the_link() {
+    use connect::dispatch::Context;
+    let mut p = publisher(PublisherConfig::new()).await;
+    let (tx, rx) = async_channel::bounded(16);
+    let handlers = Dispatcher::new().on(move |hello: HelloWorld, cx: Context| {
+        let tx = tx.clone();
+        async move {
+            let topic = cx.topic().map(str::to_owned);
+            tx.send((topic, cx.link().is_some(), hello.sequence))
+                .await
+                .ok();
+            Ok::<_, connect::Error>(())
+        }
+    });
+    let subscriber = Subscriber::new(SubscriberConfig::new().with_handlers(handlers));
+    let endpoint = Endpoint::new(
+        EndpointConfig::new(),
+        subscriber.route(Dispatcher::new()),
+        spawn,
+    );
+    subscriber.attach(&endpoint);
+    let mut events = endpoint.events();
+    endpoint.connect({
+        let addr = p.addr;
+        move || tcp::connect(addr)
+    });
+    joined(&mut events).await;
+    joined(&mut p.events).await;
+    subscriber.subscribe("a.*").await.unwrap();
+    for (sequence, topic) in ["a.x", "b.x", "a.y"].into_iter().enumerate() {
+        p.publisher
+            .publish(topic, &tick(topic, sequence as u64, 1))
+            .await
+            .unwrap();
+    }
+    for want in [("a.x", 0), ("a.y", 2)] {
+        let (topic, on_link, sequence) = within(20, "a message", rx.recv()).await.unwrap();
+        assert_eq!((topic.as_deref(), sequence), (Some(want.0), want.1));
+        assert!(on_link);
+    }
+    assert_eq!(subscriber.unsubscribe("a.*").await.unwrap(), 1);
+    assert_eq!(p.publisher.subscriptions(), 0);
+    endpoint.close().await;
+    p.endpoint.close().await;
+}

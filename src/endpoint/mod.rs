@@ -476,6 +476,12 @@ impl Endpoint {
     /// [`ReliableStream`](crate::reliable::ReliableStream), which reconnects by itself) as a
     /// link, waiting for a free slot. Returns its id; it leaves when the handle's link ends.
     ///
+    /// A reliable stream stays one link across its reconnections, so the patterns see no new
+    /// link when it resumes (nothing was lost). When its peer lost the stream (restarted:
+    /// `reliable::Event::Connected { new_stream: true }`), state the peer held for the link,
+    /// such as a publisher's subscriptions, is gone too, and the endpoint does not know:
+    /// watch the stream's events and act (for pub/sub, subscribe again).
+    ///
     /// # Errors
     /// [`Error::Closed`] if the endpoint is closed.
     pub async fn add<H>(&self, handle: H) -> Result<LinkId>
