@@ -204,17 +204,24 @@ pub(super) fn lost_error(reason: &AssociationError) -> io::Error {
     io::Error::new(kind, format!("SCTP association ended: {reason}"))
 }
 
-/// The error of a stream whose association crashed (a panic while processing it).
-pub(super) fn crashed_error() -> io::Error {
+/// The error of a stream whose association crashed (a panic while processing it), or whose
+/// driver is gone (`driver_gone`).
+pub(super) fn crashed_error(driver_gone: bool) -> io::Error {
+    if driver_gone {
+        return self::driver_gone();
+    }
     io::Error::new(
         io::ErrorKind::ConnectionAborted,
         "SCTP association ended by an internal error (see the log)",
     )
 }
 
-/// The error of a listener whose endpoint driver is gone.
+/// The error of a listener or stream whose endpoint driver is gone.
 pub(super) fn driver_gone() -> io::Error {
-    io::Error::other("SCTP endpoint driver ended by an internal error (see the log)")
+    io::Error::other(
+        "SCTP endpoint driver ended before its work was done: it crashed, or its executor \
+         dropped it (see the log)",
+    )
 }
 
 /// What one round of [`State::process`] works with besides the association at hand.

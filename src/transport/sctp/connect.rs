@@ -9,7 +9,7 @@ use super::driver::{run_on_own_thread, Driver};
 use super::endpoint::Shared;
 use super::{SctpConfig, SctpConnection, SctpStream};
 use crate::error::Result;
-use crate::transport::ToSocketAddrs;
+use crate::transport::{Task, ToSocketAddrs};
 
 /// Connects to `addr` with the default [`SctpConfig`].
 ///
@@ -22,14 +22,48 @@ pub async fn connect(addr: impl ToSocketAddrs) -> Result<SctpConnection> {
 }
 
 /// Connects to `addr` with the given settings, from a UDP socket of its own on an ephemeral
-/// port.
+/// port. That port's driver runs on a thread of its own (see [the module docs](super#where-the-driver-runs));
+/// [`connect_with_spawner`] runs it on your executor instead.
 ///
 /// # Errors
 /// See [`connect`].
 pub async fn connect_with(addr: impl ToSocketAddrs, config: &SctpConfig) -> Result<SctpConnection> {
+    connect_each(addr, config, run_on_own_thread).await
+}
+
+/// Connects to `addr` with the given settings, like [`connect_with`], and hands the UDP port's
+/// driver to `spawn`, which runs it on your executor (see [`Task`]:
+/// `|task| smol::spawn(task).detach()`, `|task| { tokio::spawn(task); }`, ...). The driver
+/// has to run for the handshake to complete, so hand it to an executor that is running; it ends
+/// by itself once the association is gone. `spawn` is called once per address tried (each
+/// attempt has a UDP socket, and a driver, of its own).
+///
+/// Should the executor drop the driver before its work is done (a runtime shut down), the
+/// connection fails with an error instead of waiting.
+///
+/// # Errors
+/// See [`connect`].
+pub async fn connect_with_spawner(
+    addr: impl ToSocketAddrs,
+    config: &SctpConfig,
+    mut spawn: impl FnMut(Task),
+) -> Result<SctpConnection> {
+    connect_each(addr, config, |task| {
+        spawn(task);
+        Ok(())
+    })
+    .await
+}
+
+/// Tries each address `addr` resolves to in turn, with a UDP socket and a driver of its own.
+async fn connect_each(
+    addr: impl ToSocketAddrs,
+    config: &SctpConfig,
+    mut spawn: impl FnMut(Task) -> io::Result<()>,
+) -> Result<SctpConnection> {
     let mut last_error = None;
     for peer in async_net::resolve(addr).await? {
-        match connect_addr(peer, config).await {
+        match connect_addr(peer, config, &mut spawn).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
                 log::debug!("SCTP: connecting to {peer} failed: {e}");
@@ -42,7 +76,11 @@ pub async fn connect_with(addr: impl ToSocketAddrs, config: &SctpConfig) -> Resu
     }))
 }
 
-async fn connect_addr(peer: SocketAddr, config: &SctpConfig) -> Result<SctpConnection> {
+async fn connect_addr(
+    peer: SocketAddr,
+    config: &SctpConfig,
+    spawn: &mut impl FnMut(Task) -> io::Result<()>,
+) -> Result<SctpConnection> {
     let local = match peer {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
@@ -50,7 +88,7 @@ async fn connect_addr(peer: SocketAddr, config: &SctpConfig) -> Result<SctpConne
     let config = Arc::new(config.clone());
     let shared = Shared::bind(local, Some(peer), config.clone())?;
     let handle = shared.lock().connect(peer)?;
-    run_on_own_thread(Driver::new(shared.clone()))?;
+    spawn(Box::pin(Driver::new(shared.clone())))?;
     // From here on, dropping `stream` (a cancelled connect) lets the driver clean up.
     let stream = SctpStream { shared, handle };
     poll_fn(|cx| stream.poll_connected(cx)).await?;

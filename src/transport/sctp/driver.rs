@@ -24,6 +24,7 @@ use async_io::{Async, Timer};
 use bytes::Bytes;
 
 use super::endpoint::{Shared, State};
+use crate::transport::Task;
 
 /// Room for any UDP datagram.
 const MAX_DATAGRAM: usize = 65_535;
@@ -209,14 +210,20 @@ impl Drop for Driver {
     /// cancelled) fails everything that waits for it.
     fn drop(&mut self) {
         if !self.done {
+            log::warn!(
+                "SCTP: the endpoint driver on {} was dropped before its work was done \
+                 (its executor stopped?); failing its associations",
+                self.shared.local_addr
+            );
             self.shared.lock().fail_all();
         }
     }
 }
 
 /// Runs a UDP port's driver on a thread of its own, on the `async-io` reactor, until the port
-/// closes: it needs no executor, so SCTP works the same under any runtime (or none).
-pub(super) fn run_on_own_thread(driver: Driver) -> io::Result<()> {
+/// closes: the convenience `connect`/`bind` use (see the module docs for why it is the default).
+/// It needs no executor, so SCTP works the same under any runtime (or none).
+pub(super) fn run_on_own_thread(driver: Task) -> io::Result<()> {
     std::thread::Builder::new()
         .name("connect-sctp".into())
         .spawn(move || async_io::block_on(driver))

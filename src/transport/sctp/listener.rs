@@ -14,7 +14,7 @@ use super::driver::{run_on_own_thread, Driver};
 use super::endpoint::Shared;
 use super::{SctpConfig, SctpConnection, SctpStream};
 use crate::error::Result;
-use crate::transport::ToSocketAddrs;
+use crate::transport::{Task, ToSocketAddrs};
 
 /// Accepts SCTP associations on one UDP port.
 ///
@@ -42,17 +42,51 @@ impl SctpListener {
         Self::bind_with(addr, SctpConfig::default()).await
     }
 
-    /// Binds to `addr` with the given settings.
+    /// Binds to `addr` with the given settings. The port's driver runs on a thread of its own
+    /// (see [the module docs](super#where-the-driver-runs)); [`bind_with_spawner`](Self::bind_with_spawner)
+    /// runs it on your executor instead.
     ///
     /// # Errors
     /// [`Error::Io`](crate::Error::Io) if the address cannot be bound.
     pub async fn bind_with(addr: impl ToSocketAddrs, config: SctpConfig) -> Result<Self> {
+        Self::bind_each(addr, config, run_on_own_thread).await
+    }
+
+    /// Binds to `addr` with the given settings, like [`bind_with`](Self::bind_with), and hands
+    /// the port's driver to `spawn`, which runs it on your executor (see [`Task`]:
+    /// `|task| smol::spawn(task).detach()`, `|task| { tokio::spawn(task); }`, ...). The driver
+    /// serves every association of the port, and ends by itself once the listener is dropped
+    /// and its associations are gone.
+    ///
+    /// Should the executor drop the driver before its work is done (a runtime shut down),
+    /// `accept` and every association of the port fail with an error instead of waiting.
+    ///
+    /// # Errors
+    /// [`Error::Io`](crate::Error::Io) if the address cannot be bound.
+    pub async fn bind_with_spawner(
+        addr: impl ToSocketAddrs,
+        config: SctpConfig,
+        spawn: impl FnOnce(Task),
+    ) -> Result<Self> {
+        Self::bind_each(addr, config, |task| {
+            spawn(task);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Binds the first address `addr` resolves to that can be bound, and starts its driver.
+    async fn bind_each(
+        addr: impl ToSocketAddrs,
+        config: SctpConfig,
+        spawn: impl FnOnce(Task) -> io::Result<()>,
+    ) -> Result<Self> {
         let config = Arc::new(config);
         let mut last_error = None;
         for local in async_net::resolve(addr).await? {
             match Shared::bind(local, None, config.clone()) {
                 Ok(shared) => {
-                    run_on_own_thread(Driver::new(shared.clone()))?;
+                    spawn(Box::pin(Driver::new(shared.clone())))?;
                     return Ok(Self { shared, config });
                 }
                 Err(e) => last_error = Some(e),

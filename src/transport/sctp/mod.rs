@@ -80,6 +80,49 @@
 //!   closed (ICMP port unreachable, like a TCP reset). `sctp-proto` sends no heartbeats, so an
 //!   idle association to a peer that vanished silently stays open, as an idle TCP connection
 //!   without keep-alive does; a [session](crate::session) on top adds heartbeats that notice it.
+//!
+//! ## Where the driver runs
+//!
+//! Each UDP port (a listener's, and each client connection's own) has one driver: the future
+//! that receives and sends its datagrams, runs its timers and does the SCTP work of every
+//! association on it. You choose where it runs, as with the other transports'
+//! [background work](crate::transport#where-background-work-runs):
+//!
+//! * [`connect`], [`connect_with`], [`SctpListener::bind`], [`SctpListener::bind_with`] (and
+//!   `connect_tls`, `connect_tls_with`) run it on **a thread of its own** per port, on the
+//!   `async-io` reactor. That is the default because the driver is a userspace network stack:
+//!   it computes the checksum of every packet and does SACKs, retransmissions and reassembly for
+//!   every association of the port, and its retransmission timers (20 ms minimum) should fire on
+//!   time. On its own thread it runs beside your tasks, not between them; a busy (or
+//!   single-threaded) executor cannot delay acknowledgements for every association; and it works
+//!   the same under async-std, smol, tokio or no runtime at all.
+//! * [`connect_with_spawner`], [`SctpListener::bind_with_spawner`] (and
+//!   `connect_tls_with_spawner`) hand it, as a [`Task`](crate::transport::Task), to a `spawn`
+//!   function you pass (`|task| smol::spawn(task).detach()`, `|task| { tokio::spawn(task); }`,
+//!   ...): no thread of the library's, for example when a process opens many client
+//!   connections (a thread each otherwise), or wants all its work on one runtime. The driver
+//!   needs no particular executor (its socket and timers are `async-io`'s).
+//!
+//! Either way the driver ends by itself once nothing listens on its port and every association
+//! is gone; if it is dropped before that (its executor shut down), every association and the
+//! listener fail with an error instead of waiting.
+//!
+//! ```no_run
+//! # fn run() -> connect::Result<()> { smol::block_on(async {
+//! use connect::transport::sctp::{self, SctpConfig, SctpListener};
+//!
+//! let config = SctpConfig::default();
+//! let listener =
+//!     SctpListener::bind_with_spawner("127.0.0.1:0", config.clone(), |task| {
+//!         smol::spawn(task).detach()
+//!     })
+//!     .await?;
+//! let conn = sctp::connect_with_spawner(listener.local_addr(), &config, |task| {
+//!     smol::spawn(task).detach()
+//! })
+//! .await?;
+//! # drop(conn); Ok(()) }) }
+//! ```
 
 mod association;
 mod config;
@@ -95,13 +138,14 @@ mod tests;
 mod tls;
 
 pub use self::config::SctpConfig;
-pub use self::connect::{connect, connect_with};
+pub use self::connect::{connect, connect_with, connect_with_spawner};
 pub use self::listener::{Incoming, SctpListener};
 pub use self::shutdown::{shutdown, Association};
 pub use self::stream::{SctpConnection, SctpStream};
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use self::tls::{
-    accept_tls, accept_tls_within, connect_tls, connect_tls_with, SctpTlsConnection,
+    accept_tls, accept_tls_within, connect_tls, connect_tls_with, connect_tls_with_spawner,
+    SctpTlsConnection,
 };
 use crate::transport::ToSocketAddrs;

@@ -64,11 +64,12 @@ impl SctpStream {
 
     pub(super) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.shared.lock();
+        let gone = state.driver_gone;
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if assoc.crashed {
-            return Poll::Ready(Err(crashed_error()));
+            return Poll::Ready(Err(crashed_error(gone)));
         }
         if assoc.connected {
             return Poll::Ready(Ok(()));
@@ -110,11 +111,12 @@ impl AsyncRead for SctpStream {
             return Poll::Ready(Ok(0));
         }
         let mut state = self.shared.lock();
+        let gone = state.driver_gone;
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if assoc.crashed {
-            return Poll::Ready(Err(crashed_error()));
+            return Poll::Ready(Err(crashed_error(gone)));
         }
         let mut read_any = false;
         let result = loop {
@@ -191,11 +193,12 @@ impl AsyncWrite for SctpStream {
         }
         let mut state = self.shared.lock();
         let high_water = state.config.send_buffer;
+        let gone = state.driver_gone;
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if assoc.crashed {
-            return Poll::Ready(Err(crashed_error()));
+            return Poll::Ready(Err(crashed_error(gone)));
         }
         if let Some(reason) = &assoc.lost {
             return Poll::Ready(Err(lost_error(reason)));
@@ -229,11 +232,12 @@ impl AsyncWrite for SctpStream {
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.shared.lock();
+        let gone = state.driver_gone;
         let Some(assoc) = state.assocs.get_mut(&self.handle) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if assoc.crashed {
-            return Poll::Ready(Err(crashed_error()));
+            return Poll::Ready(Err(crashed_error(gone)));
         }
         if assoc.fin_acked {
             return Poll::Ready(Ok(()));
