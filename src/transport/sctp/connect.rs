@@ -22,8 +22,9 @@ pub async fn connect(addr: impl ToSocketAddrs) -> Result<SctpConnection> {
 }
 
 /// Connects to `addr` with the given settings, from a UDP socket of its own on an ephemeral
-/// port. That port's driver runs on a thread of its own (see [the module docs](super#where-the-driver-runs));
-/// [`connect_with_spawner`] runs it on your executor instead.
+/// port. That port's driver runs on a thread of its own (see
+/// [the module docs](super#where-the-driver-runs)); [`connect_with_spawner`] runs it on your
+/// executor instead.
 ///
 /// # Errors
 /// See [`connect`].

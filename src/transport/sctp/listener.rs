@@ -43,8 +43,8 @@ impl SctpListener {
     }
 
     /// Binds to `addr` with the given settings. The port's driver runs on a thread of its own
-    /// (see [the module docs](super#where-the-driver-runs)); [`bind_with_spawner`](Self::bind_with_spawner)
-    /// runs it on your executor instead.
+    /// (see [the module docs](super#where-the-driver-runs));
+    /// [`bind_with_spawner`](Self::bind_with_spawner) runs it on your executor instead.
     ///
     /// # Errors
     /// [`Error::Io`](crate::Error::Io) if the address cannot be bound.

@@ -1,5 +1,5 @@
-//! SCTP over UDP (on the `async-io` reactor): [`connect`] a client, [`SctpListener::bind`] a server. Needs
-//! the `sctp` feature.
+//! SCTP over UDP (on the `async-io` reactor): [`connect`] a client, [`SctpListener::bind`] a
+//! server. Needs the `sctp` feature.
 //!
 //! The SCTP is userspace SCTP ([`sctp-proto`](https://docs.rs/sctp-proto), the sans-IO crate
 //! behind WebRTC data channels) carried in UDP datagrams, as RFC 6951 and WebRTC do. It needs no
@@ -32,9 +32,10 @@
 //!
 //! Each association carries one ordered, reliable SCTP stream (stream 0), and on it exactly the
 //! bytes a TCP connection would carry: delimited `Any` frames. [`SctpStream`] is a plain
-//! `futures-io` `AsyncRead + AsyncWrite`, so [`Connection`](crate::Connection), its halves, the dispatcher and
-//! everything else work unchanged, with the same maximum-frame rules (the codec checks them).
-//! The bytes are cut into SCTP messages of at most 64 KiB (payload protocol id 53, "binary").
+//! `futures-io` `AsyncRead + AsyncWrite`, so [`Connection`](crate::Connection), its halves, the
+//! dispatcher and everything else work unchanged, with the same maximum-frame rules (the codec
+//! checks them). The bytes are cut into SCTP messages of at most 64 KiB (payload protocol id 53,
+//! "binary").
 //!
 //! The other choice, one SCTP message per frame, was left out on purpose: `sctp-proto` delivers
 //! only whole messages and needs each to fit its receive buffer, so a 16 MiB maximum frame would

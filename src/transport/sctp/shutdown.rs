@@ -12,17 +12,19 @@ use crate::error::Result;
 /// Ends `conn` gracefully and waits until the association is shut down: closes the writer (end
 /// of stream after everything written, acknowledged by the peer), waits for the peer's end of
 /// stream, then for SCTP's SHUTDOWN exchange. Messages that still arrive are dropped (logged
-/// at debug level). Bounded by [`SctpConfig::with_linger`](super::SctpConfig::with_linger) after the peer's end of stream.
+/// at debug level). Bounded by [`SctpConfig::with_linger`](super::SctpConfig::with_linger)
+/// after the peer's end of stream.
 ///
-/// Works on a plain association ([`SctpConnection`](super::SctpConnection)) and, with the `tls` feature, on TLS over
-/// one ([`SctpTlsConnection`](super::SctpTlsConnection): TLS's `close_notify` goes first).
+/// Works on a plain association ([`SctpConnection`](super::SctpConnection)) and, with the `tls`
+/// feature, on TLS over one ([`SctpTlsConnection`](super::SctpTlsConnection): TLS's
+/// `close_notify` goes first).
 ///
 /// Call it when done with a connection in a process about to exit; otherwise dropping the
 /// connection does the same in the background.
 ///
 /// # Errors
-/// [`Error::Io`](crate::Error::Io) if the association failed before everything written was acknowledged, or any
-/// error reading the rest of the peer's stream.
+/// [`Error::Io`](crate::Error::Io) if the association failed before everything written was
+/// acknowledged, or any error reading the rest of the peer's stream.
 pub async fn shutdown<S: Association>(mut conn: Connection<S>) -> Result<()> {
     conn.close().await?;
     let mut dropped = 0usize;

@@ -22,7 +22,8 @@ pub type SctpConnection = Connection<SctpStream>;
 
 /// One SCTP association as a byte stream: `AsyncRead + AsyncWrite` over its stream 0.
 ///
-/// Made by [`connect`](super::connect()) and [`SctpListener::accept`](super::SctpListener::accept), already wrapped in a [`Connection`];
+/// Made by [`connect`](super::connect()) and
+/// [`SctpListener::accept`](super::SctpListener::accept), already wrapped in a [`Connection`];
 /// [`Connection::into_inner`] gives it back. Closing it ([`AsyncWrite::poll_close`]) sends the
 /// end of stream and completes once the peer has acknowledged everything written. Dropping it
 /// ends the stream too, and the association shuts down in the background.
