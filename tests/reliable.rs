@@ -67,7 +67,9 @@ async fn echo(mut stream: ReliableStream) {
 
 fn client_config() -> ReliableConfig {
     ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(200)),
     )
 }

@@ -28,7 +28,9 @@ fn session_config() -> SessionConfig {
 
 fn client(addr: SocketAddr) -> ReliableStream {
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     tcp::connect_reliable(addr, session_config(), config, |task| {

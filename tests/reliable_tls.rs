@@ -81,7 +81,9 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
         async move { tls::connect(proxy_addr, "localhost", &tls).await }
     };
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     let (stream, driver) = reliable::client(connector, session_config, config);
@@ -150,7 +152,9 @@ async fn the_tls_echo_server_example_serves_reliable_streams() {
         async move { tls::connect(proxy_addr, "localhost", &tls).await }
     };
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     let (stream, driver) = reliable::client(connector, SessionConfig::new(), config);

@@ -25,7 +25,7 @@ use crate::session::{self, SessionConfig, SessionEnd};
 /// use connect::reliable::Backoff;
 /// use std::time::Duration;
 ///
-/// let backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+/// let backoff = Backoff::new().with_initial(Duration::from_millis(10)).with_max(Duration::from_secs(1))
 ///     .with_max_attempts(Some(20));
 /// assert!(backoff.delay(1) <= Duration::from_millis(10));
 /// assert!(backoff.delay(30) <= Duration::from_secs(1));
@@ -42,20 +42,33 @@ pub struct Backoff {
 impl Default for Backoff {
     /// 100 ms doubling up to 10 s, jitter 0.5, no limit on attempts.
     fn default() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+        Self::new()
     }
 }
 
 impl Backoff {
-    /// `initial` doubling up to `max`, jitter 0.5, no limit on attempts.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    /// 100 ms doubling up to 10 s, jitter 0.5, no limit on attempts. Same as `default()`.
+    pub fn new() -> Self {
         Self {
-            initial,
-            max: max.max(initial),
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
             multiplier: 2.0,
             jitter: 0.5,
             max_attempts: None,
         }
+    }
+
+    /// Delay before the first retry (default 100 ms).
+    pub fn with_initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Longest delay between two attempts (default 10 s); never less than the
+    /// [initial delay](Self::with_initial).
+    pub fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
     }
 
     /// Factor applied after each failed attempt (at least 1).
@@ -90,7 +103,7 @@ impl Backoff {
             .multiplier
             .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
         let base = self.initial.as_secs_f64() * exp;
-        let base = base.min(self.max.as_secs_f64());
+        let base = base.min(self.max.max(self.initial).as_secs_f64());
         let random = getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64;
         // `max` may be `Duration::MAX`, which as seconds rounds up past what a `Duration` holds.
         Duration::try_from_secs_f64((base * (1.0 - self.jitter * random)).max(0.0))

@@ -78,7 +78,9 @@ async fn server_with(
 /// A well-behaved client gets its messages echoed and closes.
 async fn well_behaved_client_is_served(addr: SocketAddr) {
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(5), Duration::from_millis(50))
+        Backoff::new()
+            .with_initial(Duration::from_millis(5))
+            .with_max(Duration::from_millis(50))
             .with_max_attempts(Some(100)),
     );
     let mut stream =

@@ -104,7 +104,7 @@ use self::driver::{
     crashed_error, driver_gone, lost_error, to_io, Driver, Owner, Shared, DATA_PPI, FIN_PPI,
     MAX_MESSAGE,
 };
-use crate::connection::{Config, Connection, ConnectionInfo};
+use crate::connection::{Connection, ConnectionConfig as Config, ConnectionInfo};
 use crate::error::Result;
 use crate::transport::ToSocketAddrs;
 

@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use x509_parser::extensions::GeneralName;
 
 use super::config::{TlsClientConfig, TlsServerConfig};
-use crate::connection::{Config, Connection, ConnectionInfo, PeerIdentity};
+use crate::connection::{Connection, ConnectionConfig, ConnectionInfo, PeerIdentity};
 use crate::error::{Error, Result, TlsError};
 
 /// A TLS byte stream over `S` (client or server side).
@@ -97,7 +97,7 @@ pub async fn connect_stream<S>(
     stream: S,
     server_name: &str,
     tls: &TlsClientConfig,
-    config: &Config,
+    config: &ConnectionConfig,
     info: ConnectionInfo,
 ) -> Result<Connection<TlsStream<S>>>
 where
@@ -129,7 +129,7 @@ where
 pub async fn accept_stream<S>(
     stream: S,
     tls: &TlsServerConfig,
-    config: &Config,
+    config: &ConnectionConfig,
     info: ConnectionInfo,
 ) -> Result<Connection<TlsStream<S>>>
 where
@@ -146,7 +146,7 @@ where
 
 fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     inner: futures_rustls::TlsStream<S>,
-    config: &Config,
+    config: &ConnectionConfig,
     info: ConnectionInfo,
 ) -> Connection<TlsStream<S>> {
     let (_, session) = inner.get_ref();
