@@ -47,10 +47,14 @@ where
                 let Ok(accepted) = srv.accept(conn).await else {
                     return;
                 };
-                if let Some(stream) = accepted.new_stream {
-                    task::spawn(app(stream));
+                match accepted {
+                    connect::reliable::Accepted::NewStream { stream, driver } => {
+                        task::spawn(app(stream));
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });
@@ -362,8 +366,13 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
     task::spawn(async move {
         let conn = listener.accept().await.unwrap();
         let accepted = server.accept(conn).await.unwrap();
-        assert!(accepted.new_stream.is_none());
-        let (mut session, driver) = accepted.plain.expect("a plain session");
+        let connect::reliable::Accepted::Plain {
+            mut session,
+            driver,
+        } = accepted
+        else {
+            panic!("a plain session expected")
+        };
         task::spawn(driver);
         while let Some(any) = session.recv().await.unwrap() {
             session.send(any).await.unwrap();
@@ -458,8 +467,11 @@ fn reliable_stream_on_smol() {
                 .accept(connect::Connection::new(stream))
                 .await
                 .unwrap();
-            smol::spawn(echo(accepted.new_stream.unwrap())).detach();
-            accepted.driver.await;
+            let connect::reliable::Accepted::NewStream { stream, driver } = accepted else {
+                panic!("a new stream expected")
+            };
+            smol::spawn(echo(stream)).detach();
+            driver.await;
         })
         .detach();
         let connector = move || async move {
@@ -626,9 +638,15 @@ async fn a_dropped_server_driver_lets_the_stream_expire() {
     })
     .await;
     assert_eq!(server.stream_count(), 1);
-    let session = accepted.new_stream.expect("a new stream");
+    let connect::reliable::Accepted::NewStream {
+        stream: session,
+        driver,
+    } = accepted
+    else {
+        panic!("a new stream expected")
+    };
     let mut events = session.events();
-    drop(accepted.driver);
+    drop(driver);
     // The client's reconnections are never accepted.
     within(20, "the stream expires", async {
         while server.stream_count() > 0 {

@@ -54,19 +54,27 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
                 let Ok(accepted) = server.accept(conn).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    task::spawn(async move {
-                        let mut next = 0;
-                        while let Ok(Some(any)) = stream.recv().await {
-                            assert_eq!(sequence(&any), next, "server: out of order or duplicate");
-                            next += 1;
-                            if stream.feed(any).await.is_err() {
-                                break;
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        task::spawn(async move {
+                            let mut next = 0;
+                            while let Ok(Some(any)) = stream.recv().await {
+                                assert_eq!(
+                                    sequence(&any),
+                                    next,
+                                    "server: out of order or duplicate"
+                                );
+                                next += 1;
+                                if stream.feed(any).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    });
+                        });
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });

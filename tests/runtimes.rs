@@ -319,16 +319,20 @@ async fn reliable_stream<R: Runtime>(rt: R) {
                 let Ok(accepted) = server.accept(Connection::new(io)).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    rt.spawn(Box::pin(async move {
-                        while let Ok(Some(any)) = stream.recv().await {
-                            if stream.feed(any).await.is_err() {
-                                break;
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        rt.spawn(Box::pin(async move {
+                            while let Ok(Some(any)) = stream.recv().await {
+                                if stream.feed(any).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    }));
+                        }));
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             }));
         }
     }));
@@ -517,8 +521,10 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
                 .accept(Connection::new(listener.accept().await.unwrap()))
                 .await
                 .unwrap();
-            smol::spawn(accepted.driver).detach();
-            let mut stream = accepted.new_stream.expect("a new stream");
+            let connect::reliable::Accepted::NewStream { mut stream, driver } = accepted else {
+                panic!("a new stream expected")
+            };
+            smol::spawn(driver).detach();
             stream.recv_message::<HelloWorld>().await.unwrap()
         });
         let mut stream = tcp::connect_reliable(

@@ -82,14 +82,18 @@
 //!         let server = server.clone();
 //!         async_std::task::spawn(async move {
 //!             let Ok(accepted) = server.accept(conn).await else { return };
-//!             if let Some(mut stream) = accepted.new_stream {
-//!                 async_std::task::spawn(async move {
-//!                     while let Ok(Some(any)) = stream.recv().await {
-//!                         if stream.feed(any).await.is_err() { break; }
-//!                     }
-//!                 });
+//!             match accepted {
+//!                 connect::reliable::Accepted::NewStream { mut stream, driver } => {
+//!                     async_std::task::spawn(async move {
+//!                         while let Ok(Some(any)) = stream.recv().await {
+//!                             if stream.feed(any).await.is_err() { break; }
+//!                         }
+//!                     });
+//!                     driver.await;
+//!                 }
+//!                 connect::reliable::Accepted::Resumed { driver } => driver.await,
+//!                 _ => {}
 //!             }
-//!             accepted.driver.await;
 //!         });
 //!     }
 //!     #[allow(unreachable_code)]

@@ -85,18 +85,34 @@ impl std::fmt::Debug for ReliableServer {
     }
 }
 
-/// What [`ReliableServer::accept`] made of a connection.
+/// What [`ReliableServer::accept`] made of a connection: one case per kind of client.
+///
+/// Each case's `driver` does the connection's I/O: **spawn it** (or await it on the
+/// connection's task).
 #[derive(Debug)]
-pub struct Accepted<T> {
-    /// A stream the application has not seen yet (`None` when the connection resumed a
-    /// stream, which goes on with its existing [`ReliableStream`], or for a plain session).
-    pub new_stream: Option<ReliableStream>,
-    /// The connection's driver: **spawn it** (or await it on the connection's task). For a
-    /// plain session it does nothing.
-    pub driver: ServerDriver,
+#[non_exhaustive]
+pub enum Accepted<T> {
+    /// A stream the application has not seen yet.
+    NewStream {
+        /// The new stream.
+        stream: ReliableStream,
+        /// The connection's driver.
+        driver: ServerDriver,
+    },
+    /// The connection resumed a kept stream, which goes on with the [`ReliableStream`] the
+    /// application already has.
+    Resumed {
+        /// The connection's driver.
+        driver: ServerDriver,
+    },
     /// A client that did not ask for reliable delivery gets a plain session, as
-    /// [`session::accept`] returns it; its driver must be spawned too.
-    pub plain: Option<(Session, SessionDriver<T>)>,
+    /// [`session::accept`] returns it.
+    Plain {
+        /// The session.
+        session: Session,
+        /// The session's driver.
+        driver: SessionDriver<T>,
+    },
 }
 
 /// A stream attached to the link a connection's driver runs. Dropped while the stream is still
@@ -257,13 +273,7 @@ impl ReliableServer {
             .iter()
             .any(|c| c == CAPABILITY)
         {
-            return Ok(Accepted {
-                new_stream: None,
-                driver: ServerDriver {
-                    inner: Box::pin(async {}),
-                },
-                plain: Some((session, driver)),
-            });
+            return Ok(Accepted::Plain { session, driver });
         }
         let session_id = session.info().session_id().to_owned();
         let limit = self.shared.session_config.handshake_timeout();
@@ -358,12 +368,10 @@ impl ReliableServer {
                     .link_ended(&stream_id, &inner, generation, LinkEnd::Dropped(why))
                     .await;
             };
-            return Ok(Accepted {
-                new_stream: None,
+            return Ok(Accepted::Resumed {
                 driver: ServerDriver {
                     inner: Box::pin(run),
                 },
-                plain: None,
             });
         }
         let server = self.clone();
@@ -372,12 +380,12 @@ impl ReliableServer {
             let end = link::run(driver, reader, writer, inner.clone(), generation).await;
             server.link_ended(&stream_id, &inner, generation, end).await;
         };
-        Ok(Accepted {
-            new_stream,
-            driver: ServerDriver {
-                inner: Box::pin(run),
-            },
-            plain: None,
+        let driver = ServerDriver {
+            inner: Box::pin(run),
+        };
+        Ok(match new_stream {
+            Some(stream) => Accepted::NewStream { stream, driver },
+            None => Accepted::Resumed { driver },
         })
     }
 

@@ -58,17 +58,21 @@ async fn server_with(
                 let Ok(accepted) = srv.accept(conn).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    ws.lock().unwrap().push(stream.writer());
-                    task::spawn(async move {
-                        while let Ok(Some(any)) = stream.recv().await {
-                            if stream.feed(any).await.is_err() {
-                                break;
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        ws.lock().unwrap().push(stream.writer());
+                        task::spawn(async move {
+                            while let Ok(Some(any)) = stream.recv().await {
+                                if stream.feed(any).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    });
+                        });
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });
