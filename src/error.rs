@@ -92,11 +92,12 @@ pub enum Error {
     #[error("session ended: {0}")]
     Session(crate::session::SessionEnd),
 
-    /// A reliable stream was given up (reconnection attempts exhausted, the peer does not
-    /// support reliable delivery, the peer broke its protocol, a detached stream expired, ...);
-    /// see [`crate::reliable`].
+    /// A reliable stream was given up, or a connection was not made to carry one; the
+    /// [`GiveUp`](crate::reliable::GiveUp) says why (reconnection attempts exhausted, the peer
+    /// does not support reliable delivery, the peer broke its protocol, a detached stream
+    /// expired, the stream was refused, ...).
     #[error("reliable stream given up: {0}")]
-    Reliable(String),
+    Reliable(crate::reliable::GiveUp),
 
     /// A message sent with confirmation was refused by the peer, or the stream ended before it
     /// was confirmed.
@@ -215,6 +216,7 @@ impl Error {
                 | Error::Truncated { .. }
                 | Error::Tls(TlsError::Protocol(_))
                 | Error::Session(crate::session::SessionEnd::ProtocolViolation { .. })
+                | Error::Reliable(crate::reliable::GiveUp::ProtocolViolation { .. })
         )
     }
 }
@@ -284,5 +286,11 @@ mod quoted_tests {
         assert!(Error::InvalidLengthPrefix.is_protocol_violation());
         assert!(!Error::Session(SessionEnd::Disconnected).is_protocol_violation());
         assert!(!Error::Closed.is_protocol_violation());
+        use crate::reliable::GiveUp;
+        assert!(Error::Reliable(GiveUp::ProtocolViolation {
+            reason: "bad Ack".into()
+        })
+        .is_protocol_violation());
+        assert!(!Error::Reliable(GiveUp::NotSupported).is_protocol_violation());
     }
 }

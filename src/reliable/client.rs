@@ -9,7 +9,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, LinkEnd};
 use super::shared::StreamEnd;
-use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
+use super::{BoxFuture, Event, GiveUp, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::reliable::{Resume, ResumeStatus};
@@ -167,6 +167,8 @@ where
     let driver = async move {
         let mut attempt: u32 = 0;
         let mut connected_before = false;
+        // What the last failed attempt reported (for `GiveUp::AttemptsExhausted`).
+        let mut last_error: Option<String> = None;
         // The server's name for the state of the stream we last heard of (0: none yet).
         let mut incarnation: u64 = 0;
         loop {
@@ -176,9 +178,12 @@ where
             if attempt > 0 {
                 if let Some(max) = config.backoff.max_attempts {
                     if attempt > max {
-                        inner.lock().finish(StreamEnd::Failed(format!(
-                            "no connection after {max} attempts"
-                        )));
+                        inner
+                            .lock()
+                            .finish(StreamEnd::Failed(GiveUp::AttemptsExhausted {
+                                attempts: max,
+                                last_error: last_error.take(),
+                            }));
                         return;
                     }
                 }
@@ -199,10 +204,12 @@ where
                 futures_util::future::Either::Left((Ok(conn), _)) => conn,
                 futures_util::future::Either::Left((Err(e), _)) => {
                     log::debug!("reliable client: connecting failed: {e}");
+                    last_error = Some(e.to_string());
                     continue;
                 }
                 futures_util::future::Either::Right(_) => {
                     log::debug!("reliable client: connecting timed out");
+                    last_error = Some(format!("connecting timed out after {handshake_limit:?}"));
                     continue;
                 }
             };
@@ -214,14 +221,14 @@ where
                         ReasonCode::AuthenticationFailed | ReasonCode::UnsupportedVersion
                     ) =>
                 {
-                    inner.lock().finish(StreamEnd::Failed(format!(
-                        "refused: {}: {reason}",
-                        code.as_str_name()
-                    )));
+                    inner
+                        .lock()
+                        .finish(StreamEnd::Failed(GiveUp::SessionRefused { code, reason }));
                     return;
                 }
                 Err(e) => {
                     log::debug!("reliable client: handshake failed: {e}");
+                    last_error = Some(e.to_string());
                     continue;
                 }
             };
@@ -232,9 +239,7 @@ where
                 .iter()
                 .any(|c| c == CAPABILITY)
             {
-                inner.lock().finish(StreamEnd::Failed(format!(
-                    "the server does not support {CAPABILITY}"
-                )));
+                inner.lock().finish(StreamEnd::Failed(GiveUp::NotSupported));
                 return;
             }
             let mut driver = Box::pin(driver);
@@ -260,7 +265,9 @@ where
                 writer
                     .send(link::pack(&resume))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| GiveUp::ResumeFailed {
+                        reason: e.to_string(),
+                    })?;
                 link::read_resume(&mut reader).await
             };
             let answer = match link::with_driver(&mut driver, exchange, handshake_limit).await {
@@ -268,12 +275,16 @@ where
                 Some(Err(why)) => {
                     inner.lock().detach(generation);
                     log::debug!("reliable client: resume failed: {why}");
-                    inner.lock().emit(Event::Disconnected { reason: why });
+                    last_error = Some(why.to_string());
+                    inner.lock().emit(Event::Disconnected {
+                        reason: why.to_string(),
+                    });
                     continue;
                 }
                 None => {
                     inner.lock().detach(generation);
                     let reason = "no Resume from the server in time".to_owned();
+                    last_error = Some(reason.clone());
                     inner.lock().emit(Event::Disconnected { reason });
                     continue;
                 }
@@ -287,10 +298,12 @@ where
                     Ok(status) => status,
                     Err(_) => {
                         core.detach(generation);
-                        core.finish(StreamEnd::Failed(format!(
-                            "server answered Resume with unknown status {}",
-                            answer.status
-                        )));
+                        core.finish(StreamEnd::Failed(GiveUp::ProtocolViolation {
+                            reason: format!(
+                                "server answered Resume with unknown status {}",
+                                answer.status
+                            ),
+                        }));
                         return;
                     }
                 };
@@ -305,9 +318,9 @@ where
                             }),
                             Err(why) => {
                                 core.detach(generation);
-                                core.finish(StreamEnd::Failed(format!(
-                                    "server broke the reliable protocol: {why}"
-                                )));
+                                core.finish(StreamEnd::Failed(GiveUp::ProtocolViolation {
+                                    reason: why,
+                                }));
                                 return;
                             }
                         }
@@ -342,9 +355,10 @@ where
                     }
                     ResumeStatus::Refused => {
                         core.detach(generation);
-                        core.finish(StreamEnd::Failed(format!(
-                            "the server refused the stream: {reason}"
-                        )));
+                        core.finish(StreamEnd::Failed(GiveUp::Refused {
+                            status,
+                            reason: reason.to_string(),
+                        }));
                         return;
                     }
                 }
@@ -366,6 +380,7 @@ where
                 }
                 LinkEnd::Dropped(reason) => {
                     log::info!("reliable client: disconnected: {reason}");
+                    last_error = Some(reason.clone());
                     core.emit(Event::Disconnected { reason });
                     attempt = 1;
                 }

@@ -113,6 +113,7 @@
 //! ```
 
 mod client;
+mod give_up;
 mod link;
 mod server;
 mod shared;
@@ -138,6 +139,7 @@ pub use crate::proto::reliable::NackReason;
 use futures_sink::Sink;
 
 pub use client::{client, Backoff, ClientDriver};
+pub use give_up::GiveUp;
 pub use server::{Accepted, ReliableServer, ServerDriver};
 
 /// The session capability that turns reliable delivery on (`Hello.capabilities`).
@@ -324,7 +326,7 @@ pub enum Event {
     /// The stream is over: closed gracefully (`reason: None`), or given up.
     Closed {
         /// Why it was given up, if it was.
-        reason: Option<String>,
+        reason: Option<GiveUp>,
     },
 }
 
@@ -343,7 +345,7 @@ pub enum DeliveryError {
     /// The stream ended before the message was confirmed (with why, unless closed
     /// gracefully).
     #[error("stream ended before confirmation{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
-    Closed(Option<String>),
+    Closed(Option<GiveUp>),
 }
 
 /// [`ReliableWriter::try_send`] failed; the message is handed back.

@@ -17,7 +17,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, LinkEnd};
 use super::shared::StreamEnd;
-use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
+use super::{BoxFuture, Event, GiveUp, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::reliable::{Resume, ResumeStatus};
@@ -207,7 +207,7 @@ impl ReliableServer {
         table.streams.retain(|id, e| {
             let mut core = e.inner.lock();
             if !core.attached && e.detached_since.is_some_and(expired) {
-                core.finish(StreamEnd::Failed(format!("not resumed within {timeout:?}")));
+                core.finish(StreamEnd::Failed(GiveUp::Expired { after: timeout }));
             }
             match core.end() {
                 None => true,
@@ -283,7 +283,11 @@ impl ReliableServer {
         let request = match request {
             Some(Ok(request)) => request,
             Some(Err(why)) => return Err(Error::Reliable(why)),
-            None => return Err(Error::Reliable("no Resume in time".into())),
+            None => {
+                return Err(Error::Reliable(GiveUp::ResumeFailed {
+                    reason: "no Resume in time".into(),
+                }))
+            }
         };
         let stream_id = request.stream_id.clone();
         let identity = reader.info().identity().map(str::to_owned);
@@ -336,10 +340,7 @@ impl ReliableServer {
                         writer.close_with(ReasonCode::Normal, reason.clone()).await
                     };
                     let _ = link::with_driver(&mut driver, exchange, limit).await;
-                    return Err(Error::Reliable(format!(
-                        "stream not carried ({}): {reason}",
-                        status.as_str_name()
-                    )));
+                    return Err(Error::Reliable(GiveUp::Refused { status, reason }));
                 }
             };
         // From here on the stream is attached to this connection: every way out ends in a
@@ -355,7 +356,9 @@ impl ReliableServer {
             if new_stream.is_some() {
                 // Nobody saw this stream: forget it (its client starts it again).
                 self.forget(&stream_id, &inner);
-                return Err(Error::Reliable("could not answer Resume".into()));
+                return Err(Error::Reliable(GiveUp::ResumeFailed {
+                    reason: "could not answer Resume".into(),
+                }));
             }
             // The connection dropped after the stream was attached to it: like any dropped
             // link, the driver waits for the client to come back and expires the stream if
@@ -488,9 +491,7 @@ impl ReliableServer {
             match oldest {
                 Some((_, old)) => {
                     if let Some(e) = table.streams.remove(&old) {
-                        e.inner.lock().finish(StreamEnd::Failed(
-                            "dropped to make room for another stream".into(),
-                        ));
+                        e.inner.lock().finish(StreamEnd::Failed(GiveUp::Evicted));
                     }
                 }
                 None => {
@@ -550,9 +551,9 @@ impl ReliableServer {
         {
             table.streams.remove(stream_id);
         }
-        inner
-            .lock()
-            .finish(StreamEnd::Failed("the Resume answer was not sent".into()));
+        inner.lock().finish(StreamEnd::Failed(GiveUp::ResumeFailed {
+            reason: "the Resume answer was not sent".into(),
+        }));
     }
 
     /// Link `generation` of the stream is gone without ending it: the stream waits for its
