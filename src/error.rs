@@ -10,6 +10,28 @@ use prost_types::Any;
 ///
 /// Errors caused by what a peer sent (a bad length prefix, bytes that are not an `Any`, an
 /// unexpected end of stream) end that connection only; they never panic the process.
+///
+/// # How an end is reported ("closed", once)
+///
+/// Every handle (connection, session, reliable stream) ends the same way, and each variant
+/// below has one meaning in that story:
+///
+/// | situation | reader (`recv`) | writer (`send`, `feed`, `flush`) |
+/// |---|---|---|
+/// | graceful end (either side closed, everything delivered) | `Ok(None)`, then `Ok(None)` | connection: [`Error::Closed`]; session: [`Error::Session`] with [`SessionEnd::Closed`] / [`ClosedByPeer`] (who closed, code, reason); reliable stream: [`Error::Closed`] |
+/// | any other end | the layer's error **once** ([`Error::Io`], [`Error::Tls`], [`Error::Truncated`], ... for a connection; [`Error::Session`] for a session; [`Error::Reliable`] with a [`GiveUp`] for a reliable stream), then `Ok(None)` | the same error (a connection: [`Error::Closed`] once its error was reported) |
+/// | a message sent with confirmation whose stream ended first | | [`Error::Delivery`] with [`DeliveryError::Closed`]: about *that message* (it may or may not have reached the peer's application), not about the handle |
+///
+/// So [`Error::Closed`] means "this handle is over, and there is nothing more specific to
+/// say"; [`SessionEnd`] says how a session ended, [`GiveUp`] why a reliable stream was given up,
+/// and [`DeliveryError::Closed`] that one message's fate is unknown. A reader never yields
+/// [`Error::Closed`] for a graceful end: that is `Ok(None)`.
+///
+/// [`SessionEnd`]: crate::session::SessionEnd
+/// [`SessionEnd::Closed`]: crate::session::SessionEnd::Closed
+/// [`ClosedByPeer`]: crate::session::SessionEnd::ClosedByPeer
+/// [`GiveUp`]: crate::reliable::GiveUp
+/// [`DeliveryError::Closed`]: crate::reliable::DeliveryError::Closed
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -73,7 +95,9 @@ pub enum Error {
         any: Box<Any>,
     },
 
-    /// The connection is closed (or a previous error ended it) and cannot be used any more.
+    /// This handle is over (closed gracefully by either side, or a previous error that was
+    /// already reported ended it) and there is nothing more specific to say: see the table in
+    /// [`Error`]'s docs. A reader reports a graceful end as `Ok(None)`, never as this.
     #[error("connection closed")]
     Closed,
 
@@ -274,6 +298,19 @@ mod quoted_tests {
             quoted_list(&(0..1000).collect::<Vec<_>>()),
             "[0, 1, 2, 3, 4, 5, 6, 7, … (1000 in all)]"
         );
+    }
+
+    /// `Error` travels in every `Result` of the hot paths: keep it from growing unnoticed.
+    /// 48 bytes today: `Tls`, `Handler` and `Delivery` carry 40-byte payloads, `Session`,
+    /// `Decode`, `UnexpectedType` and `Reliable` 32-byte ones.
+    #[test]
+    fn error_stays_small() {
+        assert!(
+            std::mem::size_of::<Error>() <= 48,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+        assert!(std::mem::size_of::<Result<()>>() <= 48);
     }
 
     #[test]
