@@ -176,8 +176,13 @@ pub enum TlsError {
 
     /// The peer's certificate was rejected for another reason (bad signature, wrong key usage,
     /// revoked, malformed...).
-    #[error("peer certificate rejected: {0}")]
-    BadCertificate(String),
+    #[error("peer certificate rejected: {detail}")]
+    BadCertificate {
+        /// What was wrong, for code.
+        problem: CertificateProblem,
+        /// What was wrong, for people (as rustls reports it).
+        detail: String,
+    },
 
     /// This server requires a client certificate and the client sent none.
     #[error("client sent no certificate, but one is required")]
@@ -191,8 +196,8 @@ pub enum TlsError {
     /// refusing a missing client certificate).
     #[error("peer rejected the connection with TLS alert {alert}")]
     PeerRejected {
-        /// The alert's name as rustls spells it (`UnknownCA`, `CertificateRequired`, ...).
-        alert: String,
+        /// The alert the peer sent.
+        alert: TlsAlert,
     },
 
     /// The peer did not finish its handshake in time.
@@ -223,6 +228,111 @@ pub enum TlsError {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// A TLS alert a peer ended a handshake with (inside [`TlsError::PeerRejected`]): the ones a
+/// rejection uses by name, any other by its code (RFC 8446, section 6). Displayed as rustls
+/// spells them (`UnknownCA`, `CertificateRequired`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsAlert {
+    /// `handshake_failure` (40): no common version or cipher suite, or TLS 1.2's refusal of a
+    /// missing client certificate.
+    HandshakeFailure,
+    /// `bad_certificate` (42).
+    BadCertificate,
+    /// `unsupported_certificate` (43).
+    UnsupportedCertificate,
+    /// `certificate_revoked` (44).
+    CertificateRevoked,
+    /// `certificate_expired` (45).
+    CertificateExpired,
+    /// `certificate_unknown` (46).
+    CertificateUnknown,
+    /// `unknown_ca` (48): the peer does not trust the CA that signed our certificate.
+    UnknownCa,
+    /// `access_denied` (49).
+    AccessDenied,
+    /// `protocol_version` (70).
+    ProtocolVersion,
+    /// `certificate_required` (116): a server that requires a client certificate got none.
+    CertificateRequired,
+    /// Any other alert, by its code.
+    Other(u8),
+}
+
+impl TlsAlert {
+    /// The alert with this code.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            40 => Self::HandshakeFailure,
+            42 => Self::BadCertificate,
+            43 => Self::UnsupportedCertificate,
+            44 => Self::CertificateRevoked,
+            45 => Self::CertificateExpired,
+            46 => Self::CertificateUnknown,
+            48 => Self::UnknownCa,
+            49 => Self::AccessDenied,
+            70 => Self::ProtocolVersion,
+            116 => Self::CertificateRequired,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The alert's code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::HandshakeFailure => 40,
+            Self::BadCertificate => 42,
+            Self::UnsupportedCertificate => 43,
+            Self::CertificateRevoked => 44,
+            Self::CertificateExpired => 45,
+            Self::CertificateUnknown => 46,
+            Self::UnknownCa => 48,
+            Self::AccessDenied => 49,
+            Self::ProtocolVersion => 70,
+            Self::CertificateRequired => 116,
+            Self::Other(code) => code,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsAlert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::HandshakeFailure => "HandshakeFailure",
+            Self::BadCertificate => "BadCertificate",
+            Self::UnsupportedCertificate => "UnsupportedCertificate",
+            Self::CertificateRevoked => "CertificateRevoked",
+            Self::CertificateExpired => "CertificateExpired",
+            Self::CertificateUnknown => "CertificateUnknown",
+            Self::UnknownCa => "UnknownCA",
+            Self::AccessDenied => "AccessDenied",
+            Self::ProtocolVersion => "ProtocolVersion",
+            Self::CertificateRequired => "CertificateRequired",
+            Self::Other(code) => return write!(f, "alert {code}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// What was wrong with a peer's certificate (inside [`TlsError::BadCertificate`]), for the
+/// cases without a [`TlsError`] variant of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CertificateProblem {
+    /// The certificate could not be parsed.
+    BadEncoding,
+    /// A signature in the chain does not verify, or uses an unsupported algorithm.
+    BadSignature,
+    /// The certificate was revoked.
+    Revoked,
+    /// Its revocation status could not be determined.
+    UnknownRevocationStatus,
+    /// It is not valid for this use (key usage, extended key usage, critical extensions).
+    InvalidPurpose,
+    /// Anything else.
+    Other,
 }
 
 /// `Result` with this crate's [`Error`].
@@ -311,6 +421,17 @@ mod quoted_tests {
             std::mem::size_of::<Error>()
         );
         assert!(std::mem::size_of::<Result<()>>() <= 48);
+    }
+
+    #[test]
+    fn tls_alerts_round_trip_their_codes_and_print_as_rustls_spells_them() {
+        for code in 0..=u8::MAX {
+            assert_eq!(TlsAlert::from_code(code).code(), code);
+        }
+        assert_eq!(TlsAlert::from_code(48), TlsAlert::UnknownCa);
+        assert_eq!(TlsAlert::UnknownCa.to_string(), "UnknownCA");
+        assert_eq!(TlsAlert::from_code(116).to_string(), "CertificateRequired");
+        assert_eq!(TlsAlert::from_code(0).to_string(), "alert 0");
     }
 
     #[test]

@@ -256,7 +256,7 @@ async fn mutual_tls_accepts_a_client_certificate_from_the_right_ca() {
 /// certificate, so the client learns of the rejection on its first read.
 async fn expect_rejected_by_server(
     result: connect::Result<TlsConnection>,
-    alert: &str,
+    alert: connect::TlsAlert,
 ) -> connect::Result<()> {
     let mut conn = result?;
     let _ = conn
@@ -283,7 +283,7 @@ async fn mutual_tls_rejects_a_client_without_a_certificate() {
     let client = client_config(ca.certificates(), None);
     expect_rejected_by_server(
         tls::connect(addr, "localhost", &client).await,
-        "CertificateRequired",
+        connect::TlsAlert::CertificateRequired,
     )
     .await
     .expect("TLS 1.3 handshake itself succeeds on the client");
@@ -303,9 +303,12 @@ async fn mutual_tls_rejects_a_client_certificate_from_another_ca() {
     let (addr, mut events) = start(server_config(&server, Some(&ca))).await;
 
     let client = client_config(ca.certificates(), Some(&intruder));
-    expect_rejected_by_server(tls::connect(addr, "localhost", &client).await, "UnknownCA")
-        .await
-        .expect("TLS 1.3 handshake itself succeeds on the client");
+    expect_rejected_by_server(
+        tls::connect(addr, "localhost", &client).await,
+        connect::TlsAlert::UnknownCa,
+    )
+    .await
+    .expect("TLS 1.3 handshake itself succeeds on the client");
     let error = handshake_failure(next_event(&mut events).await);
     assert!(
         matches!(error, Error::Tls(TlsError::UnknownIssuer)),

@@ -13,7 +13,7 @@ use x509_parser::extensions::GeneralName;
 
 use super::config::{TlsClientConfig, TlsServerConfig};
 use crate::connection::{Connection, ConnectionConfig, ConnectionInfo, PeerIdentity};
-use crate::error::{Error, Result, TlsError};
+use crate::error::{CertificateProblem, Error, Result, TlsAlert, TlsError};
 
 /// A TLS byte stream over `S` (client or server side).
 ///
@@ -238,12 +238,36 @@ fn tls_error(e: rustls::Error, server_name: Option<&str>) -> TlsError {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 TlsError::NotYetValid
             }
-            other => TlsError::BadCertificate(format!("{other:?}")),
+            other => TlsError::BadCertificate {
+                problem: certificate_problem(&other),
+                detail: format!("{other:?}"),
+            },
         },
         rustls::Error::NoCertificatesPresented => TlsError::NoClientCertificate,
         rustls::Error::AlertReceived(alert) => TlsError::PeerRejected {
-            alert: format!("{alert:?}"),
+            alert: TlsAlert::from_code(u8::from(alert)),
         },
         other => TlsError::Protocol(other.to_string()),
+    }
+}
+
+fn certificate_problem(e: &CertificateError) -> CertificateProblem {
+    match e {
+        CertificateError::BadEncoding => CertificateProblem::BadEncoding,
+        CertificateError::BadSignature
+        | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            CertificateProblem::BadSignature
+        }
+        CertificateError::Revoked => CertificateProblem::Revoked,
+        CertificateError::UnknownRevocationStatus
+        | CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            CertificateProblem::UnknownRevocationStatus
+        }
+        CertificateError::InvalidPurpose
+        | CertificateError::InvalidPurposeContext { .. }
+        | CertificateError::UnhandledCriticalExtension => CertificateProblem::InvalidPurpose,
+        _ => CertificateProblem::Other,
     }
 }
