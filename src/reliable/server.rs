@@ -91,6 +91,9 @@ impl std::fmt::Debug for ReliableServer {
 /// connection's task).
 #[derive(Debug)]
 #[non_exhaustive]
+// `Plain` holds a session driver by value, as `session::accept` returns it; an `Accepted` is
+// made and moved once per connection, so its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Accepted<T> {
     /// A stream the application has not seen yet.
     NewStream {
