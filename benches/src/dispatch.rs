@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use connect::dispatch::{Context, Dispatcher};
 use connect::transport::tcp;
-use connect::Config;
+use connect::ConnectionConfig;
 use futures::StreamExt;
 
 use crate::conn::SendMode;
@@ -34,7 +34,7 @@ pub fn throughput(size: usize, path: Path) -> anyhow::Result<Throughput> {
 
 async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Result<Throughput> {
     let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-    let conn = tcp::wrap(stream, &Config::default());
+    let conn = tcp::wrap(stream, &ConnectionConfig::default());
     // Uncontended: only this thread takes it, the same in both paths.
     let meter = Arc::new(Mutex::new(Some(meter)));
     let counted = meter.clone();
