@@ -128,9 +128,10 @@ pub fn server(args: &[String]) -> anyhow::Result<()> {
                         }
                     }
                 };
-                if let Err(e) = result {
-                    eprintln!("idle server: a link failed: {e}");
-                }
+                // Every link ends in an error when the parent kills the client after measuring;
+                // one that fails before that never counts, and the parent's wait for "ready"
+                // runs into its time limit.
+                drop(result);
             });
         }
     })
