@@ -77,7 +77,7 @@ async fn echo<T: AsyncRead + AsyncWrite + Unpin>(mut conn: Connection<T>) -> any
 /// Times round trips over `conn`, then sends the empty message that stops the echo server.
 async fn pings<T: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<T>,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<harness::RoundTrips> {
     let ping = Payload {
         data: Bytes::from(vec![0x5a; PING_SIZE]),
     };

@@ -62,3 +62,29 @@ async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Res
         .ok_or_else(|| anyhow::anyhow!("meter taken twice"))?
         .finish()
 }
+
+/// W2 with `Dispatcher::serve` as the echo server: the handler replies with the message.
+pub fn ping_pong() -> anyhow::Result<harness::Latency> {
+    harness::ping_pong(
+        |listener| {
+            async_std::task::block_on(async {
+                let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
+                let conn = tcp::wrap(stream, &Config::default());
+                let dispatcher = Dispatcher::new().on(|msg: Payload, _cx: Context| async move {
+                    Ok::<_, connect::Error>(connect::dispatch::Reply::message(&msg))
+                });
+                // Serving ends when the client closes, after the echo of its end marker.
+                dispatcher.serve(conn).await?;
+                Ok(())
+            })
+        },
+        |addr| {
+            async_std::task::block_on(async {
+                let mut conn = tcp::connect(addr).await?;
+                let rounds = crate::layers::pings(&mut conn).await?;
+                conn.close().await?;
+                Ok(rounds)
+            })
+        },
+    )
+}
