@@ -155,7 +155,9 @@ async fn many_links_share_one_dispatcher_and_handlers_see_their_link() {
 async fn a_dropped_link_reconnects_and_says_so() {
     let (server, addr) = server(EndpointConfig::new()).await;
     let mut server_events = server.events();
-    let backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(50));
+    let backoff = Backoff::new()
+        .with_initial(Duration::from_millis(5))
+        .with_max(Duration::from_millis(50));
     let (client, _answers) = client(EndpointConfig::new().with_backoff(backoff));
     let mut events = client.events();
     let target = client.connect(move || tcp::connect(addr));
@@ -213,8 +215,10 @@ async fn a_target_is_given_up_after_its_attempts() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let backoff =
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(5)).with_max_attempts(Some(3));
+    let backoff = Backoff::new()
+        .with_initial(Duration::from_millis(1))
+        .with_max(Duration::from_millis(5))
+        .with_max_attempts(Some(3));
     let (client, _answers) = client(EndpointConfig::new().with_backoff(backoff));
     let mut events = client.events();
     let target = client.connect(move || tcp::connect(addr));

@@ -84,7 +84,9 @@ async fn subscriber(addr: SocketAddr, backoff: Backoff) -> Sub {
 }
 
 fn fast() -> Backoff {
-    Backoff::new(Duration::from_millis(5), Duration::from_millis(50))
+    Backoff::new()
+        .with_initial(Duration::from_millis(5))
+        .with_max(Duration::from_millis(50))
 }
 
 /// Waits for the first event `pick` takes, skipping the others.
