@@ -136,7 +136,9 @@ pub use connection::{
     Connection, ConnectionConfig, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
     ReadHalf, WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
-pub use error::{CertificateProblem, Error, Result, TlsAlert, TlsError};
+pub use error::{
+    CertificateProblem, Error, Result, TlsAlert, TlsConfigProblem, TlsError, TlsProtocolProblem,
+};
 pub use handle::ReuniteError;
 
 /// Re-exported so callers need not depend on the same versions themselves.
