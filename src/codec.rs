@@ -330,6 +330,22 @@ pub fn type_url<M: Name>() -> String {
     url
 }
 
+/// `msg` packed in an `Any` with the standard type URL ([`type_url`]), as every `connect` handle
+/// sends it.
+///
+/// ```
+/// use connect::proto::example::HelloWorld;
+/// let any = connect::codec::pack(&HelloWorld { text: "hi".into(), sequence: 1 });
+/// assert_eq!(any.type_url, "type.googleapis.com/connect.example.v1.HelloWorld");
+/// assert_eq!(any.to_msg::<HelloWorld>().unwrap().text, "hi");
+/// ```
+pub fn pack<M: Message + Name>(msg: &M) -> Any {
+    Any {
+        type_url: type_url::<M>(),
+        value: msg.encode_to_vec(),
+    }
+}
+
 /// The full protobuf name in a type URL: everything after the last `/` (the whole URL if it has
 /// none), which is how every official protobuf library matches an `Any` to a message type.
 ///

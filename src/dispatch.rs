@@ -56,11 +56,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What a handler sees besides the message: which connection (and session, if any) it came
-/// from.
+/// from, which link of an [`Endpoint`](crate::endpoint::Endpoint), and on which topic it was
+/// published (for messages delivered by [`pubsub`](crate::pubsub)).
 #[derive(Clone, Debug)]
 pub struct Context {
     info: Arc<ConnectionInfo>,
     session: Option<Arc<crate::session::SessionInfo>>,
+    link: Option<crate::endpoint::LinkId>,
+    topic: Option<Arc<str>>,
 }
 
 impl Context {
@@ -69,6 +72,8 @@ impl Context {
         Self {
             info,
             session: None,
+            link: None,
+            topic: None,
         }
     }
 
@@ -77,7 +82,33 @@ impl Context {
         Self {
             info: session.connection_arc(),
             session: Some(session),
+            link: None,
+            topic: None,
         }
+    }
+
+    /// The same context, on the endpoint link `link`.
+    pub fn with_link(mut self, link: crate::endpoint::LinkId) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    /// The same context, for a message published on `topic`.
+    pub fn with_topic(mut self, topic: impl Into<Arc<str>>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// The [`Endpoint`](crate::endpoint::Endpoint) link the message arrived on, if it came
+    /// through one.
+    pub fn link(&self) -> Option<crate::endpoint::LinkId> {
+        self.link
+    }
+
+    /// The topic the message was published on, for a message delivered by a
+    /// [`pubsub::Subscriber`](crate::pubsub::Subscriber).
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
     }
 
     /// The session the message arrived in (with the peer's authenticated identity), if any.
@@ -189,12 +220,7 @@ impl From<Vec<Any>> for Reply {
     }
 }
 
-fn pack<M: Message + Name>(msg: &M) -> Any {
-    Any {
-        type_url: crate::codec::type_url::<M>(),
-        value: msg.encode_to_vec(),
-    }
-}
+use crate::codec::pack;
 
 /// A type-erased handler: decodes the frame as its message type and runs.
 trait ErasedHandler: Send + Sync {
@@ -348,6 +374,17 @@ impl Dispatcher {
         }
     }
 
+    /// [`dispatch_frame`](Self::dispatch_frame) as a future that does not borrow the
+    /// dispatcher: what a driver keeps running while it goes on reading and writing.
+    pub(crate) fn start(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
+        match self.handler(frame.type_name()) {
+            Some(handler) => handler.call(frame, cx),
+            None => Box::pin(std::future::ready(Err(Error::UnknownType(Box::new(
+                frame.into_any(),
+            ))))),
+        }
+    }
+
     /// The handler for messages of type `type_name`: its own, or else the fallback.
     fn handler(&self, type_name: &str) -> Option<&dyn ErasedHandler> {
         self.handlers
@@ -493,17 +530,17 @@ pub(crate) mod sealed {
         }
 
         /// Delivers the replies queued so far (the loop calls it when no request is waiting).
-        fn flush_replies(&mut self) -> impl Future<Output = Result<()>>;
+        fn flush_replies(&mut self) -> impl Future<Output = Result<()>> + Send;
 
         /// The peer closed gracefully and every reply is queued: end this side.
-        fn finish(&mut self) -> impl Future<Output = Result<()>>;
+        fn finish(&mut self) -> impl Future<Output = Result<()>> + Send;
 
         /// Serving failed with `e`: deliver what is queued and end this side as the layer does.
-        fn after_error(&mut self, e: &Error) -> impl Future<Output = ()>;
+        fn after_error(&mut self, e: &Error) -> impl Future<Output = ()> + Send;
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> sealed::Handle for Connection<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> sealed::Handle for Connection<T> {
     type Reader = ConnectionReader<crate::ReadHalf<T>>;
     type Writer = ConnectionWriter<crate::WriteHalf<T>>;
 
@@ -522,7 +559,7 @@ impl<R: AsyncRead + Unpin> sealed::Reader for ConnectionReader<R> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> sealed::Writer for ConnectionWriter<W> {
+impl<W: AsyncWrite + Unpin + Send> sealed::Writer for ConnectionWriter<W> {
     async fn flush_replies(&mut self) -> Result<()> {
         self.flush().await
     }

@@ -264,6 +264,52 @@ async fn dispatch<R: Runtime>(rt: R) {
     server.await.unwrap().unwrap();
 }
 
+/// A `Peer` whose driver runs on the runtime's spawner: several tasks send on one link, the
+/// server's dispatcher answers, the client's handlers receive, and a close ends both sides.
+async fn peer_link<R: Runtime>(rt: R) {
+    use connect::peer::{Peer, PeerConfig};
+    use futures::StreamExt;
+    let listener = rt.bind().await;
+    let addr = listener.addr();
+    let server_rt = rt.clone();
+    let server = spawn_with_result(&rt, async move {
+        let conn = Connection::new(listener.accept().await.unwrap());
+        let (peer, driver) = Peer::new(conn, upper_case(), &PeerConfig::new());
+        server_rt.spawn(driver.into());
+        peer.closed().await.is_ok()
+    });
+    let (answers, mut answered) = futures::channel::mpsc::unbounded();
+    let client = Dispatcher::new().on(move |hello: HelloWorld, _: Context| {
+        answers.unbounded_send(hello.text).unwrap();
+        async { Ok::<_, Error>(Reply::none()) }
+    });
+    let conn = Connection::new(rt.connect(addr).await.unwrap());
+    let (peer, driver) = Peer::new(conn, client, &PeerConfig::new());
+    rt.spawn(driver.into());
+    let senders: Vec<_> = (0..4u64)
+        .map(|task| {
+            let peer = peer.clone();
+            spawn_with_result(&rt, async move {
+                for sequence in 0..50 {
+                    peer.send_message(&hello(&format!("t{task}"), sequence))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let mut texts = Vec::new();
+    for _ in 0..200 {
+        texts.push(answered.next().await.expect("an answer"));
+    }
+    assert_eq!(texts.iter().filter(|t| *t == "T3").count(), 50);
+    peer.close().await.unwrap();
+    assert!(server.await.unwrap(), "the server's link ended cleanly");
+}
+
 /// A session whose drivers run on the runtime's spawner: messages, heartbeats (a round-trip
 /// time gets measured), and a graceful close that the server sees as a clean end.
 async fn session_with_heartbeats<R: Runtime>(rt: R) {
@@ -423,6 +469,11 @@ macro_rules! on_runtime {
             #[test]
             fn dispatch() {
                 run($runtime, super::dispatch);
+            }
+
+            #[test]
+            fn peer_link() {
+                run($runtime, super::peer_link);
             }
 
             #[test]

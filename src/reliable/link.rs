@@ -39,12 +39,7 @@ pub(crate) enum LinkEnd {
     Fatal(GiveUp),
 }
 
-pub(crate) fn pack<M: Message + Name>(msg: &M) -> Any {
-    Any {
-        type_url: crate::codec::type_url::<M>(),
-        value: msg.encode_to_vec(),
-    }
-}
+pub(crate) use crate::codec::pack;
 
 /// Polls `driver` alongside `fut`; `None` if the session ended before `fut` completed or
 /// `limit` passed.

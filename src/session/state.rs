@@ -383,12 +383,7 @@ impl SessionState {
 }
 
 /// Packs a control message into an `Any` with its standard type URL.
-pub(crate) fn pack<M: Message + Name>(msg: &M) -> Any {
-    Any {
-        type_url: crate::codec::type_url::<M>(),
-        value: msg.encode_to_vec(),
-    }
-}
+pub(crate) use crate::codec::pack;
 
 #[cfg(test)]
 mod tests {
