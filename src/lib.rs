@@ -132,7 +132,7 @@ pub use connection::{
     Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity, ReadHalf,
     WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
-pub use error::{Error, Result, TlsError};
+pub use error::{Error, Result, TlsError, WsError};
 pub use handle::ReuniteError;
 
 /// Re-exported so callers need not depend on the same versions themselves.
