@@ -516,3 +516,39 @@ async fn requests_that_do_not_upgrade_get_a_typed_answer() {
     })
     .await;
 }
+
+/// The byte example of `proto/PROTOCOL.md` ("Transport: WebSocket"), checked both ways: the
+/// documented client message is what a client builds, and the server echoes the documented
+/// unmasked message.
+#[async_std::test]
+async fn the_documented_bytes_are_what_goes_over_the_wire() {
+    within(30, "byte example", async {
+        let spec = std::fs::read_to_string(support::repo_root().join("proto/PROTOCOL.md")).unwrap();
+        let section = &spec[spec.find("## Transport: WebSocket").unwrap()..];
+        let block = &section[section.find("```\n82 bc").unwrap() + 4..];
+        let block = &block[..block.find("```").unwrap()];
+        let documented: Vec<u8> = block
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        let golden = delimited(&HelloWorld {
+            text: "hi".into(),
+            sequence: 1,
+        });
+        assert_eq!(golden.len(), 60);
+        assert_eq!(documented, client_frame(BINARY, &golden));
+
+        let (addr, _outcomes) = echo_server(WsConfig::new()).await;
+        let (mut stream, _) = raw_upgrade(addr, "/connect", Some("connect.v1")).await;
+        stream.write_all(&documented).await.unwrap();
+        let mut echoed = vec![0u8; 62];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed[..2], [0x82, 0x3c]);
+        assert_eq!(echoed[2..], golden[..]);
+
+        stream.write_all(&client_frame(TEXT, b"hi")).await.unwrap();
+        let (first, payload) = read_frame(&mut stream).await;
+        assert_eq!((first, &payload[..2]), (0x88, &[0x03, 0xeb][..]));
+    })
+    .await;
+}
