@@ -62,6 +62,8 @@ pub struct WsStream<S> {
     /// Bytes written and not sent yet; the first `complete` of them are whole frames.
     outgoing: BytesMut,
     complete: usize,
+    /// Our close frame is queued (by `poll_close` or a failed read).
+    close_sent: bool,
 }
 
 impl<S> WsStream<S> {
@@ -75,6 +77,7 @@ impl<S> WsStream<S> {
             ended: false,
             outgoing: BytesMut::new(),
             complete: 0,
+            close_sent: false,
         }
     }
 }
@@ -200,6 +203,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                             reason: short_reason(error).into(),
                         };
                         let _ = Pin::new(&mut self.ws).start_send(Message::Close(Some(frame)));
+                        self.close_sent = true;
                     }
                     Poll::Ready(Err(_)) => {}
                 }
@@ -362,6 +366,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
         let this = &mut *self;
+        if !this.close_sent {
+            // With code 1000: a close without a code reads as 1005 ("no status") to the peer.
+            match ready!(Pin::new(&mut this.ws).poll_ready(cx)) {
+                Ok(()) => {
+                    let frame = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    };
+                    match Pin::new(&mut this.ws).start_send(Message::Close(Some(frame))) {
+                        // The peer's close came first: tungstenite has answered it already.
+                        Ok(()) | Err(TungError::ConnectionClosed | TungError::AlreadyClosed) => {}
+                        Err(TungError::Protocol(_)) => {}
+                        Err(e) => return Poll::Ready(Err(tung_io_error(e))),
+                    }
+                }
+                Err(TungError::ConnectionClosed | TungError::AlreadyClosed) => {}
+                Err(e) => return Poll::Ready(Err(tung_io_error(e))),
+            }
+            this.close_sent = true;
+        }
         match Pin::new(&mut this.ws).poll_close(cx) {
             Poll::Ready(Err(TungError::ConnectionClosed | TungError::AlreadyClosed)) => {
                 Poll::Ready(Ok(()))
