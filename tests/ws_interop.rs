@@ -151,3 +151,55 @@ fn the_browser_page_opens_a_session_echoes_and_shows_ticks() {
     assert_eq!(results["closed"]["code"], 1000);
     assert!(server.is_running());
 }
+
+/// Interop over TCP and TLS from JavaScript: Node's `net` and `tls` with protobuf.js's
+/// `encodeDelimited`/`decodeDelimited` against `tcp-echo-server` and `tls-echo-server` (mutual
+/// TLS), reassembling frames split across reads as `PROTOCOL.md` says.
+#[test]
+fn node_talks_to_the_tcp_and_tls_echo_examples() {
+    use support::certs::{temp_dir, Ca, Role};
+    let modules = modules_or_skip!();
+    let mut tcp = Server::start("tcp-echo-server", &["127.0.0.1:0"]);
+    let (ok, out) = run_node(modules, "tcp_client.js", &["tcp", &tcp.addr.to_string()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: 8 messages echoed unchanged"), "{out}");
+
+    let dir = temp_dir("js-tls-interop");
+    let ca = Ca::new("interop CA");
+    let ca_pem = ca.write(&dir, "ca");
+    let (server_pem, server_key) = ca
+        .issue("server", &["localhost"], Role::Server)
+        .write(&dir, "server");
+    let (client_pem, client_key) = ca
+        .issue("node-client", &["node-client"], Role::Client)
+        .write(&dir, "client");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+    let mut tls = Server::start(
+        "tls-echo-server",
+        &[
+            "127.0.0.1:0",
+            "--cert",
+            &path(&server_pem),
+            "--key",
+            &path(&server_key),
+            "--client-ca",
+            &path(&ca_pem),
+        ],
+    );
+    let (ok, out) = run_node(
+        modules,
+        "tcp_client.js",
+        &[
+            "tls",
+            &tls.addr.to_string(),
+            &path(&ca_pem),
+            "localhost",
+            &path(&client_pem),
+            &path(&client_key),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("ok: connected over TLSv1.3"), "{out}");
+    assert!(out.contains("ok: 8 messages echoed unchanged"), "{out}");
+    assert!(tcp.is_running() && tls.is_running());
+}

@@ -22,6 +22,7 @@ mod dispatch;
 mod harness;
 mod raw;
 mod tokio_prost;
+mod ws;
 mod zmq;
 
 use harness::{Latency, Throughput};
@@ -55,6 +56,10 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
             conn::throughput(s, conn::SendMode::SendEach)
         }),
         (
+            "connect over WebSocket, feed_message + flush",
+            ws::throughput,
+        ),
+        (
             "tokio + LengthDelimitedCodec + prost Any",
             tokio_prost::throughput,
         ),
@@ -73,6 +78,7 @@ fn latency_impls() -> Vec<(&'static str, LatencyFn)> {
         (RAW, raw::ping_pong),
         ("blocking std TCP (floor)", raw::ping_pong_blocking),
         ("connect, async-std", conn::ping_pong),
+        ("connect over WebSocket, async-std", ws::ping_pong),
         ("connect, smol", conn::ping_pong_smol),
         ("connect, tokio (compat)", conn::ping_pong_tokio),
         (
