@@ -15,7 +15,7 @@
 //!   (to serve a page from the same port).
 //! * Everything a client can get wrong (a text message, an oversized message, a frame cut across
 //!   messages, garbage, a stalled or missing upgrade) ends that link with a typed
-//!   [`Error::WebSocket`](crate::Error::WebSocket); the listener goes on.
+//!   [`Error::WebSocket`]; the listener goes on.
 //!
 //! ```no_run
 //! # async_std::task::block_on(async {
