@@ -552,3 +552,67 @@ async fn the_documented_bytes_are_what_goes_over_the_wire() {
     })
     .await;
 }
+
+/// What a sender puts in each message: whole frames only, several when fed together (at most
+/// 64 KiB of them), a frame larger than that alone.
+#[async_std::test]
+async fn every_message_sent_holds_whole_frames() {
+    within(30, "message boundaries", async {
+        let listener = WsListener::bind("127.0.0.1:0", WsConfig::new())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sizes: Vec<usize> = (0..2000)
+            .map(|i| if i % 500 == 499 { 100_000 } else { i % 300 })
+            .collect();
+        let server_sizes = sizes.clone();
+        task::spawn(async move {
+            let mut conn = listener.accept().await?.upgrade().await?;
+            for (i, &len) in server_sizes.iter().enumerate() {
+                conn.feed_message(&hello(i as u64, len)).await?;
+            }
+            conn.flush().await?;
+            // Wait for the client to finish reading before closing.
+            conn.recv().await?;
+            Ok::<_, Error>(())
+        });
+        let (mut stream, _) = raw_upgrade(addr, "/connect", Some("connect.v1")).await;
+        let (mut next, mut messages, mut batched) = (0usize, 0, 0);
+        while next < sizes.len() {
+            let (first, payload) = read_frame(&mut stream).await;
+            assert_eq!(first, 0x82, "a final binary frame");
+            let mut at = &payload[..];
+            let mut frames = 0;
+            while !at.is_empty() {
+                use connect::prost::Message;
+                let any = connect::prost_types::Any::decode_length_delimited(&mut at)
+                    .expect("whole frames only");
+                let hello: HelloWorld = any.to_msg().unwrap();
+                assert_eq!(
+                    (hello.sequence as usize, hello.text.len()),
+                    (next, sizes[next])
+                );
+                next += 1;
+                frames += 1;
+            }
+            assert!(
+                frames == 1 || payload.len() <= 64 * 1024,
+                "a batch of {frames} frames in {} bytes",
+                payload.len()
+            );
+            messages += 1;
+            if frames > 1 {
+                batched += 1;
+            }
+        }
+        assert!(
+            batched > 0 && messages < sizes.len(),
+            "{messages} messages, {batched} batched"
+        );
+        stream
+            .write_all(&client_frame(BINARY, &delimited(&hello(0, 0))))
+            .await
+            .unwrap();
+    })
+    .await;
+}
