@@ -167,7 +167,7 @@ pub enum WsError {
     Protocol(String),
 
     /// The peer closed the link with a code other than 1000 (normal) or 1001 (going away).
-    #[error("peer closed with code {code} ({reason:?})")]
+    #[error("peer closed with code {code} ({})", quoted(.reason))]
     PeerClosed {
         /// The close code.
         code: u16,
@@ -177,7 +177,7 @@ pub enum WsError {
 
     /// A plain HTTP request (not a WebSocket upgrade) reached a function that only upgrades; it
     /// was answered `426 Upgrade Required`.
-    #[error("{method} {path}: not a WebSocket upgrade")]
+    #[error("{} {}: not a WebSocket upgrade", quoted(.method), quoted(.path))]
     NotUpgrade {
         /// The request's method.
         method: String,
@@ -187,7 +187,7 @@ pub enum WsError {
 
     /// An upgrade was refused: by us as a server (the status we answered) or by the server we
     /// connected to (the status it answered).
-    #[error("upgrade refused with HTTP status {status}: {reason}")]
+    #[error("upgrade refused with HTTP status {status}: {}", quoted(.reason))]
     UpgradeRefused {
         /// The HTTP status of the refusal (400 wrong subprotocol, 404 wrong path, ...).
         status: u16,
