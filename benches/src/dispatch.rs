@@ -69,7 +69,7 @@ pub fn ping_pong() -> anyhow::Result<harness::Latency> {
         |listener| {
             async_std::task::block_on(async {
                 let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-                let conn = tcp::wrap(stream, &Config::default());
+                let conn = tcp::wrap(stream, &connect::ConnectionConfig::new());
                 let dispatcher = Dispatcher::new().on(|msg: Payload, _cx: Context| async move {
                     Ok::<_, connect::Error>(connect::dispatch::Reply::message(&msg))
                 });

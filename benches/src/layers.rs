@@ -18,7 +18,7 @@ use connect::session::{self, Session, SessionConfig};
 use connect::transport::sctp::{self, SctpConfig, SctpListener};
 use connect::transport::tcp;
 use connect::transport::tls::{self, Identity, TlsClientConfig, TlsListener, TlsServerConfig};
-use connect::{Config, Connection};
+use connect::{Connection, ConnectionConfig};
 use futures::{AsyncRead, AsyncWrite};
 
 use crate::harness::{self, Latency, Meter, Payload, RoundTrips, Rounds, Throughput, PING_SIZE};
@@ -173,7 +173,7 @@ fn sctp_config(mtu: Option<usize>) -> SctpConfig {
 
 async fn accept_tcp(listener: std::net::TcpListener) -> anyhow::Result<tcp::TcpConnection> {
     let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-    Ok(tcp::wrap(stream, &Config::default()))
+    Ok(tcp::wrap(stream, &ConnectionConfig::new()))
 }
 
 /// Both ends of a layer: how the client opens its handle, how the server accepts one, and how
@@ -243,8 +243,11 @@ macro_rules! server {
             (Layer::Reliable, Listener::Tcp(listener)) => {
                 let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
                 let accepted = server.accept(accept_tcp(listener).await?).await?;
-                let mut $h = accepted.new_stream.context("not a new reliable stream")?;
-                async_std::task::spawn(accepted.driver);
+                let connect::reliable::Accepted::NewStream { stream, driver } = accepted else {
+                    anyhow::bail!("not a new reliable stream");
+                };
+                let mut $h = stream;
+                async_std::task::spawn(driver);
                 let out = $work;
                 drain(&mut $h).await?;
                 out
