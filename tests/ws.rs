@@ -14,7 +14,7 @@ use connect::proto::example::HelloWorld;
 use connect::reliable::{self, ReliableConfig, ReliableServer};
 use connect::session::{self, SessionConfig};
 use connect::transport::ws::{self, WsConfig, WsListener};
-use connect::{Config, Error, WsError};
+use connect::{ConnectionConfig, Error, WsError};
 use futures::channel::mpsc;
 use futures::StreamExt;
 use support::certs::{client_config, server_config, Ca, Role};
@@ -152,16 +152,20 @@ async fn a_reliable_stream_runs_over_websocket() {
                     let Ok(accepted) = server.accept(conn).await else {
                         return;
                     };
-                    if let Some(mut stream) = accepted.new_stream {
-                        task::spawn(async move {
-                            while let Ok(Some(any)) = stream.recv().await {
-                                if stream.feed(any).await.is_err() {
-                                    break;
+                    match accepted {
+                        reliable::Accepted::NewStream { mut stream, driver } => {
+                            task::spawn(async move {
+                                while let Ok(Some(any)) = stream.recv().await {
+                                    if stream.feed(any).await.is_err() {
+                                        break;
+                                    }
                                 }
-                            }
-                        });
+                            });
+                            driver.await;
+                        }
+                        reliable::Accepted::Resumed { driver } => driver.await,
+                        _ => panic!("a reliable client gets a stream"),
                     }
-                    accepted.driver.await;
                 });
             }
         });
@@ -396,8 +400,8 @@ async fn several_frames_in_one_message_and_fragmented_messages_are_accepted() {
 #[async_std::test]
 async fn bad_messages_end_their_link_only_with_a_close_code_and_a_typed_error() {
     within(30, "bad messages", async {
-        let config =
-            WsConfig::new().with_connection_config(Config::default().with_max_frame_len(1024));
+        let config = WsConfig::new()
+            .with_connection_config(ConnectionConfig::default().with_max_frame_len(1024));
         let (addr, mut outcomes) = echo_server(config).await;
         let mut cut = delimited(&hello(1, 100));
         cut.truncate(50);

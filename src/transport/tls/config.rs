@@ -315,6 +315,7 @@ impl TlsClientConfigBuilder {
 #[derive(Clone)]
 pub struct TlsServerConfig {
     rustls: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
 }
 
 impl TlsServerConfig {
@@ -323,12 +324,29 @@ impl TlsServerConfig {
         TlsServerConfigBuilder {
             identity,
             client_roots: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
     /// Uses a rustls configuration made elsewhere, as is.
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> Self {
-        Self { rustls: config }
+        Self {
+            rustls: config,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Gives up on a client whose handshake is not finished after `timeout` (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`], 10 s). Used by
+    /// [`TlsListener`](super::TlsListener) and by the SCTP TLS accept.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// See [`with_handshake_timeout`](Self::with_handshake_timeout).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     /// The rustls configuration.
@@ -339,7 +357,9 @@ impl TlsServerConfig {
 
 impl fmt::Debug for TlsServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsServerConfig").finish_non_exhaustive()
+        f.debug_struct("TlsServerConfig")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -348,6 +368,7 @@ impl fmt::Debug for TlsServerConfig {
 pub struct TlsServerConfigBuilder {
     identity: Identity,
     client_roots: Option<Vec<CertificateDer<'static>>>,
+    handshake_timeout: Duration,
 }
 
 impl TlsServerConfigBuilder {
@@ -361,6 +382,12 @@ impl TlsServerConfigBuilder {
         self.client_roots
             .get_or_insert_with(Vec::new)
             .extend(ca_certificates);
+        self
+    }
+
+    /// See [`TlsServerConfig::with_handshake_timeout`].
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -389,6 +416,7 @@ impl TlsServerConfigBuilder {
             .map_err(config_error)?;
         Ok(TlsServerConfig {
             rustls: Arc::new(config),
+            handshake_timeout: self.handshake_timeout,
         })
     }
 }

@@ -67,7 +67,7 @@ use futures_util::AsyncWriteExt;
 pub use handshake::MAX_REQUEST_HEAD;
 pub use stream::WsStream;
 
-use crate::connection::{Config, Connection, ConnectionInfo};
+use crate::connection::{Connection, ConnectionConfig, ConnectionInfo};
 use crate::error::{Error, Result, WsError};
 use crate::transport::tcp::{tcp_info, TcpStream};
 #[cfg(feature = "tls")]
@@ -90,12 +90,12 @@ pub type WsConnection = Connection<WsStream<WsSocket>>;
 /// use connect::transport::ws::WsConfig;
 /// let config = WsConfig::new()
 ///     .with_path("/events")
-///     .with_connection_config(connect::Config::default().with_max_frame_len(1 << 20));
+///     .with_connection_config(connect::ConnectionConfig::default().with_max_frame_len(1 << 20));
 /// assert_eq!(config.path(), "/events");
 /// ```
 #[derive(Clone, Debug)]
 pub struct WsConfig {
-    connection: Config,
+    connection: ConnectionConfig,
     path: String,
     handshake_timeout: Duration,
     #[cfg(feature = "tls")]
@@ -111,11 +111,11 @@ impl Default for WsConfig {
 }
 
 impl WsConfig {
-    /// Default settings: path [`DEFAULT_PATH`], the default connection [`Config`], handshake
+    /// Default settings: path [`DEFAULT_PATH`], the default [`ConnectionConfig`], handshake
     /// timeout [`DEFAULT_HANDSHAKE_TIMEOUT`], no TLS.
     pub fn new() -> Self {
         Self {
-            connection: Config::default(),
+            connection: ConnectionConfig::default(),
             path: DEFAULT_PATH.to_string(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             #[cfg(feature = "tls")]
@@ -127,7 +127,7 @@ impl WsConfig {
 
     /// Settings of the connections made (the maximum frame length also bounds WebSocket
     /// messages: it plus 10 bytes).
-    pub fn with_connection_config(mut self, config: Config) -> Self {
+    pub fn with_connection_config(mut self, config: ConnectionConfig) -> Self {
         self.connection = config;
         self
     }
@@ -162,7 +162,7 @@ impl WsConfig {
     }
 
     /// See [`with_connection_config`](Self::with_connection_config).
-    pub fn connection_config(&self) -> &Config {
+    pub fn connection_config(&self) -> &ConnectionConfig {
         &self.connection
     }
 
@@ -401,7 +401,11 @@ where
     Ok(wrap(ws, &config.connection, info))
 }
 
-fn wrap<S>(ws: WebSocketStream<S>, config: &Config, info: ConnectionInfo) -> Connection<WsStream<S>>
+fn wrap<S>(
+    ws: WebSocketStream<S>,
+    config: &ConnectionConfig,
+    info: ConnectionInfo,
+) -> Connection<WsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
