@@ -289,8 +289,13 @@ pub enum TlsError {
     HandshakeTimeout(Duration),
 
     /// The peer does not speak TLS (a plaintext client on a TLS port), or broke the protocol.
-    #[error("TLS protocol error: {0}")]
-    Protocol(String),
+    #[error("TLS protocol error: {detail}")]
+    Protocol {
+        /// What was wrong, for code.
+        problem: TlsProtocolProblem,
+        /// What was wrong, for people (as rustls reports it).
+        detail: String,
+    },
 
     /// The server name given to a client is neither a valid DNS name nor an IP address.
     #[error("invalid server name {0:?}")]
@@ -298,8 +303,13 @@ pub enum TlsError {
 
     /// A certificate, key or TLS setting given to us is unusable (unreadable PEM, no
     /// certificate in a file, a key that does not match its certificate...).
-    #[error("invalid TLS configuration: {0}")]
-    Config(String),
+    #[error("invalid TLS configuration: {detail}")]
+    Config {
+        /// What was wrong, for code.
+        problem: TlsConfigProblem,
+        /// What was wrong, for people: the file, and what the parser or rustls said.
+        detail: String,
+    },
 
     /// A server-side handshake failed. [`TlsListener`](crate::transport::tls::TlsListener)
     /// yields this for a client whose handshake failed, without stopping; `source` says why
@@ -312,6 +322,46 @@ pub enum TlsError {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// How a peer broke TLS (inside [`TlsError::Protocol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsProtocolProblem {
+    /// The bytes are not TLS records at all: typically a plaintext client on a TLS port.
+    NotTls,
+    /// A TLS message arrived that the handshake does not allow at that point, or could not be
+    /// parsed.
+    UnexpectedMessage,
+    /// A record failed to decrypt or authenticate (tampering, or keys that do not match).
+    Decrypt,
+    /// No protocol version, cipher suite or key exchange group both sides support.
+    NoCommonParameters,
+    /// The peer broke the protocol in another way rustls recognised.
+    Misbehaved,
+    /// Anything else rustls reported.
+    Other,
+}
+
+/// What is wrong with a TLS setting given to us (inside [`TlsError::Config`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsConfigProblem {
+    /// A file could not be read.
+    Unreadable,
+    /// PEM data is malformed.
+    BadPem,
+    /// PEM data holds no certificate.
+    NoCertificate,
+    /// PEM data holds no private key.
+    NoPrivateKey,
+    /// A client was given no certificate authority to trust.
+    NoTrustedAuthority,
+    /// A CA certificate cannot be used as a trust anchor.
+    UnusableAuthority,
+    /// rustls refused the configuration (for example a key that does not match its
+    /// certificate, or an unsupported key type).
+    Rejected,
 }
 
 /// A TLS alert a peer ended a handshake with (inside [`TlsError::PeerRejected`]): the ones a
@@ -432,7 +482,7 @@ impl Error {
                 | Error::InvalidLengthPrefix
                 | Error::Decode { .. }
                 | Error::Truncated { .. }
-                | Error::Tls(TlsError::Protocol(_))
+                | Error::Tls(TlsError::Protocol { .. })
                 | Error::WebSocket(
                     WsError::TextMessage
                         | WsError::MessageTooLarge { .. }

@@ -135,7 +135,10 @@ pub use connection::{
     Connection, ConnectionConfig, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
     ReadHalf, WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
-pub use error::{CertificateProblem, Error, Result, TlsAlert, TlsError, WsError};
+pub use error::{
+    CertificateProblem, Error, Result, TlsAlert, TlsConfigProblem, TlsError, TlsProtocolProblem,
+    WsError,
+};
 pub use handle::ReuniteError;
 
 /// Re-exported so callers need not depend on the same versions themselves.

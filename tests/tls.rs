@@ -15,7 +15,7 @@ use connect::proto::example::HelloWorld;
 use connect::transport::tls::{
     self, pki_types::ServerName, rustls, Identity, TlsConnection, TlsListener, TlsServerConfig,
 };
-use connect::{Error, PeerIdentity, TlsError};
+use connect::{Error, PeerIdentity, TlsConfigProblem, TlsError, TlsProtocolProblem};
 use futures::channel::mpsc;
 use futures::StreamExt;
 use prost_types::Any;
@@ -394,28 +394,37 @@ async fn invalid_names_keys_and_pem_are_config_errors() {
         ),
     }
 
-    let config_error = |r: connect::Result<()>| matches!(r, Err(Error::Tls(TlsError::Config(_))));
+    let config_error = |r: connect::Result<()>, expected: TlsConfigProblem| match r {
+        Err(Error::Tls(TlsError::Config { problem, .. })) => problem == expected,
+        _ => false,
+    };
     assert!(config_error(
-        tls::certificates_from_pem(b"not PEM").map(drop)
+        tls::certificates_from_pem(b"not PEM").map(drop),
+        TlsConfigProblem::NoCertificate
     ));
     assert!(config_error(
-        tls::certificates_from_pem(server.key_pem.as_bytes()).map(drop)
+        tls::certificates_from_pem(server.key_pem.as_bytes()).map(drop),
+        TlsConfigProblem::NoCertificate
     ));
     assert!(config_error(
-        tls::private_key_from_pem(server.cert_pem.as_bytes()).map(drop)
+        tls::private_key_from_pem(server.cert_pem.as_bytes()).map(drop),
+        TlsConfigProblem::NoPrivateKey
     ));
     assert!(config_error(
-        tls::certificates_from_pem_file("/nonexistent/ca.pem").map(drop)
+        tls::certificates_from_pem_file("/nonexistent/ca.pem").map(drop),
+        TlsConfigProblem::Unreadable
     ));
     assert!(config_error(
-        tls::TlsClientConfig::builder().build().map(drop)
+        tls::TlsClientConfig::builder().build().map(drop),
+        TlsConfigProblem::NoTrustedAuthority
     ));
     // A certificate with another certificate's key.
     let other = ca.issue("other", &["localhost"], Role::Server);
     let mismatched = Identity::from_pem(server.cert_pem.as_bytes(), other.key_pem.as_bytes())
         .expect("both parse");
     assert!(config_error(
-        TlsServerConfig::builder(mismatched).build().map(drop)
+        TlsServerConfig::builder(mismatched).build().map(drop),
+        TlsConfigProblem::Rejected
     ));
 }
 
@@ -482,7 +491,10 @@ async fn plaintext_and_stalled_clients_fail_alone_while_a_tls_client_keeps_echoi
             match next_event(&mut events).await {
                 Event::Accepted(_) => accepted += 1,
                 failure @ Event::Failed(_) => match handshake_failure(failure) {
-                    Error::Tls(TlsError::Protocol(_)) => protocol += 1,
+                    Error::Tls(TlsError::Protocol {
+                        problem: TlsProtocolProblem::NotTls,
+                        ..
+                    }) => protocol += 1,
                     other => panic!("unexpected failure {other:?}"),
                 },
                 other => panic!("unexpected {other:?}"),

@@ -13,7 +13,7 @@ use x509_parser::extensions::GeneralName;
 
 use super::config::{TlsClientConfig, TlsServerConfig};
 use crate::connection::{Connection, ConnectionConfig, ConnectionInfo, PeerIdentity};
-use crate::error::{CertificateProblem, Error, Result, TlsAlert, TlsError};
+use crate::error::{CertificateProblem, Error, Result, TlsAlert, TlsError, TlsProtocolProblem};
 
 /// A TLS byte stream over `S` (client or server side).
 ///
@@ -247,7 +247,29 @@ fn tls_error(e: rustls::Error, server_name: Option<&str>) -> TlsError {
         rustls::Error::AlertReceived(alert) => TlsError::PeerRejected {
             alert: TlsAlert::from_code(u8::from(alert)),
         },
-        other => TlsError::Protocol(other.to_string()),
+        other => TlsError::Protocol {
+            problem: protocol_problem(&other),
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn protocol_problem(e: &rustls::Error) -> TlsProtocolProblem {
+    use rustls::InvalidMessage;
+    match e {
+        // The first bytes of a plaintext client are not a TLS record header.
+        rustls::Error::InvalidMessage(
+            InvalidMessage::InvalidContentType | InvalidMessage::MessageTooLarge,
+        ) => TlsProtocolProblem::NotTls,
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            TlsProtocolProblem::UnexpectedMessage
+        }
+        rustls::Error::DecryptError => TlsProtocolProblem::Decrypt,
+        rustls::Error::PeerIncompatible(_) => TlsProtocolProblem::NoCommonParameters,
+        rustls::Error::PeerMisbehaved(_) => TlsProtocolProblem::Misbehaved,
+        _ => TlsProtocolProblem::Other,
     }
 }
 
