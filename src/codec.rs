@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 /// The longest valid base-128 varint for a 64-bit value.
-const MAX_VARINT_LEN: usize = 10;
+pub(crate) const MAX_VARINT_LEN: usize = 10;
 
 /// The largest frame length any buffer can hold with its prefix: a larger `max_frame_len`
 /// (such as `usize::MAX`, "no limit") acts as this, so `prefix + frame` never overflows.

@@ -127,6 +127,12 @@ pub enum Error {
     /// was confirmed.
     #[error("delivery failed: {0}")]
     Delivery(#[from] crate::reliable::DeliveryError),
+
+    /// The WebSocket transport failed: a refused or malformed upgrade, a message this protocol
+    /// does not allow (text, oversized, a frame cut across messages), or the peer closed with
+    /// an error code. See [`WsError`] for the cases and the close code each one sends.
+    #[error("WebSocket: {0}")]
+    WebSocket(#[from] WsError),
 }
 
 /// Transports speak `futures-io`, whose traits only return `io::Error`; a transport that fails
@@ -142,8 +148,86 @@ impl From<io::Error> for Error {
                 None => return Error::Io(io::Error::other("empty I/O error")),
             }
         }
+        if e.get_ref().is_some_and(|inner| inner.is::<WsError>()) {
+            if let Some(Ok(ws)) = e.into_inner().map(|inner| inner.downcast::<WsError>()) {
+                return Error::WebSocket(*ws);
+            }
+            // Unreachable: checked just above.
+            return Error::Io(io::Error::other("empty I/O error"));
+        }
         Error::Io(e)
     }
+}
+
+/// What went wrong on a WebSocket link (inside [`Error::WebSocket`]); each ends that link only.
+///
+/// The close code in brackets is the one this side sends before giving up on the link
+/// (`proto/PROTOCOL.md`, "Transport: WebSocket").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WsError {
+    /// The peer sent a text message; the protocol carries binary messages only (1003).
+    #[error("text message received; only binary messages carry frames")]
+    TextMessage,
+
+    /// A message (or one WebSocket frame of it) is larger than the maximum message length,
+    /// the maximum frame length plus 10 bytes of length prefix (1009).
+    #[error("message of {len} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// Length of the message as far as it was received, or as its header announced it.
+        len: usize,
+        /// The maximum message length.
+        max: usize,
+    },
+
+    /// A binary message does not hold whole frames: it ends in the middle of one, has an
+    /// invalid length prefix, or announces a frame over the maximum frame length (1007, or 1009
+    /// for a frame too large).
+    #[error("message does not hold whole frames: {0}")]
+    InvalidMessage(String),
+
+    /// The peer broke the WebSocket protocol (garbage after the upgrade, an unmasked frame from
+    /// a client, a bad opcode, ...) (1002).
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(String),
+
+    /// The peer closed the link with a code other than 1000 (normal) or 1001 (going away).
+    #[error("peer closed with code {code} ({})", quoted(.reason))]
+    PeerClosed {
+        /// The close code.
+        code: u16,
+        /// The reason the peer gave, cut to 123 bytes by the protocol itself.
+        reason: String,
+    },
+
+    /// A plain HTTP request (not a WebSocket upgrade) reached a function that only upgrades; it
+    /// was answered `426 Upgrade Required`.
+    #[error("{} {}: not a WebSocket upgrade", quoted(.method), quoted(.path))]
+    NotUpgrade {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+
+    /// An upgrade was refused: by us as a server (the status we answered) or by the server we
+    /// connected to (the status it answered).
+    #[error("upgrade refused with HTTP status {status}: {}", quoted(.reason))]
+    UpgradeRefused {
+        /// The HTTP status of the refusal (400 wrong subprotocol, 404 wrong path, ...).
+        status: u16,
+        /// Why.
+        reason: String,
+    },
+
+    /// The opening handshake broke: a malformed or oversized HTTP request or response, a
+    /// connection closed before the handshake finished, an invalid URL.
+    #[error("WebSocket handshake failed: {0}")]
+    Handshake(String),
+
+    /// The opening handshake (TLS included, for `wss://`) did not finish in time.
+    #[error("WebSocket handshake not finished after {0:?}")]
+    HandshakeTimeout(std::time::Duration),
 }
 
 /// What went wrong with TLS (inside [`Error::Tls`]).
@@ -399,6 +483,12 @@ impl Error {
                 | Error::Decode { .. }
                 | Error::Truncated { .. }
                 | Error::Tls(TlsError::Protocol { .. })
+                | Error::WebSocket(
+                    WsError::TextMessage
+                        | WsError::MessageTooLarge { .. }
+                        | WsError::InvalidMessage(_)
+                        | WsError::Protocol(_)
+                )
                 | Error::Session(crate::session::SessionEnd::ProtocolViolation { .. })
                 | Error::Reliable(crate::reliable::GiveUp::ProtocolViolation { .. })
         )

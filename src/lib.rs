@@ -102,6 +102,7 @@
 //! | `tcp` | yes | [`transport::tcp`]: TCP client and listener on `async-net`/`async-io` (no executor) |
 //! | `tls` | yes | `transport::tls`: TLS 1.3/1.2 with rustls (ring), mutual TLS, over any stream; client and listener on TCP with `tcp` |
 //! | `sctp` | no | `transport::sctp`: SCTP over UDP (userspace, `sctp-proto`) on `async-io` |
+//! | `websocket` | no | `transport::ws`: WebSocket client and listener (`ws://`, `wss://` with `tls`) on async-tungstenite over futures-io; browsers speak the protocol with protobuf.js |
 //! | `async-std` | no | `TryFrom<async_std::net::TcpStream>` for [`transport::tcp::TcpStream`] (async-std is discontinued upstream) |
 //!
 //! Background work (session and reliable-stream drivers) runs where you say: see
@@ -138,6 +139,7 @@ pub use connection::{
 };
 pub use error::{
     CertificateProblem, Error, Result, TlsAlert, TlsConfigProblem, TlsError, TlsProtocolProblem,
+    WsError,
 };
 pub use handle::ReuniteError;
 

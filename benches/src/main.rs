@@ -20,7 +20,8 @@
 //!
 //! Rows: the bare connection, the dispatcher, a session (no authentication, default
 //! heartbeats), a reliable stream, TLS 1.3 (rcgen certificates made in memory), a session over
-//! TLS, and SCTP over UDP with its default and an 8 KiB MTU; each with CPU time per message (of
+//! TLS, SCTP over UDP with its default and an 8 KiB MTU, and WebSocket (`ws.rs`, with the goals
+//! of issue 16); each with CPU time per message (of
 //! the receiving thread over the timed window, of the sending thread over its run, and of the
 //! whole process, drivers included, over the window) and heap allocations per message (a
 //! counting global allocator, the same three ways). Then SCTP through an in-process lossy UDP
@@ -43,6 +44,7 @@ mod lossy;
 mod pubsub;
 mod raw;
 mod tokio_prost;
+mod ws;
 mod zmq;
 
 use std::process::ExitCode;
@@ -85,6 +87,8 @@ const TLS: &str = "TLS 1.3 connection";
 const SESSION_TLS: &str = "session over TLS 1.3";
 const SCTP: &str = "SCTP connection (MTU 1200, default)";
 const SCTP_8K: &str = "SCTP connection (MTU 8192)";
+const WS_W1: &str = "connect over WebSocket, feed_message + flush";
+const WS_W2: &str = "connect over WebSocket, async-std";
 
 fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
     use layers::Layer;
@@ -94,6 +98,7 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
         ("connect, send_message (flush each)", |s| {
             conn::throughput(s, conn::SendMode::SendEach)
         }),
+        (WS_W1, ws::throughput),
         (
             "tokio + LengthDelimitedCodec + prost Any",
             tokio_prost::throughput,
@@ -120,6 +125,7 @@ fn latency_impls() -> Vec<(&'static str, LatencyFn)> {
         (RAW, raw::ping_pong),
         ("blocking std TCP (floor)", raw::ping_pong_blocking),
         (BARE_W2, conn::ping_pong),
+        (WS_W2, ws::ping_pong),
         ("connect, smol", conn::ping_pong_smol),
         ("connect, tokio (compat)", conn::ping_pong_tokio),
         (
@@ -518,6 +524,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
                         "bare",
                         high,
                     ),
+                    // Issue 16: 1 KiB one-way over WebSocket at least 0.8x a TCP connection.
+                    WS_W1 if size == 1024 => {
+                        goals.at_least("W1 1 KiB: WebSocket", vs_bare, "bare", 0.8)
+                    }
                     _ => {}
                 }
             }
@@ -615,6 +625,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 }
                 SESSION => goals.at_most("W2 p50: session", vs_bare, "bare", 1.1),
                 RELIABLE => goals.at_most("W2 p50: reliable stream", vs_bare, "bare", 1.2),
+                WS_W2 => goals.at_most("W2 p50: WebSocket", vs_bare, "bare", 1.3),
                 _ => {}
             }
         }

@@ -7,6 +7,7 @@
 //! | [`tcp`] | `async-net` | `tcp` (default) |
 //! | `tls` | any `futures-io` stream; client and listener on [`tcp`] | `tls` (default) |
 //! | `sctp` (SCTP over UDP) | `async-io` UDP socket | `sctp` |
+//! | `ws` (WebSocket, `ws://` and `wss://`) | [`tcp`], `tls` for `wss://` | `websocket` |
 //!
 //! Any other byte stream works through [`Connection::new`](crate::Connection::new) (smol's
 //! `TcpStream` directly, tokio's through `tokio_util::compat`).
@@ -54,6 +55,9 @@ pub mod tcp;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+#[cfg(feature = "websocket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
+pub mod ws;
 
 /// Resolves to socket addresses (a `SocketAddr`, `(IpAddr, u16)`, `"host:port"`, ...): what
 /// the transports' `connect` and `bind` take. Re-exported from `async-net`.

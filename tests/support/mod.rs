@@ -4,6 +4,7 @@
 
 #[cfg(feature = "tls")]
 pub mod certs;
+pub mod js;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
