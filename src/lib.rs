@@ -119,6 +119,7 @@ pub mod handle;
 pub mod reliable;
 pub mod session;
 pub mod transport;
+pub mod tunnel;
 
 /// Internals the fuzz targets in `fuzz/` drive directly; not part of the API.
 #[cfg(feature = "fuzzing")]
@@ -164,5 +165,11 @@ pub mod proto {
     pub mod reliable {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.reliable.v1.rs"));
+    }
+
+    /// Byte-stream tunnels' messages (package `connect.tunnel.v1`); see [`crate::tunnel`].
+    pub mod tunnel {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.tunnel.v1.rs"));
     }
 }
