@@ -228,3 +228,48 @@ async fn a_stalled_stream_does_not_hold_up_the_others() {
         .unwrap();
     assert!(back.iter().all(|&b| b == 7));
 }
+
+/// The byte-level examples of proto/PROTOCOL.md, section "Tunnels", are what our encoder writes.
+#[test]
+fn protocol_examples_match_the_encoder() {
+    use connect::codec::Codec;
+    use connect::prost_types::Any;
+    use connect::proto::tunnel::{TunnelClose, TunnelData, TunnelOpen, TunnelWindow};
+    fn frame<M: prost::Name + prost::Message>(msg: &M) -> String {
+        let any = Any::from_msg(msg).unwrap();
+        let mut buf = bytes::BytesMut::new();
+        Codec::default().encode(&any, &mut buf).unwrap();
+        buf.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md")).unwrap();
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let frames = [
+        frame(&TunnelOpen {
+            stream_id: 1,
+            target: "db:5432".into(),
+            window: 262_144,
+        }),
+        frame(&TunnelWindow {
+            stream_id: 1,
+            credit: 262_144,
+        }),
+        frame(&TunnelData {
+            stream_id: 1,
+            data: b"hi".to_vec(),
+        }),
+        frame(&TunnelClose {
+            stream_id: 1,
+            error: String::new(),
+        }),
+    ];
+    for hex in &frames {
+        println!("{hex}");
+    }
+    for hex in frames {
+        assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
+    }
+}

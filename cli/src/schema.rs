@@ -23,6 +23,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../proto/connect/reliable/v1/reliable.proto"),
     ),
     (
+        "connect/tunnel/v1/tunnel.proto",
+        include_str!("../../proto/connect/tunnel/v1/tunnel.proto"),
+    ),
+    (
         "connect/example/v1/hello.proto",
         include_str!("../../proto/connect/example/v1/hello.proto"),
     ),
