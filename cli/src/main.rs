@@ -10,6 +10,7 @@
 mod bench;
 mod link;
 mod schema;
+mod tunnel;
 
 use std::io::{BufRead as _, IsTerminal as _, Read as _};
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ use crate::schema::Schema;
 #[command(
     name = "connect",
     version,
-    about = "Talk to connect peers: listen, send, decode, bench",
+    about = "Talk to connect peers: listen, send, decode, bench, tunnel",
     after_help = "Examples:
   connect listen 127.0.0.1:7878 --echo
   connect send 127.0.0.1:7878 --type connect.example.v1.HelloWorld --json '{\"text\":\"hi\"}'
@@ -127,6 +128,39 @@ time --pings times and reports round-trip percentiles.")]
         addr: String,
         #[command(flatten)]
         bench: bench::BenchOptions,
+        #[command(flatten)]
+        link: LinkOptions,
+    },
+    /// Forward a local TCP port through a link to a TCP address on the far side (like ssh -L).
+    #[command(after_help = "Examples:
+  connect tunnel-serve 0.0.0.0:7878 --allow db.internal:5432        # on the far side
+  connect tunnel gateway:7878 --local 127.0.0.1:5433 --remote db.internal:5432
+  psql -h 127.0.0.1 -p 5433
+
+The link is a reliable stream: forwarded connections survive it dropping and resuming. The first
+line is `listening on IP:PORT` (the local port).")]
+    Tunnel {
+        /// The far side's `connect tunnel-serve`: [tcp://|tls://]HOST:PORT.
+        addr: String,
+        /// The local address to accept connections on.
+        #[arg(long, value_name = "HOST:PORT")]
+        local: String,
+        /// The address the far side connects each forwarded connection to.
+        #[arg(long, value_name = "HOST:PORT")]
+        remote: String,
+        #[command(flatten)]
+        link: LinkOptions,
+    },
+    /// The far side of `connect tunnel`: accept links and connect their streams to allowed targets.
+    #[command(after_help = "Examples:
+  connect tunnel-serve 0.0.0.0:7878 --allow db.internal:5432 --allow 127.0.0.1:6379
+  connect tunnel-serve tls://0.0.0.0:7879 --cert server.pem --key server.key --allow db:5432")]
+    TunnelServe {
+        /// Where to listen: [tcp://|tls://]HOST:PORT.
+        addr: String,
+        /// A target clients may reach, exactly as they name it (repeatable).
+        #[arg(long, value_name = "HOST:PORT")]
+        allow: Vec<String>,
         #[command(flatten)]
         link: LinkOptions,
     },
@@ -232,6 +266,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
             decode(&schema, &bytes)
+        }
+        Command::Tunnel {
+            addr,
+            local,
+            remote,
+            link,
+        } => {
+            let target = Target::parse(&addr, link.tls)?;
+            tunnel::forward(&target, &link, &local, &remote).await
+        }
+        Command::TunnelServe { addr, allow, link } => {
+            let target = Target::parse(&addr, link.tls)?;
+            tunnel::serve(&target, &link, allow).await
         }
         Command::Bench { addr, bench, link } => {
             let target = Target::parse(&addr, link.tls)?;

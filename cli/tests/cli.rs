@@ -347,3 +347,86 @@ fn usage_errors_exit_2_and_unsupported_transports_say_so() {
         .code(1)
         .stderr(predicate::str::contains("--proto"));
 }
+
+/// A plain TCP echo server on a thread of its own (bytes, not frames).
+fn byte_echo() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().expect("clone");
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tunnel_forwards_a_local_port_to_an_allowed_target() {
+    use std::io::{Read as _, Write as _};
+    let echo = byte_echo();
+    let server = Running::start({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_connect"));
+        c.args(["tunnel-serve", "127.0.0.1:0", "--allow", &echo]);
+        c
+    });
+    let forward = |remote: &str| {
+        Running::start({
+            let mut c = Command::new(env!("CARGO_BIN_EXE_connect"));
+            c.args([
+                "tunnel",
+                &server.addr,
+                "--local",
+                "127.0.0.1:0",
+                "--remote",
+                remote,
+            ]);
+            c
+        })
+    };
+    let tunnel = forward(&echo);
+    // Two connections through the one link at once, a megabyte each way on each.
+    let clients: Vec<_> = (0..2u8)
+        .map(|n| {
+            let addr = tunnel.addr.clone();
+            std::thread::spawn(move || {
+                let mut tcp = std::net::TcpStream::connect(&addr).expect("connect to the tunnel");
+                tcp.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 ^ n).collect();
+                let mut writer = tcp.try_clone().expect("clone");
+                let sent = data.clone();
+                let send = std::thread::spawn(move || {
+                    writer.write_all(&sent).expect("write");
+                    writer
+                        .shutdown(std::net::Shutdown::Write)
+                        .expect("shutdown");
+                });
+                let mut back = Vec::new();
+                tcp.read_to_end(&mut back).expect("read the echo");
+                send.join().expect("sender");
+                assert!(
+                    back == data,
+                    "connection {n}: {} bytes back, not the same",
+                    back.len()
+                );
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client");
+    }
+    // A target the server does not allow: the connection is ended without a byte.
+    let refused = forward("127.0.0.1:9");
+    let mut tcp = std::net::TcpStream::connect(&refused.addr).expect("connect to the tunnel");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let _ = tcp.write_all(b"hello");
+    let mut back = Vec::new();
+    let _ = tcp.read_to_end(&mut back);
+    assert!(back.is_empty(), "{back:?}");
+}
