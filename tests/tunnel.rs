@@ -273,3 +273,57 @@ fn protocol_examples_match_the_encoder() {
         assert!(doc.contains(&hex), "PROTOCOL.md lacks {hex}");
     }
 }
+
+/// A peer that sends beyond the credit it was granted fails that stream only: the reader gets
+/// an error, the peer a `TunnelClose` with an error, and what we hold stays within the window.
+#[async_std::test]
+async fn data_beyond_the_window_fails_only_that_stream() {
+    use connect::prost_types::Any;
+    use connect::proto::tunnel::{TunnelClose, TunnelData, TunnelOpen};
+    let window = 16 * 1024;
+    let listener = tcp::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+    // The far side speaks the tunnel messages by hand, as a misbehaving peer would.
+    let raw_peer = task::spawn(async move {
+        let conn = listener.accept().await.unwrap();
+        let Ok(Accepted::NewStream { mut stream, driver }) = server.accept(conn).await else {
+            panic!("expected a new reliable stream");
+        };
+        task::spawn(driver);
+        let mut opened = Vec::new();
+        while opened.len() < 2 {
+            let any = stream.recv().await.unwrap().unwrap();
+            opened.push(any.to_msg::<TunnelOpen>().unwrap());
+        }
+        assert!(opened.iter().all(|open| open.window == window));
+        let data = |id: u64, len: usize| {
+            Any::from_msg(&TunnelData {
+                stream_id: id,
+                data: vec![1; len],
+            })
+            .unwrap()
+        };
+        // Stream 1 gets more than its window; stream 3 a little, within it.
+        stream.feed(data(1, window as usize + 1)).await.unwrap();
+        stream.send(data(3, 10)).await.unwrap();
+        let any = stream.recv().await.unwrap().unwrap();
+        let close = any.to_msg::<TunnelClose>().unwrap();
+        assert_eq!(close.stream_id, 1);
+        assert!(!close.error.is_empty());
+        stream
+    });
+    let tunnel = client(addr, TunnelConfig::new().with_window(window));
+    let mut first = tunnel.open("a").unwrap();
+    let mut second = tunnel.open("b").unwrap();
+    let mut buf = [0u8; 64];
+    let err = within(20, "the overrun stream", first.read(&mut buf))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    let n = within(20, "the other stream", second.read(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(&buf[..n], &[1; 10][..n]);
+    within(20, "the peer's view", raw_peer).await;
+}
