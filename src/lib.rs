@@ -28,6 +28,8 @@
 //! * [`reliable`]: streams on top of sessions that survive dropped connections: bounded queues
 //!   with backpressure, delivery confirmations, reconnect and resume without loss or
 //!   duplicates, lifecycle events ([`proto::reliable`]).
+//! * [`tunnel`]: byte streams (`AsyncRead + AsyncWrite`) multiplexed over one reliable stream,
+//!   a credit window per stream ([`proto::tunnel`]); they outlive the connections under them.
 //! * [`transport`]: the only code that names a runtime (`async-net`/`async-io` sockets, no
 //!   executor). Everything runs on async-std, smol, tokio (through `tokio_util::compat`) or
 //!   anything `futures-io`; nothing is spawned except through a spawner you pass.
