@@ -28,6 +28,8 @@
 //! * [`reliable`]: streams on top of sessions that survive dropped connections: bounded queues
 //!   with backpressure, delivery confirmations, reconnect and resume without loss or
 //!   duplicates, lifecycle events ([`proto::reliable`]).
+//! * [`tunnel`]: byte streams (`AsyncRead + AsyncWrite`) multiplexed over one reliable stream,
+//!   a credit window per stream ([`proto::tunnel`]); they outlive the connections under them.
 //! * [`transport`]: the only code that names a runtime (`async-net`/`async-io` sockets, no
 //!   executor). Everything runs on async-std, smol, tokio (through `tokio_util::compat`) or
 //!   anything `futures-io`; nothing is spawned except through a spawner you pass.
@@ -123,6 +125,7 @@ pub mod pubsub;
 pub mod reliable;
 pub mod session;
 pub mod transport;
+pub mod tunnel;
 
 /// Internals the fuzz targets in `fuzz/` drive directly; not part of the API.
 #[cfg(feature = "fuzzing")]
@@ -177,5 +180,11 @@ pub mod proto {
     pub mod pubsub {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.pubsub.v1.rs"));
+    }
+
+    /// Byte-stream tunnels' messages (package `connect.tunnel.v1`); see [`crate::tunnel`].
+    pub mod tunnel {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.tunnel.v1.rs"));
     }
 }

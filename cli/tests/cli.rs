@@ -1,0 +1,432 @@
+//! The `connect` binary as a user runs it: against the example echo servers (TCP and TLS), and
+//! `send` to `listen` with a user's own .proto file.
+//!
+//! The example servers are the root package's examples; CI builds them before this test
+//! (`cargo build --example tcp-echo-server --example tls-echo-server --example make-certs`).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use assert_cmd::prelude::*;
+use predicates::prelude::*;
+
+const HELLO: &str = "connect.example.v1.HelloWorld";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn connect() -> assert_cmd::Command {
+    assert_cmd::Command::new(env!("CARGO_BIN_EXE_connect"))
+}
+
+/// A compiled example of the root package (same target directory as this test).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "example {name} is not built at {}: run `cargo build --example {name}` first",
+        path.display()
+    );
+    path
+}
+
+/// A child process that printed `listening on ADDR`; killed when dropped.
+struct Running {
+    child: Child,
+    addr: String,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Running {
+    fn start(mut command: Command) -> Self {
+        let mut child = command
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the server");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut running = Running {
+            child,
+            addr: String::new(),
+            stdout,
+        };
+        let mut line = String::new();
+        while running
+            .stdout
+            .read_line(&mut line)
+            .expect("read its stdout")
+            > 0
+        {
+            if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                running.addr = addr.to_string();
+                return running;
+            }
+            line.clear();
+        }
+        panic!("the server exited before printing `listening on`");
+    }
+
+    /// The rest of its standard output, once it has exited (bounded by `limit`).
+    fn finish(mut self, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).expect("read its stdout");
+        rest
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn send_to_the_tcp_echo_server_prints_the_echoes() {
+    let server = Running::start({
+        let mut c = Command::new(example("tcp-echo-server"));
+        c.arg("127.0.0.1:0");
+        c
+    });
+    connect()
+        .args(["send", &format!("tcp://{}", server.addr), "--type", HELLO])
+        .args(["--replies", "2", "--wait-ms", "10000"])
+        .write_stdin("{\"text\":\"one\",\"sequence\":1}\n\n{\"text\":\"two\",\"sequence\":2}\n")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains(format!(
+                "{HELLO} (60 bytes) {{\"text\":\"one\",\"sequence\":\"1\"}}\n{HELLO} (60 bytes) {{\"text\":\"two\",\"sequence\":\"2\"}}\n"
+            )),
+        );
+}
+
+#[test]
+fn sessions_with_credentials_and_the_reliable_mode_reach_the_echo_server() {
+    let server = Running::start({
+        let mut c = Command::new(example("tcp-echo-server"));
+        c.args([
+            "--reliable",
+            "--user",
+            "alice",
+            "--password",
+            "pw",
+            "127.0.0.1:0",
+        ]);
+        c
+    });
+    for layer in [&["--session"][..], &["--reliable"][..]] {
+        connect()
+            .args([
+                "send",
+                &server.addr,
+                "--type",
+                HELLO,
+                "--json",
+                r#"{"text":"hi"}"#,
+            ])
+            .args(["--user", "alice", "--password", "pw", "--replies", "1"])
+            .args(["--wait-ms", "10000"])
+            .args(layer)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(r#"{"text":"hi"}"#));
+    }
+    // A wrong password is a failure (exit 1) that says what to check.
+    connect()
+        .args(["send", &server.addr, "--type", HELLO, "--json", "{}"])
+        .args(["--user", "alice", "--password", "wrong"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--password"));
+}
+
+#[test]
+fn send_and_bench_over_tls_with_the_tls_echo_server() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    Command::new(example("make-certs"))
+        .arg(certs.path())
+        .assert()
+        .success();
+    let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+    let server = Running::start({
+        let mut c = Command::new(example("tls-echo-server"));
+        c.args([
+            "127.0.0.1:0",
+            "--cert",
+            &file("server.pem"),
+            "--key",
+            &file("server.key"),
+        ]);
+        c
+    });
+    let addr = format!("tls://{}", server.addr);
+    connect()
+        .args([
+            "send",
+            &addr,
+            "--ca",
+            &file("ca.pem"),
+            "--server-name",
+            "localhost",
+        ])
+        .args([
+            "--type",
+            HELLO,
+            "--json",
+            r#"{"text":"secret"}"#,
+            "--replies",
+            "1",
+        ])
+        .args(["--wait-ms", "10000"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(r#"{"text":"secret"}"#));
+    // Without the CA the handshake fails, and the error points at --ca.
+    connect()
+        .args(["send", &addr, "--type", HELLO, "--json", "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--ca"));
+    // Piped, bench prints plain result lines (no progress bar).
+    connect()
+        .args([
+            "bench",
+            &addr,
+            "--ca",
+            &file("ca.pem"),
+            "--messages",
+            "2000",
+        ])
+        .args(["--pings", "50", "--size", "100"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(r"W1 100 B: 2000 messages echoed in .* msg/s")
+                .expect("regex")
+                .and(predicate::str::contains("W2 100 B: 50 round trips: p50")),
+        );
+}
+
+#[test]
+fn send_to_listen_with_a_user_proto_round_trips_through_json() {
+    let include = fixtures();
+    let include = include.to_string_lossy();
+    let listener = Running::start({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_connect"));
+        c.args(["listen", "127.0.0.1:0", "--echo", "--count", "2"])
+            .args(["--proto", "shop/v1/order.proto", "--include", &include]);
+        c
+    });
+    let order = r#"{"item":"tea","quantity":3,"price":{"currency":"EUR","cents":"450"},"placed":"2026-12-01T05:00:00Z","notes":["green","loose"]}"#;
+    let input = format!("{order}\n{{\"item\":\"cup\"}}\n");
+    let sent = connect()
+        .args([
+            "send",
+            &listener.addr,
+            "--type",
+            "shop.v1.Order",
+            "--replies",
+            "2",
+        ])
+        .args([
+            "--wait-ms",
+            "10000",
+            "--proto",
+            "shop/v1/order.proto",
+            "-I",
+            &include,
+        ])
+        .write_stdin(input)
+        .assert()
+        .success();
+    let replies = String::from_utf8_lossy(&sent.get_output().stdout).into_owned();
+    let lines: Vec<&str> = replies.lines().collect();
+    assert_eq!(lines.len(), 2, "{replies}");
+    assert!(lines[0].starts_with("shop.v1.Order ("), "{replies}");
+    assert!(lines[0].ends_with(order), "{replies}");
+    assert!(lines[1].ends_with(r#"{"item":"cup"}"#), "{replies}");
+
+    // The listener printed the same frames, with the sender's address.
+    let printed = listener.finish(Duration::from_secs(30));
+    assert!(printed.contains(" connected\n"), "{printed}");
+    assert!(printed.contains(order), "{printed}");
+    assert!(
+        printed.contains(r#"shop.v1.Order (42 bytes) {"item":"cup"}"#),
+        "{printed}"
+    );
+}
+
+#[test]
+fn decode_prints_a_capture_and_reports_where_it_breaks() {
+    // Two frames as `send` writes them: varint length ++ Any{type_url, value}.
+    let any = |type_url: &str, value: &[u8]| {
+        let mut any = vec![0x0a, type_url.len() as u8];
+        any.extend_from_slice(type_url.as_bytes());
+        any.push(0x12);
+        any.push(value.len() as u8);
+        any.extend_from_slice(value);
+        let mut frame = vec![any.len() as u8];
+        frame.extend(any);
+        frame
+    };
+    let mut capture = any(
+        "type.googleapis.com/connect.example.v1.HelloWorld",
+        b"\x0a\x02hi\x10\x05",
+    );
+    let second = capture.len();
+    capture.extend(any(
+        "type.googleapis.com/google.protobuf.StringValue",
+        b"\x0a\x03abc",
+    ));
+    connect()
+        .arg("decode")
+        .write_stdin(capture.clone())
+        .assert()
+        .success()
+        .stdout(format!(
+            "@0 {HELLO} (59 bytes) {{\"text\":\"hi\",\"sequence\":\"5\"}}\n@{second} google.protobuf.StringValue (56 bytes) \"abc\"\n"
+        ));
+    // Cut short: the frames before the cut are printed, then an error (exit 1) says where.
+    capture.truncate(capture.len() - 2);
+    connect()
+        .arg("decode")
+        .write_stdin(capture)
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("@0 "))
+        .stderr(predicate::str::contains(format!(
+            "truncated frame at byte {second}"
+        )));
+}
+
+#[test]
+fn usage_errors_exit_2_and_unsupported_transports_say_so() {
+    connect().arg("send").assert().code(2);
+    connect()
+        .args(["listen", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"));
+    connect()
+        .args(["send", "ws://127.0.0.1:1", "--type", HELLO, "--json", "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not built with websocket"));
+    connect()
+        .args([
+            "send",
+            "127.0.0.1:1",
+            "--type",
+            "shop.v1.Order",
+            "--json",
+            "{}",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--proto"));
+}
+
+/// A plain TCP echo server on a thread of its own (bytes, not frames).
+fn byte_echo() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().expect("clone");
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn tunnel_forwards_a_local_port_to_an_allowed_target() {
+    use std::io::{Read as _, Write as _};
+    let echo = byte_echo();
+    let server = Running::start({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_connect"));
+        c.args(["tunnel-serve", "127.0.0.1:0", "--allow", &echo]);
+        c
+    });
+    let forward = |remote: &str| {
+        Running::start({
+            let mut c = Command::new(env!("CARGO_BIN_EXE_connect"));
+            c.args([
+                "tunnel",
+                &server.addr,
+                "--local",
+                "127.0.0.1:0",
+                "--remote",
+                remote,
+            ]);
+            c
+        })
+    };
+    let tunnel = forward(&echo);
+    // Two connections through the one link at once, a megabyte each way on each.
+    let clients: Vec<_> = (0..2u8)
+        .map(|n| {
+            let addr = tunnel.addr.clone();
+            std::thread::spawn(move || {
+                let mut tcp = std::net::TcpStream::connect(&addr).expect("connect to the tunnel");
+                tcp.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 ^ n).collect();
+                let mut writer = tcp.try_clone().expect("clone");
+                let sent = data.clone();
+                let send = std::thread::spawn(move || {
+                    writer.write_all(&sent).expect("write");
+                    writer
+                        .shutdown(std::net::Shutdown::Write)
+                        .expect("shutdown");
+                });
+                let mut back = Vec::new();
+                tcp.read_to_end(&mut back).expect("read the echo");
+                send.join().expect("sender");
+                assert!(
+                    back == data,
+                    "connection {n}: {} bytes back, not the same",
+                    back.len()
+                );
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client");
+    }
+    // A target the server does not allow: the connection is ended without a byte.
+    let refused = forward("127.0.0.1:9");
+    let mut tcp = std::net::TcpStream::connect(&refused.addr).expect("connect to the tunnel");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let _ = tcp.write_all(b"hello");
+    let mut back = Vec::new();
+    let _ = tcp.read_to_end(&mut back);
+    assert!(back.is_empty(), "{back:?}");
+}
