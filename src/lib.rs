@@ -118,6 +118,7 @@ mod error;
 pub mod handle;
 pub mod peer;
 pub mod reliable;
+pub mod rpc;
 pub mod session;
 pub mod transport;
 
@@ -163,5 +164,11 @@ pub mod proto {
     pub mod reliable {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.reliable.v1.rs"));
+    }
+
+    /// Request/reply's messages (package `connect.rpc.v1`); see [`crate::rpc`].
+    pub mod rpc {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.rpc.v1.rs"));
     }
 }
