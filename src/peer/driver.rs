@@ -379,7 +379,10 @@ where
         let response: rpc::Response = decode(frame)?;
         let id = response.id;
         if !self.shared.lock_calls().complete(response) {
-            log::trace!("{}: response for no call in flight (id {id}): ignored", self.context.connection());
+            log::trace!(
+                "{}: response for no call in flight (id {id}): ignored",
+                self.context.connection()
+            );
         }
         Ok(())
     }

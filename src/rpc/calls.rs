@@ -122,8 +122,20 @@ mod tests {
         assert_ne!(a, b);
         assert!(a != 0 && b != 0);
         assert!(table.complete(Response { id: b, ..body("b") }));
-        assert!(!table.complete(Response { id: b, ..body("again") }), "a duplicate");
-        assert!(!table.complete(Response { id: 77, ..body("?") }), "an unknown id");
+        assert!(
+            !table.complete(Response {
+                id: b,
+                ..body("again")
+            }),
+            "a duplicate"
+        );
+        assert!(
+            !table.complete(Response {
+                id: 77,
+                ..body("?")
+            }),
+            "an unknown id"
+        );
         assert!(table.complete(Response { id: a, ..body("a") }));
         assert_eq!(rx_a.try_recv().unwrap().unwrap().unwrap().value, b"a");
         assert_eq!(rx_b.try_recv().unwrap().unwrap().unwrap().value, b"b");
@@ -140,7 +152,13 @@ mod tests {
         assert!(!table.abandon(a, true), "only once");
         assert_eq!(table.next_cancel(), Some(a));
         assert_eq!(table.next_cancel(), None);
-        assert!(!table.complete(Response { id: a, ..body("late") }), "ignored");
+        assert!(
+            !table.complete(Response {
+                id: a,
+                ..body("late")
+            }),
+            "ignored"
+        );
     }
 
     #[test]
@@ -163,7 +181,10 @@ mod tests {
         table.close();
         assert!(rx.try_recv().is_err(), "sender dropped");
         assert!(table.start().is_none());
-        let empty = Response { id: 1, result: None };
+        let empty = Response {
+            id: 1,
+            result: None,
+        };
         assert!(!table.complete(empty));
     }
 

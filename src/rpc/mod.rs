@@ -268,7 +268,11 @@ pub struct CallInfo {
 }
 
 impl CallInfo {
-    pub(crate) fn new(id: u64, deadline: Option<Instant>, metadata: BTreeMap<String, String>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        deadline: Option<Instant>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
         Self {
             id,
             deadline,

@@ -209,14 +209,8 @@ impl Responder {
         if let Some(in_flight) = self.in_flight.get_mut(&id) {
             in_flight.abort = Some(abort);
         }
-        self.running.push(Abortable::new(
-            Running {
-                id,
-                handler,
-                timer,
-            },
-            registration,
-        ));
+        self.running
+            .push(Abortable::new(Running { id, handler, timer }, registration));
         None
     }
 }
@@ -300,9 +294,7 @@ mod tests {
 
     fn status_of(response: &Response) -> StatusCode {
         match &response.result {
-            Some(response::Result::Status(status)) => {
-                StatusCode::try_from(status.code).unwrap()
-            }
+            Some(response::Result::Status(status)) => StatusCode::try_from(status.code).unwrap(),
             other => panic!("not a status: {other:?}"),
         }
     }
@@ -369,7 +361,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         responder.cancel(1);
         let late = poll(&mut responder).unwrap();
-        assert_eq!((late.id, status_of(&late)), (2, StatusCode::DeadlineExceeded));
+        assert_eq!(
+            (late.id, status_of(&late)),
+            (2, StatusCode::DeadlineExceeded)
+        );
         let done = poll(&mut responder).unwrap();
         assert_eq!(done.id, 3);
         assert!(matches!(done.result, Some(response::Result::Body(_))));
@@ -409,10 +404,7 @@ mod tests {
             failing(handler_error(Box::new(Status::not_found("nobody")))),
             StatusCode::NotFound
         );
-        assert_eq!(
-            failing(handler_error("plain".into())),
-            StatusCode::Internal
-        );
+        assert_eq!(failing(handler_error("plain".into())), StatusCode::Internal);
         assert_eq!(
             outcome(Ok(Reply::none())).unwrap_err().code(),
             StatusCode::Internal
