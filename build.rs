@@ -9,6 +9,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/connect/example/v1/hello.proto",
+        "proto/connect/example/v1/calc.proto",
         "proto/connect/v1/session.proto",
         "proto/connect/reliable/v1/reliable.proto",
         "proto/connect/rpc/v1/rpc.proto",
