@@ -59,12 +59,12 @@ impl Peer {
         if timeout == Some(Duration::ZERO) {
             return Err(CallError::DeadlineExceeded);
         }
-        let mut timer = timeout.map(futures_timer::Delay::new_at_most);
-        let Some((id, outcome)) = self.shared.lock_calls().start() else {
+        // The driver expires the call at its deadline (one timer for the whole link).
+        let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+        let Some((id, mut outcome)) = self.shared.lock_calls().start(deadline) else {
             return Err(CallError::Closed(self.end()));
         };
-        // From here on, leaving early (an error, the deadline, the future dropped) abandons
-        // the call.
+        // From here on, leaving early (an error, the future dropped) abandons the call.
         let mut pending = PendingCall {
             shared: &self.shared,
             id,
@@ -76,17 +76,28 @@ impl Peer {
             timeout_ms: timeout_ms(timeout),
             metadata: options.take_metadata(),
         };
-        match within(self.shared.outgoing.send(pack(&request)), timer.as_mut()).await {
-            None => return Err(CallError::DeadlineExceeded),
-            Some(Err(_closed)) => return Err(CallError::Closed(self.end())),
-            Some(Ok(())) => pending.queued = true,
-        }
-        match within(outcome, timer.as_mut()).await {
-            None => Err(CallError::DeadlineExceeded),
-            Some(Ok(Ok(reply))) => Ok(reply),
-            Some(Ok(Err(status))) => Err(status.into()),
+        // Queueing may wait for room; the deadline (an outcome) ends that wait too.
+        let mut send = pin!(self.shared.outgoing.send(pack(&request)));
+        let queued = poll_fn(|cx| {
+            if let Poll::Ready(sent) = send.as_mut().poll(cx) {
+                return Poll::Ready(Ok(sent));
+            }
+            Pin::new(&mut outcome).poll(cx).map(Err)
+        })
+        .await;
+        let outcome = match queued {
+            Ok(Err(_closed)) => return Err(CallError::Closed(self.end())),
+            Ok(Ok(())) => {
+                pending.queued = true;
+                outcome.await
+            }
+            Err(early) => early,
+        };
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(status.into()),
             // The driver dropped the call: the link is over.
-            Some(Err(_canceled)) => Err(CallError::Closed(self.end())),
+            Err(_canceled) => Err(CallError::Closed(self.end())),
         }
     }
 
@@ -113,24 +124,6 @@ impl Drop for PendingCall<'_> {
     }
 }
 
-/// `future`'s output, or `None` if `timer` fires first.
-async fn within<F: Future>(
-    future: F,
-    mut timer: Option<&mut futures_timer::Delay>,
-) -> Option<F::Output> {
-    let mut future = pin!(future);
-    poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        match timer.as_deref_mut().map(|timer| Pin::new(timer).poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    })
-    .await
-}
-
 fn unpack<M: Message + Name + Default>(reply: Any) -> Result<M, CallError> {
     let expected = M::full_name();
     if type_name(&reply.type_url) != expected {
@@ -143,21 +136,4 @@ fn unpack<M: Message + Name + Default>(reply: Any) -> Result<M, CallError> {
         type_name: expected,
         source,
     })
-}
-
-/// Timers for any duration: a timeout beyond what the clock can add is as good as none, and
-/// `Delay::new` would overflow on it.
-trait NewAtMost {
-    fn new_at_most(timeout: Duration) -> Self;
-}
-
-impl NewAtMost for futures_timer::Delay {
-    fn new_at_most(timeout: Duration) -> Self {
-        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-        let timeout = match Instant::now().checked_add(timeout) {
-            Some(_) => timeout.min(CENTURY),
-            None => CENTURY,
-        };
-        futures_timer::Delay::new(timeout)
-    }
 }

@@ -51,6 +51,11 @@ pub(super) struct Driver<R, W> {
     held: Option<Frame>,
     /// The peer's requests in flight (request/reply, [`crate::rpc`]).
     responder: Responder,
+    /// The one timer for every deadline of the link (this side's calls, the peer's requests),
+    /// and when it fires. Armed for the earliest deadline; left alone when that deadline goes
+    /// (it then fires early, finds nothing due, and is armed again), so a steady stream of
+    /// calls costs no timer operation per call.
+    deadline_timer: Option<(Instant, futures_timer::Delay)>,
     reader_done: bool,
     /// Something was written since the last flush.
     unflushed: bool,
@@ -86,6 +91,7 @@ where
                 config.max_concurrent_requests,
             ),
             held: None,
+            deadline_timer: None,
             dispatcher,
             outgoing: Box::pin(outgoing),
             outgoing_done: false,
@@ -162,6 +168,7 @@ where
                 // queued before still goes out.
                 self.outgoing.close();
             }
+            progress |= self.poll_deadlines(cx);
             progress |= self.poll_write(cx)?;
             progress |= self.poll_handler(cx)?;
             progress |= self.poll_requests(cx);
@@ -200,7 +207,8 @@ where
     /// After a local close: handle what the peer still sends until its side ends.
     fn poll_drain(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         loop {
-            let mut progress = self.poll_handler(cx)?;
+            let mut progress = self.poll_deadlines(cx);
+            progress |= self.poll_handler(cx)?;
             progress |= self.poll_requests(cx);
             progress |= self.poll_read(cx)?;
             self.replies.clear();
@@ -308,6 +316,46 @@ where
             self.handler = Some(self.dispatcher.start(frame, self.context.clone()));
         }
         Ok(true)
+    }
+
+    /// Expires this side's calls and the peer's requests whose deadline has come, and keeps the
+    /// timer armed for the next deadline.
+    fn poll_deadlines(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            let next = {
+                let calls = self.shared.lock_calls().next_deadline();
+                match (calls, self.responder.next_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            let Some(next) = next else {
+                return progress;
+            };
+            let now = Instant::now();
+            if next <= now {
+                self.shared.lock_calls().expire(now);
+                self.responder.expire(now);
+                progress = true;
+                continue;
+            }
+            if self
+                .deadline_timer
+                .as_ref()
+                .is_none_or(|(at, _)| next < *at)
+            {
+                self.deadline_timer = Some((next, futures_timer::Delay::new(next - now)));
+            }
+            let fired = self
+                .deadline_timer
+                .as_mut()
+                .is_some_and(|(_, timer)| Pin::new(timer).poll(cx).is_ready());
+            if !fired {
+                return progress;
+            }
+            self.deadline_timer = None;
+        }
     }
 
     /// Takes the responses of finished requests (while fewer than the configured number of

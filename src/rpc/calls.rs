@@ -1,9 +1,11 @@
 //! The caller's side of request/reply, without I/O: the ids, the calls waiting for their
-//! response, and the cancels owed to the peer. A [`Peer`](crate::peer::Peer) keeps one table
-//! under a mutex: calls start and abandon entries, the driver completes them and writes the
-//! cancels.
+//! response, their deadlines, and the cancels owed to the peer. A [`Peer`](crate::peer::Peer)
+//! keeps one table under a mutex: calls start and abandon entries; the driver completes them,
+//! expires them ([`expire`](CallTable::expire) at the time it is given: one timer per link, not
+//! one per call) and writes the cancels.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use futures_channel::oneshot;
 use prost_types::Any;
@@ -15,10 +17,18 @@ use crate::proto::rpc::{response, Response};
 pub(crate) type Outcome = Result<Any, Status>;
 
 #[derive(Debug)]
+struct Pending {
+    outcome: oneshot::Sender<Outcome>,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
 pub(crate) struct CallTable {
     /// The next id to try (ids are non-zero; one still in flight is skipped).
     next_id: u64,
-    pending: HashMap<u64, oneshot::Sender<Outcome>>,
+    pending: HashMap<u64, Pending>,
+    /// The deadlines of the pending calls that have one, earliest first.
+    deadlines: BTreeSet<(Instant, u64)>,
     /// Ids of abandoned calls whose request was queued: the driver sends a `Cancel` for each.
     /// Only this side's own calls put entries here, each once.
     cancels: Vec<u64>,
@@ -31,6 +41,7 @@ impl Default for CallTable {
         Self {
             next_id: 1,
             pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
             cancels: Vec::new(),
             closed: false,
         }
@@ -38,8 +49,12 @@ impl Default for CallTable {
 }
 
 impl CallTable {
-    /// A new call: its id and where its outcome will arrive. `None` once the link is over.
-    pub(crate) fn start(&mut self) -> Option<(u64, oneshot::Receiver<Outcome>)> {
+    /// A new call with this deadline: its id and where its outcome will arrive. `None` once the
+    /// link is over.
+    pub(crate) fn start(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Option<(u64, oneshot::Receiver<Outcome>)> {
         if self.closed {
             return None;
         }
@@ -48,15 +63,18 @@ impl CallTable {
             id = id.wrapping_add(1);
         }
         self.next_id = id.wrapping_add(1);
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(id, tx);
+        let (outcome, rx) = oneshot::channel();
+        self.pending.insert(id, Pending { outcome, deadline });
+        if let Some(deadline) = deadline {
+            self.deadlines.insert((deadline, id));
+        }
         Some((id, rx))
     }
 
     /// The caller stopped waiting for call `id` (deadline passed, future dropped). If it was
     /// still pending and its request was `queued`, a `Cancel` is owed: returns `true`.
     pub(crate) fn abandon(&mut self, id: u64, queued: bool) -> bool {
-        let owed = self.pending.remove(&id).is_some() && queued && !self.closed;
+        let owed = self.remove(id).is_some() && queued && !self.closed;
         if owed {
             self.cancels.push(id);
         }
@@ -66,7 +84,7 @@ impl CallTable {
     /// A `Response` arrived: hands its outcome to the waiting call. `false` if no call with its
     /// id is pending (never made, already answered, or abandoned): the response is ignored.
     pub(crate) fn complete(&mut self, response: Response) -> bool {
-        let Some(waiting) = self.pending.remove(&response.id) else {
+        let Some(waiting) = self.remove(response.id) else {
             return false;
         };
         let outcome = match response.result {
@@ -78,8 +96,40 @@ impl CallTable {
             )),
         };
         // The caller may have gone in the meantime; then nobody wants the outcome.
-        let _ = waiting.send(outcome);
+        let _ = waiting.outcome.send(outcome);
         true
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&id)?;
+        if let Some(deadline) = pending.deadline {
+            self.deadlines.remove(&(deadline, id));
+        }
+        Some(pending)
+    }
+
+    /// The earliest deadline of a pending call.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// Fails every call whose deadline is `now` or earlier with `DEADLINE_EXCEEDED`, and owes
+    /// the peer a `Cancel` for each (one for a request that was never queued is ignored by the
+    /// peer). Returns how many expired.
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(pending) = self.remove(id) {
+                let late = Status::new(StatusCode::DeadlineExceeded, "deadline exceeded");
+                let _ = pending.outcome.send(Err(late));
+                self.cancels.push(id);
+                expired += 1;
+            }
+        }
+        expired
     }
 
     /// The next `Cancel` to send, if any.
@@ -96,6 +146,7 @@ impl CallTable {
     pub(crate) fn close(&mut self) {
         self.closed = true;
         self.pending.clear();
+        self.deadlines.clear();
         self.cancels.clear();
     }
 }
@@ -117,8 +168,8 @@ mod tests {
     #[test]
     fn responses_reach_their_call_once_in_any_order() {
         let mut table = CallTable::default();
-        let (a, mut rx_a) = table.start().unwrap();
-        let (b, mut rx_b) = table.start().unwrap();
+        let (a, mut rx_a) = table.start(None).unwrap();
+        let (b, mut rx_b) = table.start(None).unwrap();
         assert_ne!(a, b);
         assert!(a != 0 && b != 0);
         assert!(table.complete(Response { id: b, ..body("b") }));
@@ -145,8 +196,8 @@ mod tests {
     #[test]
     fn an_abandoned_call_owes_a_cancel_only_if_its_request_went_out() {
         let mut table = CallTable::default();
-        let (a, _) = table.start().unwrap();
-        let (b, _) = table.start().unwrap();
+        let (a, _) = table.start(None).unwrap();
+        let (b, _) = table.start(None).unwrap();
         assert!(table.abandon(a, true));
         assert!(!table.abandon(b, false));
         assert!(!table.abandon(a, true), "only once");
@@ -167,20 +218,20 @@ mod tests {
             next_id: u64::MAX,
             ..CallTable::default()
         };
-        let (max, _) = table.start().unwrap();
+        let (max, _) = table.start(None).unwrap();
         assert_eq!(max, u64::MAX);
         table.next_id = u64::MAX;
-        let (wrapped, _) = table.start().unwrap();
+        let (wrapped, _) = table.start(None).unwrap();
         assert_eq!(wrapped, 1, "skips u64::MAX (in flight) and 0");
     }
 
     #[test]
     fn closing_fails_pending_calls_and_refuses_new_ones() {
         let mut table = CallTable::default();
-        let (_, mut rx) = table.start().unwrap();
+        let (_, mut rx) = table.start(None).unwrap();
         table.close();
         assert!(rx.try_recv().is_err(), "sender dropped");
-        assert!(table.start().is_none());
+        assert!(table.start(None).is_none());
         let empty = Response {
             id: 1,
             result: None,
@@ -189,9 +240,34 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_expire_in_order_and_owe_a_cancel() {
+        use std::time::Duration;
+        let mut table = CallTable::default();
+        let now = Instant::now();
+        let (late, mut rx_late) = table.start(Some(now + Duration::from_secs(2))).unwrap();
+        let (early, mut rx_early) = table.start(Some(now + Duration::from_secs(1))).unwrap();
+        let (answered, _) = table.start(Some(now)).unwrap();
+        let (_, _) = table.start(None).unwrap();
+        assert!(table.complete(Response {
+            id: answered,
+            ..body("in time")
+        }));
+        assert_eq!(table.next_deadline(), Some(now + Duration::from_secs(1)));
+        assert_eq!(table.expire(now + Duration::from_millis(1500)), 1);
+        let status = rx_early.try_recv().unwrap().unwrap().unwrap_err();
+        assert_eq!(status.code(), StatusCode::DeadlineExceeded);
+        assert_eq!(table.next_cancel(), Some(early));
+        assert!(rx_late.try_recv().unwrap().is_none(), "not yet");
+        assert_eq!(table.expire(now + Duration::from_secs(2)), 1);
+        assert_eq!(table.next_cancel(), Some(late));
+        assert_eq!(table.next_deadline(), None);
+        assert_eq!(table.pending(), 1);
+    }
+
+    #[test]
     fn a_response_with_no_result_is_status_unknown() {
         let mut table = CallTable::default();
-        let (id, mut rx) = table.start().unwrap();
+        let (id, mut rx) = table.start(None).unwrap();
         assert!(table.complete(Response { id, result: None }));
         let status = rx.try_recv().unwrap().unwrap().unwrap_err();
         assert_eq!(status.code(), StatusCode::Unknown);

@@ -3,7 +3,7 @@
 //! `Response`. The peer's driver feeds it the `Request`s and `Cancel`s it reads and writes the
 //! responses it yields; nothing here does I/O.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ struct InFlight {
     serial: u64,
     /// Set once its handler runs.
     abort: Option<AbortHandle>,
+    deadline: Option<Instant>,
 }
 
 /// A request waiting for a free handler slot.
@@ -44,11 +45,10 @@ struct Waiting {
     info: CallInfo,
 }
 
-/// A running handler and its deadline; yields `(id, response)`.
+/// A running handler; yields `(id, response)`.
 struct Running {
     id: u64,
     handler: BoxFuture<Result<Reply>>,
-    timer: Option<futures_timer::Delay>,
 }
 
 impl Future for Running {
@@ -56,16 +56,10 @@ impl Future for Running {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let id = self.id;
-        if let Poll::Ready(result) = self.handler.as_mut().poll(cx) {
-            return Poll::Ready((id, response(id, outcome(result))));
-        }
-        if let Some(timer) = self.timer.as_mut() {
-            if Pin::new(timer).poll(cx).is_ready() {
-                let late = Status::new(StatusCode::DeadlineExceeded, "deadline exceeded");
-                return Poll::Ready((id, response(id, Err(late))));
-            }
-        }
-        Poll::Pending
+        self.handler
+            .as_mut()
+            .poll(cx)
+            .map(|result| (id, response(id, outcome(result))))
     }
 }
 
@@ -76,6 +70,11 @@ pub(crate) struct Responder {
     in_flight: HashMap<u64, InFlight>,
     running: FuturesUnordered<Abortable<Running>>,
     waiting: VecDeque<Waiting>,
+    /// Deadlines of the running handlers, earliest first (the driver's one timer watches the
+    /// earliest: no timer per request).
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// `DEADLINE_EXCEEDED` responses of handlers stopped by [`expire`](Self::expire).
+    expired: VecDeque<Any>,
     max_running: usize,
     next_serial: u64,
 }
@@ -89,6 +88,8 @@ impl Responder {
             in_flight: HashMap::new(),
             running: FuturesUnordered::new(),
             waiting: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            expired: VecDeque::new(),
             max_running: max_running.max(1),
             next_serial: 0,
         }
@@ -144,6 +145,7 @@ impl Responder {
             InFlight {
                 serial,
                 abort: None,
+                deadline: None,
             },
         );
         self.waiting.push_back(Waiting {
@@ -158,16 +160,47 @@ impl Responder {
     /// A `Cancel`: the request's handler is dropped (or it never starts); it gets no response.
     /// An id not in flight is ignored.
     pub(crate) fn cancel(&mut self, id: u64) {
-        if let Some(in_flight) = self.in_flight.remove(&id) {
+        if let Some(in_flight) = self.remove(id) {
             if let Some(abort) = in_flight.abort {
                 abort.abort();
             }
         }
     }
 
+    fn remove(&mut self, id: u64) -> Option<InFlight> {
+        let in_flight = self.in_flight.remove(&id)?;
+        if let Some(deadline) = in_flight.deadline {
+            self.deadlines.remove(&(deadline, id));
+        }
+        Some(in_flight)
+    }
+
+    /// The earliest deadline of a running handler.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// Stops every running handler whose deadline is `now` or earlier; each is answered
+    /// `DEADLINE_EXCEEDED` (by [`poll_response`](Self::poll_response)).
+    pub(crate) fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(abort) = self.remove(id).and_then(|in_flight| in_flight.abort) {
+                abort.abort();
+            }
+            let late = Status::new(StatusCode::DeadlineExceeded, "deadline exceeded");
+            self.expired.push_back(response(id, Err(late)));
+        }
+    }
+
     /// The next response: of a handler that finished (or ran out of time), or of a waiting
     /// request whose deadline passed before a slot was free.
     pub(crate) fn poll_response(&mut self, cx: &mut TaskContext<'_>) -> Poll<Any> {
+        if let Some(late) = self.expired.pop_front() {
+            return Poll::Ready(late);
+        }
         loop {
             while self.running.len() < self.max_running {
                 let Some(next) = self.waiting.pop_front() else {
@@ -182,7 +215,7 @@ impl Responder {
             }
             match Pin::new(&mut self.running).poll_next(cx) {
                 Poll::Ready(Some(Ok((id, response)))) => {
-                    self.in_flight.remove(&id);
+                    self.remove(id);
                     return Poll::Ready(response);
                 }
                 // Cancelled: already out of `in_flight`, nothing to say; its slot is free.
@@ -198,19 +231,22 @@ impl Responder {
         let id = waiting.id;
         let deadline = waiting.info.deadline();
         if deadline.is_some_and(|deadline| deadline <= now) {
-            self.in_flight.remove(&id);
+            self.remove(id);
             let late = Status::new(StatusCode::DeadlineExceeded, "deadline passed before start");
             return Some(response(id, Err(late)));
         }
         let context = self.context.with_call(waiting.info);
         let handler = self.dispatcher.start(Frame::from(waiting.body), context);
-        let timer = deadline.map(|deadline| futures_timer::Delay::new(deadline - now));
         let (abort, registration) = AbortHandle::new_pair();
         if let Some(in_flight) = self.in_flight.get_mut(&id) {
             in_flight.abort = Some(abort);
+            in_flight.deadline = deadline;
+            if let Some(deadline) = deadline {
+                self.deadlines.insert((deadline, id));
+            }
         }
         self.running
-            .push(Abortable::new(Running { id, handler, timer }, registration));
+            .push(Abortable::new(Running { id, handler }, registration));
         None
     }
 }
@@ -371,6 +407,32 @@ mod tests {
         assert!(responder.is_idle());
         responder.cancel(99); // not in flight: ignored
         assert!(poll(&mut responder).is_none());
+    }
+
+    #[test]
+    fn a_running_handler_past_its_deadline_is_stopped_and_answered() {
+        let mut responder = responder(2);
+        let now = Instant::now();
+        responder.accept(request(1, "hang", 1000), now).unwrap();
+        responder.accept(request(2, "hang", 0), now).unwrap();
+        assert!(poll(&mut responder).is_none());
+        assert_eq!(
+            responder.next_deadline(),
+            Some(now + Duration::from_secs(1))
+        );
+        responder.expire(now + Duration::from_millis(999));
+        assert!(poll(&mut responder).is_none(), "not yet");
+        responder.expire(now + Duration::from_secs(1));
+        let late = poll(&mut responder).unwrap();
+        assert_eq!(
+            (late.id, status_of(&late)),
+            (1, StatusCode::DeadlineExceeded)
+        );
+        assert!(poll(&mut responder).is_none());
+        assert_eq!(responder.next_deadline(), None);
+        responder.cancel(2);
+        assert!(poll(&mut responder).is_none());
+        assert!(responder.is_idle());
     }
 
     #[test]
