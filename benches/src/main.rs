@@ -21,7 +21,10 @@ mod conn;
 mod dispatch;
 mod harness;
 mod raw;
+mod rpc;
 mod tokio_prost;
+#[cfg(feature = "tonic")]
+mod tonic_unary;
 mod zmq;
 
 use harness::{Latency, Throughput};
@@ -280,6 +283,21 @@ fn main() -> anyhow::Result<()> {
                 ));
             }
         }
+    }
+
+    // Request/reply (`--only rpc`; with `--features tonic`, tonic's unary calls beside it).
+    if args
+        .only
+        .as_deref()
+        .is_none_or(|only| "rpc tonic".contains(only))
+    {
+        rpc::run(
+            args.rounds,
+            !args.skip_latency,
+            !args.skip_throughput,
+            &mut rows,
+            &mut checks,
+        )?;
     }
 
     println!(
