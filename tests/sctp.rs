@@ -922,6 +922,107 @@ fn connections_work_from_tokio() {
         .expect("echo on tokio");
 }
 
+// ---------------------------------------------------------------------------------------------
+// The driver runs where the caller says: `*_with_spawner` hand it to the caller's executor.
+
+/// One message each way between a client and the association the listener accepts for it,
+/// which is returned (kept open: its end of stream would end the client's reads).
+async fn one_echo(
+    listener: &SctpListener,
+    client: &mut SctpConnection,
+) -> connect::Result<SctpConnection> {
+    client.send_message(&hello(7, "spawned")).await?;
+    let mut server = listener.accept().await?;
+    let got: HelloWorld = server.recv_message().await?.expect("a message");
+    server.send_message(&got).await?;
+    let back: HelloWorld = client.recv_message().await?.expect("an echo");
+    assert_eq!(back.sequence, 7);
+    Ok(server)
+}
+
+#[test]
+fn drivers_run_on_an_executor_the_caller_owns() {
+    // A smol executor on a thread this test owns, and a spawner that counts what it is given.
+    let executor = Arc::new(smol::Executor::new());
+    let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let runner = {
+        let executor = executor.clone();
+        thread::spawn(move || {
+            // The stop channel closing also stops it; either way is fine.
+            let _ = smol::block_on(executor.run(stopped.recv()));
+        })
+    };
+    let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let spawner = || {
+        let executor = executor.clone();
+        let spawned = spawned.clone();
+        move |task| {
+            spawned.fetch_add(1, Ordering::SeqCst);
+            executor.spawn(task).detach();
+        }
+    };
+    let config = SctpConfig::default();
+    let (listener, mut client, _server) = smol::block_on(timeout(STEP, async {
+        let listener =
+            SctpListener::bind_with_spawner("127.0.0.1:0", config.clone(), spawner()).await?;
+        let mut client =
+            sctp::connect_with_spawner(listener.local_addr(), &config, spawner()).await?;
+        let server = one_echo(&listener, &mut client).await?;
+        Ok::<_, Error>((listener, client, server))
+    }))
+    .expect("in time")
+    .expect("echo with both drivers on the caller's executor");
+    assert_eq!(spawned.load(Ordering::SeqCst), 2, "one driver per port");
+
+    // Stopping that executor drops both drivers, which proves they ran there (a driver on a
+    // thread of its own would go on): the connection and the listener fail instead of hanging.
+    stop.try_send(()).expect("stop the executor");
+    runner.join().expect("executor thread");
+    drop(executor);
+    smol::block_on(async {
+        let read = timeout(STEP, client.recv()).await.expect("no hang");
+        let err = read.expect_err("the client's driver is gone");
+        assert!(err.to_string().contains("executor"), "{err}");
+        let accepted = timeout(STEP, listener.accept()).await.expect("no hang");
+        assert!(accepted.is_err(), "the listener's driver is gone");
+    });
+}
+
+#[test]
+fn drivers_run_on_tokio_when_handed_to_it() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let spawn = |task| {
+        tokio::spawn(task);
+    };
+    let config = SctpConfig::default();
+    let (listener, mut client, _server) = runtime
+        .block_on(timeout(STEP, async {
+            let listener =
+                SctpListener::bind_with_spawner("127.0.0.1:0", config.clone(), spawn).await?;
+            let mut client =
+                sctp::connect_with_spawner(listener.local_addr(), &config, spawn).await?;
+            let server = one_echo(&listener, &mut client).await?;
+            Ok::<_, Error>((listener, client, server))
+        }))
+        .expect("in time")
+        .expect("echo with both drivers on tokio");
+    // Shutting the runtime down drops the drivers: everything on their ports fails.
+    drop(runtime);
+    smol::block_on(async {
+        let read = timeout(STEP, client.recv()).await.expect("no hang");
+        assert!(read.is_err(), "the client's driver went with the runtime");
+        let accepted = timeout(STEP, listener.accept()).await.expect("no hang");
+        assert!(
+            accepted.is_err(),
+            "the listener's driver went with the runtime"
+        );
+    });
+}
+
 #[async_std::test]
 async fn a_client_notices_when_the_server_process_is_gone() {
     let server = support::Server::start("sctp-echo-server", &["127.0.0.1:0"]);

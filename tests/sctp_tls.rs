@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +111,32 @@ async fn mutual_tls_over_sctp_echoes_and_both_sides_see_the_verified_peer() {
             outcomes.recv().await.unwrap().unwrap().as_deref(),
             Some("billing")
         );
+    })
+    .await;
+}
+
+#[async_std::test]
+async fn tls_over_sctp_with_the_client_driver_on_the_callers_executor() {
+    within("TLS over SCTP, driver spawned by the caller", async {
+        let ca = Ca::new("test CA");
+        let server = ca.issue("server", &["localhost"], Role::Server);
+        let (addr, outcomes) =
+            tls_echo_server(server_config(&server, None), Duration::from_secs(10)).await;
+        let spawned = Arc::new(AtomicUsize::new(0));
+        let counted = spawned.clone();
+        let spawn = move |task| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async_std::task::spawn(task);
+        };
+        let tls = client_config(ca.certificates(), None);
+        let config = sctp::SctpConfig::default();
+        let mut conn = sctp::connect_tls_with_spawner(addr, "localhost", &tls, &config, spawn)
+            .await
+            .unwrap();
+        assert_eq!(spawned.load(Ordering::SeqCst), 1, "the client's one driver");
+        echo(&mut conn, 100).await;
+        sctp::shutdown(conn).await.unwrap();
+        assert_eq!(outcomes.recv().await.unwrap().unwrap(), None);
     })
     .await;
 }

@@ -36,8 +36,9 @@
 //! # drop(session); Ok(()) }) }
 //! ```
 //!
-//! (SCTP's per-port driver is the exception for now: it runs on a thread of its own per UDP
-//! port, on the `async-io` reactor, whatever executor the caller uses.)
+//! SCTP's per-port driver runs on a thread of its own by default (a userspace network stack,
+//! see `transport::sctp`'s "Where the driver runs"); its `*_with_spawner` entry points hand it
+//! to your `spawn` instead.
 
 use std::future::Future;
 use std::pin::Pin;

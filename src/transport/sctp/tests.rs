@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_std::future::timeout;
 
+use super::endpoint::Shared;
 use super::*;
 use crate::proto::example::HelloWorld;
 
@@ -144,7 +145,7 @@ async fn a_dead_driver_fails_every_pending_operation() {
     let (client, _server) = pair(&listener).await;
     let stream = client.into_inner();
     kill_driver(&stream.shared);
-    let mut client = stream.into_connection(&Config::default());
+    let mut client = stream.into_connection(SctpConfig::default().connection_config());
     let read = timeout(STEP, client.recv()).await.expect("no hang");
     assert!(
         read.is_err(),

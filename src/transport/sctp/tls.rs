@@ -58,13 +58,16 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 
-use super::{connect_with, SctpConfig, SctpConnection, SctpStream, ToSocketAddrs};
+use super::{
+    connect_with, connect_with_spawner, SctpConfig, SctpConnection, SctpStream, ToSocketAddrs,
+};
 use crate::connection::Connection;
 use crate::error::{Result, TlsError};
 use crate::transport::tls::{
     accept_stream, connect_stream, TlsClientConfig, TlsServerConfig, TlsStream,
     DEFAULT_HANDSHAKE_TIMEOUT,
 };
+use crate::transport::Task;
 
 /// A TLS connection over an SCTP association.
 pub type SctpTlsConnection = Connection<TlsStream<SctpStream>>;
@@ -95,6 +98,32 @@ pub async fn connect_tls_with(
     config: &SctpConfig,
 ) -> Result<SctpTlsConnection> {
     let association = connect_with(addr, config).await?;
+    tls_over(association, server_name, tls, config).await
+}
+
+/// [`connect_tls_with`], handing the association's driver to `spawn` to run on your executor
+/// (as [`connect_with_spawner`]).
+///
+/// # Errors
+/// As [`connect_tls`].
+pub async fn connect_tls_with_spawner(
+    addr: impl ToSocketAddrs,
+    server_name: &str,
+    tls: &TlsClientConfig,
+    config: &SctpConfig,
+    spawn: impl FnMut(Task),
+) -> Result<SctpTlsConnection> {
+    let association = connect_with_spawner(addr, config, spawn).await?;
+    tls_over(association, server_name, tls, config).await
+}
+
+/// The client side of a TLS handshake on a connected association.
+async fn tls_over(
+    association: SctpConnection,
+    server_name: &str,
+    tls: &TlsClientConfig,
+    config: &SctpConfig,
+) -> Result<SctpTlsConnection> {
     let info = association.info().clone();
     let handshake = connect_stream(
         association.into_inner(),
