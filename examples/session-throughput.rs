@@ -91,10 +91,10 @@ async fn reliable(n: u64) -> anyhow::Result<Duration> {
     let server = async_std::task::spawn(async move {
         let reliable = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
         let accepted = reliable.accept(listener.accept().await?).await?;
-        let mut stream = accepted
-            .new_stream
-            .ok_or_else(|| anyhow::anyhow!("not a new stream"))?;
-        async_std::task::spawn(accepted.driver);
+        let connect::reliable::Accepted::NewStream { mut stream, driver } = accepted else {
+            anyhow::bail!("not a new stream");
+        };
+        async_std::task::spawn(driver);
         for _ in 0..n {
             stream
                 .recv()

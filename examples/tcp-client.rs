@@ -148,7 +148,9 @@ async fn reliable(addr: &str, n: u64, heartbeat_ms: Option<u64>) -> anyhow::Resu
         .with_property("name", "tcp-client")
         .with_heartbeat(Some(heartbeat));
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(20), Duration::from_secs(2))
+        Backoff::new()
+            .with_initial(Duration::from_millis(20))
+            .with_max(Duration::from_secs(2))
             .with_max_attempts(Some(100)),
     );
     let stream = tcp::connect_reliable(addr, session_config, config, spawn);

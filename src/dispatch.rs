@@ -567,7 +567,7 @@ mod tests {
     use super::*;
     use crate::codec::Codec;
     use crate::proto::example::HelloWorld;
-    use crate::Config;
+    use crate::ConnectionConfig;
     use bytes::BytesMut;
     use futures::executor::block_on;
     use futures::io::Cursor;
@@ -589,9 +589,14 @@ mod tests {
     /// Serves `wire` (frames as sent), returning the result and the `Any`s written back.
     fn serve(dispatcher: &Dispatcher, wire: Vec<u8>) -> (Result<()>, Vec<Any>) {
         let info = ConnectionInfo::new();
-        let mut reader = ConnectionReader::new(Cursor::new(wire), &Config::default(), info.clone());
+        let mut reader = ConnectionReader::new(
+            Cursor::new(wire),
+            &ConnectionConfig::default(),
+            info.clone(),
+        );
         let mut out = Vec::new();
-        let mut writer = ConnectionWriter::new(Cursor::new(&mut out), &Config::default(), info);
+        let mut writer =
+            ConnectionWriter::new(Cursor::new(&mut out), &ConnectionConfig::default(), info);
         let result = block_on(dispatcher.serve_split(&mut reader, &mut writer));
         drop(writer);
         let mut written = BytesMut::from(&out[..]);

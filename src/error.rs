@@ -10,6 +10,28 @@ use prost_types::Any;
 ///
 /// Errors caused by what a peer sent (a bad length prefix, bytes that are not an `Any`, an
 /// unexpected end of stream) end that connection only; they never panic the process.
+///
+/// # How an end is reported ("closed", once)
+///
+/// Every handle (connection, session, reliable stream) ends the same way, and each variant
+/// below has one meaning in that story:
+///
+/// | situation | reader (`recv`) | writer (`send`, `feed`, `flush`) |
+/// |---|---|---|
+/// | graceful end (either side closed, everything delivered) | `Ok(None)`, then `Ok(None)` | connection: [`Error::Closed`]; session: [`Error::Session`] with [`SessionEnd::Closed`] / [`ClosedByPeer`] (who closed, code, reason); reliable stream: [`Error::Closed`] |
+/// | any other end | the layer's error **once** ([`Error::Io`], [`Error::Tls`], [`Error::Truncated`], ... for a connection; [`Error::Session`] for a session; [`Error::Reliable`] with a [`GiveUp`] for a reliable stream), then `Ok(None)` | the same error (a connection: [`Error::Closed`] once its error was reported) |
+/// | a message sent with confirmation whose stream ended first | | [`Error::Delivery`] with [`DeliveryError::Closed`]: about *that message* (it may or may not have reached the peer's application), not about the handle |
+///
+/// So [`Error::Closed`] means "this handle is over, and there is nothing more specific to
+/// say"; [`SessionEnd`] says how a session ended, [`GiveUp`] why a reliable stream was given up,
+/// and [`DeliveryError::Closed`] that one message's fate is unknown. A reader never yields
+/// [`Error::Closed`] for a graceful end: that is `Ok(None)`.
+///
+/// [`SessionEnd`]: crate::session::SessionEnd
+/// [`SessionEnd::Closed`]: crate::session::SessionEnd::Closed
+/// [`ClosedByPeer`]: crate::session::SessionEnd::ClosedByPeer
+/// [`GiveUp`]: crate::reliable::GiveUp
+/// [`DeliveryError::Closed`]: crate::reliable::DeliveryError::Closed
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -73,7 +95,9 @@ pub enum Error {
         any: Box<Any>,
     },
 
-    /// The connection is closed (or a previous error ended it) and cannot be used any more.
+    /// This handle is over (closed gracefully by either side, or a previous error that was
+    /// already reported ended it) and there is nothing more specific to say: see the table in
+    /// [`Error`]'s docs. A reader reports a graceful end as `Ok(None)`, never as this.
     #[error("connection closed")]
     Closed,
 
@@ -92,11 +116,12 @@ pub enum Error {
     #[error("session ended: {0}")]
     Session(crate::session::SessionEnd),
 
-    /// A reliable stream was given up (reconnection attempts exhausted, the peer does not
-    /// support reliable delivery, the peer broke its protocol, a detached stream expired, ...);
-    /// see [`crate::reliable`].
+    /// A reliable stream was given up, or a connection was not made to carry one; the
+    /// [`GiveUp`](crate::reliable::GiveUp) says why (reconnection attempts exhausted, the peer
+    /// does not support reliable delivery, the peer broke its protocol, a detached stream
+    /// expired, the stream was refused, ...).
     #[error("reliable stream given up: {0}")]
-    Reliable(String),
+    Reliable(crate::reliable::GiveUp),
 
     /// The peer broke the request/reply protocol (a request id of 0, or one reused while in
     /// flight); see [`crate::rpc`].
@@ -156,8 +181,13 @@ pub enum TlsError {
 
     /// The peer's certificate was rejected for another reason (bad signature, wrong key usage,
     /// revoked, malformed...).
-    #[error("peer certificate rejected: {0}")]
-    BadCertificate(String),
+    #[error("peer certificate rejected: {detail}")]
+    BadCertificate {
+        /// What was wrong, for code.
+        problem: CertificateProblem,
+        /// What was wrong, for people (as rustls reports it).
+        detail: String,
+    },
 
     /// This server requires a client certificate and the client sent none.
     #[error("client sent no certificate, but one is required")]
@@ -171,8 +201,8 @@ pub enum TlsError {
     /// refusing a missing client certificate).
     #[error("peer rejected the connection with TLS alert {alert}")]
     PeerRejected {
-        /// The alert's name as rustls spells it (`UnknownCA`, `CertificateRequired`, ...).
-        alert: String,
+        /// The alert the peer sent.
+        alert: TlsAlert,
     },
 
     /// The peer did not finish its handshake in time.
@@ -180,8 +210,13 @@ pub enum TlsError {
     HandshakeTimeout(Duration),
 
     /// The peer does not speak TLS (a plaintext client on a TLS port), or broke the protocol.
-    #[error("TLS protocol error: {0}")]
-    Protocol(String),
+    #[error("TLS protocol error: {detail}")]
+    Protocol {
+        /// What was wrong, for code.
+        problem: TlsProtocolProblem,
+        /// What was wrong, for people (as rustls reports it).
+        detail: String,
+    },
 
     /// The server name given to a client is neither a valid DNS name nor an IP address.
     #[error("invalid server name {0:?}")]
@@ -189,8 +224,13 @@ pub enum TlsError {
 
     /// A certificate, key or TLS setting given to us is unusable (unreadable PEM, no
     /// certificate in a file, a key that does not match its certificate...).
-    #[error("invalid TLS configuration: {0}")]
-    Config(String),
+    #[error("invalid TLS configuration: {detail}")]
+    Config {
+        /// What was wrong, for code.
+        problem: TlsConfigProblem,
+        /// What was wrong, for people: the file, and what the parser or rustls said.
+        detail: String,
+    },
 
     /// A server-side handshake failed. [`TlsListener`](crate::transport::tls::TlsListener)
     /// yields this for a client whose handshake failed, without stopping; `source` says why
@@ -203,6 +243,151 @@ pub enum TlsError {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// How a peer broke TLS (inside [`TlsError::Protocol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsProtocolProblem {
+    /// The bytes are not TLS records at all: typically a plaintext client on a TLS port.
+    NotTls,
+    /// A TLS message arrived that the handshake does not allow at that point, or could not be
+    /// parsed.
+    UnexpectedMessage,
+    /// A record failed to decrypt or authenticate (tampering, or keys that do not match).
+    Decrypt,
+    /// No protocol version, cipher suite or key exchange group both sides support.
+    NoCommonParameters,
+    /// The peer broke the protocol in another way rustls recognised.
+    Misbehaved,
+    /// Anything else rustls reported.
+    Other,
+}
+
+/// What is wrong with a TLS setting given to us (inside [`TlsError::Config`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsConfigProblem {
+    /// A file could not be read.
+    Unreadable,
+    /// PEM data is malformed.
+    BadPem,
+    /// PEM data holds no certificate.
+    NoCertificate,
+    /// PEM data holds no private key.
+    NoPrivateKey,
+    /// A client was given no certificate authority to trust.
+    NoTrustedAuthority,
+    /// A CA certificate cannot be used as a trust anchor.
+    UnusableAuthority,
+    /// rustls refused the configuration (for example a key that does not match its
+    /// certificate, or an unsupported key type).
+    Rejected,
+}
+
+/// A TLS alert a peer ended a handshake with (inside [`TlsError::PeerRejected`]): the ones a
+/// rejection uses by name, any other by its code (RFC 8446, section 6). Displayed as rustls
+/// spells them (`UnknownCA`, `CertificateRequired`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsAlert {
+    /// `handshake_failure` (40): no common version or cipher suite, or TLS 1.2's refusal of a
+    /// missing client certificate.
+    HandshakeFailure,
+    /// `bad_certificate` (42).
+    BadCertificate,
+    /// `unsupported_certificate` (43).
+    UnsupportedCertificate,
+    /// `certificate_revoked` (44).
+    CertificateRevoked,
+    /// `certificate_expired` (45).
+    CertificateExpired,
+    /// `certificate_unknown` (46).
+    CertificateUnknown,
+    /// `unknown_ca` (48): the peer does not trust the CA that signed our certificate.
+    UnknownCa,
+    /// `access_denied` (49).
+    AccessDenied,
+    /// `protocol_version` (70).
+    ProtocolVersion,
+    /// `certificate_required` (116): a server that requires a client certificate got none.
+    CertificateRequired,
+    /// Any other alert, by its code.
+    Other(u8),
+}
+
+impl TlsAlert {
+    /// The alert with this code.
+    pub fn from_code(code: u8) -> Self {
+        match code {
+            40 => Self::HandshakeFailure,
+            42 => Self::BadCertificate,
+            43 => Self::UnsupportedCertificate,
+            44 => Self::CertificateRevoked,
+            45 => Self::CertificateExpired,
+            46 => Self::CertificateUnknown,
+            48 => Self::UnknownCa,
+            49 => Self::AccessDenied,
+            70 => Self::ProtocolVersion,
+            116 => Self::CertificateRequired,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The alert's code on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::HandshakeFailure => 40,
+            Self::BadCertificate => 42,
+            Self::UnsupportedCertificate => 43,
+            Self::CertificateRevoked => 44,
+            Self::CertificateExpired => 45,
+            Self::CertificateUnknown => 46,
+            Self::UnknownCa => 48,
+            Self::AccessDenied => 49,
+            Self::ProtocolVersion => 70,
+            Self::CertificateRequired => 116,
+            Self::Other(code) => code,
+        }
+    }
+}
+
+impl std::fmt::Display for TlsAlert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::HandshakeFailure => "HandshakeFailure",
+            Self::BadCertificate => "BadCertificate",
+            Self::UnsupportedCertificate => "UnsupportedCertificate",
+            Self::CertificateRevoked => "CertificateRevoked",
+            Self::CertificateExpired => "CertificateExpired",
+            Self::CertificateUnknown => "CertificateUnknown",
+            Self::UnknownCa => "UnknownCA",
+            Self::AccessDenied => "AccessDenied",
+            Self::ProtocolVersion => "ProtocolVersion",
+            Self::CertificateRequired => "CertificateRequired",
+            Self::Other(code) => return write!(f, "alert {code}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// What was wrong with a peer's certificate (inside [`TlsError::BadCertificate`]), for the
+/// cases without a [`TlsError`] variant of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CertificateProblem {
+    /// The certificate could not be parsed.
+    BadEncoding,
+    /// A signature in the chain does not verify, or uses an unsupported algorithm.
+    BadSignature,
+    /// The certificate was revoked.
+    Revoked,
+    /// Its revocation status could not be determined.
+    UnknownRevocationStatus,
+    /// It is not valid for this use (key usage, extended key usage, critical extensions).
+    InvalidPurpose,
+    /// Anything else.
+    Other,
 }
 
 /// `Result` with this crate's [`Error`].
@@ -218,8 +403,9 @@ impl Error {
                 | Error::InvalidLengthPrefix
                 | Error::Decode { .. }
                 | Error::Truncated { .. }
-                | Error::Tls(TlsError::Protocol(_))
+                | Error::Tls(TlsError::Protocol { .. })
                 | Error::Session(crate::session::SessionEnd::ProtocolViolation { .. })
+                | Error::Reliable(crate::reliable::GiveUp::ProtocolViolation { .. })
         )
     }
 }
@@ -279,6 +465,30 @@ mod quoted_tests {
         );
     }
 
+    /// `Error` travels in every `Result` of the hot paths: keep it from growing unnoticed.
+    /// 48 bytes today: `Tls`, `Handler` and `Delivery` carry 40-byte payloads, `Session`,
+    /// `Decode`, `UnexpectedType` and `Reliable` 32-byte ones.
+    #[test]
+    fn error_stays_small() {
+        assert!(
+            std::mem::size_of::<Error>() <= 48,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+        assert!(std::mem::size_of::<Result<()>>() <= 48);
+    }
+
+    #[test]
+    fn tls_alerts_round_trip_their_codes_and_print_as_rustls_spells_them() {
+        for code in 0..=u8::MAX {
+            assert_eq!(TlsAlert::from_code(code).code(), code);
+        }
+        assert_eq!(TlsAlert::from_code(48), TlsAlert::UnknownCa);
+        assert_eq!(TlsAlert::UnknownCa.to_string(), "UnknownCA");
+        assert_eq!(TlsAlert::from_code(116).to_string(), "CertificateRequired");
+        assert_eq!(TlsAlert::from_code(0).to_string(), "alert 0");
+    }
+
     #[test]
     fn a_session_ended_by_a_protocol_violation_is_one() {
         use crate::session::SessionEnd;
@@ -289,5 +499,11 @@ mod quoted_tests {
         assert!(Error::InvalidLengthPrefix.is_protocol_violation());
         assert!(!Error::Session(SessionEnd::Disconnected).is_protocol_violation());
         assert!(!Error::Closed.is_protocol_violation());
+        use crate::reliable::GiveUp;
+        assert!(Error::Reliable(GiveUp::ProtocolViolation {
+            reason: "bad Ack".into()
+        })
+        .is_protocol_violation());
+        assert!(!Error::Reliable(GiveUp::NotSupported).is_protocol_violation());
     }
 }

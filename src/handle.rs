@@ -38,8 +38,9 @@
 //! only point a caller can act on is the peer's acknowledgement.
 //!
 //! A writer whose layer has ended fails every call with the layer's error (`Error::Closed`
-//! after a connection's `close`, `Error::Session(end)` after a session's end, the stream's end
-//! for a reliable stream).
+//! after a connection's `close`, `Error::Session(end)` after a session's end, `Error::Closed`
+//! or `Error::Reliable(give_up)` for a reliable stream). The whole story of how an end is
+//! reported, and what each "closed" means, is in [`Error`](crate::Error)'s docs.
 //!
 //! ## Why a macro and not extension traits
 //!

@@ -129,11 +129,15 @@ pub mod __fuzz {
     pub use crate::session::fuzz::SessionState;
 }
 
+#[allow(deprecated)]
+pub use connection::Config;
 pub use connection::{
-    Config, Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity, ReadHalf,
-    WriteHalf, DEFAULT_WRITE_HIGH_WATER,
+    Connection, ConnectionConfig, ConnectionInfo, ConnectionReader, ConnectionWriter, PeerIdentity,
+    ReadHalf, WriteHalf, DEFAULT_WRITE_HIGH_WATER,
 };
-pub use error::{Error, Result, TlsError};
+pub use error::{
+    CertificateProblem, Error, Result, TlsAlert, TlsConfigProblem, TlsError, TlsProtocolProblem,
+};
 pub use handle::ReuniteError;
 
 /// Re-exported so callers need not depend on the same versions themselves.

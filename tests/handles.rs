@@ -179,10 +179,14 @@ where
                 let Ok(accepted) = server.accept(conn).await else {
                     return;
                 };
-                if let Some(stream) = accepted.new_stream {
-                    async_std::task::spawn(app(stream));
+                match accepted {
+                    connect::reliable::Accepted::NewStream { stream, driver } => {
+                        async_std::task::spawn(app(stream));
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });

@@ -108,8 +108,10 @@ async fn a_reliable_stream_packs_with_the_standard_prefix() {
         let received = async_std::task::spawn(async move {
             let conn = listener.accept().await.unwrap();
             let accepted = server.accept(conn).await.unwrap();
-            async_std::task::spawn(accepted.driver);
-            let mut stream = accepted.new_stream.expect("a new stream");
+            let connect::reliable::Accepted::NewStream { mut stream, driver } = accepted else {
+                panic!("a new stream expected")
+            };
+            async_std::task::spawn(driver);
             stream.recv().await.unwrap().unwrap()
         });
         let (mut stream, driver) = reliable::client(

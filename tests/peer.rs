@@ -119,9 +119,12 @@ async fn many_tasks_share_a_reliable_stream() {
     let server = async_std::task::spawn(async move {
         let reliable = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
         let conn = listener.accept().await.unwrap();
-        let accepted = reliable.accept(conn).await.unwrap();
-        spawn(Box::pin(accepted.driver));
-        let stream = accepted.new_stream.expect("a new stream");
+        let connect::reliable::Accepted::NewStream { stream, driver } =
+            reliable.accept(conn).await.unwrap()
+        else {
+            panic!("a new stream")
+        };
+        spawn(Box::pin(driver));
         let (peer, driver) = Peer::new(stream, dispatcher, &PeerConfig::new());
         driver.await;
         peer.closed().await

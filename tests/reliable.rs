@@ -47,10 +47,14 @@ where
                 let Ok(accepted) = srv.accept(conn).await else {
                     return;
                 };
-                if let Some(stream) = accepted.new_stream {
-                    task::spawn(app(stream));
+                match accepted {
+                    connect::reliable::Accepted::NewStream { stream, driver } => {
+                        task::spawn(app(stream));
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });
@@ -67,7 +71,9 @@ async fn echo(mut stream: ReliableStream) {
 
 fn client_config() -> ReliableConfig {
     ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(200)),
     )
 }
@@ -360,8 +366,13 @@ async fn plain_session_clients_still_work_with_a_reliable_server() {
     task::spawn(async move {
         let conn = listener.accept().await.unwrap();
         let accepted = server.accept(conn).await.unwrap();
-        assert!(accepted.new_stream.is_none());
-        let (mut session, driver) = accepted.plain.expect("a plain session");
+        let connect::reliable::Accepted::Plain {
+            mut session,
+            driver,
+        } = accepted
+        else {
+            panic!("a plain session expected")
+        };
         task::spawn(driver);
         while let Some(any) = session.recv().await.unwrap() {
             session.send(any).await.unwrap();
@@ -456,8 +467,11 @@ fn reliable_stream_on_smol() {
                 .accept(connect::Connection::new(stream))
                 .await
                 .unwrap();
-            smol::spawn(echo(accepted.new_stream.unwrap())).detach();
-            accepted.driver.await;
+            let connect::reliable::Accepted::NewStream { stream, driver } = accepted else {
+                panic!("a new stream expected")
+            };
+            smol::spawn(echo(stream)).detach();
+            driver.await;
         })
         .detach();
         let connector = move || async move {
@@ -624,9 +638,15 @@ async fn a_dropped_server_driver_lets_the_stream_expire() {
     })
     .await;
     assert_eq!(server.stream_count(), 1);
-    let session = accepted.new_stream.expect("a new stream");
+    let connect::reliable::Accepted::NewStream {
+        stream: session,
+        driver,
+    } = accepted
+    else {
+        panic!("a new stream expected")
+    };
     let mut events = session.events();
-    drop(accepted.driver);
+    drop(driver);
     // The client's reconnections are never accepted.
     within(20, "the stream expires", async {
         while server.stream_count() > 0 {
@@ -644,6 +664,79 @@ async fn a_dropped_server_driver_lets_the_stream_expire() {
         }
     })
     .await;
-    assert!(closed.is_some_and(|why| why.contains("not resumed")));
+    assert!(matches!(
+        closed,
+        Some(connect::reliable::GiveUp::Expired { .. })
+    ));
     drop(stream);
+}
+
+/// Nothing listens: after its last attempt the client gives the stream up with a typed reason
+/// that counts the attempts and keeps what the last one reported.
+#[async_std::test]
+async fn exhausted_attempts_give_up_with_the_last_error() {
+    use connect::reliable::GiveUp;
+    // A free port: bound, then released.
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let config = ReliableConfig::new().with_backoff(
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(5))
+            .with_max_attempts(Some(3)),
+    );
+    let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), config, spawn);
+    let end = within(20, "given up", stream.recv()).await;
+    match end {
+        Err(connect::Error::Reliable(GiveUp::AttemptsExhausted {
+            attempts,
+            last_error,
+        })) => {
+            assert_eq!(attempts, 3);
+            assert!(last_error.is_some(), "the last connect error is kept");
+        }
+        other => panic!("expected AttemptsExhausted, got {other:?}"),
+    }
+}
+
+/// A server that accepts plain sessions only: the client gives up with `NotSupported`, and
+/// its events say the same.
+#[async_std::test]
+async fn a_server_without_reliable_delivery_is_not_supported() {
+    use connect::reliable::GiveUp;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    task::spawn(async move {
+        while let Ok(conn) = listener.accept().await {
+            if let Ok((session, driver)) =
+                connect::session::accept(conn, &SessionConfig::new()).await
+            {
+                task::spawn(driver);
+                task::spawn(async move {
+                    let mut session = session;
+                    while let Ok(Some(_)) = session.recv().await {}
+                });
+            }
+        }
+    });
+    let mut stream = tcp::connect_reliable(addr, SessionConfig::new(), client_config(), spawn);
+    let mut events = stream.events();
+    let end = within(20, "given up", stream.recv()).await;
+    assert!(
+        matches!(end, Err(connect::Error::Reliable(GiveUp::NotSupported))),
+        "{end:?}"
+    );
+    let closed = within(20, "closed", async {
+        loop {
+            match futures::StreamExt::next(&mut events).await {
+                Some(Event::Closed { reason }) => return reason,
+                Some(_) => {}
+                None => panic!("events ended without Closed"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Some(GiveUp::NotSupported));
 }

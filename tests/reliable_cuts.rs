@@ -28,7 +28,9 @@ fn session_config() -> SessionConfig {
 
 fn client(addr: SocketAddr) -> ReliableStream {
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     tcp::connect_reliable(addr, session_config(), config, |task| {
@@ -227,25 +229,29 @@ async fn server(config: ReliableConfig, take: usize) -> (SocketAddr, ReliableSer
                 let Ok(accepted) = srv.accept(conn).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    let index = {
-                        let mut s = sn.lock().unwrap();
-                        s.push(Vec::new());
-                        s.len() - 1
-                    };
-                    task::spawn(async move {
-                        for _ in 0..take {
-                            match stream.recv().await {
-                                Ok(Some(any)) => sn.lock().unwrap()[index].push(sequence(&any)),
-                                _ => return,
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        let index = {
+                            let mut s = sn.lock().unwrap();
+                            s.push(Vec::new());
+                            s.len() - 1
+                        };
+                        task::spawn(async move {
+                            for _ in 0..take {
+                                match stream.recv().await {
+                                    Ok(Some(any)) => sn.lock().unwrap()[index].push(sequence(&any)),
+                                    _ => return,
+                                }
                             }
-                        }
-                        // Hold the stream (dropping it would close it) until it ends.
-                        let _ = stream.next_event().await;
-                        while stream.next_event().await.is_some() {}
-                    });
+                            // Hold the stream (dropping it would close it) until it ends.
+                            let _ = stream.next_event().await;
+                            while stream.next_event().await.is_some() {}
+                        });
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });

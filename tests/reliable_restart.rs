@@ -61,7 +61,9 @@ async fn server_killed_and_restarted_client_resends_what_was_not_confirmed() {
     let addr = server.addr;
 
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(20), Duration::from_millis(200))
+        Backoff::new()
+            .with_initial(Duration::from_millis(20))
+            .with_max(Duration::from_millis(200))
             .with_max_attempts(Some(300)),
     );
     let session_config = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(200)));

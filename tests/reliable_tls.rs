@@ -54,19 +54,27 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
                 let Ok(accepted) = server.accept(conn).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    task::spawn(async move {
-                        let mut next = 0;
-                        while let Ok(Some(any)) = stream.recv().await {
-                            assert_eq!(sequence(&any), next, "server: out of order or duplicate");
-                            next += 1;
-                            if stream.feed(any).await.is_err() {
-                                break;
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        task::spawn(async move {
+                            let mut next = 0;
+                            while let Ok(Some(any)) = stream.recv().await {
+                                assert_eq!(
+                                    sequence(&any),
+                                    next,
+                                    "server: out of order or duplicate"
+                                );
+                                next += 1;
+                                if stream.feed(any).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    });
+                        });
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });
@@ -81,7 +89,9 @@ async fn a_reliable_stream_over_mutual_tls_survives_cut_connections() {
         async move { tls::connect(proxy_addr, "localhost", &tls).await }
     };
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     let (stream, driver) = reliable::client(connector, session_config, config);
@@ -150,7 +160,9 @@ async fn the_tls_echo_server_example_serves_reliable_streams() {
         async move { tls::connect(proxy_addr, "localhost", &tls).await }
     };
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     let (stream, driver) = reliable::client(connector, SessionConfig::new(), config);

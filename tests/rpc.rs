@@ -15,7 +15,7 @@ use connect::peer::{Peer, PeerConfig};
 use connect::prost_types::Any;
 use connect::proto::example::HelloWorld;
 use connect::proto::rpc::{response, Cancel, Request, Response};
-use connect::reliable::{Backoff, ReliableConfig, ReliableServer};
+use connect::reliable::{Accepted, Backoff, ReliableConfig, ReliableServer};
 use connect::rpc::{CallError, CallOptions, Status, StatusCode, Violation};
 use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpConnection, TcpListener};
@@ -151,9 +151,12 @@ async fn linked(
             }
             Layer::Reliable => {
                 let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
-                let accepted = server.accept(conn).await.unwrap();
-                spawn(Box::pin(accepted.driver));
-                let stream = accepted.new_stream.expect("a new stream");
+                let connect::reliable::Accepted::NewStream { stream, driver } =
+                    server.accept(conn).await.unwrap()
+                else {
+                    panic!("a new stream")
+                };
+                spawn(Box::pin(driver));
                 Peer::new(stream, dispatcher, &server_config).1
             }
         };
@@ -618,11 +621,16 @@ fn reliable_server(listener: TcpListener, dispatcher: Arc<Dispatcher>) {
                 let Ok(accepted) = server.accept(conn).await else {
                     return;
                 };
-                if let Some(stream) = accepted.new_stream {
-                    let (_peer, driver) = Peer::new(stream, dispatcher, &PeerConfig::new());
-                    async_std::task::spawn(driver);
+                match accepted {
+                    Accepted::NewStream { stream, driver } => {
+                        let (_peer, peer_driver) =
+                            Peer::new(stream, dispatcher, &PeerConfig::new());
+                        async_std::task::spawn(peer_driver);
+                        driver.await;
+                    }
+                    Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });
@@ -638,7 +646,9 @@ async fn reliable_calls_survive_connection_cuts_and_run_once() {
     reliable_server(listener, Arc::new(service(seen.clone())));
     let proxy = cutting_proxy(upstream, 20_000).await;
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(20))
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::from_millis(20))
             .with_max_attempts(Some(500)),
     );
     let session = SessionConfig::new().with_heartbeat(Some(Duration::from_millis(500)));

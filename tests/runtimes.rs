@@ -20,7 +20,7 @@ use connect::proto::v1::ReasonCode;
 use connect::reliable::{self, ReliableConfig, ReliableServer};
 use connect::session::{self, SessionConfig};
 use connect::transport::{driver_task, tcp, tls, Task};
-use connect::{Config, Connection, ConnectionInfo, Error};
+use connect::{Connection, ConnectionConfig, ConnectionInfo, Error};
 use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::{AsyncRead, AsyncWrite};
@@ -365,16 +365,20 @@ async fn reliable_stream<R: Runtime>(rt: R) {
                 let Ok(accepted) = server.accept(Connection::new(io)).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    rt.spawn(Box::pin(async move {
-                        while let Ok(Some(any)) = stream.recv().await {
-                            if stream.feed(any).await.is_err() {
-                                break;
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        rt.spawn(Box::pin(async move {
+                            while let Ok(Some(any)) = stream.recv().await {
+                                if stream.feed(any).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    }));
+                        }));
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             }));
         }
     }));
@@ -414,8 +418,13 @@ async fn tls_echo<R: Runtime>(rt: R) {
     let addr = listener.addr();
     let server = spawn_with_result(&rt, async move {
         let io = listener.accept().await?;
-        let mut conn =
-            tls::accept_stream(io, &server_tls, &Config::default(), ConnectionInfo::new()).await?;
+        let mut conn = tls::accept_stream(
+            io,
+            &server_tls,
+            &ConnectionConfig::default(),
+            ConnectionInfo::new(),
+        )
+        .await?;
         let who = conn
             .peer_identity()
             .and_then(|id| id.common_name().map(str::to_owned));
@@ -431,7 +440,7 @@ async fn tls_echo<R: Runtime>(rt: R) {
         io,
         "localhost",
         &client_tls,
-        &Config::default(),
+        &ConnectionConfig::default(),
         ConnectionInfo::new(),
     )
     .await
@@ -504,7 +513,7 @@ fn an_async_std_stream_converts_into_a_tcp_connection() {
         });
         let stream = async_std::net::TcpStream::connect(addr).await.unwrap();
         let stream = tcp::TcpStream::try_from(stream).unwrap();
-        let mut conn = tcp::wrap(stream, &Config::default());
+        let mut conn = tcp::wrap(stream, &ConnectionConfig::default());
         assert_eq!(conn.peer_addr(), Some(addr));
         conn.send_message(&hello("converted", 1)).await.unwrap();
         let back: HelloWorld = conn.recv_message().await.unwrap().expect("a reply");
@@ -563,8 +572,10 @@ fn tcp_helpers_hand_their_drivers_to_the_given_spawner() {
                 .accept(Connection::new(listener.accept().await.unwrap()))
                 .await
                 .unwrap();
-            smol::spawn(accepted.driver).detach();
-            let mut stream = accepted.new_stream.expect("a new stream");
+            let connect::reliable::Accepted::NewStream { mut stream, driver } = accepted else {
+                panic!("a new stream expected")
+            };
+            smol::spawn(driver).detach();
             stream.recv_message::<HelloWorld>().await.unwrap()
         });
         let mut stream = tcp::connect_reliable(
@@ -591,10 +602,12 @@ fn tls_client_and_listener_on_tokio() {
     run(Tokio::new(), |rt| async move {
         let ca = Ca::new("test CA");
         let server_leaf = ca.issue("server", &["localhost"], Role::Server);
-        let mut listener = tls::TlsListener::bind("127.0.0.1:0", server_config(&server_leaf, None))
-            .await
-            .unwrap()
-            .with_handshake_timeout(Duration::from_secs(20));
+        let mut listener = tls::TlsListener::bind(
+            "127.0.0.1:0",
+            server_config(&server_leaf, None).with_handshake_timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
         let addr = listener.local_addr();
         let server = spawn_with_result(&rt, async move {
             let mut conn = listener.next().await.expect("a connection")?;

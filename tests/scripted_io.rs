@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use connect::proto::example::HelloWorld;
-use connect::{Config, Connection, ConnectionInfo, Error};
+use connect::{Connection, ConnectionConfig, ConnectionInfo, Error};
 use futures::executor::block_on;
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{SinkExt, StreamExt};
@@ -315,7 +315,7 @@ fn a_failed_write_closes_the_writer() {
 
 #[test]
 fn oversized_outgoing_message_is_refused_and_the_writer_stays_usable() {
-    let config = Config::default().with_max_frame_len(100);
+    let config = ConnectionConfig::default().with_max_frame_len(100);
     let io = Scripted::new(vec![], 1, usize::MAX);
     let mut conn = Connection::with_config(io, &config, ConnectionInfo::new());
     block_on(async {

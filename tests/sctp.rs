@@ -17,7 +17,7 @@ use async_std::task;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::proto::example::HelloWorld;
 use connect::transport::sctp::{self, SctpConfig, SctpConnection, SctpListener};
-use connect::{Config, Error};
+use connect::{ConnectionConfig, Error};
 use futures::StreamExt;
 use prost_types::Any;
 
@@ -180,8 +180,8 @@ fn frame_len(msg: &HelloWorld) -> usize {
 #[async_std::test]
 async fn frames_up_to_the_maximum_size() {
     const MAX: usize = 4 * 1024 * 1024;
-    let config =
-        SctpConfig::default().with_connection_config(Config::default().with_max_frame_len(MAX));
+    let config = SctpConfig::default()
+        .with_connection_config(ConnectionConfig::default().with_max_frame_len(MAX));
     let (addr, _done, _server) = echo_server(config.clone()).await;
     let mut conn = sctp::connect_with(addr, &config).await.expect("connect");
 
@@ -216,8 +216,8 @@ async fn frames_up_to_the_maximum_size() {
 
 #[async_std::test]
 async fn an_oversized_frame_from_the_peer_ends_only_its_connection() {
-    let small =
-        SctpConfig::default().with_connection_config(Config::default().with_max_frame_len(1024));
+    let small = SctpConfig::default()
+        .with_connection_config(ConnectionConfig::default().with_max_frame_len(1024));
     let (addr, done, _server) = echo_server(small).await;
 
     let mut good = sctp::connect(addr).await.expect("connect");

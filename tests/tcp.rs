@@ -12,7 +12,7 @@ use async_std::task;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::proto::example::HelloWorld;
 use connect::transport::tcp::{self, TcpListener};
-use connect::{Config, ConnectionInfo, Error};
+use connect::{ConnectionConfig, ConnectionInfo, Error};
 use futures::channel::mpsc;
 use futures::StreamExt;
 use prost_types::Any;
@@ -23,7 +23,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 type Outcome = (ConnectionInfo, Result<(), Error>);
 
 /// An echo server like the `tcp-echo-server` example, reporting how every connection ended.
-async fn echo_server(config: Config) -> (SocketAddr, mpsc::UnboundedReceiver<Outcome>) {
+async fn echo_server(config: ConnectionConfig) -> (SocketAddr, mpsc::UnboundedReceiver<Outcome>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -82,7 +82,7 @@ async fn closed_by_server(raw: &mut TcpStream) -> bool {
 
 #[async_std::test]
 async fn pipelined_frames_in_one_write() {
-    let (addr, _) = echo_server(Config::default()).await;
+    let (addr, _) = echo_server(ConnectionConfig::default()).await;
     let codec = connect::codec::Codec::new();
     let mut wire = bytes::BytesMut::new();
     for i in 0..500 {
@@ -94,7 +94,7 @@ async fn pipelined_frames_in_one_write() {
         .unwrap();
 
     // Read the replies through a Connection over a second handle of the same socket.
-    let mut conn = tcp::wrap(raw.clone(), &Config::default());
+    let mut conn = tcp::wrap(raw.clone(), &ConnectionConfig::default());
     for i in 0..500 {
         let back: HelloWorld = timeout(LIMIT, conn.recv_message())
             .await
@@ -107,7 +107,7 @@ async fn pipelined_frames_in_one_write() {
 
 #[async_std::test]
 async fn eight_mib_message() {
-    let (addr, _) = echo_server(Config::default()).await;
+    let (addr, _) = echo_server(ConnectionConfig::default()).await;
     let mut conn = tcp::connect(addr).await.unwrap();
     let big = HelloWorld {
         text: "0123456789abcdef".repeat(8 * 1024 * 1024 / 16),
@@ -130,7 +130,7 @@ async fn eight_mib_message() {
 
 #[async_std::test]
 async fn sixty_four_concurrent_clients() {
-    let (addr, _) = echo_server(Config::default()).await;
+    let (addr, _) = echo_server(ConnectionConfig::default()).await;
     let clients: Vec<_> = (0..64u64)
         .map(|client| {
             task::spawn(async move {
@@ -159,7 +159,7 @@ async fn sixty_four_concurrent_clients() {
 /// One misbehaving peer per case, each while a good client keeps echoing on its own connection.
 #[async_std::test]
 async fn bad_peers_lose_only_their_own_connection() {
-    let config = Config::default().with_max_frame_len(1024 * 1024);
+    let config = ConnectionConfig::default().with_max_frame_len(1024 * 1024);
     let (addr, mut outcomes) = echo_server(config).await;
     let mut good = tcp::connect(addr).await.unwrap();
     round_trip(&mut good, 0).await;

@@ -15,7 +15,7 @@ use connect::proto::example::HelloWorld;
 use connect::transport::tls::{
     self, pki_types::ServerName, rustls, Identity, TlsConnection, TlsListener, TlsServerConfig,
 };
-use connect::{Error, PeerIdentity, TlsError};
+use connect::{Error, PeerIdentity, TlsConfigProblem, TlsError, TlsProtocolProblem};
 use futures::channel::mpsc;
 use futures::StreamExt;
 use prost_types::Any;
@@ -220,7 +220,8 @@ fn protocol_version(conn: TlsConnection) -> (Option<rustls::ProtocolVersion>, Tl
     let info = conn.info().clone();
     let stream = conn.into_inner();
     let version = stream.get_ref().1.protocol_version();
-    let conn = connect::Connection::with_config(stream, &connect::Config::default(), info);
+    let conn =
+        connect::Connection::with_config(stream, &connect::ConnectionConfig::default(), info);
     (version, conn)
 }
 
@@ -255,7 +256,7 @@ async fn mutual_tls_accepts_a_client_certificate_from_the_right_ca() {
 /// certificate, so the client learns of the rejection on its first read.
 async fn expect_rejected_by_server(
     result: connect::Result<TlsConnection>,
-    alert: &str,
+    alert: connect::TlsAlert,
 ) -> connect::Result<()> {
     let mut conn = result?;
     let _ = conn
@@ -282,7 +283,7 @@ async fn mutual_tls_rejects_a_client_without_a_certificate() {
     let client = client_config(ca.certificates(), None);
     expect_rejected_by_server(
         tls::connect(addr, "localhost", &client).await,
-        "CertificateRequired",
+        connect::TlsAlert::CertificateRequired,
     )
     .await
     .expect("TLS 1.3 handshake itself succeeds on the client");
@@ -302,9 +303,12 @@ async fn mutual_tls_rejects_a_client_certificate_from_another_ca() {
     let (addr, mut events) = start(server_config(&server, Some(&ca))).await;
 
     let client = client_config(ca.certificates(), Some(&intruder));
-    expect_rejected_by_server(tls::connect(addr, "localhost", &client).await, "UnknownCA")
-        .await
-        .expect("TLS 1.3 handshake itself succeeds on the client");
+    expect_rejected_by_server(
+        tls::connect(addr, "localhost", &client).await,
+        connect::TlsAlert::UnknownCa,
+    )
+    .await
+    .expect("TLS 1.3 handshake itself succeeds on the client");
     let error = handshake_failure(next_event(&mut events).await);
     assert!(
         matches!(error, Error::Tls(TlsError::UnknownIssuer)),
@@ -390,28 +394,37 @@ async fn invalid_names_keys_and_pem_are_config_errors() {
         ),
     }
 
-    let config_error = |r: connect::Result<()>| matches!(r, Err(Error::Tls(TlsError::Config(_))));
+    let config_error = |r: connect::Result<()>, expected: TlsConfigProblem| match r {
+        Err(Error::Tls(TlsError::Config { problem, .. })) => problem == expected,
+        _ => false,
+    };
     assert!(config_error(
-        tls::certificates_from_pem(b"not PEM").map(drop)
+        tls::certificates_from_pem(b"not PEM").map(drop),
+        TlsConfigProblem::NoCertificate
     ));
     assert!(config_error(
-        tls::certificates_from_pem(server.key_pem.as_bytes()).map(drop)
+        tls::certificates_from_pem(server.key_pem.as_bytes()).map(drop),
+        TlsConfigProblem::NoCertificate
     ));
     assert!(config_error(
-        tls::private_key_from_pem(server.cert_pem.as_bytes()).map(drop)
+        tls::private_key_from_pem(server.cert_pem.as_bytes()).map(drop),
+        TlsConfigProblem::NoPrivateKey
     ));
     assert!(config_error(
-        tls::certificates_from_pem_file("/nonexistent/ca.pem").map(drop)
+        tls::certificates_from_pem_file("/nonexistent/ca.pem").map(drop),
+        TlsConfigProblem::Unreadable
     ));
     assert!(config_error(
-        tls::TlsClientConfig::builder().build().map(drop)
+        tls::TlsClientConfig::builder().build().map(drop),
+        TlsConfigProblem::NoTrustedAuthority
     ));
     // A certificate with another certificate's key.
     let other = ca.issue("other", &["localhost"], Role::Server);
     let mismatched = Identity::from_pem(server.cert_pem.as_bytes(), other.key_pem.as_bytes())
         .expect("both parse");
     assert!(config_error(
-        TlsServerConfig::builder(mismatched).build().map(drop)
+        TlsServerConfig::builder(mismatched).build().map(drop),
+        TlsConfigProblem::Rejected
     ));
 }
 
@@ -441,10 +454,12 @@ async fn plaintext_and_stalled_clients_fail_alone_while_a_tls_client_keeps_echoi
         // The stall is never timed out during this test: the good client must get through
         // while the stalled handshake is still pending (a listener doing one handshake at a
         // time would hang here, and `bounded` would fail the test).
-        let listener = TlsListener::bind("127.0.0.1:0", server_config(&server, None))
-            .await
-            .unwrap()
-            .with_handshake_timeout(Duration::from_secs(600));
+        let listener = TlsListener::bind(
+            "127.0.0.1:0",
+            server_config(&server, None).with_handshake_timeout(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
         let (addr, mut events) = spawn_echo_server(listener);
         let client = client_config(ca.certificates(), None);
 
@@ -476,7 +491,10 @@ async fn plaintext_and_stalled_clients_fail_alone_while_a_tls_client_keeps_echoi
             match next_event(&mut events).await {
                 Event::Accepted(_) => accepted += 1,
                 failure @ Event::Failed(_) => match handshake_failure(failure) {
-                    Error::Tls(TlsError::Protocol(_)) => protocol += 1,
+                    Error::Tls(TlsError::Protocol {
+                        problem: TlsProtocolProblem::NotTls,
+                        ..
+                    }) => protocol += 1,
                     other => panic!("unexpected failure {other:?}"),
                 },
                 other => panic!("unexpected {other:?}"),
@@ -508,11 +526,13 @@ async fn a_stalled_handshake_times_out_and_frees_its_slot() {
         let ca = Ca::new("test CA");
         let server = ca.issue("server", &["localhost"], Role::Server);
         // One handshake at a time: the good client waits until the stall has timed out.
-        let listener = TlsListener::bind("127.0.0.1:0", server_config(&server, None))
-            .await
-            .unwrap()
-            .with_handshake_timeout(Duration::from_millis(200))
-            .with_max_pending_handshakes(1);
+        let listener = TlsListener::bind(
+            "127.0.0.1:0",
+            server_config(&server, None).with_handshake_timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap()
+        .with_max_pending_handshakes(1);
         let (addr, mut events) = spawn_echo_server(listener);
         let client = client_config(ca.certificates(), None);
 
@@ -547,7 +567,7 @@ fn handshakes_run_over_any_futures_io_stream_on_smol() {
         let addr = listener.local_addr().unwrap();
         let server_task = smol::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let config = connect::Config::default();
+            let config = connect::ConnectionConfig::default();
             let mut conn =
                 tls::accept_stream(stream, &server_tls, &config, connect::ConnectionInfo::new())
                     .await?;
@@ -562,7 +582,7 @@ fn handshakes_run_over_any_futures_io_stream_on_smol() {
         });
 
         let stream = smol::net::TcpStream::connect(addr).await.unwrap();
-        let config = connect::Config::default();
+        let config = connect::ConnectionConfig::default();
         let mut conn = tls::connect_stream(
             stream,
             "localhost",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use connect::transport::tcp;
-use connect::{Config, Connection};
+use connect::{Connection, ConnectionConfig};
 use futures::{AsyncRead, AsyncWrite};
 
 use crate::harness::{self, Latency, Meter, Payload, Rounds, Throughput, PING_SIZE};
@@ -53,7 +53,7 @@ pub async fn send(
 
 async fn receive(listener: TcpListener, mut meter: Meter) -> anyhow::Result<Throughput> {
     let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-    let mut conn = tcp::wrap(stream, &Config::default());
+    let mut conn = tcp::wrap(stream, &ConnectionConfig::default());
     while let Some(msg) = conn.recv_message::<Payload>().await? {
         if msg.data.is_empty() {
             break;
@@ -77,7 +77,7 @@ async fn echo<T: AsyncRead + AsyncWrite + Unpin>(mut conn: Connection<T>) -> any
 /// Times round trips over `conn`, then sends the empty message that stops the echo server.
 async fn pings<T: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<T>,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<harness::RoundTrips> {
     let ping = Payload {
         data: Bytes::from(vec![0x5a; PING_SIZE]),
     };
@@ -99,7 +99,7 @@ pub fn ping_pong() -> anyhow::Result<Latency> {
         |listener| {
             async_std::task::block_on(async {
                 let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-                echo(tcp::wrap(stream, &Config::default())).await
+                echo(tcp::wrap(stream, &ConnectionConfig::default())).await
             })
         },
         |addr| async_std::task::block_on(async { pings(tcp::connect(addr).await?).await }),

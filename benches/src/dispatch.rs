@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use connect::dispatch::{Context, Dispatcher};
 use connect::transport::tcp;
-use connect::Config;
+use connect::ConnectionConfig;
 use futures::StreamExt;
 
 use crate::conn::SendMode;
@@ -34,7 +34,7 @@ pub fn throughput(size: usize, path: Path) -> anyhow::Result<Throughput> {
 
 async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Result<Throughput> {
     let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-    let conn = tcp::wrap(stream, &Config::default());
+    let conn = tcp::wrap(stream, &ConnectionConfig::default());
     // Uncontended: only this thread takes it, the same in both paths.
     let meter = Arc::new(Mutex::new(Some(meter)));
     let counted = meter.clone();
@@ -61,4 +61,30 @@ async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Res
     meter
         .ok_or_else(|| anyhow::anyhow!("meter taken twice"))?
         .finish()
+}
+
+/// W2 with `Dispatcher::serve` as the echo server: the handler replies with the message.
+pub fn ping_pong() -> anyhow::Result<harness::Latency> {
+    harness::ping_pong(
+        |listener| {
+            async_std::task::block_on(async {
+                let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
+                let conn = tcp::wrap(stream, &connect::ConnectionConfig::new());
+                let dispatcher = Dispatcher::new().on(|msg: Payload, _cx: Context| async move {
+                    Ok::<_, connect::Error>(connect::dispatch::Reply::message(&msg))
+                });
+                // Serving ends when the client closes, after the echo of its end marker.
+                dispatcher.serve(conn).await?;
+                Ok(())
+            })
+        },
+        |addr| {
+            async_std::task::block_on(async {
+                let mut conn = tcp::connect(addr).await?;
+                let rounds = crate::layers::pings(&mut conn).await?;
+                conn.close().await?;
+                Ok(rounds)
+            })
+        },
+    )
 }

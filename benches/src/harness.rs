@@ -1,7 +1,7 @@
 //! What every workload shares: the payload message, the receiver's meter, round-trip statistics
 //! and the per-thread memory counters read from `/proc`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,13 @@ impl prost::Name for Payload {
     }
 }
 
-/// How long the receiver lets traffic settle before it starts timing.
-pub const WARM_UP: Duration = Duration::from_millis(250);
+/// How long the receiver lets traffic settle before it starts timing, ms: 250 unless `--quick`
+/// says otherwise.
+pub static WARM_UP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(250);
+
+pub fn warm_up() -> Duration {
+    Duration::from_millis(WARM_UP_MS.load(Ordering::Relaxed))
+}
 
 /// One-way throughput as seen by the receiver.
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,6 +56,15 @@ pub struct Throughput {
     /// Share of the window the receiving thread was runnable but waiting for a CPU: how much
     /// other load on the machine got in the way.
     pub run_queue_wait: f64,
+    /// CPU time of the whole process per message over the timed window (both sides and any
+    /// background task: session and reliable drivers, the SCTP transport), ns.
+    pub process_cpu_ns_per_message: f64,
+    /// Heap allocations per message of the receiving thread over the timed window.
+    pub rx_allocs_per_message: f64,
+    /// Heap allocations per message of the sending thread over its whole run.
+    pub tx_allocs_per_message: f64,
+    /// Heap allocations per message of the whole process over the timed window.
+    pub process_allocs_per_message: f64,
 }
 
 impl Throughput {
@@ -63,13 +77,31 @@ impl Throughput {
     }
 }
 
-/// Counts what the receiver gets: waits out [`WARM_UP`], then times at least `window`, then
+/// Allocation and CPU counters read at the start of a timed window.
+#[derive(Clone, Copy, Debug)]
+struct Counters {
+    thread_allocs: u64,
+    process_allocs: u64,
+    process_cpu: u64,
+}
+
+impl Counters {
+    fn now() -> Self {
+        Self {
+            thread_allocs: crate::alloc::thread_allocations(),
+            process_allocs: crate::alloc::process_allocations(),
+            process_cpu: crate::alloc::process_cpu_ns(),
+        }
+    }
+}
+
+/// Counts what the receiver gets: waits out the warm-up, then times at least `window`, then
 /// raises the stop flag the sender watches.
 pub struct Meter {
     stop: Arc<AtomicBool>,
     window: Duration,
     started: Instant,
-    timing: Option<(Instant, u64, (u64, u64))>,
+    timing: Option<(Instant, u64, (u64, u64), Counters)>,
     messages: u64,
     bytes: u64,
     rss_start: u64,
@@ -108,15 +140,22 @@ impl Meter {
         }
         let now = Instant::now();
         match self.timing {
-            None if now - self.started >= WARM_UP => {
-                self.timing = Some((now, thread_minor_faults(), thread_schedstat()));
+            None if now - self.started >= warm_up() => {
+                self.timing = Some((
+                    now,
+                    thread_minor_faults(),
+                    thread_schedstat(),
+                    Counters::now(),
+                ));
                 self.messages = 0;
                 self.bytes = 0;
                 self.started = now;
                 self.rss_start = rss_kib();
             }
             None => {}
-            Some((start, faults, (cpu, wait))) if now - start >= self.window => {
+            Some((start, faults, (cpu, wait), counters)) if now - start >= self.window => {
+                let end = Counters::now();
+                let per_message = |n: u64| n as f64 / self.messages as f64;
                 let faults = thread_minor_faults() - faults;
                 let (cpu_end, wait_end) = thread_schedstat();
                 let elapsed = now - start;
@@ -130,6 +169,14 @@ impl Meter {
                     run_queue_wait: (wait_end - wait) as f64 / elapsed.as_nanos() as f64,
                     rss_start_kib: self.rss_start,
                     rss_end_kib: rss_kib(),
+                    process_cpu_ns_per_message: per_message(
+                        end.process_cpu.saturating_sub(counters.process_cpu),
+                    ),
+                    rx_allocs_per_message: per_message(end.thread_allocs - counters.thread_allocs),
+                    tx_allocs_per_message: 0.0,
+                    process_allocs_per_message: per_message(
+                        end.process_allocs - counters.process_allocs,
+                    ),
                 });
                 self.stop.store(true, Ordering::Relaxed);
             }
@@ -147,12 +194,22 @@ impl Meter {
 #[derive(Clone, Debug, Default)]
 pub struct Latency {
     pub sorted_ns: Vec<u64>,
+    /// CPU time of the whole process per timed round trip, ns.
+    pub cpu_ns_per_round_trip: f64,
+    /// Heap allocations of the whole process per timed round trip (two messages).
+    pub allocs_per_round_trip: f64,
 }
 
 impl Latency {
-    pub fn from_samples(mut samples: Vec<u64>) -> Self {
-        samples.sort_unstable();
-        Self { sorted_ns: samples }
+    pub fn from_samples(samples: RoundTrips) -> Self {
+        let mut sorted_ns = samples.samples;
+        sorted_ns.sort_unstable();
+        let n = sorted_ns.len().max(1) as f64;
+        Self {
+            sorted_ns,
+            cpu_ns_per_round_trip: samples.cpu_ns as f64 / n,
+            allocs_per_round_trip: samples.allocs as f64 / n,
+        }
     }
 
     /// The `q` quantile (0..=1), nearest rank.
@@ -199,10 +256,11 @@ pub fn rss_kib() -> u64 {
     pages * 4
 }
 
-/// Round trips timed per ping-pong run, after [`PING_PONG_WARM_UP`] untimed ones.
-pub const PING_PONG_ROUNDS: usize = 20_000;
+/// Round trips timed per ping-pong run, after [`PING_PONG_WARM_UP`] untimed ones (fewer with
+/// `--quick`).
+pub static PING_PONG_ROUNDS: AtomicUsize = AtomicUsize::new(20_000);
 /// Untimed round trips before the timed ones.
-pub const PING_PONG_WARM_UP: usize = 2_000;
+pub static PING_PONG_WARM_UP: AtomicUsize = AtomicUsize::new(2_000);
 /// Payload of a ping.
 pub const PING_SIZE: usize = 64;
 
@@ -216,8 +274,39 @@ where
 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
+    one_way_on(listener, addr, sender, receiver)
+}
+
+/// [`one_way`] on a listener the caller bound (TLS, SCTP, ...), reachable at `addr`.
+pub fn one_way_on<L, S, R>(
+    listener: L,
+    addr: std::net::SocketAddr,
+    sender: S,
+    receiver: R,
+) -> anyhow::Result<Throughput>
+where
+    L: Send + 'static,
+    S: FnOnce(std::net::SocketAddr, Arc<AtomicBool>) -> anyhow::Result<()> + Send + 'static,
+    R: FnOnce(L, Meter) -> anyhow::Result<Throughput> + Send + 'static,
+{
     let window = Duration::from_millis(WINDOW_MS.load(Ordering::Relaxed));
+    one_way_window(listener, addr, window, sender, receiver)
+}
+
+/// [`one_way_on`] with its own timed window.
+pub fn one_way_window<L, S, R>(
+    listener: L,
+    addr: std::net::SocketAddr,
+    window: Duration,
+    sender: S,
+    receiver: R,
+) -> anyhow::Result<Throughput>
+where
+    L: Send + 'static,
+    S: FnOnce(std::net::SocketAddr, Arc<AtomicBool>) -> anyhow::Result<()> + Send + 'static,
+    R: FnOnce(L, Meter) -> anyhow::Result<Throughput> + Send + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
     let meter = Meter::new(stop.clone(), window);
     let rx = std::thread::Builder::new()
         .name("receiver".into())
@@ -230,18 +319,23 @@ where
         .spawn(move || {
             pin(1);
             let (cpu, _) = thread_schedstat();
+            let allocs = crate::alloc::thread_allocations();
             sender(addr, stop)?;
-            let sent = SENT.with(|n| n.get()).max(1);
-            Ok::<_, anyhow::Error>((thread_schedstat().0 - cpu) as f64 / sent as f64)
+            let sent = SENT.with(|n| n.get()).max(1) as f64;
+            Ok::<_, anyhow::Error>((
+                (thread_schedstat().0 - cpu) as f64 / sent,
+                (crate::alloc::thread_allocations() - allocs) as f64 / sent,
+            ))
         })?;
     let result = rx
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    let sender_cpu = tx
+    let (sender_cpu, sender_allocs) = tx
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     result.map(|t| Throughput {
         sender_cpu_ns_per_message: sender_cpu,
+        tx_allocs_per_message: sender_allocs,
         ..t
     })
 }
@@ -251,10 +345,25 @@ where
 pub fn ping_pong<S, C>(server: S, client: C) -> anyhow::Result<Latency>
 where
     S: FnOnce(std::net::TcpListener) -> anyhow::Result<()> + Send + 'static,
-    C: FnOnce(std::net::SocketAddr) -> anyhow::Result<Vec<u64>>,
+    C: FnOnce(std::net::SocketAddr) -> anyhow::Result<RoundTrips>,
 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
+    ping_pong_on(listener, addr, server, client)
+}
+
+/// [`ping_pong`] on a listener the caller bound, reachable at `addr`.
+pub fn ping_pong_on<L, S, C>(
+    listener: L,
+    addr: std::net::SocketAddr,
+    server: S,
+    client: C,
+) -> anyhow::Result<Latency>
+where
+    L: Send + 'static,
+    S: FnOnce(L) -> anyhow::Result<()> + Send + 'static,
+    C: FnOnce(std::net::SocketAddr) -> anyhow::Result<RoundTrips>,
+{
     let srv = std::thread::Builder::new()
         .name("server".into())
         .spawn(move || {
@@ -268,7 +377,7 @@ where
     Ok(Latency::from_samples(samples?))
 }
 
-/// How long the receiver times a one-way run (after [`WARM_UP`]), in milliseconds: one second
+/// How long the receiver times a one-way run (after the warm-up), in milliseconds: one second
 /// unless `--seconds` says otherwise.
 pub static WINDOW_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
 
@@ -280,16 +389,35 @@ pub static WINDOW_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// ```
 pub struct Rounds {
     done: usize,
+    warm_up: usize,
+    rounds: usize,
     start: Instant,
     samples: Vec<u64>,
+    /// Process CPU time and allocations when the timed round trips began.
+    counters: Option<Counters>,
+    totals: (u64, u64),
+}
+
+/// What a ping-pong client measured: its round trips, and the process's CPU time and heap
+/// allocations over them.
+#[derive(Clone, Debug, Default)]
+pub struct RoundTrips {
+    pub samples: Vec<u64>,
+    pub cpu_ns: u64,
+    pub allocs: u64,
 }
 
 impl Default for Rounds {
     fn default() -> Self {
+        let rounds = PING_PONG_ROUNDS.load(Ordering::Relaxed);
         Self {
             done: 0,
+            warm_up: PING_PONG_WARM_UP.load(Ordering::Relaxed),
+            rounds,
             start: Instant::now(),
-            samples: Vec::with_capacity(PING_PONG_ROUNDS),
+            samples: Vec::with_capacity(rounds),
+            counters: None,
+            totals: (0, 0),
         }
     }
 }
@@ -298,21 +426,38 @@ impl Rounds {
     /// Starts the next round trip; `false` once all are done.
     #[inline]
     pub fn begin(&mut self) -> bool {
+        if self.done == self.warm_up && self.counters.is_none() {
+            self.counters = Some(Counters::now());
+        }
+        let more = self.done < self.warm_up + self.rounds;
+        if !more {
+            if let Some(start) = self.counters.take() {
+                let end = Counters::now();
+                self.totals = (
+                    end.process_cpu.saturating_sub(start.process_cpu),
+                    end.process_allocs - start.process_allocs,
+                );
+            }
+        }
         self.start = Instant::now();
-        self.done < PING_PONG_WARM_UP + PING_PONG_ROUNDS
+        more
     }
 
     /// Ends the round trip started by the last [`begin`](Self::begin).
     #[inline]
     pub fn end(&mut self) {
-        if self.done >= PING_PONG_WARM_UP {
+        if self.done >= self.warm_up {
             self.samples.push(self.start.elapsed().as_nanos() as u64);
         }
         self.done += 1;
     }
 
-    pub fn samples(self) -> Vec<u64> {
-        self.samples
+    pub fn samples(self) -> RoundTrips {
+        RoundTrips {
+            samples: self.samples,
+            cpu_ns: self.totals.0,
+            allocs: self.totals.1,
+        }
     }
 }
 

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::peer::{Peer, PeerConfig};
 use connect::transport::tcp;
-use connect::Config;
+use connect::ConnectionConfig;
 
-use crate::harness::{self, Latency, Payload, Rounds, PING_SIZE, WARM_UP};
+use crate::harness::{self, warm_up, Latency, Payload, Rounds, PING_SIZE};
 
 /// Calls in flight for the throughput rows.
 pub const IN_FLIGHT: [usize; 3] = [1, 16, 256];
@@ -45,7 +45,7 @@ fn echo_service() -> Dispatcher {
 fn serve(listener: TcpListener) -> anyhow::Result<()> {
     async_std::task::block_on(async {
         let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
-        let conn = tcp::wrap(stream, &Config::default());
+        let conn = tcp::wrap(stream, &ConnectionConfig::default());
         let (peer, driver) = Peer::new(conn, echo_service(), &PeerConfig::new());
         driver.await;
         peer.closed().await.map_err(|e| anyhow::anyhow!("{e}"))
@@ -157,7 +157,7 @@ pub fn call_throughput(in_flight: usize) -> anyhow::Result<Calls> {
                 })
                 .collect();
             let timer = async {
-                async_std::task::sleep(WARM_UP).await;
+                async_std::task::sleep(warm_up()).await;
                 let (start, before) = (Instant::now(), done.load(Ordering::Relaxed));
                 async_std::task::sleep(window).await;
                 let calls = Calls {
@@ -211,7 +211,7 @@ pub fn run(
     rounds: usize,
     latency: bool,
     throughput: bool,
-    rows: &mut Vec<[String; 5]>,
+    rows: &mut Vec<[String; 7]>,
     checks: &mut Vec<(String, bool)>,
 ) -> anyhow::Result<()> {
     let tonic_name = latency_impls().get(3).map(|(name, _)| *name);
@@ -241,13 +241,20 @@ pub fn run(
             .collect();
         let bare = medians[0][0];
         let call = medians[2][0];
-        for ((name, _), &[p50, p99]) in impls.iter().zip(&medians) {
+        for ((i, (name, _)), &[p50, p99]) in impls.iter().enumerate().zip(&medians) {
+            let last = runs[i].last();
             rows.push([
                 "R1 call round trip 64 B".into(),
                 name.to_string(),
                 format!("p50 {p50:.1} µs, p99 {p99:.1} µs"),
-                format!("{:.2}× bare (p50)", p50 / bare),
-                format!("p99 = {:.2}× own p50", p99 / p50),
+                "–".into(),
+                format!("{:.2}× (p50)", p50 / bare),
+                last.map_or("–".into(), |l| {
+                    format!("{:.1} µs per round trip", l.cpu_ns_per_round_trip / 1e3)
+                }),
+                last.map_or("–".into(), |l| {
+                    format!("{:.1} per round trip", l.allocs_per_round_trip)
+                }),
             ]);
         }
         checks.push((
@@ -291,11 +298,17 @@ pub fn run(
                 .collect();
             for ((name, _), per_sec) in impls.iter().zip(&medians) {
                 rows.push([
-                    format!("R2 calls/s, {in_flight} in flight"),
+                    format!("R2 calls/s, {in_flight} in flight, 64 B"),
                     name.to_string(),
-                    format!("{} calls/s", crate::si(*per_sec)),
-                    format!("{:.2}× connect", per_sec / medians[0]),
-                    "64 B request and reply, one connection".into(),
+                    format!(
+                        "{} calls/s ({:.2}× connect)",
+                        crate::si(*per_sec),
+                        per_sec / medians[0]
+                    ),
+                    "–".into(),
+                    "–".into(),
+                    "–".into(),
+                    "–".into(),
                 ]);
             }
             if let Some(tonic) = medians.get(1) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::harness::{self, Latency, Rounds, PING_SIZE, WARM_UP};
+use crate::harness::{self, warm_up, Latency, Rounds, PING_SIZE};
 use crate::rpc::Calls;
 
 mod proto {
@@ -121,7 +121,7 @@ pub fn call_throughput(in_flight: usize) -> anyhow::Result<Calls> {
                 })
                 .collect();
             let timer = async {
-                tokio::time::sleep(WARM_UP).await;
+                tokio::time::sleep(warm_up()).await;
                 let (start, before) = (Instant::now(), done.load(Ordering::Relaxed));
                 tokio::time::sleep(window).await;
                 let calls = Calls {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use connect::dispatch::{Context, Dispatcher, Reply};
 use connect::prost_types::Any;
-use connect::reliable::{ReliableConfig, ReliableServer, ReliableStream};
+use connect::reliable::{Accepted, ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::{self, PlainAuthenticator, SessionConfig};
 use connect::Connection;
 use futures::{AsyncRead, AsyncWrite};
@@ -144,16 +144,19 @@ where
             dispatcher.serve(session).await
         }
         Mode::Reliable(server) => {
-            let accepted = server.accept(conn).await?;
-            if let Some((session, driver)) = accepted.plain {
-                async_std::task::spawn(driver);
-                return dispatcher.serve(session).await;
+            match server.accept(conn).await? {
+                Accepted::Plain { session, driver } => {
+                    async_std::task::spawn(driver);
+                    return dispatcher.serve(session).await;
+                }
+                Accepted::NewStream { stream, driver } => {
+                    async_std::task::spawn(echo_stream(stream));
+                    driver.await;
+                }
+                // A resumed stream goes on with the echo task of its first connection.
+                Accepted::Resumed { driver } => driver.await,
+                _ => {}
             }
-            if let Some(stream) = accepted.new_stream {
-                async_std::task::spawn(echo_stream(stream));
-            }
-            // A resumed stream goes on with the echo task of its first connection.
-            accepted.driver.await;
             Ok(())
         }
     }

@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use connect::{Config, ConnectionInfo, ConnectionReader};
+use connect::{ConnectionConfig, ConnectionInfo, ConnectionReader};
 use futures_core::Stream;
 use futures_io::AsyncRead;
 use libfuzzer_sys::fuzz_target;
@@ -69,7 +69,7 @@ fuzz_target!(|input: &[u8]| {
         step: 0,
         pos: 0,
     };
-    let config = Config::default().with_max_frame_len(MAX_FRAME_LEN);
+    let config = ConnectionConfig::default().with_max_frame_len(MAX_FRAME_LEN);
     let mut reader = ConnectionReader::new(io, &config, ConnectionInfo::new());
     let mut cx = Context::from_waker(Waker::noop());
     let mut ended = false;

@@ -436,8 +436,8 @@ impl WriteState {
 
     /// The settings this writer was made with (for a connection rebuilt on another stream).
     #[cfg_attr(not(feature = "sctp"), allow(dead_code))]
-    pub(crate) fn config(&self) -> super::Config {
-        super::Config::default()
+    pub(crate) fn config(&self) -> super::ConnectionConfig {
+        super::ConnectionConfig::default()
             .with_max_frame_len(self.codec.max_frame_len())
             .with_write_high_water(self.high_water)
     }

@@ -28,19 +28,25 @@ pub use writer::ConnectionWriter;
 /// Default write-buffer high-water mark: 64 KiB.
 pub const DEFAULT_WRITE_HIGH_WATER: usize = 64 * 1024;
 
-/// Settings of a connection.
+/// Settings of a connection: frame size limit and write buffering.
 ///
 /// ```
-/// let config = connect::Config::default().with_max_frame_len(1 << 20);
+/// let config = connect::ConnectionConfig::new().with_max_frame_len(1 << 20);
 /// assert_eq!(config.max_frame_len(), 1 << 20);
 /// ```
+///
+/// **Which frame limit wins.** This `max_frame_len` bounds a plain connection. A
+/// [session](crate::session) negotiates its own limit with the peer
+/// ([`SessionConfig::with_max_frame_len`](crate::session::SessionConfig::with_max_frame_len))
+/// and, from its handshake on, that limit *replaces* the connection's in both directions: for a
+/// session (and a reliable stream, whose links are sessions) set it on the `SessionConfig`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct ConnectionConfig {
     max_frame_len: usize,
     write_high_water: usize,
 }
 
-impl Default for Config {
+impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
@@ -49,9 +55,19 @@ impl Default for Config {
     }
 }
 
-impl Config {
+/// The name before `ConnectionConfig`.
+#[deprecated(note = "renamed to `ConnectionConfig`")]
+pub type Config = ConnectionConfig;
+
+impl ConnectionConfig {
+    /// The defaults: 16 MiB frames, 64 KiB write high-water mark. Same as `default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Largest `Any` accepted or sent in one frame, in bytes (default 16 MiB). A peer announcing
-    /// a larger frame loses its connection before anything is allocated for the frame.
+    /// a larger frame loses its connection before anything is allocated for the frame. A session
+    /// made on the connection replaces it with its negotiated limit (see the type's docs).
     pub fn with_max_frame_len(mut self, max_frame_len: usize) -> Self {
         self.max_frame_len = max_frame_len;
         self
@@ -193,13 +209,13 @@ pub struct Connection<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite> Connection<T> {
-    /// A connection over `io` with the default [`Config`] and no addresses.
+    /// A connection over `io` with the default [`ConnectionConfig`] and no addresses.
     pub fn new(io: T) -> Self {
-        Self::with_config(io, &Config::default(), ConnectionInfo::new())
+        Self::with_config(io, &ConnectionConfig::default(), ConnectionInfo::new())
     }
 
     /// A connection over `io` with the given settings and info (transports fill in addresses).
-    pub fn with_config(io: T, config: &Config, info: ConnectionInfo) -> Self {
+    pub fn with_config(io: T, config: &ConnectionConfig, info: ConnectionInfo) -> Self {
         let info = Arc::new(info);
         let (read_half, write_half) = half::split(io);
         Self {
@@ -229,7 +245,7 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
 
     /// The settings the connection was made with.
     #[cfg_attr(not(feature = "sctp"), allow(dead_code))]
-    pub(crate) fn config(&self) -> Config {
+    pub(crate) fn config(&self) -> ConnectionConfig {
         self.writer.state.config()
     }
 

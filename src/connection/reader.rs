@@ -39,7 +39,7 @@ pub struct ConnectionReader<R> {
 
 impl<R: AsyncRead + Unpin> ConnectionReader<R> {
     /// Receives from `io`, refusing frames longer than `config`'s maximum.
-    pub fn new(io: R, config: &super::Config, info: ConnectionInfo) -> Self {
+    pub fn new(io: R, config: &super::ConnectionConfig, info: ConnectionInfo) -> Self {
         Self {
             io,
             state: ReadState::new(config.codec()),
@@ -117,7 +117,7 @@ mod tests {
     use super::*;
     use crate::codec::Codec;
     use crate::proto::example::HelloWorld;
-    use crate::Config;
+    use crate::ConnectionConfig;
     use bytes::BytesMut;
     use futures::executor::block_on;
     use futures::io::Cursor;
@@ -141,7 +141,7 @@ mod tests {
         }
         ConnectionReader::new(
             Cursor::new(wire.to_vec()),
-            &Config::default(),
+            &ConnectionConfig::default(),
             ConnectionInfo::new(),
         )
     }
@@ -221,8 +221,11 @@ mod tests {
         for bad in [&[0x0a, 0x02, 0xff, 0xfe][..], &[0x0a, 0x09, b'x']] {
             let mut wire = vec![bad.len() as u8];
             wire.extend_from_slice(bad);
-            let mut r =
-                ConnectionReader::new(Cursor::new(wire), &Config::default(), ConnectionInfo::new());
+            let mut r = ConnectionReader::new(
+                Cursor::new(wire),
+                &ConnectionConfig::default(),
+                ConnectionInfo::new(),
+            );
             block_on(async {
                 match r.recv_message::<HelloWorld>().await {
                     Err(Error::Decode { type_name, .. }) => {

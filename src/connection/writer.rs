@@ -32,7 +32,7 @@ pub struct ConnectionWriter<W> {
 
 impl<W: AsyncWrite + Unpin> ConnectionWriter<W> {
     /// Sends to `io`, refusing frames longer than `config`'s maximum.
-    pub fn new(io: W, config: &super::Config, info: ConnectionInfo) -> Self {
+    pub fn new(io: W, config: &super::ConnectionConfig, info: ConnectionInfo) -> Self {
         Self {
             io,
             state: WriteState::new(config.codec(), config.write_high_water),

@@ -9,7 +9,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, LinkEnd};
 use super::shared::StreamEnd;
-use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
+use super::{BoxFuture, Event, GiveUp, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::reliable::{Resume, ResumeStatus};
@@ -25,7 +25,7 @@ use crate::session::{self, SessionConfig, SessionEnd};
 /// use connect::reliable::Backoff;
 /// use std::time::Duration;
 ///
-/// let backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+/// let backoff = Backoff::new().with_initial(Duration::from_millis(10)).with_max(Duration::from_secs(1))
 ///     .with_max_attempts(Some(20));
 /// assert!(backoff.delay(1) <= Duration::from_millis(10));
 /// assert!(backoff.delay(30) <= Duration::from_secs(1));
@@ -42,20 +42,33 @@ pub struct Backoff {
 impl Default for Backoff {
     /// 100 ms doubling up to 10 s, jitter 0.5, no limit on attempts.
     fn default() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+        Self::new()
     }
 }
 
 impl Backoff {
-    /// `initial` doubling up to `max`, jitter 0.5, no limit on attempts.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    /// 100 ms doubling up to 10 s, jitter 0.5, no limit on attempts. Same as `default()`.
+    pub fn new() -> Self {
         Self {
-            initial,
-            max: max.max(initial),
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
             multiplier: 2.0,
             jitter: 0.5,
             max_attempts: None,
         }
+    }
+
+    /// Delay before the first retry (default 100 ms).
+    pub fn with_initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Longest delay between two attempts (default 10 s); never less than the
+    /// [initial delay](Self::with_initial).
+    pub fn with_max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
     }
 
     /// Factor applied after each failed attempt (at least 1).
@@ -90,7 +103,7 @@ impl Backoff {
             .multiplier
             .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
         let base = self.initial.as_secs_f64() * exp;
-        let base = base.min(self.max.as_secs_f64());
+        let base = base.min(self.max.max(self.initial).as_secs_f64());
         let random = getrandom::u64().unwrap_or(0) as f64 / u64::MAX as f64;
         // `max` may be `Duration::MAX`, which as seconds rounds up past what a `Duration` holds.
         Duration::try_from_secs_f64((base * (1.0 - self.jitter * random)).max(0.0))
@@ -154,6 +167,8 @@ where
     let driver = async move {
         let mut attempt: u32 = 0;
         let mut connected_before = false;
+        // What the last failed attempt reported (for `GiveUp::AttemptsExhausted`).
+        let mut last_error: Option<String> = None;
         // The server's name for the state of the stream we last heard of (0: none yet).
         let mut incarnation: u64 = 0;
         loop {
@@ -163,9 +178,12 @@ where
             if attempt > 0 {
                 if let Some(max) = config.backoff.max_attempts {
                     if attempt > max {
-                        inner.lock().finish(StreamEnd::Failed(format!(
-                            "no connection after {max} attempts"
-                        )));
+                        inner
+                            .lock()
+                            .finish(StreamEnd::Failed(GiveUp::AttemptsExhausted {
+                                attempts: max,
+                                last_error: last_error.take(),
+                            }));
                         return;
                     }
                 }
@@ -186,10 +204,12 @@ where
                 futures_util::future::Either::Left((Ok(conn), _)) => conn,
                 futures_util::future::Either::Left((Err(e), _)) => {
                     log::debug!("reliable client: connecting failed: {e}");
+                    last_error = Some(e.to_string());
                     continue;
                 }
                 futures_util::future::Either::Right(_) => {
                     log::debug!("reliable client: connecting timed out");
+                    last_error = Some(format!("connecting timed out after {handshake_limit:?}"));
                     continue;
                 }
             };
@@ -201,14 +221,14 @@ where
                         ReasonCode::AuthenticationFailed | ReasonCode::UnsupportedVersion
                     ) =>
                 {
-                    inner.lock().finish(StreamEnd::Failed(format!(
-                        "refused: {}: {reason}",
-                        code.as_str_name()
-                    )));
+                    inner
+                        .lock()
+                        .finish(StreamEnd::Failed(GiveUp::SessionRefused { code, reason }));
                     return;
                 }
                 Err(e) => {
                     log::debug!("reliable client: handshake failed: {e}");
+                    last_error = Some(e.to_string());
                     continue;
                 }
             };
@@ -219,9 +239,7 @@ where
                 .iter()
                 .any(|c| c == CAPABILITY)
             {
-                inner.lock().finish(StreamEnd::Failed(format!(
-                    "the server does not support {CAPABILITY}"
-                )));
+                inner.lock().finish(StreamEnd::Failed(GiveUp::NotSupported));
                 return;
             }
             let mut driver = Box::pin(driver);
@@ -247,7 +265,9 @@ where
                 writer
                     .send(link::pack(&resume))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| GiveUp::ResumeFailed {
+                        reason: e.to_string(),
+                    })?;
                 link::read_resume(&mut reader).await
             };
             let answer = match link::with_driver(&mut driver, exchange, handshake_limit).await {
@@ -255,12 +275,16 @@ where
                 Some(Err(why)) => {
                     inner.lock().detach(generation);
                     log::debug!("reliable client: resume failed: {why}");
-                    inner.lock().emit(Event::Disconnected { reason: why });
+                    last_error = Some(why.to_string());
+                    inner.lock().emit(Event::Disconnected {
+                        reason: why.to_string(),
+                    });
                     continue;
                 }
                 None => {
                     inner.lock().detach(generation);
                     let reason = "no Resume from the server in time".to_owned();
+                    last_error = Some(reason.clone());
                     inner.lock().emit(Event::Disconnected { reason });
                     continue;
                 }
@@ -274,10 +298,12 @@ where
                     Ok(status) => status,
                     Err(_) => {
                         core.detach(generation);
-                        core.finish(StreamEnd::Failed(format!(
-                            "server answered Resume with unknown status {}",
-                            answer.status
-                        )));
+                        core.finish(StreamEnd::Failed(GiveUp::ProtocolViolation {
+                            reason: format!(
+                                "server answered Resume with unknown status {}",
+                                answer.status
+                            ),
+                        }));
                         return;
                     }
                 };
@@ -292,9 +318,9 @@ where
                             }),
                             Err(why) => {
                                 core.detach(generation);
-                                core.finish(StreamEnd::Failed(format!(
-                                    "server broke the reliable protocol: {why}"
-                                )));
+                                core.finish(StreamEnd::Failed(GiveUp::ProtocolViolation {
+                                    reason: why,
+                                }));
                                 return;
                             }
                         }
@@ -329,9 +355,10 @@ where
                     }
                     ResumeStatus::Refused => {
                         core.detach(generation);
-                        core.finish(StreamEnd::Failed(format!(
-                            "the server refused the stream: {reason}"
-                        )));
+                        core.finish(StreamEnd::Failed(GiveUp::Refused {
+                            status,
+                            reason: reason.to_string(),
+                        }));
                         return;
                     }
                 }
@@ -353,6 +380,7 @@ where
                 }
                 LinkEnd::Dropped(reason) => {
                     log::info!("reliable client: disconnected: {reason}");
+                    last_error = Some(reason.clone());
                     core.emit(Event::Disconnected { reason });
                     attempt = 1;
                 }

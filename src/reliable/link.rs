@@ -14,7 +14,7 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use super::state::{queued_len, Transmit};
-use super::Inner;
+use super::{GiveUp, Inner};
 use crate::codec::type_name;
 use crate::proto::reliable::{Ack, Nack, Resume};
 use crate::proto::v1::ReasonCode;
@@ -36,7 +36,7 @@ pub(crate) enum LinkEnd {
     /// The connection dropped; the stream may continue on another.
     Dropped(String),
     /// The peer broke the reliable protocol, or a message cannot be sent: give the stream up.
-    Fatal(String),
+    Fatal(GiveUp),
 }
 
 pub(crate) use crate::codec::pack;
@@ -75,20 +75,32 @@ where
 }
 
 /// Reads the peer's `Resume` (the first frame after the handshake).
-pub(crate) async fn read_resume(reader: &mut SessionReader) -> Result<Resume, String> {
+pub(crate) async fn read_resume(reader: &mut SessionReader) -> Result<Resume, GiveUp> {
     let first = match reader.recv().await {
         Ok(Some(first)) => first,
-        Ok(None) => return Err("session closed before Resume".into()),
-        Err(e) => return Err(e.to_string()),
+        Ok(None) => {
+            return Err(GiveUp::ResumeFailed {
+                reason: "session closed before Resume".into(),
+            })
+        }
+        Err(e) => {
+            return Err(GiveUp::ResumeFailed {
+                reason: e.to_string(),
+            })
+        }
     };
     let name = type_name(&first.type_url);
     if name != Resume::full_name() {
-        return Err(format!(
-            "expected connect.reliable.v1.Resume, got {}",
-            super::quoted(name)
-        ));
+        return Err(GiveUp::ProtocolViolation {
+            reason: format!(
+                "expected connect.reliable.v1.Resume, got {}",
+                super::quoted(name)
+            ),
+        });
     }
-    Resume::decode(first.value.as_slice()).map_err(|e| format!("bad Resume: {e}"))
+    Resume::decode(first.value.as_slice()).map_err(|e| GiveUp::ProtocolViolation {
+        reason: format!("bad Resume: {e}"),
+    })
 }
 
 /// Runs the link until it ends: the session driver and the pump, side by side.
@@ -202,9 +214,9 @@ impl Pump {
                                 Err(format!("unexpected {}", super::quoted(name)))
                             };
                             if let Err(why) = result {
-                                return Poll::Ready(LinkEnd::Fatal(format!(
-                                    "peer broke the reliable protocol: {why}"
-                                )));
+                                return Poll::Ready(LinkEnd::Fatal(GiveUp::ProtocolViolation {
+                                    reason: why,
+                                }));
                             }
                         } else {
                             self.pending_in = Some(any);
@@ -263,9 +275,9 @@ impl Pump {
                         break;
                     }
                     return Poll::Ready(match e {
-                        crate::Error::FrameTooLarge { .. } => LinkEnd::Fatal(format!(
-                            "a queued message cannot be sent on this session: {e}"
-                        )),
+                        crate::Error::FrameTooLarge { len, max } => {
+                            LinkEnd::Fatal(GiveUp::MessageTooLarge { len, max })
+                        }
                         e => LinkEnd::Dropped(e.to_string()),
                     });
                 }

@@ -82,14 +82,18 @@
 //!         let server = server.clone();
 //!         async_std::task::spawn(async move {
 //!             let Ok(accepted) = server.accept(conn).await else { return };
-//!             if let Some(mut stream) = accepted.new_stream {
-//!                 async_std::task::spawn(async move {
-//!                     while let Ok(Some(any)) = stream.recv().await {
-//!                         if stream.feed(any).await.is_err() { break; }
-//!                     }
-//!                 });
+//!             match accepted {
+//!                 connect::reliable::Accepted::NewStream { mut stream, driver } => {
+//!                     async_std::task::spawn(async move {
+//!                         while let Ok(Some(any)) = stream.recv().await {
+//!                             if stream.feed(any).await.is_err() { break; }
+//!                         }
+//!                     });
+//!                     driver.await;
+//!                 }
+//!                 connect::reliable::Accepted::Resumed { driver } => driver.await,
+//!                 _ => {}
 //!             }
-//!             accepted.driver.await;
 //!         });
 //!     }
 //!     #[allow(unreachable_code)]
@@ -109,6 +113,7 @@
 //! ```
 
 mod client;
+mod give_up;
 mod link;
 mod server;
 mod shared;
@@ -134,6 +139,7 @@ pub use crate::proto::reliable::NackReason;
 use futures_sink::Sink;
 
 pub use client::{client, Backoff, ClientDriver};
+pub use give_up::GiveUp;
 pub use server::{Accepted, ReliableServer, ServerDriver};
 
 /// The session capability that turns reliable delivery on (`Hello.capabilities`).
@@ -320,7 +326,7 @@ pub enum Event {
     /// The stream is over: closed gracefully (`reason: None`), or given up.
     Closed {
         /// Why it was given up, if it was.
-        reason: Option<String>,
+        reason: Option<GiveUp>,
     },
 }
 
@@ -339,7 +345,7 @@ pub enum DeliveryError {
     /// The stream ended before the message was confirmed (with why, unless closed
     /// gracefully).
     #[error("stream ended before confirmation{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
-    Closed(Option<String>),
+    Closed(Option<GiveUp>),
 }
 
 /// [`ReliableWriter::try_send`] failed; the message is handed back.

@@ -17,7 +17,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 
 use super::link::{self, LinkEnd};
 use super::shared::StreamEnd;
-use super::{BoxFuture, Event, Inner, ReliableConfig, ReliableStream, CAPABILITY};
+use super::{BoxFuture, Event, GiveUp, Inner, ReliableConfig, ReliableStream, CAPABILITY};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::proto::reliable::{Resume, ResumeStatus};
@@ -85,18 +85,37 @@ impl std::fmt::Debug for ReliableServer {
     }
 }
 
-/// What [`ReliableServer::accept`] made of a connection.
+/// What [`ReliableServer::accept`] made of a connection: one case per kind of client.
+///
+/// Each case's `driver` does the connection's I/O: **spawn it** (or await it on the
+/// connection's task).
 #[derive(Debug)]
-pub struct Accepted<T> {
-    /// A stream the application has not seen yet (`None` when the connection resumed a
-    /// stream, which goes on with its existing [`ReliableStream`], or for a plain session).
-    pub new_stream: Option<ReliableStream>,
-    /// The connection's driver: **spawn it** (or await it on the connection's task). For a
-    /// plain session it does nothing.
-    pub driver: ServerDriver,
+#[non_exhaustive]
+// `Plain` holds a session driver by value, as `session::accept` returns it; an `Accepted` is
+// made and moved once per connection, so its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Accepted<T> {
+    /// A stream the application has not seen yet.
+    NewStream {
+        /// The new stream.
+        stream: ReliableStream,
+        /// The connection's driver.
+        driver: ServerDriver,
+    },
+    /// The connection resumed a kept stream, which goes on with the [`ReliableStream`] the
+    /// application already has.
+    Resumed {
+        /// The connection's driver.
+        driver: ServerDriver,
+    },
     /// A client that did not ask for reliable delivery gets a plain session, as
-    /// [`session::accept`] returns it; its driver must be spawned too.
-    pub plain: Option<(Session, SessionDriver<T>)>,
+    /// [`session::accept`] returns it.
+    Plain {
+        /// The session.
+        session: Session,
+        /// The session's driver.
+        driver: SessionDriver<T>,
+    },
 }
 
 /// A stream attached to the link a connection's driver runs. Dropped while the stream is still
@@ -191,7 +210,7 @@ impl ReliableServer {
         table.streams.retain(|id, e| {
             let mut core = e.inner.lock();
             if !core.attached && e.detached_since.is_some_and(expired) {
-                core.finish(StreamEnd::Failed(format!("not resumed within {timeout:?}")));
+                core.finish(StreamEnd::Failed(GiveUp::Expired { after: timeout }));
             }
             match core.end() {
                 None => true,
@@ -257,13 +276,7 @@ impl ReliableServer {
             .iter()
             .any(|c| c == CAPABILITY)
         {
-            return Ok(Accepted {
-                new_stream: None,
-                driver: ServerDriver {
-                    inner: Box::pin(async {}),
-                },
-                plain: Some((session, driver)),
-            });
+            return Ok(Accepted::Plain { session, driver });
         }
         let session_id = session.info().session_id().to_owned();
         let limit = self.shared.session_config.handshake_timeout();
@@ -273,7 +286,11 @@ impl ReliableServer {
         let request = match request {
             Some(Ok(request)) => request,
             Some(Err(why)) => return Err(Error::Reliable(why)),
-            None => return Err(Error::Reliable("no Resume in time".into())),
+            None => {
+                return Err(Error::Reliable(GiveUp::ResumeFailed {
+                    reason: "no Resume in time".into(),
+                }))
+            }
         };
         let stream_id = request.stream_id.clone();
         let identity = reader.info().identity().map(str::to_owned);
@@ -326,10 +343,7 @@ impl ReliableServer {
                         writer.close_with(ReasonCode::Normal, reason.clone()).await
                     };
                     let _ = link::with_driver(&mut driver, exchange, limit).await;
-                    return Err(Error::Reliable(format!(
-                        "stream not carried ({}): {reason}",
-                        status.as_str_name()
-                    )));
+                    return Err(Error::Reliable(GiveUp::Refused { status, reason }));
                 }
             };
         // From here on the stream is attached to this connection: every way out ends in a
@@ -345,7 +359,9 @@ impl ReliableServer {
             if new_stream.is_some() {
                 // Nobody saw this stream: forget it (its client starts it again).
                 self.forget(&stream_id, &inner);
-                return Err(Error::Reliable("could not answer Resume".into()));
+                return Err(Error::Reliable(GiveUp::ResumeFailed {
+                    reason: "could not answer Resume".into(),
+                }));
             }
             // The connection dropped after the stream was attached to it: like any dropped
             // link, the driver waits for the client to come back and expires the stream if
@@ -358,12 +374,10 @@ impl ReliableServer {
                     .link_ended(&stream_id, &inner, generation, LinkEnd::Dropped(why))
                     .await;
             };
-            return Ok(Accepted {
-                new_stream: None,
+            return Ok(Accepted::Resumed {
                 driver: ServerDriver {
                     inner: Box::pin(run),
                 },
-                plain: None,
             });
         }
         let server = self.clone();
@@ -372,12 +386,12 @@ impl ReliableServer {
             let end = link::run(driver, reader, writer, inner.clone(), generation).await;
             server.link_ended(&stream_id, &inner, generation, end).await;
         };
-        Ok(Accepted {
-            new_stream,
-            driver: ServerDriver {
-                inner: Box::pin(run),
-            },
-            plain: None,
+        let driver = ServerDriver {
+            inner: Box::pin(run),
+        };
+        Ok(match new_stream {
+            Some(stream) => Accepted::NewStream { stream, driver },
+            None => Accepted::Resumed { driver },
         })
     }
 
@@ -480,9 +494,7 @@ impl ReliableServer {
             match oldest {
                 Some((_, old)) => {
                     if let Some(e) = table.streams.remove(&old) {
-                        e.inner.lock().finish(StreamEnd::Failed(
-                            "dropped to make room for another stream".into(),
-                        ));
+                        e.inner.lock().finish(StreamEnd::Failed(GiveUp::Evicted));
                     }
                 }
                 None => {
@@ -542,9 +554,9 @@ impl ReliableServer {
         {
             table.streams.remove(stream_id);
         }
-        inner
-            .lock()
-            .finish(StreamEnd::Failed("the Resume answer was not sent".into()));
+        inner.lock().finish(StreamEnd::Failed(GiveUp::ResumeFailed {
+            reason: "the Resume answer was not sent".into(),
+        }));
     }
 
     /// Link `generation` of the stream is gone without ending it: the stream waits for its

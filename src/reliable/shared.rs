@@ -14,7 +14,7 @@ use futures_channel::oneshot;
 use prost_types::Any;
 
 use super::state::{StreamEvent, StreamState, Transmit};
-use super::{DeliveryError, Event, ReliableConfig, TrySendError};
+use super::{DeliveryError, Event, GiveUp, ReliableConfig, TrySendError};
 use crate::proto::reliable::Nack;
 
 /// Events kept for the application before the oldest are dropped (with a warning).
@@ -35,7 +35,7 @@ pub(crate) enum StreamEnd {
     /// Closed by either side after everything was confirmed.
     Closed,
     /// Gave up: the reason.
-    Failed(String),
+    Failed(GiveUp),
 }
 
 #[derive(Debug)]

@@ -111,6 +111,9 @@ impl SessionConfig {
     }
 
     /// The largest frame this side accepts; the session uses the smaller of both sides' values.
+    /// From the handshake on, the negotiated value replaces the connection's
+    /// [`ConnectionConfig::with_max_frame_len`](crate::ConnectionConfig::with_max_frame_len) in
+    /// both directions: for a session this setting wins.
     /// 0 sends "no preference" (PROTOCOL.md, section 3): the other side's value is used, and
     /// 4096 if it has none either.
     pub fn with_max_frame_len(mut self, bytes: usize) -> Self {

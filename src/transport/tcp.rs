@@ -46,7 +46,7 @@ use async_net::AsyncToSocketAddrs as ToSocketAddrs;
 use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 
-use crate::connection::{Config, Connection, ConnectionInfo};
+use crate::connection::{Connection, ConnectionConfig, ConnectionInfo};
 use crate::error::Result;
 use crate::transport::{driver_task, Task};
 
@@ -148,26 +148,29 @@ impl AsyncWrite for TcpStream {
     }
 }
 
-/// Connects to `addr` with the default [`Config`].
+/// Connects to `addr` with the default [`ConnectionConfig`].
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if no address could be connected to.
 pub async fn connect(addr: impl ToSocketAddrs) -> Result<TcpConnection> {
-    connect_with(addr, &Config::default()).await
+    connect_with(addr, &ConnectionConfig::default()).await
 }
 
 /// Connects to `addr` with the given settings.
 ///
 /// # Errors
 /// [`Error::Io`](crate::Error::Io) if no address could be connected to.
-pub async fn connect_with(addr: impl ToSocketAddrs, config: &Config) -> Result<TcpConnection> {
+pub async fn connect_with(
+    addr: impl ToSocketAddrs,
+    config: &ConnectionConfig,
+) -> Result<TcpConnection> {
     let stream = async_net::TcpStream::connect(addr).await?;
     Ok(wrap(stream, config))
 }
 
 /// Wraps an already connected stream (an [`async_net::TcpStream`], smol's, or our
 /// [`TcpStream`]), setting `TCP_NODELAY`.
-pub fn wrap(stream: impl Into<TcpStream>, config: &Config) -> TcpConnection {
+pub fn wrap(stream: impl Into<TcpStream>, config: &ConnectionConfig) -> TcpConnection {
     let stream = stream.into();
     let info = tcp_info(&stream.0);
     Connection::with_config(stream, config, info)
@@ -189,7 +192,7 @@ pub(crate) fn tcp_info(stream: &async_net::TcpStream) -> ConnectionInfo {
 #[derive(Debug)]
 pub struct TcpListener {
     inner: async_net::TcpListener,
-    config: Config,
+    config: ConnectionConfig,
 }
 
 impl TcpListener {
@@ -200,12 +203,12 @@ impl TcpListener {
     pub async fn bind(addr: impl ToSocketAddrs) -> Result<Self> {
         Ok(Self {
             inner: async_net::TcpListener::bind(addr).await?,
-            config: Config::default(),
+            config: ConnectionConfig::default(),
         })
     }
 
     /// Uses `config` for the connections accepted from now on.
-    pub fn with_config(mut self, config: Config) -> Self {
+    pub fn with_config(mut self, config: ConnectionConfig) -> Self {
         self.config = config;
         self
     }
@@ -245,7 +248,7 @@ impl TcpListener {
 #[derive(Debug)]
 pub struct Incoming<'a> {
     inner: async_net::Incoming<'a>,
-    config: &'a Config,
+    config: &'a ConnectionConfig,
 }
 
 impl Stream for Incoming<'_> {

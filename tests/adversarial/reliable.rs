@@ -58,17 +58,21 @@ async fn server_with(
                 let Ok(accepted) = srv.accept(conn).await else {
                     return;
                 };
-                if let Some(mut stream) = accepted.new_stream {
-                    ws.lock().unwrap().push(stream.writer());
-                    task::spawn(async move {
-                        while let Ok(Some(any)) = stream.recv().await {
-                            if stream.feed(any).await.is_err() {
-                                break;
+                match accepted {
+                    connect::reliable::Accepted::NewStream { mut stream, driver } => {
+                        ws.lock().unwrap().push(stream.writer());
+                        task::spawn(async move {
+                            while let Ok(Some(any)) = stream.recv().await {
+                                if stream.feed(any).await.is_err() {
+                                    break;
+                                }
                             }
-                        }
-                    });
+                        });
+                        driver.await;
+                    }
+                    connect::reliable::Accepted::Resumed { driver } => driver.await,
+                    _ => {}
                 }
-                accepted.driver.await;
             });
         }
     });
@@ -78,7 +82,9 @@ async fn server_with(
 /// A well-behaved client gets its messages echoed and closes.
 async fn well_behaved_client_is_served(addr: SocketAddr) {
     let config = ReliableConfig::new().with_backoff(
-        Backoff::new(Duration::from_millis(5), Duration::from_millis(50))
+        Backoff::new()
+            .with_initial(Duration::from_millis(5))
+            .with_max(Duration::from_millis(50))
             .with_max_attempts(Some(100)),
     );
     let mut stream =

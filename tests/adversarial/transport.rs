@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_std::io::WriteExt;
 use connect::proto::example::HelloWorld;
 use connect::transport::tcp::{self, TcpListener};
-use connect::{Config, Error};
+use connect::{ConnectionConfig, Error};
 
 /// Hang guard for whole test steps: generous, never a speed requirement.
 const STEP: Duration = Duration::from_secs(60);
@@ -44,7 +44,7 @@ fn varint(mut value: u64) -> Vec<u8> {
 #[async_std::test]
 async fn usize_max_frame_len_means_no_limit_not_an_overflow() {
     bounded("test", async {
-        let config = Config::default().with_max_frame_len(usize::MAX);
+        let config = ConnectionConfig::default().with_max_frame_len(usize::MAX);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap()
@@ -144,9 +144,16 @@ async fn duration_max_session_timeouts_mean_never() {
 fn duration_max_reconnect_backoff_means_never() {
     use connect::reliable::Backoff;
     for backoff in [
-        Backoff::new(Duration::MAX, Duration::MAX),
-        Backoff::new(Duration::from_millis(1), Duration::MAX),
-        Backoff::new(Duration::ZERO, Duration::MAX).with_multiplier(1e300),
+        Backoff::new()
+            .with_initial(Duration::MAX)
+            .with_max(Duration::MAX),
+        Backoff::new()
+            .with_initial(Duration::from_millis(1))
+            .with_max(Duration::MAX),
+        Backoff::new()
+            .with_initial(Duration::ZERO)
+            .with_max(Duration::MAX)
+            .with_multiplier(1e300),
     ] {
         for attempt in [1, 2, 64, 1000, u32::MAX] {
             // No panic converting a huge or infinite number of seconds; never above the max.
@@ -154,7 +161,9 @@ fn duration_max_reconnect_backoff_means_never() {
         }
     }
     assert_eq!(
-        Backoff::new(Duration::MAX, Duration::MAX)
+        Backoff::new()
+            .with_initial(Duration::MAX)
+            .with_max(Duration::MAX)
             .with_jitter(0.0)
             .delay(3),
         Duration::MAX
@@ -173,10 +182,8 @@ mod tls_listener {
         bounded("test", async {
             let ca = Ca::new("test CA");
             let server = ca.issue("server", &["localhost"], Role::Server);
-            let mut listener = TlsListener::bind("127.0.0.1:0", server_config(&server, None))
-                .await
-                .unwrap()
-                .with_handshake_timeout(Duration::MAX);
+            let tls = server_config(&server, None).with_handshake_timeout(Duration::MAX);
+            let mut listener = TlsListener::bind("127.0.0.1:0", tls).await.unwrap();
             let addr = listener.local_addr();
             let client =
                 client_config(ca.certificates(), None).with_handshake_timeout(Duration::MAX);
@@ -200,11 +207,13 @@ mod tls_listener {
         bounded("test", async {
             let ca = Ca::new("test CA");
             let server = ca.issue("server", &["localhost"], Role::Server);
-            let mut listener = TlsListener::bind("127.0.0.1:0", server_config(&server, None))
-                .await
-                .unwrap()
-                .with_handshake_timeout(Duration::from_secs(3600))
-                .with_max_pending_handshakes(MAX_PENDING);
+            let mut listener = TlsListener::bind(
+                "127.0.0.1:0",
+                server_config(&server, None).with_handshake_timeout(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap()
+            .with_max_pending_handshakes(MAX_PENDING);
             let addr = listener.local_addr();
             let (events_tx, events_rx) = async_std::channel::unbounded();
             let server_task = async_std::task::spawn(async move {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sctp_proto::TransportConfig;
 
 use super::association::MAX_MESSAGE;
-use crate::connection::Config;
+use crate::connection::ConnectionConfig;
 
 /// Settings of SCTP associations (and of the [`Connection`](crate::Connection)s on them).
 ///
@@ -24,7 +24,7 @@ use crate::connection::Config;
 /// ```
 #[derive(Clone, Debug)]
 pub struct SctpConfig {
-    pub(super) connection: Config,
+    pub(super) connection: ConnectionConfig,
     pub(super) mtu: usize,
     pub(super) rto_initial: Duration,
     pub(super) rto_min: Duration,
@@ -47,7 +47,7 @@ const MAX_RTO: Duration = Duration::from_secs(3600);
 impl Default for SctpConfig {
     fn default() -> Self {
         Self {
-            connection: Config::default(),
+            connection: ConnectionConfig::default(),
             mtu: 1200,
             rto_initial: Duration::from_millis(200),
             rto_min: Duration::from_millis(20),
@@ -66,8 +66,8 @@ impl Default for SctpConfig {
 }
 
 impl SctpConfig {
-    /// Frame and write-buffer settings of the connections (default: [`Config::default`]).
-    pub fn with_connection_config(mut self, config: Config) -> Self {
+    /// Frame and write-buffer settings of the connections (default: [`ConnectionConfig::default`]).
+    pub fn with_connection_config(mut self, config: ConnectionConfig) -> Self {
         self.connection = config;
         self
     }
@@ -169,7 +169,7 @@ impl SctpConfig {
     }
 
     /// See [`with_connection_config`](Self::with_connection_config).
-    pub fn connection_config(&self) -> &Config {
+    pub fn connection_config(&self) -> &ConnectionConfig {
         &self.connection
     }
 

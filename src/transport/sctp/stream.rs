@@ -15,7 +15,7 @@ use super::association::{
     crashed_error, lost_error, to_io, DATA_PPI, FIN_PPI, MAX_MESSAGE, STREAM_ID,
 };
 use super::endpoint::Shared;
-use crate::connection::{Config, Connection, ConnectionInfo};
+use crate::connection::{Connection, ConnectionConfig, ConnectionInfo};
 
 /// A connection over SCTP.
 pub type SctpConnection = Connection<SctpStream>;
@@ -56,7 +56,7 @@ impl SctpStream {
         self.shared.local_addr
     }
 
-    pub(super) fn into_connection(self, config: &Config) -> SctpConnection {
+    pub(super) fn into_connection(self, config: &ConnectionConfig) -> SctpConnection {
         let info = ConnectionInfo::new()
             .with_local_addr(Some(self.local_addr()))
             .with_peer_addr(self.peer_addr());

@@ -65,7 +65,6 @@ use crate::connection::Connection;
 use crate::error::{Result, TlsError};
 use crate::transport::tls::{
     accept_stream, connect_stream, TlsClientConfig, TlsServerConfig, TlsStream,
-    DEFAULT_HANDSHAKE_TIMEOUT,
 };
 use crate::transport::Task;
 
@@ -137,7 +136,7 @@ async fn tls_over(
 
 /// Runs the server side of a TLS handshake on an association accepted by
 /// [`SctpListener`](super::SctpListener), within
-/// [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s; see [`accept_tls_within`]). Call it in the task that
+/// `tls`'s [handshake timeout](TlsServerConfig::with_handshake_timeout). Call it in the task that
 /// serves the association, not in the accept loop.
 ///
 /// # Errors
@@ -148,7 +147,7 @@ pub async fn accept_tls(
     association: SctpConnection,
     tls: &TlsServerConfig,
 ) -> Result<SctpTlsConnection> {
-    accept_tls_within(association, tls, DEFAULT_HANDSHAKE_TIMEOUT).await
+    accept_tls_within(association, tls, tls.handshake_timeout()).await
 }
 
 /// [`accept_tls`] with another handshake timeout.

@@ -11,7 +11,7 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::error::{Result, TlsError};
+use crate::error::{Result, TlsConfigProblem, TlsError};
 
 /// How long a peer may take to finish its TLS handshake, unless configured otherwise: 10 s.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,8 +26,26 @@ fn provider() -> Arc<CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-fn config_error(what: impl fmt::Display) -> TlsError {
-    TlsError::Config(what.to_string())
+fn config_error(problem: TlsConfigProblem, what: impl fmt::Display) -> TlsError {
+    TlsError::Config {
+        problem,
+        detail: what.to_string(),
+    }
+}
+
+/// What a PEM reading error means; `missing` is the problem when the PEM holds none of the
+/// items asked for.
+fn pem_problem(e: &rustls_pki_types::pem::Error, missing: TlsConfigProblem) -> TlsConfigProblem {
+    match e {
+        rustls_pki_types::pem::Error::Io(_) => TlsConfigProblem::Unreadable,
+        rustls_pki_types::pem::Error::NoItemsFound => missing,
+        _ => TlsConfigProblem::BadPem,
+    }
+}
+
+/// rustls refused a configuration.
+fn rejected(e: impl fmt::Display) -> TlsError {
+    config_error(TlsConfigProblem::Rejected, e)
 }
 
 /// Every certificate in PEM text (other PEM sections, such as keys, are skipped).
@@ -37,9 +55,13 @@ fn config_error(what: impl fmt::Display) -> TlsError {
 pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| config_error(format_args!("cannot read certificates: {e}")))?;
+        .map_err(|e| {
+            let problem = pem_problem(&e, TlsConfigProblem::NoCertificate);
+            config_error(problem, format_args!("cannot read certificates: {e}"))
+        })?;
     if certs.is_empty() {
-        return Err(config_error("no certificate in the PEM data").into());
+        let problem = TlsConfigProblem::NoCertificate;
+        return Err(config_error(problem, "no certificate in the PEM data").into());
     }
     Ok(certs)
 }
@@ -50,13 +72,18 @@ pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>>
 /// [`TlsError::Config`] if the file cannot be read, is malformed or holds no certificate.
 pub fn certificates_from_pem_file(path: impl AsRef<Path>) -> Result<Vec<CertificateDer<'static>>> {
     let path = path.as_ref();
-    let error = |e: &dyn fmt::Display| config_error(format_args!("{}: {e}", path.display()));
+    let error = |e: rustls_pki_types::pem::Error| {
+        let problem = pem_problem(&e, TlsConfigProblem::NoCertificate);
+        config_error(problem, format_args!("{}: {e}", path.display()))
+    };
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(&e))?
+        .map_err(error)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(&e))?;
+        .map_err(error)?;
     if certs.is_empty() {
-        return Err(error(&"no certificate in the file").into());
+        let problem = TlsConfigProblem::NoCertificate;
+        let detail = format_args!("{}: no certificate in the file", path.display());
+        return Err(config_error(problem, detail).into());
     }
     Ok(certs)
 }
@@ -66,8 +93,10 @@ pub fn certificates_from_pem_file(path: impl AsRef<Path>) -> Result<Vec<Certific
 /// # Errors
 /// [`TlsError::Config`] if the PEM is malformed or holds no private key.
 pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| config_error(format_args!("cannot read private key: {e}")).into())
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
+        let problem = pem_problem(&e, TlsConfigProblem::NoPrivateKey);
+        config_error(problem, format_args!("cannot read private key: {e}")).into()
+    })
 }
 
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
@@ -76,8 +105,10 @@ pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
 /// [`TlsError::Config`] if the file cannot be read, is malformed or holds no private key.
 pub fn private_key_from_pem_file(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>> {
     let path = path.as_ref();
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| config_error(format_args!("{}: {e}", path.display())).into())
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let problem = pem_problem(&e, TlsConfigProblem::NoPrivateKey);
+        config_error(problem, format_args!("{}: {e}", path.display())).into()
+    })
 }
 
 /// A certificate chain and its private key: what a server (or a client doing mutual TLS) shows
@@ -143,13 +174,15 @@ impl fmt::Debug for Identity {
 
 fn root_store(certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore> {
     if certs.is_empty() {
-        return Err(config_error("no trusted certificate authority given").into());
+        let problem = TlsConfigProblem::NoTrustedAuthority;
+        return Err(config_error(problem, "no trusted certificate authority given").into());
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| config_error(format_args!("unusable CA certificate: {e}")))?;
+        roots.add(cert).map_err(|e| {
+            let problem = TlsConfigProblem::UnusableAuthority;
+            config_error(problem, format_args!("unusable CA certificate: {e}"))
+        })?;
     }
     Ok(roots)
 }
@@ -273,12 +306,12 @@ impl TlsClientConfigBuilder {
         let roots = root_store(self.roots)?;
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
-            .map_err(config_error)?
+            .map_err(rejected)?
             .with_root_certificates(roots);
         let config = match self.identity {
             Some(Identity { chain, key }) => builder
                 .with_client_auth_cert(chain, key)
-                .map_err(config_error)?,
+                .map_err(rejected)?,
             None => builder.with_no_client_auth(),
         };
         Ok(TlsClientConfig {
@@ -315,6 +348,7 @@ impl TlsClientConfigBuilder {
 #[derive(Clone)]
 pub struct TlsServerConfig {
     rustls: Arc<rustls::ServerConfig>,
+    handshake_timeout: Duration,
 }
 
 impl TlsServerConfig {
@@ -323,12 +357,29 @@ impl TlsServerConfig {
         TlsServerConfigBuilder {
             identity,
             client_roots: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
     /// Uses a rustls configuration made elsewhere, as is.
     pub fn from_rustls(config: Arc<rustls::ServerConfig>) -> Self {
-        Self { rustls: config }
+        Self {
+            rustls: config,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Gives up on a client whose handshake is not finished after `timeout` (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`], 10 s). Used by
+    /// [`TlsListener`](super::TlsListener) and by the SCTP TLS accept.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// See [`with_handshake_timeout`](Self::with_handshake_timeout).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     /// The rustls configuration.
@@ -339,7 +390,9 @@ impl TlsServerConfig {
 
 impl fmt::Debug for TlsServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsServerConfig").finish_non_exhaustive()
+        f.debug_struct("TlsServerConfig")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -348,6 +401,7 @@ impl fmt::Debug for TlsServerConfig {
 pub struct TlsServerConfigBuilder {
     identity: Identity,
     client_roots: Option<Vec<CertificateDer<'static>>>,
+    handshake_timeout: Duration,
 }
 
 impl TlsServerConfigBuilder {
@@ -364,6 +418,12 @@ impl TlsServerConfigBuilder {
         self
     }
 
+    /// See [`TlsServerConfig::with_handshake_timeout`].
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
     /// Builds the configuration: TLS 1.3 and 1.2, ring crypto.
     ///
     /// # Errors
@@ -371,7 +431,7 @@ impl TlsServerConfigBuilder {
     pub fn build(self) -> Result<TlsServerConfig> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
-            .map_err(config_error)?;
+            .map_err(rejected)?;
         let builder = match self.client_roots {
             Some(certs) => {
                 let verifier = WebPkiClientVerifier::builder_with_provider(
@@ -379,16 +439,17 @@ impl TlsServerConfigBuilder {
                     provider(),
                 )
                 .build()
-                .map_err(config_error)?;
+                .map_err(rejected)?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
         let config = builder
             .with_single_cert(self.identity.chain, self.identity.key)
-            .map_err(config_error)?;
+            .map_err(rejected)?;
         Ok(TlsServerConfig {
             rustls: Arc::new(config),
+            handshake_timeout: self.handshake_timeout,
         })
     }
 }

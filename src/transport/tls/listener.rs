@@ -10,17 +10,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_core::Stream;
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{self, FuturesUnordered};
 use futures_util::{FutureExt, StreamExt};
 
-use super::config::{TlsServerConfig, DEFAULT_HANDSHAKE_TIMEOUT};
+use super::config::TlsServerConfig;
 use super::stream::accept_stream;
 use super::tcp::{with_timeout, TlsConnection};
-use crate::connection::Config;
+use crate::connection::ConnectionConfig;
 use crate::error::{Error, Result, TlsError};
 use crate::transport::tcp::{tcp_info, TcpStream};
 use crate::transport::ToSocketAddrs;
@@ -57,7 +56,7 @@ impl InFlight {
 /// The listener is a [`Stream`] of connections whose handshake succeeded. Handshakes run
 /// concurrently inside it (no task per handshake): while one client is slow or stalls, others
 /// are accepted and their handshakes finish. Each handshake is bounded by a timeout
-/// ([`with_handshake_timeout`](Self::with_handshake_timeout), default 10 s) and at most
+/// ([`TlsServerConfig::with_handshake_timeout`], default 10 s) and at most
 /// [`with_max_pending_handshakes`](Self::with_max_pending_handshakes) run at once (default 64;
 /// more clients wait in the kernel's accept queue until one finishes).
 ///
@@ -83,8 +82,7 @@ pub struct TlsListener {
     handshakes: FuturesUnordered<Handshake>,
     in_flight: VecDeque<InFlight>,
     tls: TlsServerConfig,
-    config: Config,
-    handshake_timeout: Duration,
+    config: ConnectionConfig,
     max_pending: usize,
 }
 
@@ -106,21 +104,14 @@ impl TlsListener {
             handshakes: FuturesUnordered::new(),
             in_flight: VecDeque::new(),
             tls,
-            config: Config::default(),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            config: ConnectionConfig::default(),
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
         })
     }
 
     /// Uses `config` for the connections accepted from now on.
-    pub fn with_config(mut self, config: Config) -> Self {
+    pub fn with_config(mut self, config: ConnectionConfig) -> Self {
         self.config = config;
-        self
-    }
-
-    /// Gives up on a client whose handshake is not finished after `timeout` (default 10 s).
-    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
         self
     }
 
@@ -176,7 +167,7 @@ impl TlsListener {
         let peer_addr = info.peer_addr();
         let tls = self.tls.clone();
         let config = self.config.clone();
-        let timeout = self.handshake_timeout;
+        let timeout = self.tls.handshake_timeout();
         let heard = Arc::new(AtomicBool::new(false));
         let (abort, registration) = AbortHandle::new_pair();
         self.in_flight.push_back(InFlight {
@@ -252,7 +243,7 @@ impl fmt::Debug for TlsListener {
             .field("local_addr", &self.local_addr)
             .field("pending_handshakes", &self.pending_handshakes())
             .field("tls", &self.tls)
-            .field("handshake_timeout", &self.handshake_timeout)
+            .field("handshake_timeout", &self.tls.handshake_timeout())
             .field("max_pending", &self.max_pending)
             .finish_non_exhaustive()
     }

@@ -89,7 +89,7 @@ mod tcp {
     use futures_util::future::{select, Either};
 
     use super::{connect_stream, TlsClientConfig, TlsStream};
-    use crate::connection::{Config, Connection};
+    use crate::connection::{Connection, ConnectionConfig};
     use crate::error::{Result, TlsError};
     use crate::transport::tcp::{tcp_info, TcpStream};
     use crate::transport::ToSocketAddrs;
@@ -99,7 +99,7 @@ mod tcp {
 
     /// Connects over TCP to `addr` and runs a TLS handshake, checking the server's certificate
     /// against `tls`'s trusted CAs and `server_name` (a DNS name, or an IP address written out).
-    /// Uses the default [`Config`].
+    /// Uses the default [`ConnectionConfig`].
     ///
     /// # Errors
     /// [`Error::Io`](crate::Error::Io) if TCP fails; [`Error::Tls`](crate::Error::Tls) if the
@@ -110,7 +110,7 @@ mod tcp {
         server_name: &str,
         tls: &TlsClientConfig,
     ) -> Result<TlsConnection> {
-        connect_with(addr, server_name, tls, &Config::default()).await
+        connect_with(addr, server_name, tls, &ConnectionConfig::default()).await
     }
 
     /// [`connect`] with the given connection settings.
@@ -121,7 +121,7 @@ mod tcp {
         addr: impl ToSocketAddrs,
         server_name: &str,
         tls: &TlsClientConfig,
-        config: &Config,
+        config: &ConnectionConfig,
     ) -> Result<TlsConnection> {
         let stream = async_net::TcpStream::connect(addr).await?;
         let info = tcp_info(&stream);

@@ -12,8 +12,8 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use x509_parser::extensions::GeneralName;
 
 use super::config::{TlsClientConfig, TlsServerConfig};
-use crate::connection::{Config, Connection, ConnectionInfo, PeerIdentity};
-use crate::error::{Error, Result, TlsError};
+use crate::connection::{Connection, ConnectionConfig, ConnectionInfo, PeerIdentity};
+use crate::error::{CertificateProblem, Error, Result, TlsAlert, TlsError, TlsProtocolProblem};
 
 /// A TLS byte stream over `S` (client or server side).
 ///
@@ -97,7 +97,7 @@ pub async fn connect_stream<S>(
     stream: S,
     server_name: &str,
     tls: &TlsClientConfig,
-    config: &Config,
+    config: &ConnectionConfig,
     info: ConnectionInfo,
 ) -> Result<Connection<TlsStream<S>>>
 where
@@ -129,7 +129,7 @@ where
 pub async fn accept_stream<S>(
     stream: S,
     tls: &TlsServerConfig,
-    config: &Config,
+    config: &ConnectionConfig,
     info: ConnectionInfo,
 ) -> Result<Connection<TlsStream<S>>>
 where
@@ -146,7 +146,7 @@ where
 
 fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     inner: futures_rustls::TlsStream<S>,
-    config: &Config,
+    config: &ConnectionConfig,
     info: ConnectionInfo,
 ) -> Connection<TlsStream<S>> {
     let (_, session) = inner.get_ref();
@@ -238,12 +238,58 @@ fn tls_error(e: rustls::Error, server_name: Option<&str>) -> TlsError {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 TlsError::NotYetValid
             }
-            other => TlsError::BadCertificate(format!("{other:?}")),
+            other => TlsError::BadCertificate {
+                problem: certificate_problem(&other),
+                detail: format!("{other:?}"),
+            },
         },
         rustls::Error::NoCertificatesPresented => TlsError::NoClientCertificate,
         rustls::Error::AlertReceived(alert) => TlsError::PeerRejected {
-            alert: format!("{alert:?}"),
+            alert: TlsAlert::from_code(u8::from(alert)),
         },
-        other => TlsError::Protocol(other.to_string()),
+        other => TlsError::Protocol {
+            problem: protocol_problem(&other),
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn protocol_problem(e: &rustls::Error) -> TlsProtocolProblem {
+    use rustls::InvalidMessage;
+    match e {
+        // The first bytes of a plaintext client are not a TLS record header.
+        rustls::Error::InvalidMessage(
+            InvalidMessage::InvalidContentType | InvalidMessage::MessageTooLarge,
+        ) => TlsProtocolProblem::NotTls,
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            TlsProtocolProblem::UnexpectedMessage
+        }
+        rustls::Error::DecryptError => TlsProtocolProblem::Decrypt,
+        rustls::Error::PeerIncompatible(_) => TlsProtocolProblem::NoCommonParameters,
+        rustls::Error::PeerMisbehaved(_) => TlsProtocolProblem::Misbehaved,
+        _ => TlsProtocolProblem::Other,
+    }
+}
+
+fn certificate_problem(e: &CertificateError) -> CertificateProblem {
+    match e {
+        CertificateError::BadEncoding => CertificateProblem::BadEncoding,
+        CertificateError::BadSignature
+        | CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            CertificateProblem::BadSignature
+        }
+        CertificateError::Revoked => CertificateProblem::Revoked,
+        CertificateError::UnknownRevocationStatus
+        | CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            CertificateProblem::UnknownRevocationStatus
+        }
+        CertificateError::InvalidPurpose
+        | CertificateError::InvalidPurposeContext { .. }
+        | CertificateError::UnhandledCriticalExtension => CertificateProblem::InvalidPurpose,
+        _ => CertificateProblem::Other,
     }
 }
