@@ -684,3 +684,53 @@ async fn reliable_calls_survive_connection_cuts_and_run_once() {
     assert!(handled.values().all(|&n| n == 1), "a request handled twice");
     assert!(cuts >= 5, "only {cuts} cuts");
 }
+
+#[async_std::test]
+async fn a_one_way_handler_may_call_the_same_peer() {
+    // The client's handler of a one-way message calls the server and waits for the answer:
+    // the driver reads on (up to one more one-way message) while that handler runs, so the
+    // response gets through.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let service = service(seen);
+    async_std::task::spawn(async move {
+        let (peer, driver) = Peer::new(
+            listener.accept().await.unwrap(),
+            service,
+            &PeerConfig::new(),
+        );
+        async_std::task::spawn(driver);
+        // One-way, unprompted: the client's handler reacts with a call.
+        peer.send_message(&hello("ask")).await.unwrap();
+        peer.closed().await.ok();
+    });
+    let me: Arc<Mutex<Option<Peer>>> = Arc::default();
+    let (answers_tx, answers) = async_channel::bounded(1);
+    let handler_peer = me.clone();
+    let dispatcher = Dispatcher::new().on(move |hello: HelloWorld, _: Context| {
+        let peer = handler_peer
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("set before any message");
+        let answers = answers_tx.clone();
+        async move {
+            let options = CallOptions::new().with_timeout(Duration::from_secs(10));
+            let reply = peer.call_with::<_, HelloWorld>(&hello, options).await;
+            answers.send(reply.map(|r| r.text)).await.ok();
+            Ok::<_, Error>(Reply::none())
+        }
+    });
+    let (peer, driver) = Peer::new(
+        tcp::connect(addr).await.unwrap(),
+        dispatcher,
+        &PeerConfig::new(),
+    );
+    *me.lock().unwrap() = Some(peer.clone());
+    async_std::task::spawn(driver);
+    let answer = within(20, "the handler's call", answers.recv())
+        .await
+        .unwrap();
+    assert_eq!(answer.unwrap(), "ASK");
+}
