@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/connect/v1/session.proto",
         "proto/connect/reliable/v1/reliable.proto",
         "proto/connect/rpc/v1/rpc.proto",
+        "proto/connect/pubsub/v1/pubsub.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -56,12 +56,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What a handler sees besides the message: which connection (and session, if any) it came
-/// from.
+/// from, which link of an [`Endpoint`](crate::endpoint::Endpoint), and on which topic it was
+/// published (for messages delivered by [`pubsub`](crate::pubsub)).
 #[derive(Clone, Debug)]
 pub struct Context {
     info: Arc<ConnectionInfo>,
     session: Option<Arc<crate::session::SessionInfo>>,
     call: Option<Arc<crate::rpc::CallInfo>>,
+    link: Option<crate::endpoint::LinkId>,
+    topic: Option<Arc<str>>,
 }
 
 impl Context {
@@ -71,6 +74,8 @@ impl Context {
             info,
             session: None,
             call: None,
+            link: None,
+            topic: None,
         }
     }
 
@@ -80,7 +85,33 @@ impl Context {
             info: session.connection_arc(),
             session: Some(session),
             call: None,
+            link: None,
+            topic: None,
         }
+    }
+
+    /// The same context, on the endpoint link `link`.
+    pub fn with_link(mut self, link: crate::endpoint::LinkId) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    /// The same context, for a message published on `topic`.
+    pub fn with_topic(mut self, topic: impl Into<Arc<str>>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// The [`Endpoint`](crate::endpoint::Endpoint) link the message arrived on, if it came
+    /// through one.
+    pub fn link(&self) -> Option<crate::endpoint::LinkId> {
+        self.link
+    }
+
+    /// The topic the message was published on, for a message delivered by a
+    /// [`pubsub::Subscriber`](crate::pubsub::Subscriber).
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
     }
 
     /// The session the message arrived in (with the peer's authenticated identity), if any.

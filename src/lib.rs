@@ -114,9 +114,11 @@
 pub mod codec;
 mod connection;
 pub mod dispatch;
+pub mod endpoint;
 mod error;
 pub mod handle;
 pub mod peer;
+pub mod pubsub;
 pub mod reliable;
 pub mod rpc;
 pub mod session;
@@ -174,5 +176,11 @@ pub mod proto {
     pub mod rpc {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.rpc.v1.rs"));
+    }
+
+    /// Publish/subscribe's messages (package `connect.pubsub.v1`); see [`crate::pubsub`].
+    pub mod pubsub {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.pubsub.v1.rs"));
     }
 }

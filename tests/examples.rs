@@ -108,6 +108,30 @@ fn own_messages_go_out_with_the_standard_type_url() {
 }
 
 #[test]
+fn pubsub_subscriber_gets_only_its_topics_from_pubsub_publisher() {
+    let mut server = Server::start("pubsub-publisher", &["127.0.0.1:0"]);
+    let out = Command::new(example("pubsub-subscriber"))
+        .args([&server.addr.to_string(), "ticks.*.price", "--count", "6"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    for line in lines {
+        assert!(
+            line.starts_with("ticks.eu.price ") || line.starts_with("ticks.us.price "),
+            "{line}"
+        );
+    }
+    assert!(server.is_running());
+}
+
+#[test]
 fn rpc_client_sees_every_outcome_from_rpc_server() {
     let mut server = Server::start("rpc-server", &["127.0.0.1:0"]);
     let out = Command::new(example("rpc-client"))

@@ -122,7 +122,7 @@ async fn many_tasks_share_a_reliable_stream() {
         let connect::reliable::Accepted::NewStream { stream, driver } =
             reliable.accept(conn).await.unwrap()
         else {
-            panic!("a new stream")
+            panic!("a new stream");
         };
         spawn(Box::pin(driver));
         let (peer, driver) = Peer::new(stream, dispatcher, &PeerConfig::new());

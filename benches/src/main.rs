@@ -40,6 +40,7 @@ mod harness;
 mod idle;
 mod layers;
 mod lossy;
+mod pubsub;
 mod raw;
 mod rpc;
 mod tokio_prost;
@@ -526,6 +527,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
+    if !args.skip_throughput {
+        pubsub_rows(&args, &mut rows, &mut goals, &mut failures);
+    }
+
     eprintln!("== {:.0} s", started.elapsed().as_secs_f64());
     if !args.skip_latency {
         let impls: Vec<_> = latency_impls()
@@ -793,6 +798,124 @@ fn count(v: f64) -> String {
         format!("{v:.3}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+type FanOutFn = fn(usize, usize) -> anyhow::Result<pubsub::FanOut>;
+
+const PUBSUB_CONNECT: &str = "connect pub/sub, waiting policy";
+const PUBSUB_ZMQ: &str = "zmq.rs PUB/SUB (baseline for pub/sub)";
+const PUBSUB_MATCH: &str = "connect pub/sub matching, trie";
+
+/// Fan-out to 1, 10 and 100 subscribers at 64 B and 1 KiB (connect next to zmq.rs), and the
+/// matching cost with 10 000 filters. Each run is guarded like every other row.
+fn pubsub_rows(
+    args: &Args,
+    rows: &mut Vec<[String; 7]>,
+    goals: &mut Checks,
+    failures: &mut Vec<String>,
+) {
+    let run_connect = args
+        .only
+        .as_deref()
+        .is_none_or(|o| PUBSUB_CONNECT.contains(o));
+    let run_zmq = args.only.as_deref().is_none_or(|o| PUBSUB_ZMQ.contains(o));
+    let subscriber_counts: &[usize] = if args.quick { &[10] } else { &[1, 10, 100] };
+    for (size, size_name) in [(64, "64 B"), (1024, "1 KiB")] {
+        if args.size.is_some_and(|s| s != size) || !(run_connect || run_zmq) {
+            continue;
+        }
+        for &subscribers in subscriber_counts {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds {
+                let impls: [(&str, bool, FanOutFn); 2] = [
+                    (PUBSUB_ZMQ, run_zmq, pubsub::zmq_fan_out),
+                    (PUBSUB_CONNECT, run_connect, pubsub::connect_fan_out),
+                ];
+                for (name, wanted, run) in impls {
+                    if !wanted {
+                        continue;
+                    }
+                    match guarded(args.row_limit, move || run(subscribers, size)) {
+                        Ok(r) => {
+                            eprintln!(
+                                "PS {size_name:>6} {subscribers:>3} subs {name:<40} {:>12.0} msg/s delivered, publisher CPU {:>6.0} ns/msg",
+                                r.delivered_per_sec, r.publisher_cpu_ns_per_delivered
+                            );
+                            if name == PUBSUB_ZMQ {
+                                theirs.push(r);
+                            } else {
+                                ours.push(r);
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "PS {size_name:>6} {subscribers:>3} subs {name:<40} FAILED: {e:#}"
+                            );
+                            failures.push(format!(
+                                "pub/sub {size_name} {subscribers} subscribers {name}: {e:#}"
+                            ));
+                        }
+                    }
+                }
+            }
+            let key = |r: &pubsub::FanOut| r.delivered_per_sec;
+            let zmq = median_by(theirs, key);
+            let connect = median_by(ours, key);
+            let base = zmq.as_ref().map(|z| z.delivered_per_sec);
+            for (name, result) in [(PUBSUB_ZMQ, &zmq), (PUBSUB_CONNECT, &connect)] {
+                let Some(r) = result else { continue };
+                rows.push([
+                    format!("pub/sub fan-out {size_name}, {subscribers} subscribers"),
+                    name.to_string(),
+                    format!("{} msg/s delivered", si(r.delivered_per_sec)),
+                    format!(
+                        "{} (to zmq.rs PUB/SUB)",
+                        show_ratio(ratio(Some(r.delivered_per_sec), base), "")
+                    ),
+                    "–".into(),
+                    format!(
+                        "publisher thread {}/delivered msg",
+                        nanos(r.publisher_cpu_ns_per_delivered)
+                    ),
+                    "–".into(),
+                ]);
+            }
+            if subscribers == 10 {
+                goals.at_least(
+                    &format!("pub/sub fan-out {size_name}, 10 subscribers: connect delivered"),
+                    ratio(connect.as_ref().map(|c| c.delivered_per_sec), base),
+                    "zmq.rs PUB/SUB",
+                    1.0,
+                );
+            }
+        }
+    }
+    if args
+        .only
+        .as_deref()
+        .is_none_or(|o| PUBSUB_MATCH.contains(o))
+    {
+        match guarded(args.row_limit, || Ok(pubsub::matching_cost())) {
+            Ok((trie, scan, matched)) => {
+                rows.push([
+                    "pub/sub matching, 10 000 filters".into(),
+                    PUBSUB_MATCH.into(),
+                    format!("{} per topic ({matched:.1} links matched)", nanos(trie)),
+                    format!("scan of every filter: {} per topic", nanos(scan)),
+                    "–".into(),
+                    "–".into(),
+                    "–".into(),
+                ]);
+                goals.at_least(
+                    "pub/sub matching with 10 000 filters: trie",
+                    Some(scan / trie),
+                    "faster than a scan",
+                    10.0,
+                );
+            }
+            Err(e) => failures.push(format!("pub/sub matching: {e:#}")),
+        }
     }
 }
 

@@ -82,7 +82,7 @@ where
         config: &PeerConfig,
     ) -> Self {
         Self {
-            context: reader.context(),
+            context: shared.context.clone(),
             reader,
             writer,
             responder: Responder::new(

@@ -237,8 +237,41 @@ impl Peer {
         H::Reader: Send + 'static,
         H::Writer: Send + 'static,
     {
+        Self::build(handle, dispatcher.into(), config, None)
+    }
+
+    /// [`new`](Self::new) for a link of an [`Endpoint`](crate::endpoint::Endpoint): the
+    /// handlers' [`Context::link`] tells `link`.
+    pub(crate) fn for_link<H>(
+        handle: H,
+        dispatcher: Arc<Dispatcher>,
+        config: &PeerConfig,
+        link: crate::endpoint::LinkId,
+    ) -> (Peer, PeerDriver)
+    where
+        H: Serve,
+        H::Reader: Send + 'static,
+        H::Writer: Send + 'static,
+    {
+        Self::build(handle, dispatcher, config, Some(link))
+    }
+
+    fn build<H>(
+        handle: H,
+        dispatcher: Arc<Dispatcher>,
+        config: &PeerConfig,
+        link: Option<crate::endpoint::LinkId>,
+    ) -> (Peer, PeerDriver)
+    where
+        H: Serve,
+        H::Reader: Send + 'static,
+        H::Writer: Send + 'static,
+    {
         let (reader, writer) = crate::dispatch::sealed::Handle::into_halves(handle);
-        let context = crate::dispatch::sealed::Reader::context(&reader);
+        let mut context = crate::dispatch::sealed::Reader::context(&reader);
+        if let Some(link) = link {
+            context = context.with_link(link);
+        }
         let (outgoing, outgoing_rx) = async_channel::bounded(config.queue_len);
         let (ended_tx, ended) = async_channel::bounded(1);
         let shared = Arc::new(Shared {
@@ -254,7 +287,7 @@ impl Peer {
         let driver = driver::Driver::new(
             reader,
             writer,
-            dispatcher.into(),
+            dispatcher,
             outgoing_rx,
             shared.clone(),
             ended_tx,

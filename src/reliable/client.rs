@@ -97,6 +97,11 @@ impl Backoff {
         self
     }
 
+    /// See [`with_max_attempts`](Self::with_max_attempts).
+    pub fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
     /// The delay before attempt `attempt` (1-based), jitter included.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self
