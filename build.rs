@@ -9,8 +9,10 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/connect/example/v1/hello.proto",
+        "proto/connect/example/v1/calc.proto",
         "proto/connect/v1/session.proto",
         "proto/connect/reliable/v1/reliable.proto",
+        "proto/connect/rpc/v1/rpc.proto",
         "proto/connect/pubsub/v1/pubsub.proto",
         "proto/connect/tunnel/v1/tunnel.proto",
     ];
@@ -24,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_type_names()
         .type_name_domain(["."], "type.googleapis.com")
         // Secrets: src/session/auth.rs implements a Debug that redacts them.
-        .skip_debug([".connect.v1.Plain", ".connect.v1.Bearer"]);
+        .skip_debug([".connect.v1.Plain", ".connect.v1.Bearer"])
+        // Request metadata: a deterministic encoding order (and byte examples that hold).
+        .btree_map([".connect.rpc.v1.Request.metadata"]);
     config.compile_protos(&protos, &["proto"])?;
     Ok(())
 }

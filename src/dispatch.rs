@@ -62,6 +62,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct Context {
     info: Arc<ConnectionInfo>,
     session: Option<Arc<crate::session::SessionInfo>>,
+    call: Option<Arc<crate::rpc::CallInfo>>,
     link: Option<crate::endpoint::LinkId>,
     topic: Option<Arc<str>>,
 }
@@ -72,6 +73,7 @@ impl Context {
         Self {
             info,
             session: None,
+            call: None,
             link: None,
             topic: None,
         }
@@ -82,6 +84,7 @@ impl Context {
         Self {
             info: session.connection_arc(),
             session: Some(session),
+            call: None,
             link: None,
             topic: None,
         }
@@ -124,6 +127,20 @@ impl Context {
     /// The connection the message arrived on.
     pub fn connection(&self) -> &ConnectionInfo {
         &self.info
+    }
+
+    /// The request this message is the body of (its id, deadline and metadata), when the
+    /// handler answers a call ([`crate::rpc`]); `None` for a one-way message.
+    pub fn call(&self) -> Option<&crate::rpc::CallInfo> {
+        self.call.as_deref()
+    }
+
+    /// This context for the body of a request.
+    pub(crate) fn with_call(&self, call: crate::rpc::CallInfo) -> Self {
+        Self {
+            call: Some(Arc::new(call)),
+            ..self.clone()
+        }
     }
 }
 

@@ -123,6 +123,11 @@ pub enum Error {
     #[error("reliable stream given up: {0}")]
     Reliable(crate::reliable::GiveUp),
 
+    /// The peer broke the request/reply protocol (a request id of 0, or one reused while in
+    /// flight); see [`crate::rpc`].
+    #[error("request/reply protocol violation: {0}")]
+    Rpc(#[from] crate::rpc::Violation),
+
     /// A message sent with confirmation was refused by the peer, or the stream ended before it
     /// was confirmed.
     #[error("delivery failed: {0}")]

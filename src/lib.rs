@@ -123,6 +123,7 @@ pub mod handle;
 pub mod peer;
 pub mod pubsub;
 pub mod reliable;
+pub mod rpc;
 pub mod session;
 pub mod transport;
 pub mod tunnel;
@@ -174,6 +175,12 @@ pub mod proto {
     pub mod reliable {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.reliable.v1.rs"));
+    }
+
+    /// Request/reply's messages (package `connect.rpc.v1`); see [`crate::rpc`].
+    pub mod rpc {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.rpc.v1.rs"));
     }
 
     /// Publish/subscribe's messages (package `connect.pubsub.v1`); see [`crate::pubsub`].

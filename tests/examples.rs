@@ -130,3 +130,28 @@ fn pubsub_subscriber_gets_only_its_topics_from_pubsub_publisher() {
     }
     assert!(server.is_running());
 }
+
+#[test]
+fn rpc_client_sees_every_outcome_from_rpc_server() {
+    let mut server = Server::start("rpc-server", &["127.0.0.1:0"]);
+    let out = Command::new(example("rpc-client"))
+        .arg(server.addr.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "parallel: 2 + 3 = 5, 84 / 2 = 42, slept 200 ms",
+        "timeout: deadline exceeded",
+        "refused: STATUS_CODE_INVALID_ARGUMENT: division by zero",
+        "unknown method: STATUS_CODE_NOT_FOUND",
+        "done: every outcome as expected",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(server.is_running());
+}

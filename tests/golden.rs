@@ -66,3 +66,69 @@ fn typed_encoding_matches_the_golden_hello_world() {
     let expected = "3b0a31747970652e676f6f676c65617069732e636f6d2f636f6e6e6563742e6578616d706c652e76312e48656c6c6f576f726c6412060a0268691001";
     assert_eq!(hex(&encoded), expected);
 }
+
+/// The `hex:` blocks of a numbered section of `proto/PROTOCOL.md`, in order, as bytes.
+fn protocol_md_examples(section: &str) -> Vec<Vec<u8>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/PROTOCOL.md"))
+        .expect("PROTOCOL.md");
+    let start = doc.find(&format!("\n## {section} ")).expect("the section");
+    let body = &doc[start + 1..];
+    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+    let mut examples = Vec::new();
+    let mut current: Option<String> = None;
+    for line in body.lines() {
+        if let Some(hex) = line.strip_prefix("hex: ") {
+            current = Some(hex.to_owned());
+        } else if let (Some(hex), true) = (current.as_mut(), line.starts_with("     ")) {
+            hex.push(' ');
+            hex.push_str(line.trim());
+        } else if let Some(hex) = current.take() {
+            examples.push(unhex(&hex.replace(' ', "")));
+        }
+    }
+    examples
+}
+
+#[test]
+fn request_reply_examples_in_protocol_md_are_what_we_encode() {
+    use connect::proto::example::HelloWorld;
+    use connect::proto::rpc::{response, Cancel, Request, Response, Status, StatusCode};
+    let hello = |text: &str| {
+        Any::from_msg(&HelloWorld {
+            text: text.into(),
+            sequence: 1,
+        })
+        .unwrap()
+    };
+    let expected = [
+        Any::from_msg(&Request {
+            id: 1,
+            body: Some(hello("hi")),
+            timeout_ms: 5000,
+            metadata: [("user".to_owned(), "ada".to_owned())].into(),
+        }),
+        Any::from_msg(&Response {
+            id: 1,
+            result: Some(response::Result::Body(hello("HI"))),
+        }),
+        Any::from_msg(&Response {
+            id: 2,
+            result: Some(response::Result::Status(Status {
+                code: StatusCode::NotFound as i32,
+                message: "no handler".into(),
+            })),
+        }),
+        Any::from_msg(&Cancel { id: 2 }),
+    ];
+    let documented = protocol_md_examples("11.");
+    assert_eq!(documented.len(), expected.len());
+    let codec = Codec::new();
+    for (any, bytes) in expected.into_iter().zip(documented) {
+        let any = any.unwrap();
+        let mut encoded = BytesMut::new();
+        codec.encode(&any, &mut encoded).unwrap();
+        assert_eq!(hex(&encoded), hex(&bytes), "{}", any.type_url);
+        let mut wire = BytesMut::from(&bytes[..]);
+        assert_eq!(codec.decode(&mut wire).unwrap(), Some(any));
+    }
+}

@@ -32,7 +32,7 @@ impl prost::Name for Payload {
 /// says otherwise.
 pub static WARM_UP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(250);
 
-fn warm_up() -> Duration {
+pub fn warm_up() -> Duration {
     Duration::from_millis(WARM_UP_MS.load(Ordering::Relaxed))
 }
 

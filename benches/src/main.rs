@@ -43,8 +43,11 @@ mod layers;
 mod lossy;
 mod pubsub;
 mod raw;
+mod rpc;
 mod tokio_prost;
 mod ws;
+#[cfg(feature = "tonic")]
+mod tonic_unary;
 mod zmq;
 
 use std::process::ExitCode;
@@ -741,6 +744,21 @@ fn run(args: Args) -> anyhow::Result<bool> {
                 }
             }
         }
+    }
+
+    // Request/reply (`--only rpc`; with `--features tonic`, tonic's unary calls beside it).
+    if args
+        .only
+        .as_deref()
+        .is_none_or(|only| "rpc tonic".contains(only))
+    {
+        rpc::run(
+            args.rounds,
+            !args.skip_latency,
+            !args.skip_throughput,
+            &mut rows,
+            &mut goals.0,
+        )?;
     }
 
     println!(

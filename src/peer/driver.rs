@@ -7,13 +7,17 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
 
 use futures_core::Stream;
 use prost_types::Any;
 
 use super::{PeerConfig, Shared};
+use crate::connection::Frame;
 use crate::dispatch::{Context, Dispatcher, Reply, ServeReader, ServeWriter};
 use crate::error::{Error, Result};
+use crate::proto::rpc;
+use crate::rpc::responder::Responder;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -42,6 +46,16 @@ pub(super) struct Driver<R, W> {
     max_pending_replies: usize,
     /// The handler of the message being handled; messages are handled one at a time, in order.
     handler: Option<BoxFuture<Result<Reply>>>,
+    /// A one-way message read while `handler` runs (reading goes on up to it, so responses and
+    /// requests behind a slow one-way handler still get through); reading then pauses.
+    held: Option<Frame>,
+    /// The peer's requests in flight (request/reply, [`crate::rpc`]).
+    responder: Responder,
+    /// The one timer for every deadline of the link (this side's calls, the peer's requests),
+    /// and when it fires. Armed for the earliest deadline; left alone when that deadline goes
+    /// (it then fires early, finds nothing due, and is armed again), so a steady stream of
+    /// calls costs no timer operation per call.
+    deadline_timer: Option<(Instant, futures_timer::Delay)>,
     reader_done: bool,
     /// Something was written since the last flush.
     unflushed: bool,
@@ -71,6 +85,13 @@ where
             context: shared.context.clone(),
             reader,
             writer,
+            responder: Responder::new(
+                dispatcher.clone(),
+                shared.context.clone(),
+                config.max_concurrent_requests,
+            ),
+            held: None,
+            deadline_timer: None,
             dispatcher,
             outgoing: Box::pin(outgoing),
             outgoing_done: false,
@@ -93,6 +114,7 @@ where
             Ok(()) => log::debug!("{connection}: link closed"),
             Err(e) => log::debug!("{connection}: link ended: {e}"),
         }
+
         // Nothing can be queued any more; what was queued and not written is dropped with
         // the receiver, and `send` already reports `Closed` to new callers.
         self.outgoing.close();
@@ -101,6 +123,8 @@ where
             .end
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result.map_err(Arc::new));
+        // Calls still waiting fail with the link's end; no call starts any more.
+        self.shared.lock_calls().close();
         self.ended.close();
     }
 
@@ -144,11 +168,15 @@ where
                 // queued before still goes out.
                 self.outgoing.close();
             }
+            progress |= self.poll_deadlines(cx);
             progress |= self.poll_write(cx)?;
             progress |= self.poll_handler(cx)?;
+            progress |= self.poll_requests(cx);
             progress |= self.poll_read(cx)?;
 
             let idle = self.handler.is_none()
+                && self.held.is_none()
+                && self.responder.is_idle()
                 && self.replies.is_empty()
                 && self.next_out.is_none()
                 && self.outgoing_done;
@@ -179,10 +207,16 @@ where
     /// After a local close: handle what the peer still sends until its side ends.
     fn poll_drain(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<()>> {
         loop {
-            let mut progress = self.poll_handler(cx)?;
+            let mut progress = self.poll_deadlines(cx);
+            progress |= self.poll_handler(cx)?;
+            progress |= self.poll_requests(cx);
             progress |= self.poll_read(cx)?;
             self.replies.clear();
-            if self.reader_done && self.handler.is_none() {
+            if self.reader_done
+                && self.handler.is_none()
+                && self.held.is_none()
+                && self.responder.is_idle()
+            {
                 return Poll::Ready(Ok(()));
             }
             if !progress {
@@ -210,6 +244,9 @@ where
                     }
                 }
                 return Ok(progress);
+            }
+            if self.next_out.is_none() {
+                self.next_out = self.shared.lock_calls().next_cancel().map(cancel_frame);
             }
             if self.next_out.is_none() {
                 self.next_out = match self.replies.pop_front() {
@@ -275,14 +312,79 @@ where
         } else {
             result?;
         }
+        if let Some(frame) = self.held.take() {
+            self.handler = Some(self.dispatcher.start(frame, self.context.clone()));
+        }
         Ok(true)
     }
 
-    /// Reads the next message once the previous one is handled and the replies are written
-    /// (up to the configured number waiting), and starts its handler.
+    /// Expires this side's calls and the peer's requests whose deadline has come, and keeps the
+    /// timer armed for the next deadline.
+    fn poll_deadlines(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            let next = {
+                let calls = self.shared.lock_calls().next_deadline();
+                match (calls, self.responder.next_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            let Some(next) = next else {
+                return progress;
+            };
+            let now = Instant::now();
+            if next <= now {
+                self.shared.lock_calls().expire(now);
+                self.responder.expire(now);
+                progress = true;
+                continue;
+            }
+            if self
+                .deadline_timer
+                .as_ref()
+                .is_none_or(|(at, _)| next < *at)
+            {
+                self.deadline_timer = Some((next, futures_timer::Delay::new(next - now)));
+            }
+            let fired = self
+                .deadline_timer
+                .as_mut()
+                .is_some_and(|(_, timer)| Pin::new(timer).poll(cx).is_ready());
+            if !fired {
+                return progress;
+            }
+            self.deadline_timer = None;
+        }
+    }
+
+    /// Takes the responses of finished requests (while fewer than the configured number of
+    /// replies wait to be written: a peer that does not read its answers holds up its own
+    /// requests, and then reading).
+    fn poll_requests(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let mut progress = false;
+        while self.replies.len() < self.max_pending_replies {
+            match self.responder.poll_response(cx) {
+                Poll::Ready(response) => {
+                    if !self.write_closed {
+                        self.replies.push_back(response);
+                    }
+                    progress = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        progress
+    }
+
+    /// Reads the next frame while there is room for what it may lead to (a one-way message
+    /// waiting for the one being handled, a request waiting for a handler slot, replies
+    /// waiting to be written, each bounded) and routes it: request/reply frames to the
+    /// responder or the waiting call, other messages to their handler, one at a time.
     fn poll_read(&mut self, cx: &mut TaskContext<'_>) -> Result<bool> {
         if self.reader_done
-            || self.handler.is_some()
+            || self.held.is_some()
+            || !self.responder.has_room()
             || self.replies.len() >= self.max_pending_replies
         {
             return Ok(false);
@@ -290,7 +392,13 @@ where
         match self.reader.poll_next_frame(cx) {
             Poll::Ready(Some(frame)) => {
                 let frame = frame?;
-                self.handler = Some(self.dispatcher.start(frame, self.context.clone()));
+                match frame.type_name() {
+                    REQUEST => self.accept_request(&frame)?,
+                    RESPONSE => self.complete_call(&frame)?,
+                    CANCEL => self.cancel_request(&frame)?,
+                    _ if self.handler.is_some() => self.held = Some(frame),
+                    _ => self.handler = Some(self.dispatcher.start(frame, self.context.clone())),
+                }
                 Ok(true)
             }
             Poll::Ready(None) => {
@@ -300,4 +408,52 @@ where
             Poll::Pending => Ok(false),
         }
     }
+
+    /// A `Request`: to the responder; a response owed at once (no handler, no body) goes with
+    /// the other replies.
+    fn accept_request(&mut self, frame: &Frame) -> Result<()> {
+        let request: rpc::Request = decode(frame)?;
+        if let Some(response) = self.responder.accept(request, Instant::now())? {
+            if !self.write_closed {
+                self.replies.push_back(response);
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Response`: to the call waiting for it; one for no such call is ignored (the call was
+    /// abandoned, or it is a duplicate).
+    fn complete_call(&mut self, frame: &Frame) -> Result<()> {
+        let response: rpc::Response = decode(frame)?;
+        let id = response.id;
+        if !self.shared.lock_calls().complete(response) {
+            log::trace!(
+                "{}: response for no call in flight (id {id}): ignored",
+                self.context.connection()
+            );
+        }
+        Ok(())
+    }
+
+    /// A `Cancel`: the request's handler is dropped; an unknown id is ignored.
+    fn cancel_request(&mut self, frame: &Frame) -> Result<()> {
+        let cancel: rpc::Cancel = decode(frame)?;
+        self.responder.cancel(cancel.id);
+        Ok(())
+    }
+}
+
+const REQUEST: &str = "connect.rpc.v1.Request";
+const RESPONSE: &str = "connect.rpc.v1.Response";
+const CANCEL: &str = "connect.rpc.v1.Cancel";
+
+fn decode<M: prost::Message + prost::Name + Default>(frame: &Frame) -> Result<M> {
+    M::decode(frame.value().clone()).map_err(|source| Error::Decode {
+        type_name: M::full_name(),
+        source,
+    })
+}
+
+fn cancel_frame(id: u64) -> Any {
+    crate::codec::pack(&rpc::Cancel { id })
 }

@@ -69,14 +69,16 @@
 //! Dropping every [`Peer`] does not end the link: the driver goes on answering the peer until
 //! one of the above happens (like [`Dispatcher::serve`]).
 
+mod call;
 mod driver;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use prost::{Message, Name};
@@ -91,6 +93,8 @@ use crate::error::{Error, Result};
 pub struct PeerConfig {
     queue_len: usize,
     max_pending_replies: usize,
+    max_concurrent_requests: usize,
+    call_timeout: Option<Duration>,
 }
 
 impl Default for PeerConfig {
@@ -98,12 +102,15 @@ impl Default for PeerConfig {
         Self {
             queue_len: 256,
             max_pending_replies: 64,
+            max_concurrent_requests: 64,
+            call_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
 
 impl PeerConfig {
-    /// The defaults: 256 queued outgoing messages, 64 replies waiting to be written.
+    /// The defaults: 256 queued outgoing messages, 64 replies waiting to be written, 64
+    /// concurrent requests, calls time out after 30 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -121,6 +128,33 @@ impl PeerConfig {
     pub fn with_max_pending_replies(mut self, replies: usize) -> Self {
         self.max_pending_replies = replies.max(1);
         self
+    }
+
+    /// How many of the peer's requests ([`crate::rpc`]) may have their handler running at once
+    /// on this link (default 64; at least 1). As many more are read and wait for a slot; then
+    /// reading pauses until a handler finishes. One-way messages are handled one at a time,
+    /// in order, whatever this says.
+    pub fn with_max_concurrent_requests(mut self, requests: usize) -> Self {
+        self.max_concurrent_requests = requests.max(1);
+        self
+    }
+
+    /// How long [`Peer::call`] waits for a reply when the call does not say
+    /// ([`CallOptions::with_timeout`](crate::rpc::CallOptions::with_timeout)); `None`: as long
+    /// as the link lives. Default 30 s.
+    pub fn with_call_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// See [`with_max_concurrent_requests`](Self::with_max_concurrent_requests).
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests
+    }
+
+    /// See [`with_call_timeout`](Self::with_call_timeout).
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
     }
 
     /// See [`with_queue_len`](Self::with_queue_len).
@@ -173,6 +207,18 @@ struct Shared {
     /// Never sent on: the driver drops its sender when the link is over, which wakes every
     /// [`Peer::closed`].
     ended: async_channel::Receiver<()>,
+    /// This side's calls waiting for a response ([`crate::rpc`]).
+    calls: Mutex<crate::rpc::calls::CallTable>,
+    /// [`PeerConfig::with_call_timeout`].
+    call_timeout: Option<Duration>,
+}
+
+impl Shared {
+    fn lock_calls(&self) -> MutexGuard<'_, crate::rpc::calls::CallTable> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Peer {
@@ -235,6 +281,8 @@ impl Peer {
             driver_waker: AtomicWaker::new(),
             end: Mutex::new(None),
             ended,
+            calls: Mutex::default(),
+            call_timeout: config.call_timeout,
         });
         let driver = driver::Driver::new(
             reader,
