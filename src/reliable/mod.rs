@@ -23,8 +23,11 @@
 //!
 //! Messages carry no header on the wire: each side numbers them implicitly by count, and the
 //! receiver sends a cumulative [`Ack`](crate::proto::reliable::Ack) every
-//! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken (or after
-//! [`ack_delay`](ReliableConfig::with_ack_delay)). `proto/PROTOCOL.md` section 10 specifies it.
+//! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken, once half
+//! its receive window (in messages or bytes) is taken, as soon as its application has taken
+//! everything that arrived and nothing more is readable, before it closes, or at the latest
+//! after [`ack_delay`](ReliableConfig::with_ack_delay). `proto/PROTOCOL.md` section 10
+//! specifies it.
 //!
 //! ## How the files fit
 //!
@@ -243,7 +246,9 @@ impl ReliableConfig {
         self
     }
 
-    /// Send an `Ack` at most this long after the application took a message.
+    /// Send an `Ack` at most this long after the application took a message. The delay
+    /// only matters while the link still has messages to read: once the application has taken
+    /// everything that arrived and nothing more is readable, the `Ack` goes out at once.
     pub fn with_ack_delay(mut self, delay: Duration) -> Self {
         self.ack_delay = delay;
         self
