@@ -326,7 +326,6 @@ fn stream_without_a_clock(size: usize, count: u64) -> u64 {
         while pushed < count && sides[CLIENT].push(message.clone()).is_ok() {
             pushed += 1;
         }
-        let mut moved = false;
         let mut wrote = false;
         while let Some(t) = sides[CLIENT].poll_transmit() {
             let Transmit::Message(any) = t else {
