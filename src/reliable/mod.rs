@@ -168,6 +168,7 @@ pub struct ReliableConfig {
     receive_bytes: usize,
     ack_every: u64,
     ack_delay: Duration,
+    ack_when_caught_up: bool,
     resume_timeout: Duration,
     max_streams: usize,
     backoff: Backoff,
@@ -183,6 +184,7 @@ impl fmt::Debug for ReliableConfig {
             .field("receive_bytes", &self.receive_bytes)
             .field("ack_every", &self.ack_every)
             .field("ack_delay", &self.ack_delay)
+            .field("ack_when_caught_up", &self.ack_when_caught_up)
             .field("resume_timeout", &self.resume_timeout)
             .field("max_streams", &self.max_streams)
             .field("backoff", &self.backoff)
@@ -200,6 +202,7 @@ impl Default for ReliableConfig {
             receive_bytes: 4 * 1024 * 1024,
             ack_every: 64,
             ack_delay: Duration::from_millis(10),
+            ack_when_caught_up: true,
             resume_timeout: Duration::from_secs(60),
             max_streams: 1024,
             backoff: Backoff::default(),
@@ -251,6 +254,15 @@ impl ReliableConfig {
     /// everything that arrived and nothing more is readable, the `Ack` goes out at once.
     pub fn with_ack_delay(mut self, delay: Duration) -> Self {
         self.ack_delay = delay;
+        self
+    }
+
+    /// Whether an `Ack` goes out at once when the application has taken everything that
+    /// arrived and nothing more is readable (default: yes, so a `send` that waits for its
+    /// confirmation never waits for the delay). Off, only `ack_every`, half the receive
+    /// window, a close and the delay send one: for tests that need a peer that confirms late.
+    pub fn with_ack_when_caught_up(mut self, on: bool) -> Self {
+        self.ack_when_caught_up = on;
         self
     }
 

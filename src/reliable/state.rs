@@ -461,7 +461,7 @@ impl StreamState {
             || self.unacked_bytes.saturating_mul(2) >= self.config.receive_bytes;
         // Caught up: the peer sent nothing more and our application took it all; the peer
         // may be waiting for this confirmation, so it does not wait for the delay.
-        let caught_up = self.read_idle && self.inbound.is_empty();
+        let caught_up = self.config.ack_when_caught_up && self.read_idle && self.inbound.is_empty();
         if self.ack_again
             || (unacked > 0
                 && (self.ack_due
