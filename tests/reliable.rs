@@ -740,3 +740,54 @@ async fn a_server_without_reliable_delivery_is_not_supported() {
     .await;
     assert_eq!(closed, Some(GiveUp::NotSupported));
 }
+
+/// Acknowledgements that only the count or the delay would send: both set far away.
+fn far_acks() -> ReliableConfig {
+    client_config()
+        .with_ack_every(2000)
+        .with_ack_delay(Duration::from_secs(3600))
+}
+
+/// A `send` (which waits for the peer's confirmation) in a ping-pong is confirmed as soon as
+/// the peer's application has taken the message and nothing more is coming: it never waits
+/// for the acknowledgement delay (it took the delay, 10 ms by default, per message; here an
+/// hour, so it would hang).
+#[async_std::test]
+async fn a_send_in_ping_pong_is_confirmed_without_the_ack_delay() {
+    let (addr, _server) = server(far_acks(), |mut stream: ReliableStream| async move {
+        while let Ok(Some(any)) = stream.recv().await {
+            if stream.send(any).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut stream = client(addr, far_acks());
+    within(60, "20 confirmed round trips", async {
+        for i in 0..20 {
+            stream.send(hello(i)).await.unwrap();
+            let echoed = stream.recv().await.unwrap().unwrap();
+            assert_eq!(sequence(&echoed), i);
+        }
+    })
+    .await;
+    assert_eq!(stream.stats().confirmed, 20);
+}
+
+/// A peer that closes right after taking the last message acknowledges it before the close,
+/// so that message's `send` succeeds (it failed with `Closed` when the close overtook the
+/// delayed acknowledgement).
+#[async_std::test]
+async fn the_last_send_before_the_peer_closes_is_confirmed() {
+    let (addr, _server) = server(far_acks(), |mut stream: ReliableStream| async move {
+        if let Ok(Some(_)) = stream.recv().await {
+            let _ = stream.close().await;
+        }
+    })
+    .await;
+    let mut stream = client(addr, far_acks());
+    within(60, "the last send", stream.send(hello(0)))
+        .await
+        .unwrap();
+    assert_eq!(stream.stats().confirmed, 1);
+}

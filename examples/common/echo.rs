@@ -99,7 +99,8 @@ impl Options {
         if let Some(n) = self.ack_every {
             reliable = reliable
                 .with_ack_every(n)
-                .with_ack_delay(Duration::from_secs(3600));
+                .with_ack_delay(Duration::from_secs(3600))
+                .with_ack_when_caught_up(false);
         }
         Ok(Mode::Reliable(ReliableServer::new(config, reliable)))
     }

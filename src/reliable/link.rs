@@ -229,7 +229,11 @@ impl Pump {
                         self.reader_ended = true;
                         return Poll::Ready(LinkEnd::Closed);
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        // Everything the peer sent so far is read.
+                        core.handle_read_idle();
+                        break;
+                    }
                 }
             }
 

@@ -23,8 +23,11 @@
 //!
 //! Messages carry no header on the wire: each side numbers them implicitly by count, and the
 //! receiver sends a cumulative [`Ack`](crate::proto::reliable::Ack) every
-//! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken (or after
-//! [`ack_delay`](ReliableConfig::with_ack_delay)). `proto/PROTOCOL.md` section 10 specifies it.
+//! [`ack_every`](ReliableConfig::with_ack_every) messages its application has taken, once half
+//! its receive window (in messages or bytes) is taken, as soon as its application has taken
+//! everything that arrived and nothing more is readable, before it closes, or at the latest
+//! after [`ack_delay`](ReliableConfig::with_ack_delay). `proto/PROTOCOL.md` section 10
+//! specifies it.
 //!
 //! ## How the files fit
 //!
@@ -165,6 +168,7 @@ pub struct ReliableConfig {
     receive_bytes: usize,
     ack_every: u64,
     ack_delay: Duration,
+    ack_when_caught_up: bool,
     resume_timeout: Duration,
     max_streams: usize,
     backoff: Backoff,
@@ -180,6 +184,7 @@ impl fmt::Debug for ReliableConfig {
             .field("receive_bytes", &self.receive_bytes)
             .field("ack_every", &self.ack_every)
             .field("ack_delay", &self.ack_delay)
+            .field("ack_when_caught_up", &self.ack_when_caught_up)
             .field("resume_timeout", &self.resume_timeout)
             .field("max_streams", &self.max_streams)
             .field("backoff", &self.backoff)
@@ -197,6 +202,7 @@ impl Default for ReliableConfig {
             receive_bytes: 4 * 1024 * 1024,
             ack_every: 64,
             ack_delay: Duration::from_millis(10),
+            ack_when_caught_up: true,
             resume_timeout: Duration::from_secs(60),
             max_streams: 1024,
             backoff: Backoff::default(),
@@ -243,9 +249,20 @@ impl ReliableConfig {
         self
     }
 
-    /// Send an `Ack` at most this long after the application took a message.
+    /// Send an `Ack` at most this long after the application took a message. The delay
+    /// only matters while the link still has messages to read: once the application has taken
+    /// everything that arrived and nothing more is readable, the `Ack` goes out at once.
     pub fn with_ack_delay(mut self, delay: Duration) -> Self {
         self.ack_delay = delay;
+        self
+    }
+
+    /// Whether an `Ack` goes out at once when the application has taken everything that
+    /// arrived and nothing more is readable (default: yes, so a `send` that waits for its
+    /// confirmation never waits for the delay). Off, only `ack_every`, half the receive
+    /// window, a close and the delay send one: for tests that need a peer that confirms late.
+    pub fn with_ack_when_caught_up(mut self, on: bool) -> Self {
+        self.ack_when_caught_up = on;
         self
     }
 

@@ -162,6 +162,7 @@ impl Shared {
     /// The application closes: the link closes the session once everything is confirmed.
     pub(crate) fn request_close(&mut self) {
         self.close_requested = true;
+        self.state.close();
         self.wake_link();
     }
 
@@ -328,6 +329,11 @@ impl Shared {
     }
 
     /// A received application message.
+    /// See [`StreamState::handle_read_idle`].
+    pub(crate) fn handle_read_idle(&mut self) {
+        self.state.handle_read_idle();
+    }
+
     pub(crate) fn handle_message(&mut self, any: Any) {
         self.state.handle_message(any);
         if let Some(w) = self.recv_waker.take() {

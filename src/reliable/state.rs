@@ -126,6 +126,10 @@ pub(crate) struct StreamState {
     ack_deadline: Option<Instant>,
     /// The acknowledgement delay has passed: the pending acknowledgement goes out now.
     ack_due: bool,
+    /// The link has read everything the peer sent so far (see `handle_read_idle`).
+    read_idle: bool,
+    /// Our application closes the stream: what it took is acknowledged before the close.
+    closing: bool,
     /// Refusals not known to be seen by the peer, oldest first; `nacks[nacks_sent..]` are not
     /// sent on the current link yet.
     nacks: VecDeque<Nack>,
@@ -158,6 +162,8 @@ impl StreamState {
             ack_again: false,
             ack_deadline: None,
             ack_due: false,
+            read_idle: false,
+            closing: false,
             nacks: VecDeque::new(),
             nack_bytes: 0,
             nacks_sent: 0,
@@ -318,6 +324,7 @@ impl StreamState {
 
     /// A received application message: queue it for the application, or refuse it.
     pub(crate) fn handle_message(&mut self, any: Any) {
+        self.read_idle = false;
         let sequence = self.received;
         self.received += 1;
         if let Some(accepts) = &self.config.accepts {
@@ -387,6 +394,22 @@ impl StreamState {
         self.nacks.len() - self.nacks_sent >= MAX_UNSENT_NACKS
     }
 
+    /// The link has read everything the peer has sent so far (its reader is waiting). Once
+    /// our application has also taken every message, whatever it took is acknowledged at
+    /// once: the peer may be waiting for that confirmation (a `send` that flushes, a ping-pong)
+    /// and nothing more is coming that would reach `ack_every`, so only the delay would
+    /// release it. While the peer streams, the link rarely runs dry and the acknowledgements
+    /// stay batched.
+    pub(crate) fn handle_read_idle(&mut self) {
+        self.read_idle = true;
+    }
+
+    /// Our application closes the stream: what it has taken is acknowledged before the close
+    /// goes out (the peer's last `send` waits for that confirmation).
+    pub(crate) fn close(&mut self) {
+        self.closing = true;
+    }
+
     /// Whether an acknowledgement is owed (now or once the delay passes).
     pub(crate) fn ack_pending(&self) -> bool {
         self.delivered > self.acked_sent
@@ -423,8 +446,9 @@ impl StreamState {
     }
 
     /// The next frame to write: refusals first, then an acknowledgement if one is due (every
-    /// `ack_every` messages taken, half our window taken, the delay passed, or a new link),
-    /// then our messages as far as the peer's window allows.
+    /// `ack_every` messages taken, half our window taken in messages or bytes, everything
+    /// received taken while the link has nothing more to read, the stream closing, the delay
+    /// passed, or a new link), then our messages as far as the peer's window allows.
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
         if let Some(nack) = self.nacks.get(self.nacks_sent) {
             self.nacks_sent += 1;
@@ -435,8 +459,16 @@ impl StreamState {
         // acknowledge now whatever `ack_every` says.
         let window_half = unacked.saturating_mul(2) >= self.config.receive_messages as u64
             || self.unacked_bytes.saturating_mul(2) >= self.config.receive_bytes;
+        // Caught up: the peer sent nothing more and our application took it all; the peer
+        // may be waiting for this confirmation, so it does not wait for the delay.
+        let caught_up = self.config.ack_when_caught_up && self.read_idle && self.inbound.is_empty();
         if self.ack_again
-            || (unacked > 0 && (self.ack_due || unacked >= self.config.ack_every || window_half))
+            || (unacked > 0
+                && (self.ack_due
+                    || unacked >= self.config.ack_every
+                    || window_half
+                    || caught_up
+                    || self.closing))
         {
             self.ack_again = false;
             self.ack_due = false;

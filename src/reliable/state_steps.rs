@@ -303,3 +303,139 @@ fn a_new_stream_after_a_restart_renumbers_what_is_unconfirmed() {
     assert!(p.sides[CLIENT].drained());
     assert_eq!(p.sides[CLIENT].progress(), (3, 3));
 }
+
+/// Two sides with the default configuration stream `count` messages of `size` bytes, stepped
+/// by hand with no clock at all (the acknowledgement delay can never pass): the receiver reads
+/// what is on the wire and takes it. Returns the number of `Ack`s the receiver sent.
+fn stream_without_a_clock(size: usize, count: u64) -> u64 {
+    let mut sides = [
+        StreamState::new(ReliableConfig::new()),
+        StreamState::new(ReliableConfig::new()),
+    ];
+    for i in 0..2 {
+        let (m, b) = sides[1 - i].window();
+        sides[i].set_peer_window(m, b);
+    }
+    let message = Any {
+        type_url: "t/x.M".into(),
+        value: vec![7; size],
+    };
+    let (mut pushed, mut taken, mut acks) = (0, 0, 0);
+    // Bounded: every step moves messages or the sender has pushed them all.
+    for _ in 0..10 * count + 10 {
+        while pushed < count && sides[CLIENT].push(message.clone()).is_ok() {
+            pushed += 1;
+        }
+        let mut wrote = false;
+        while let Some(t) = sides[CLIENT].poll_transmit() {
+            let Transmit::Message(any) = t else {
+                panic!("{t:?}")
+            };
+            sides[SERVER].handle_message(any);
+            wrote = true;
+        }
+        if !wrote {
+            // Never while the sender still has messages: that would be a sender waiting for
+            // an Ack only the timer sends.
+            assert_eq!(pushed, count, "stalled at {taken} of {count} ({size} B)");
+            // The tail of the stream: the link has read everything and nothing more comes.
+            sides[SERVER].handle_read_idle();
+        }
+        while sides[SERVER].take().is_some() {
+            taken += 1;
+        }
+        while let Some(t) = sides[SERVER].poll_transmit() {
+            let Transmit::Ack(n) = t else { panic!("{t:?}") };
+            sides[CLIENT].handle_ack(n).unwrap();
+            acks += 1;
+        }
+        if taken == count && sides[CLIENT].drained() {
+            return acks;
+        }
+    }
+    panic!("not done after the step bound");
+}
+
+#[test]
+fn large_messages_are_acknowledged_by_bytes_never_by_the_timer() {
+    // Half the 4 MiB receive window in bytes is taken: an Ack, whatever `ack_every` (64) says.
+    // Small messages are acknowledged by count (`ack_every` 64), the others by bytes; either
+    // way a batch per Ack, and the sender never waits for the timer (see the helper).
+    for (size, count) in [
+        (64, 6400),
+        (64 * 1024, 1000),
+        (1024 * 1024, 40),
+        (4 * 1024 * 1024, 5),
+    ] {
+        let acks = stream_without_a_clock(size, count);
+        let per_ack = ((2 << 20) / size as u64).clamp(1, 64);
+        assert!(
+            acks <= count / per_ack + 2,
+            "{size} B: {acks} Acks for {count} messages"
+        );
+    }
+}
+
+#[test]
+fn the_byte_threshold_sends_the_ack_at_once() {
+    let mut c = StreamState::new(ReliableConfig::new().with_receive_buffer(1024, 1 << 20));
+    let half = Any {
+        type_url: "t/x.M".into(),
+        value: vec![0; (1 << 19) - 10],
+    };
+    c.handle_message(half.clone());
+    c.handle_message(half);
+    c.take().unwrap();
+    assert!(c.poll_transmit().is_none(), "under half the window");
+    c.take().unwrap();
+    assert!(matches!(c.poll_transmit(), Some(Transmit::Ack(2))));
+}
+
+#[test]
+fn a_receiver_that_has_caught_up_acknowledges_without_the_delay() {
+    // Ping-pong: the peer's `send` waits for this confirmation, and nothing more comes that
+    // would reach `ack_every` (2 here); no clock is used, so only the catch-up can send it.
+    let mut p = Pair::new();
+    p.sides[CLIENT].push(msg(0)).unwrap();
+    p.write(CLIENT);
+    p.read(SERVER, 1);
+    p.sides[SERVER].handle_read_idle();
+    p.write(SERVER);
+    assert!(p.on_wire(CLIENT).is_empty(), "read but not taken yet");
+    assert_eq!(p.take_all(SERVER), [0]);
+    p.write(SERVER);
+    assert_eq!(p.on_wire(CLIENT), [&Frame::Ack(1)]);
+    p.read(CLIENT, 1);
+    assert!(p.sides[CLIENT].drained());
+    // While more arrives, reading again clears the idle mark: the Ack waits for the batch.
+    p.sides[CLIENT].push(msg(1)).unwrap();
+    p.sides[CLIENT].push(msg(2)).unwrap();
+    p.write(CLIENT);
+    p.read(SERVER, 1);
+    assert_eq!(p.take_all(SERVER), [1]);
+    p.write(SERVER);
+    assert!(p.on_wire(CLIENT).is_empty(), "the link has more to read");
+    p.read(SERVER, 1);
+    p.sides[SERVER].handle_read_idle();
+    assert_eq!(p.take_all(SERVER), [2]);
+    p.write(SERVER);
+    assert_eq!(p.on_wire(CLIENT), [&Frame::Ack(3)]);
+}
+
+#[test]
+fn closing_acknowledges_what_was_taken_first() {
+    // The peer's last `send` waits for its confirmation; the close must not overtake it.
+    let mut p = Pair::new();
+    p.sides[CLIENT].push(msg(0)).unwrap();
+    p.write(CLIENT);
+    p.read(SERVER, 1);
+    assert_eq!(p.take_all(SERVER), [0]);
+    p.write(SERVER);
+    assert!(
+        p.on_wire(CLIENT).is_empty(),
+        "1 of ack_every 2, no delay passed"
+    );
+    p.sides[SERVER].close();
+    p.write(SERVER);
+    assert_eq!(p.on_wire(CLIENT), [&Frame::Ack(1)]);
+}
