@@ -45,9 +45,9 @@ mod pubsub;
 mod raw;
 mod rpc;
 mod tokio_prost;
-mod ws;
 #[cfg(feature = "tonic")]
 mod tonic_unary;
+mod ws;
 mod zmq;
 
 use std::process::ExitCode;
