@@ -192,7 +192,15 @@ where
             // Nothing more to do right now: push out what was written in this round.
             if self.unflushed && !self.write_closed {
                 match Pin::new(&mut self.writer).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        // The flush made room (the peer read in the meantime): a message
+                        // held for want of room goes now, not on a wake-up that may never
+                        // come (the writer's readiness was already used up by the flush).
+                        if self.next_out.is_some() || !self.replies.is_empty() {
+                            continue;
+                        }
+                    }
                     Poll::Ready(Err(e)) => {
                         self.write_failed(e)?;
                         continue;
