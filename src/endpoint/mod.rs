@@ -68,6 +68,7 @@
 //! finds that state again from a handler's [`Context::link`](crate::dispatch::Context::link).
 
 mod accept;
+pub(crate) mod queue;
 
 use std::collections::BTreeMap;
 use std::fmt;
