@@ -122,6 +122,7 @@ mod error;
 pub mod handle;
 pub mod peer;
 pub mod pubsub;
+pub mod queue;
 pub mod reliable;
 pub mod rpc;
 pub mod session;
@@ -187,6 +188,12 @@ pub mod proto {
     pub mod pubsub {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.pubsub.v1.rs"));
+    }
+
+    /// Work queues' messages (package `connect.queue.v1`); see [`crate::queue`].
+    pub mod queue {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.queue.v1.rs"));
     }
 
     /// Byte-stream tunnels' messages (package `connect.tunnel.v1`); see [`crate::tunnel`].

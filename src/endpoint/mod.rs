@@ -103,6 +103,12 @@ impl LinkId {
     pub fn get(self) -> u64 {
         self.0
     }
+
+    /// Link `n`, for the sans-IO tests of the patterns.
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: u64) -> Self {
+        Self(n)
+    }
 }
 
 impl fmt::Display for LinkId {
@@ -190,6 +196,8 @@ pub enum Event {
     AcceptEnded,
     /// An event of publish/subscribe on this endpoint.
     PubSub(crate::pubsub::PubSubEvent),
+    /// An event of a work queue on this endpoint.
+    Queue(crate::queue::QueueEvent),
 }
 
 /// How an [`Endpoint`] runs its links. Cheap to clone.
