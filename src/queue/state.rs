@@ -52,8 +52,9 @@ struct Worker {
 #[derive(Debug, Default)]
 struct Transaction {
     messages: Vec<Entry>,
-    acks: Vec<u64>,
-    rejects: Vec<u64>,
+    /// Only ids the link holds, each once: at most its credit, whatever it sends.
+    acks: BTreeSet<u64>,
+    rejects: BTreeSet<u64>,
 }
 
 /// One message handed to a worker: send it as a `Deliver`.
@@ -265,19 +266,26 @@ impl QueueState {
         }
     }
 
-    fn open(&mut self, link: LinkId, transaction: u64) -> Option<&mut Transaction> {
-        if transaction == 0 {
-            return None;
-        }
-        self.transactions.get_mut(&(link, transaction))
+    /// Stages `ids` (those `link` holds) as acknowledgements (or rejections) of `transaction`.
+    fn stage(&mut self, link: LinkId, ids: &[u64], transaction: u64, reject: bool) {
+        let Some(worker) = self.workers.get(&link) else {
+            return;
+        };
+        let Some(tx) = self.transactions.get_mut(&(link, transaction)) else {
+            return;
+        };
+        let staged = if reject {
+            &mut tx.rejects
+        } else {
+            &mut tx.acks
+        };
+        staged.extend(ids.iter().filter(|id| worker.held.contains(id)));
     }
 
     /// `link` acknowledges `ids` (unknown ones are ignored), now or at `transaction`'s commit.
     pub(crate) fn ack(&mut self, link: LinkId, ids: &[u64], transaction: u64) {
         if transaction != 0 {
-            if let Some(tx) = self.open(link, transaction) {
-                tx.acks.extend_from_slice(ids);
-            }
+            self.stage(link, ids, transaction, false);
             return;
         }
         for &id in ids {
@@ -291,9 +299,7 @@ impl QueueState {
     /// `link` rejects `ids`: dead letters, now or at `transaction`'s commit.
     pub(crate) fn reject(&mut self, link: LinkId, ids: &[u64], transaction: u64) {
         if transaction != 0 {
-            if let Some(tx) = self.open(link, transaction) {
-                tx.rejects.extend_from_slice(ids);
-            }
+            self.stage(link, ids, transaction, true);
             return;
         }
         for &id in ids {
@@ -335,8 +341,10 @@ impl QueueState {
         for entry in tx.messages {
             self.push_back(entry);
         }
-        self.ack(link, &tx.acks, 0);
-        self.reject(link, &tx.rejects, 0);
+        let acks: Vec<u64> = tx.acks.into_iter().collect();
+        let rejects: Vec<u64> = tx.rejects.into_iter().collect();
+        self.ack(link, &acks, 0);
+        self.reject(link, &rejects, 0);
         self.stats.committed += 1;
         TransactionStatus::Committed
     }
@@ -615,6 +623,24 @@ mod tests {
         assert_eq!(q.stats().acked, 2);
         assert_eq!(q.stats().enqueued, 2);
         assert_eq!(q.held(), (0, 0));
+    }
+
+    #[test]
+    fn a_transaction_stages_only_answers_for_what_its_link_holds() {
+        let now = Instant::now();
+        let mut q = QueueState::new(limits());
+        q.enqueue(None, msg(1), None, 0, now).unwrap();
+        q.consume(link(1), 1);
+        let d = q.poll_deliver(now).unwrap();
+        assert_eq!(q.begin(link(1), 1), Ok(true));
+        // However many ids a worker sends, a transaction keeps at most what the link holds.
+        let flood: Vec<u64> = (0..10_000).chain([d.id, d.id]).collect();
+        q.ack(link(1), &flood, 1);
+        q.reject(link(1), &flood, 1);
+        let tx = &q.transactions[&(link(1), 1)];
+        assert_eq!((tx.acks.len(), tx.rejects.len()), (1, 1));
+        assert_eq!(q.commit(link(1), 1), TransactionStatus::Committed);
+        assert_eq!((q.stats().acked, q.stats().dead_lettered), (1, 0));
     }
 
     #[test]
