@@ -155,7 +155,7 @@ async fn credit_is_never_exceeded() {
     );
     assert!(worker.deliveries().recv().now_or_never().is_none());
     dist.endpoint.close().await;
-    assert_eq!(dist.distributor.stats().workers, 0);
+    until("the worker left", || dist.distributor.stats().workers == 0).await;
 }
 
 #[async_std::test]
@@ -404,4 +404,22 @@ async fn a_worker_transaction_acknowledges_at_commit_only() {
     tx.abort().await.unwrap();
     let stats = dist.distributor.stats();
     assert_eq!((stats.acked, stats.in_flight, stats.aborted), (2, 1, 1));
+}
+
+/// A peer breaking section 14 loses its own link only; others go on.
+#[async_std::test]
+async fn a_begin_with_transaction_0_ends_only_that_link() {
+    use connect::proto::queue::{Begin, Enqueue, EnqueueStatus, Enqueued};
+    let dist = distributor(DistributorConfig::new()).await;
+    let (worker, _w) = worker(&dist, 1).await;
+    let mut bad = tcp::connect(dist.addr).await.unwrap();
+    // An invalid Enqueue is answered; a Begin with 0 is a protocol error.
+    bad.send_message(&Enqueue::default()).await.unwrap();
+    let answer: Option<Enqueued> = within(10, "Enqueued", bad.recv_message()).await.unwrap();
+    assert_eq!(answer.unwrap().status, EnqueueStatus::Invalid as i32);
+    bad.send_message(&Begin { transaction: 0 }).await.unwrap();
+    let end = within(10, "the link ends", bad.recv()).await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    dist.distributor.enqueue(&job(1)).await.unwrap();
+    assert_eq!(sequence(&next(&worker).await), 1);
 }
