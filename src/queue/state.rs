@@ -40,6 +40,8 @@ struct Entry {
     size: usize,
     deadline: Option<Instant>,
     delivery_count: u32,
+    /// The worker that requeued it: another one gets it if one has credit.
+    requeued_by: Option<LinkId>,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +158,7 @@ impl QueueState {
             size,
             deadline: ttl.and_then(|ttl| now.checked_add(ttl)),
             delivery_count: 0,
+            requeued_by: None,
         };
         match link.filter(|_| transaction != 0) {
             Some(link) => {
@@ -195,16 +198,29 @@ impl QueueState {
         if self.ready.is_empty() {
             return None;
         }
-        let has_room = |w: &Worker| w.held.len() < w.credit as usize;
-        let after = match self.last_worker {
-            Some(last) => self
-                .workers
-                .range((Bound::Excluded(last), Bound::Unbounded))
-                .chain(self.workers.range(..=last))
-                .find(|(_, w)| has_room(w)),
-            None => self.workers.iter().find(|(_, w)| has_room(w)),
-        };
-        let link = *after?.0;
+        let avoid = self
+            .ready
+            .first_key_value()
+            .and_then(|(_, e)| e.requeued_by);
+        let has_room = |w: &&Worker| w.held.len() < w.credit as usize;
+        // Round-robin: the workers after the last one served, then from the start.
+        let start = self.last_worker.map_or(Bound::Unbounded, Bound::Excluded);
+        let wrap = self.last_worker.map(|last| self.workers.range(..=last));
+        let order = self
+            .workers
+            .range((start, Bound::Unbounded))
+            .chain(wrap.into_iter().flatten())
+            .filter(|(_, w)| has_room(w))
+            .map(|(id, _)| *id);
+        let (mut first, mut other) = (None, None);
+        for id in order {
+            first.get_or_insert(id);
+            if Some(id) != avoid {
+                other = Some(id);
+                break;
+            }
+        }
+        let link = other.or(first)?;
         let (key, mut entry) = self.ready.pop_first()?;
         if let Some(deadline) = entry.deadline {
             self.expiry.remove(&(deadline, key));
@@ -309,10 +325,11 @@ impl QueueState {
         }
     }
 
-    /// `link` gives `ids` back, to be delivered again.
+    /// `link` gives `ids` back, to be delivered again (to another worker if one has credit).
     pub(crate) fn requeue(&mut self, link: LinkId, ids: &[u64]) {
         for &id in ids {
-            if let Some(entry) = self.take(link, id) {
+            if let Some(mut entry) = self.take(link, id) {
+                entry.requeued_by = Some(link);
                 self.give_back(entry);
             }
         }
@@ -641,6 +658,32 @@ mod tests {
         assert_eq!((tx.acks.len(), tx.rejects.len()), (1, 1));
         assert_eq!(q.commit(link(1), 1), TransactionStatus::Committed);
         assert_eq!((q.stats().acked, q.stats().dead_lettered), (1, 0));
+    }
+
+    #[test]
+    fn a_requeued_message_goes_to_another_worker_if_one_has_credit() {
+        let now = Instant::now();
+        let mut q = QueueState::new(limits());
+        for n in 0..3 {
+            q.enqueue(None, msg(n), None, 0, now).unwrap();
+        }
+        q.consume(link(1), 2);
+        q.consume(link(2), 1);
+        let out = drain(&mut q, now);
+        assert_eq!(out.len(), 3);
+        // Worker 2 gives msg 1 back: round-robin would pick it again (worker 1 is full), and
+        // it is the only one with credit, so it gets it.
+        q.requeue(link(2), &[out[1].id]);
+        let again = q.poll_deliver(now).unwrap();
+        assert_eq!((again.link, again.message.clone()), (link(2), msg(1)));
+        // Now worker 1 has room too: requeued by 2, the message goes to 1.
+        q.ack(link(1), &[out[0].id], 0);
+        q.requeue(link(2), &[again.id]);
+        let other = q.poll_deliver(now).unwrap();
+        assert_eq!(
+            (other.link, other.message, other.delivery_count),
+            (link(1), msg(1), 3)
+        );
     }
 
     #[test]
