@@ -257,7 +257,9 @@ impl Counters {
                 facade::connect_failed();
             }
             Event::AcceptFailed { error } => {
-                if self.handshakes.record(error).is_none() {
+                // Counted by reason if it is one client's handshake, else the source's own.
+                let handshake = self.handshakes.record(error);
+                if handshake.is_none() {
                     add(&self.accept_errors);
                     facade::accept_error();
                 }
