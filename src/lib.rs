@@ -105,7 +105,7 @@
 //! | `tls` | yes | `transport::tls`: TLS 1.3/1.2 with rustls (ring), mutual TLS, over any stream; client and listener on TCP with `tcp` |
 //! | `sctp` | no | `transport::sctp`: SCTP over UDP (userspace, `sctp-proto`) on `async-io` |
 //! | `websocket` | no | `transport::ws`: WebSocket client and listener (`ws://`, `wss://` with `tls`) on async-tungstenite over futures-io; browsers speak the protocol with protobuf.js |
-//! | `metrics` | no | every layer's counters through the [`metrics`](https://docs.rs/metrics) facade (any exporter); see [`metrics`](crate::metrics) |
+//! | `metrics` | no | every layer's counters through the [`metrics`](https://docs.rs/metrics) facade (any exporter); see [`metrics`] |
 //! | `async-std` | no | `TryFrom<async_std::net::TcpStream>` for [`transport::tcp::TcpStream`] (async-std is discontinued upstream) |
 //!
 //! Background work (session and reliable-stream drivers) runs where you say: see

@@ -90,8 +90,9 @@ pub struct ConnectionStats {
 pub(crate) struct FrameCounter {
     frames: u64,
     bytes: u64,
+    /// Boxed: a connection stays as small with the feature as without, but for a pointer.
     #[cfg(feature = "metrics")]
-    export: export::Frames,
+    export: Box<export::Frames>,
 }
 
 /// Which direction a [`FrameCounter`] counts.
@@ -108,7 +109,7 @@ impl FrameCounter {
             frames: 0,
             bytes: 0,
             #[cfg(feature = "metrics")]
-            export: export::Frames::new(direction),
+            export: Box::new(export::Frames::new(direction)),
         }
     }
 
