@@ -326,6 +326,15 @@ async fn a_close_cut_at_any_byte_completes_once_without_a_phantom_stream() {
             Some(&Event::Closed { reason: None }),
             "{cut:?}"
         );
+        // The close completes once the server's application has taken every message (taking
+        // releases the acknowledgement), but the server task records a message only after
+        // `recv` returns: give that record a moment; a message never taken still fails below.
+        let recorded = async {
+            while seen.lock().unwrap().get(runs - 1).map_or(0, Vec::len) < 3 {
+                task::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let _ = async_std::future::timeout(Duration::from_secs(10), recorded).await;
         let seen = seen.lock().unwrap();
         assert_eq!(
             seen.len(),
