@@ -370,6 +370,24 @@ impl WriteState {
         self.codec.encode_message_as(type_url, msg, &mut self.buf)
     }
 
+    /// Appends whole frames encoded elsewhere (a session's writer encodes into its own buffer;
+    /// each frame was checked against the maximum there). When nothing is buffered here,
+    /// `frames`' allocation is adopted and this writer's empty one is handed back in `frames`,
+    /// so no bytes are copied; otherwise they are appended. `frames` is empty afterwards.
+    pub(crate) fn append_encoded(&mut self, frames: &mut BytesMut) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        if self.buf.is_empty() {
+            std::mem::swap(&mut self.buf, frames);
+            frames.clear();
+        } else {
+            self.buf.extend_from_slice(frames);
+            frames.clear();
+        }
+        Ok(())
+    }
+
     /// Writes everything buffered, then flushes `io`.
     pub(crate) fn poll_flush<W: AsyncWrite + ?Sized>(
         &mut self,

@@ -73,6 +73,11 @@ impl<W> ConnectionWriter<W> {
         self.state.set_max_frame_len(max_frame_len);
     }
 
+    /// Appends whole frames encoded elsewhere; see [`WriteState::append_encoded`].
+    pub(crate) fn append_encoded(&mut self, frames: &mut bytes::BytesMut) -> Result<()> {
+        self.state.append_encoded(frames)
+    }
+
     /// Bytes encoded but not yet written to the transport.
     pub fn buffered_len(&self) -> usize {
         self.state.buffered_len()

@@ -12,17 +12,18 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::connection::{ReadHalf, WriteHalf};
+use bytes::BytesMut;
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
-use futures_util::{FutureExt, StreamExt};
-use prost_types::Any;
+use futures_util::FutureExt;
 
+use super::outbox::{self, Item};
 use super::queue;
 use super::state::{Phase, SessionState};
 use super::{queued_len, SessionWriter, Shared};
-use super::{Outbound, Session, SessionConfig, SessionEnd, SessionInfo, SessionReader};
-use crate::connection::{ConnectionReader, ConnectionWriter};
+use super::{Marker, Session, SessionConfig, SessionEnd, SessionInfo, SessionReader};
+use crate::connection::{ConnectionReader, ConnectionWriter, Frame};
 use crate::error::{Error, Result};
 use crate::proto::v1::ReasonCode;
 
@@ -43,12 +44,15 @@ pub struct SessionDriver<T> {
     writer: ConnectionWriter<WriteHalf<T>>,
     state: SessionState,
     shared: Arc<Shared>,
-    inbound: queue::Sender<Any>,
+    inbound: queue::Sender<Frame>,
     /// A received application message waiting for room in the inbound queue.
-    pending_in: Option<Any>,
+    pending_in: Option<Frame>,
     /// Bytes of received messages the inbound queue may hold (beyond one message).
     inbound_byte_limit: usize,
-    outbound: queue::Receiver<Outbound>,
+    outbound: outbox::Receiver<Marker>,
+    /// Frames taken from the writer's outbox, on their way into the connection writer (empty
+    /// in between; it keeps its allocation for the next swap).
+    frames: BytesMut,
     /// The outbound queue is closed to new items (after a Close either way).
     outbound_closed: bool,
     /// Every outbound item has been taken (the queue ended).
@@ -65,6 +69,8 @@ pub struct SessionDriver<T> {
     write_closed: bool,
     read_done: bool,
     timer: futures_timer::Delay,
+    /// When `timer` fires, if it is armed and has not fired yet.
+    timer_at: Option<Instant>,
     done: Option<SessionEnd>,
 }
 
@@ -102,11 +108,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             stats: Default::default(),
         });
         let (inbound, inbound_rx) = queue::bounded(config.queue_len());
-        let (outbound_tx, outbound) = queue::bounded(config.queue_len());
+        let (outbound_tx, outbound) = outbox::outbox(config.queue_len());
         let session = Session {
             reader: SessionReader {
                 inbound: inbound_rx,
                 shared: shared.clone(),
+                names: Default::default(),
                 finished: false,
             },
             writer: SessionWriter::new(outbound_tx, shared.clone()),
@@ -120,6 +127,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             pending_in: None,
             inbound_byte_limit: config.receive_buffer_len(),
             outbound,
+            frames: BytesMut::new(),
             outbound_closed: false,
             outbound_done: false,
             app_done: false,
@@ -130,6 +138,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             write_closed: false,
             read_done: false,
             timer: futures_timer::Delay::new(std::time::Duration::from_secs(3600)),
+            timer_at: None,
             done: None,
         };
         (session, driver)
@@ -184,11 +193,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 return progress;
             }
             self.read_paused = false;
-            match self.reader.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(any))) => {
+            match self.reader.poll_next_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
                     *budget -= 1;
                     progress = true;
-                    self.pending_in = self.state.handle_frame(any, now);
+                    self.pending_in = self.state.handle_view(frame, now);
                     if *self.state.phase() == Phase::PeerClosed && !self.inbound.is_closed() {
                         // Every message the peer sent before its Close is queued: the
                         // application reads them, then the end of its reader.
@@ -289,27 +298,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 }
                 Poll::Pending => return progress,
             }
-            let item = match self.outbound.poll_next(cx) {
+            let item = match self.outbound.poll_next(cx, &mut self.frames) {
                 Poll::Ready(item) => item,
                 Poll::Pending => return progress,
             };
             progress = true;
             match item {
-                Some(Outbound::Message(any)) => {
-                    *budget -= 1;
-                    if let Err(e) = Pin::new(&mut self.writer).start_send(any) {
-                        // The writer checked the length; anything else is fatal.
+                Some(Item::Frames(count)) => {
+                    *budget = budget.saturating_sub(count.max(1));
+                    if let Err(e) = self.writer.append_encoded(&mut self.frames) {
+                        // The writer checked the lengths; anything else is fatal.
                         self.state.fail(SessionEnd::Transport(Arc::new(e)));
                         return true;
                     }
                     self.state.on_sent(now);
                     self.unflushed = true;
                 }
-                Some(Outbound::Flush(done)) => {
+                Some(Item::Marker(Marker::Flush(done))) => {
                     self.flush_waiters.push(done);
                     self.unflushed = true;
                 }
-                Some(Outbound::Close { code, reason, done }) => {
+                Some(Item::Marker(Marker::Close { code, reason, done })) => {
                     self.close_waiters.push(done);
                     if phase == Phase::PeerClosed {
                         // Closing after the peer did: the application is done sending; what
@@ -393,6 +402,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         progress
     }
 
+    /// Handles the state's deadline once it has passed, and keeps the timer armed for it.
+    ///
+    /// The timer is re-armed only when the deadline moved earlier than it (or it fired): most
+    /// deadlines move later (every message sent or received postpones the next heartbeat), and
+    /// a timer that fires early costs one wake-up that finds nothing due and re-arms it. So a
+    /// busy session does not reset a timer per poll, and an idle one is woken once per deadline.
     fn poll_timer(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let Some(at) = self.state.poll_timeout() else {
             return false;
@@ -401,9 +416,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             self.state.handle_timeout(now);
             return true;
         }
+        // Armed for no later than the deadline and not fired: leave it. Fired early (the
+        // deadline moved later meanwhile) or armed too late: re-arm below.
+        if self.timer_at.is_some_and(|armed| armed <= at) && self.timer.poll_unpin(cx).is_pending()
+        {
+            return false;
+        }
         self.timer.reset(at - now);
-        // Ready only if the deadline passed meanwhile; the next round handles it.
-        self.timer.poll_unpin(cx).is_ready()
+        self.timer_at = Some(at);
+        if self.timer.poll_unpin(cx).is_ready() {
+            // The deadline passed meanwhile; the next round handles it.
+            self.timer_at = None;
+            return true;
+        }
+        false
     }
 
     /// Makes the state's counters readable from the handles.

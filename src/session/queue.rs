@@ -74,6 +74,7 @@ impl<T> Sender<T> {
     }
 
     /// Queues `item` (after [`poll_ready`](Self::poll_ready) said there is room).
+    #[cfg(test)]
     pub(super) fn start_send(&mut self, item: T) -> Result<(), Closed> {
         let mut inner = lock(&self.0);
         if inner.closed {
@@ -182,6 +183,7 @@ impl<T> Receiver<T> {
     }
 
     /// Takes no more items; those already queued can still be received.
+    #[cfg(test)]
     pub(super) fn close(&mut self) {
         let mut inner = lock(&self.0);
         inner.closed = true;
