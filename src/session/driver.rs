@@ -4,6 +4,7 @@
 //! writing and the timer are polled side by side in one `poll`, so a write blocked by a peer
 //! that stopped reading never keeps the driver from noticing the silence.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -47,6 +48,13 @@ pub struct SessionDriver<T> {
     inbound: queue::Sender<Frame>,
     /// A received application message waiting for room in the inbound queue.
     pending_in: Option<Frame>,
+    /// Received messages on their way into the inbound queue, added to it under one lock per
+    /// batch rather than one per message.
+    batch: VecDeque<Frame>,
+    /// Their bytes (not yet in `Shared::inbound_bytes`).
+    batch_bytes: usize,
+    /// Items the inbound queue had room for, less the batch.
+    inbound_room: usize,
     /// Bytes of received messages the inbound queue may hold (beyond one message).
     inbound_byte_limit: usize,
     outbound: outbox::Receiver<Marker>,
@@ -104,6 +112,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             rtt_nanos: Default::default(),
             inbound_bytes: Default::default(),
             driver_waker: Default::default(),
+            driver_waits_for_room: Default::default(),
             reader_done: Default::default(),
             stats: Default::default(),
         });
@@ -112,6 +121,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         let session = Session {
             reader: SessionReader {
                 inbound: inbound_rx,
+                taken: VecDeque::new(),
                 shared: shared.clone(),
                 names: Default::default(),
                 finished: false,
@@ -125,6 +135,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             shared,
             inbound,
             pending_in: None,
+            batch: VecDeque::new(),
+            batch_bytes: 0,
+            inbound_room: 0,
             inbound_byte_limit: config.receive_buffer_len(),
             outbound,
             frames: BytesMut::new(),
@@ -144,33 +157,63 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         (session, driver)
     }
 
-    /// Reads frames while the application has room for them. Returns whether anything happened.
+    /// Reads frames while the application has room for them, and queues them for it. Returns
+    /// whether anything happened.
     fn poll_read(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
+        let progress = self.poll_read_batch(cx, now, budget);
+        self.flush_inbound();
+        progress
+    }
+
+    /// Moves the batch of received messages into the inbound queue (the reader is woken once
+    /// per burst, in `poll`).
+    fn flush_inbound(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        // Counted before the reader can take them, so its subtraction never comes first.
+        self.shared
+            .inbound_bytes
+            .fetch_add(self.batch_bytes, Ordering::SeqCst);
+        self.batch_bytes = 0;
+        if self.inbound.send_batch(&mut self.batch).is_err() {
+            log::debug!("{}: reader dropped; discarding messages", self.shared.info);
+            self.batch.clear();
+        }
+    }
+
+    fn poll_read_batch(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
         let mut progress = false;
         loop {
-            if let Some(any) = self.pending_in.take() {
-                let len = queued_len(&any);
+            if let Some(frame) = self.pending_in.take() {
+                let len = queued_len(&frame);
                 if !self.inbound_has_room(len, cx) {
-                    self.pending_in = Some(any);
+                    self.pending_in = Some(frame);
                     self.state.on_receive_blocked(now);
                     return progress;
                 }
-                match self.inbound.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        self.shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
-                        // Only fails if the reader is gone, which drops the message as below.
-                        // The reader is woken once per burst, in `poll`.
-                        let _ = self.inbound.start_send_quietly(any);
-                    }
-                    Poll::Ready(Err(_)) => {
-                        log::debug!("{}: reader dropped; discarding a message", self.shared.info)
-                    }
-                    Poll::Pending => {
-                        self.pending_in = Some(any);
-                        self.state.on_receive_blocked(now);
-                        return progress;
+                if self.inbound_room == 0 {
+                    self.flush_inbound();
+                    match self.inbound.poll_room(cx) {
+                        Poll::Ready(Ok(room)) => self.inbound_room = room,
+                        Poll::Ready(Err(_)) => {
+                            log::debug!(
+                                "{}: reader dropped; discarding a message",
+                                self.shared.info
+                            );
+                            progress = true;
+                            continue;
+                        }
+                        Poll::Pending => {
+                            self.pending_in = Some(frame);
+                            self.state.on_receive_blocked(now);
+                            return progress;
+                        }
                     }
                 }
+                self.inbound_room -= 1;
+                self.batch_bytes += len;
+                self.batch.push_back(frame);
                 progress = true;
             }
             if self.read_done || self.state.end().is_some() || *budget == 0 {
@@ -204,6 +247,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                         if let Some(outcome) = self.state.outcome() {
                             self.shared.set_end(outcome.clone());
                         }
+                        self.flush_inbound();
                         self.inbound.close_channel();
                     }
                 }
@@ -234,13 +278,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
     /// message always fits in an empty queue). If not, the reader wakes the driver when it
     /// takes a message.
     fn inbound_has_room(&self, len: usize, cx: &mut Context<'_>) -> bool {
-        let fits = |queued: usize| queued == 0 || queued + len <= self.inbound_byte_limit;
-        if fits(self.shared.inbound_bytes.load(Ordering::Acquire)) {
+        let batch = self.batch_bytes;
+        let fits = |queued: usize| {
+            let queued = queued + batch;
+            queued == 0 || queued + len <= self.inbound_byte_limit
+        };
+        if fits(self.shared.inbound_bytes.load(Ordering::SeqCst)) {
             return true;
         }
         self.shared.driver_waker.register(cx.waker());
+        self.shared
+            .driver_waits_for_room
+            .store(true, Ordering::SeqCst);
         // The reader may have taken messages between the check and the registration.
-        fits(self.shared.inbound_bytes.load(Ordering::Acquire))
+        fits(self.shared.inbound_bytes.load(Ordering::SeqCst))
     }
 
     /// Moves queued application messages into the connection writer.
@@ -450,8 +501,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             e if e.is_graceful() => log::debug!("{}: {e}", self.shared.info),
             e => log::info!("{}: ended: {e}", self.shared.info),
         }
-        // Record the end before closing the queues: woken handles read it.
+        // Record the end before closing the queues: woken handles read it. The messages
+        // received before the end are still delivered.
         self.shared.set_end(end.clone());
+        self.flush_inbound();
         self.inbound.close_channel();
         self.outbound.close();
         let result = if end.is_graceful() {

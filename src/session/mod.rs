@@ -89,7 +89,7 @@ mod state;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -301,6 +301,9 @@ struct Shared {
     /// Woken when the application takes a received message: the driver may be waiting for
     /// room under the byte bound; and when the reader ends or is dropped.
     driver_waker: AtomicWaker,
+    /// The driver waits for room under the byte bound: only then does taking a message wake
+    /// it (a wake-up per message taken would cost an atomic exchange each).
+    driver_waits_for_room: AtomicBool,
     /// The application has seen the end of its reader, or dropped it.
     reader_done: AtomicBool,
     stats: SharedStats,
@@ -417,6 +420,9 @@ pub struct SessionReader {
     /// Received frames: slices of the connection's read buffer, so that
     /// [`recv_message`](Self::recv_message) decodes without a copy.
     inbound: queue::Receiver<Frame>,
+    /// Frames taken from the inbound queue in one step, not yet returned (still counted in
+    /// the inbound byte bound).
+    taken: VecDeque<Frame>,
     shared: Arc<Shared>,
     /// Full name of the last message type received with `recv_message`.
     names: NameCache,
@@ -462,23 +468,35 @@ impl SessionReader {
         if self.finished {
             return Poll::Ready(None);
         }
-        match self.inbound.poll_next(cx) {
-            Poll::Ready(Some(frame)) => {
-                self.shared
-                    .inbound_bytes
-                    .fetch_sub(queued_len(&frame), Ordering::AcqRel);
-                self.shared.driver_waker.wake();
-                Poll::Ready(Some(Ok(frame)))
+        if self.taken.is_empty() {
+            match self.inbound.poll_take_all(cx, &mut self.taken) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => return self.poll_end(),
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(None) => {
-                self.finished = true;
-                self.shared.reader_done();
-                match self.shared.end() {
-                    Some(end) if end.is_graceful() => Poll::Ready(None),
-                    _ => Poll::Ready(Some(Err(self.shared.ended()))),
-                }
-            }
-            Poll::Pending => Poll::Pending,
+        }
+        let Some(frame) = self.taken.pop_front() else {
+            return Poll::Pending; // never: the queue gave at least one
+        };
+        self.shared
+            .inbound_bytes
+            .fetch_sub(queued_len(&frame), Ordering::SeqCst);
+        if self.shared.driver_waits_for_room.load(Ordering::SeqCst) {
+            self.shared
+                .driver_waits_for_room
+                .store(false, Ordering::SeqCst);
+            self.shared.driver_waker.wake();
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    /// The end, once every received message has been returned.
+    fn poll_end(&mut self) -> Poll<Option<Result<Frame>>> {
+        self.finished = true;
+        self.shared.reader_done();
+        match self.shared.end() {
+            Some(end) if end.is_graceful() => Poll::Ready(None),
+            _ => Poll::Ready(Some(Err(self.shared.ended()))),
         }
     }
 
