@@ -389,10 +389,12 @@ impl WriteState {
     /// each frame was checked against the maximum there). When nothing is buffered here,
     /// `frames`' allocation is adopted and this writer's empty one is handed back in `frames`,
     /// so no bytes are copied; otherwise they are appended. `frames` is empty afterwards.
-    pub(crate) fn append_encoded(&mut self, frames: &mut BytesMut) -> Result<()> {
+    /// `count` is how many frames they are.
+    pub(crate) fn append_encoded(&mut self, frames: &mut BytesMut, count: usize) -> Result<()> {
         if self.closed {
             return Err(Error::Closed);
         }
+        self.counter.count_many(count, frames.len());
         if self.buf.is_empty() {
             std::mem::swap(&mut self.buf, frames);
             frames.clear();

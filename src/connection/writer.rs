@@ -74,8 +74,12 @@ impl<W> ConnectionWriter<W> {
     }
 
     /// Appends whole frames encoded elsewhere; see [`WriteState::append_encoded`].
-    pub(crate) fn append_encoded(&mut self, frames: &mut bytes::BytesMut) -> Result<()> {
-        self.state.append_encoded(frames)
+    pub(crate) fn append_encoded(
+        &mut self,
+        frames: &mut bytes::BytesMut,
+        count: usize,
+    ) -> Result<()> {
+        self.state.append_encoded(frames, count)
     }
 
     /// Bytes encoded but not yet written to the transport.

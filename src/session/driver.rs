@@ -166,9 +166,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         progress
     }
 
+    /// Makes the connection's receive counts readable from the handles.
+    fn publish_received(&self) {
+        let received = self.reader.stats();
+        let stats = &self.shared.stats;
+        stats
+            .frames_received
+            .store(received.frames_received, Ordering::Relaxed);
+        stats
+            .bytes_received
+            .store(received.bytes_received, Ordering::Relaxed);
+    }
+
     /// Moves the batch of received messages into the inbound queue (the reader is woken once
     /// per burst, in `poll`).
     fn flush_inbound(&mut self) {
+        // Counted before the application can see what was read.
+        self.publish_received();
         if self.batch.is_empty() {
             return;
         }
@@ -358,7 +372,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             match item {
                 Some(Item::Frames(count)) => {
                     *budget = budget.saturating_sub(count.max(1));
-                    if let Err(e) = self.writer.append_encoded(&mut self.frames) {
+                    if let Err(e) = self.writer.append_encoded(&mut self.frames, count) {
                         // The writer checked the lengths; anything else is fatal.
                         self.state.fail(SessionEnd::Transport(Arc::new(e)));
                         return true;
@@ -495,13 +509,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         stats
             .pongs_coalesced
             .store(self.state.pongs_coalesced(), Ordering::Relaxed);
-        let (received, sent) = (self.reader.stats(), self.writer.stats());
-        stats
-            .frames_received
-            .store(received.frames_received, Ordering::Relaxed);
-        stats
-            .bytes_received
-            .store(received.bytes_received, Ordering::Relaxed);
+        self.publish_received();
+        let sent = self.writer.stats();
         stats.frames_sent.store(sent.frames_sent, Ordering::Relaxed);
         stats.bytes_sent.store(sent.bytes_sent, Ordering::Relaxed);
     }
