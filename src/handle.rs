@@ -256,7 +256,24 @@ where
 {
     std::pin::Pin::new(reader)
         .poll_next(cx)
-        .map(|next| next.map(|any| any.and_then(crate::connection::unpack)))
+        .map(|next| next.map(|any| any.and_then(unpack_owned)))
+}
+
+/// Unpacks `any` as an `M` from its own bytes: fields of type `bytes::Bytes` take them over
+/// instead of copying the payload out of a slice.
+fn unpack_owned<M: prost::Message + prost::Name + Default>(
+    any: prost_types::Any,
+) -> crate::Result<M> {
+    if crate::codec::type_name(&any.type_url) != M::full_name() {
+        return Err(crate::Error::UnexpectedType {
+            expected: M::full_name(),
+            any: Box::new(any),
+        });
+    }
+    M::decode(bytes::Bytes::from(any.value)).map_err(|source| crate::Error::Decode {
+        type_name: M::full_name(),
+        source,
+    })
 }
 
 /// `poll_feed` for writers whose `Sink` takes any message once `poll_ready`: waits for
@@ -274,5 +291,39 @@ where
     match item.take() {
         Some(item) => std::task::Poll::Ready(send(writer, item)),
         None => std::task::Poll::Ready(Ok(())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// One `bytes` field held as `bytes::Bytes`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Blob {
+        #[prost(bytes = "bytes", tag = "1")]
+        data: bytes::Bytes,
+    }
+
+    impl prost::Name for Blob {
+        const NAME: &'static str = "Blob";
+        const PACKAGE: &'static str = "test.v1";
+    }
+
+    #[test]
+    fn unpacking_an_owned_any_takes_its_bytes_over() {
+        let any = prost_types::Any::from_msg(&Blob {
+            data: vec![7; 4096].into(),
+        })
+        .unwrap();
+        let value = any.value.as_ptr_range();
+        let blob: Blob = super::unpack_owned(any).unwrap();
+        assert_eq!(blob.data, vec![7; 4096]);
+        // The payload was not copied: it still lies in the `Any`'s buffer.
+        assert!(value.contains(&blob.data.as_ptr()));
+
+        let wrong = prost_types::Any::from_msg(&prost_types::Duration::default()).unwrap();
+        assert!(matches!(
+            super::unpack_owned::<Blob>(wrong),
+            Err(crate::Error::UnexpectedType { .. })
+        ));
     }
 }

@@ -120,6 +120,13 @@ impl FrameCounter {
         self.bytes += bytes as u64;
     }
 
+    /// `frames` frames of `bytes` bytes in all (frames encoded elsewhere, appended at once).
+    #[inline]
+    pub(crate) fn count_many(&mut self, frames: usize, bytes: usize) {
+        self.frames += frames as u64;
+        self.bytes += bytes as u64;
+    }
+
     /// Hands what was counted since the last call to the facade (nothing without the feature).
     #[inline]
     pub(crate) fn publish(&mut self) {

@@ -385,6 +385,26 @@ impl WriteState {
         Ok(())
     }
 
+    /// Appends whole frames encoded elsewhere (a session's writer encodes into its own buffer;
+    /// each frame was checked against the maximum there). When nothing is buffered here,
+    /// `frames`' allocation is adopted and this writer's empty one is handed back in `frames`,
+    /// so no bytes are copied; otherwise they are appended. `frames` is empty afterwards.
+    /// `count` is how many frames they are.
+    pub(crate) fn append_encoded(&mut self, frames: &mut BytesMut, count: usize) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        self.counter.count_many(count, frames.len());
+        if self.buf.is_empty() {
+            std::mem::swap(&mut self.buf, frames);
+            frames.clear();
+        } else {
+            self.buf.extend_from_slice(frames);
+            frames.clear();
+        }
+        Ok(())
+    }
+
     /// Writes everything buffered, then flushes `io`.
     pub(crate) fn poll_flush<W: AsyncWrite + ?Sized>(
         &mut self,

@@ -21,6 +21,7 @@ use crate::handle::ReuniteError;
 pub(crate) use frame::Frame;
 pub use half::{ReadHalf, WriteHalf};
 pub use identity::PeerIdentity;
+pub(crate) use names::NameCache;
 pub(crate) use reader::unpack;
 pub use reader::ConnectionReader;
 pub use writer::ConnectionWriter;

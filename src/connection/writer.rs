@@ -73,6 +73,15 @@ impl<W> ConnectionWriter<W> {
         self.state.set_max_frame_len(max_frame_len);
     }
 
+    /// Appends whole frames encoded elsewhere; see [`WriteState::append_encoded`].
+    pub(crate) fn append_encoded(
+        &mut self,
+        frames: &mut bytes::BytesMut,
+        count: usize,
+    ) -> Result<()> {
+        self.state.append_encoded(frames, count)
+    }
+
     /// Bytes encoded but not yet written to the transport.
     pub fn buffered_len(&self) -> usize {
         self.state.buffered_len()

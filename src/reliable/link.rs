@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_core::Stream;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::FutureExt;
 use prost::{Message, Name};
@@ -196,18 +195,20 @@ impl Pump {
                 if core.reading_paused() {
                     break;
                 }
-                match Pin::new(&mut self.reader).poll_next(cx) {
-                    Poll::Ready(Some(Ok(any))) => {
+                // Frames in place: control frames are decoded from the read buffer.
+                match self.reader.poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
                         budget -= 1;
                         progress = true;
-                        if any.type_url.contains(PACKAGE) {
-                            let name = type_name(&any.type_url);
+                        if frame.type_url().contains(PACKAGE) {
+                            let name = frame.type_name();
+                            let value = frame.value().as_ref();
                             let result = if name == Ack::full_name() {
-                                Ack::decode(any.value.as_slice())
+                                Ack::decode(value)
                                     .map_err(|e| format!("bad Ack: {e}"))
                                     .and_then(|ack| core.handle_ack(ack.delivered))
                             } else if name == Nack::full_name() {
-                                Nack::decode(any.value.as_slice())
+                                Nack::decode(value)
                                     .map_err(|e| format!("bad Nack: {e}"))
                                     .and_then(|nack| core.handle_nack(nack))
                             } else {
@@ -219,7 +220,7 @@ impl Pump {
                                 }));
                             }
                         } else {
-                            self.pending_in = Some(any);
+                            self.pending_in = Some(frame.into_any());
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -251,12 +252,16 @@ impl Pump {
                     Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
                     Poll::Pending => break,
                 }
-                let frame = match core.poll_transmit() {
-                    Some(Transmit::Ack(delivered)) => pack(&Ack { delivered }),
-                    Some(Transmit::Nack(nack)) => pack(&nack),
+                // Encoded straight into the session's outbox: our messages from the
+                // retransmit queue where they stay, control frames without an `Any`.
+                let sent = match core.poll_transmit() {
+                    Some(Transmit::Ack(delivered)) => {
+                        self.writer.start_send_message(&Ack { delivered })
+                    }
+                    Some(Transmit::Nack(nack)) => self.writer.start_send_message(&nack),
                     Some(Transmit::Message(any)) => {
                         budget -= 1;
-                        any
+                        self.writer.start_send_any(any)
                     }
                     None => {
                         if core.close_requested && core.drained() && !self.close_started {
@@ -273,7 +278,7 @@ impl Pump {
                     }
                 };
                 progress = true;
-                if let Err(e) = self.writer.start_send_any(frame) {
+                if let Err(e) = sent {
                     if closing(&e) {
                         self.write_closed = true;
                         break;

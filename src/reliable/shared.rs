@@ -396,7 +396,7 @@ impl Shared {
     }
 
     /// The next frame for the link to write.
-    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
         self.state.poll_transmit()
     }
 

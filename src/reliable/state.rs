@@ -59,13 +59,14 @@ enum Inbound {
 
 /// A frame to write on the link, in the order the state wants them written.
 #[derive(Debug)]
-pub(crate) enum Transmit {
+pub(crate) enum Transmit<'a> {
     /// A refusal of one of the peer's messages.
     Nack(Nack),
     /// A cumulative acknowledgement: the peer's messages our application has taken.
     Ack(u64),
-    /// One of our messages (first sending or retransmission).
-    Message(Any),
+    /// One of our messages (first sending or retransmission), in place in the retransmit
+    /// queue: the link encodes it from there, nothing is copied.
+    Message(&'a Any),
 }
 
 /// What happened to messages we sent (local sequence numbers, as returned by `push`).
@@ -283,23 +284,21 @@ impl StreamState {
     }
 
     /// The next message to write, if the peer's window has room for it.
-    fn next_outgoing(&mut self) -> Option<Any> {
+    fn next_outgoing(&mut self) -> Option<&Any> {
         let in_flight = self.next_write - self.base;
         let index = usize::try_from(in_flight).ok()?;
-        let any = self.out.get(index)?;
-        let len = queued_len(any);
+        let len = queued_len(self.out.get(index)?);
         // The peer's window: it never holds more than it announced, so it never has to stop
         // reading (which would hide our acknowledgements behind unread messages).
         let (max_messages, max_bytes) = self.peer_window;
         if in_flight > 0 && (in_flight >= max_messages || self.written_bytes + len > max_bytes) {
             return None;
         }
-        let any = any.clone();
         self.written_bytes += len;
         self.next_write += 1;
         self.stream_written = self.stream_written.max(self.next_write);
         self.ever_written = self.ever_written.max(self.next_write);
-        Some(any)
+        self.out.get(index)
     }
 
     /// Recomputes `written_bytes` after `next_write` moved back.
@@ -450,7 +449,7 @@ impl StreamState {
     /// `ack_every` messages taken, half our window taken in messages or bytes, everything
     /// received taken while the link has nothing more to read, the stream closing, the delay
     /// passed, or a new link), then our messages as far as the peer's window allows.
-    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
         if let Some(nack) = self.nacks.get(self.nacks_sent) {
             self.nacks_sent += 1;
             return Some(Transmit::Nack(nack.clone()));
@@ -618,14 +617,14 @@ mod tests {
     /// The next message to write (no control frame is due in these tests).
     fn next_message(c: &mut StreamState) -> Option<Any> {
         match c.poll_transmit() {
-            Some(Transmit::Message(any)) => Some(any),
+            Some(Transmit::Message(any)) => Some(any.clone()),
             None => None,
             other => panic!("{other:?}"),
         }
     }
 
     /// The next control frame; `late`: once the acknowledgement delay has passed.
-    fn control(c: &mut StreamState, late: bool) -> Option<Transmit> {
+    fn control(c: &mut StreamState, late: bool) -> Option<Transmit<'_>> {
         if late {
             let now = Instant::now();
             c.handle_timeout(now);

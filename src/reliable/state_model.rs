@@ -151,7 +151,7 @@ impl World {
                     let frame = match core.poll_transmit() {
                         Some(Transmit::Ack(n)) => Frame::Ack(n),
                         Some(Transmit::Nack(n)) => Frame::Nack(n),
-                        Some(Transmit::Message(any)) => Frame::Message(any),
+                        Some(Transmit::Message(any)) => Frame::Message(any.clone()),
                         None => break,
                     };
                     wire.push_back(frame);

@@ -331,6 +331,7 @@ fn stream_without_a_clock(size: usize, count: u64) -> u64 {
             let Transmit::Message(any) = t else {
                 panic!("{t:?}")
             };
+            let any = any.clone();
             sides[SERVER].handle_message(any);
             wrote = true;
         }

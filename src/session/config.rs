@@ -136,7 +136,8 @@ impl SessionConfig {
     }
 
     /// How many messages wait between the application and the driver in each direction
-    /// (default 64).
+    /// (default 64). Outgoing messages are also bounded in bytes: beyond the first, at most
+    /// 256 KiB of encoded messages wait for the driver.
     pub fn with_queue_len(mut self, messages: usize) -> Self {
         self.queue_len = messages.max(1);
         self

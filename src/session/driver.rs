@@ -4,6 +4,7 @@
 //! writing and the timer are polled side by side in one `poll`, so a write blocked by a peer
 //! that stopped reading never keeps the driver from noticing the silence.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -12,17 +13,18 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::connection::{ReadHalf, WriteHalf};
+use bytes::BytesMut;
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
-use futures_util::{FutureExt, StreamExt};
-use prost_types::Any;
+use futures_util::FutureExt;
 
+use super::outbox::{self, Item};
 use super::queue;
 use super::state::{Phase, SessionState};
 use super::{queued_len, SessionWriter, Shared};
-use super::{Outbound, Session, SessionConfig, SessionEnd, SessionInfo, SessionReader};
-use crate::connection::{ConnectionReader, ConnectionWriter};
+use super::{Marker, Session, SessionConfig, SessionEnd, SessionInfo, SessionReader};
+use crate::connection::{ConnectionReader, ConnectionWriter, Frame};
 use crate::error::{Error, Result};
 use crate::proto::v1::ReasonCode;
 
@@ -43,12 +45,22 @@ pub struct SessionDriver<T> {
     writer: ConnectionWriter<WriteHalf<T>>,
     state: SessionState,
     shared: Arc<Shared>,
-    inbound: queue::Sender<Any>,
+    inbound: queue::Sender<Frame>,
     /// A received application message waiting for room in the inbound queue.
-    pending_in: Option<Any>,
+    pending_in: Option<Frame>,
+    /// Received messages on their way into the inbound queue, added to it under one lock per
+    /// batch rather than one per message.
+    batch: VecDeque<Frame>,
+    /// Their bytes (not yet in `Shared::inbound_bytes`).
+    batch_bytes: usize,
+    /// Items the inbound queue had room for, less the batch.
+    inbound_room: usize,
     /// Bytes of received messages the inbound queue may hold (beyond one message).
     inbound_byte_limit: usize,
-    outbound: queue::Receiver<Outbound>,
+    outbound: outbox::Receiver<Marker>,
+    /// Frames taken from the writer's outbox, on their way into the connection writer (empty
+    /// in between; it keeps its allocation for the next swap).
+    frames: BytesMut,
     /// The outbound queue is closed to new items (after a Close either way).
     outbound_closed: bool,
     /// Every outbound item has been taken (the queue ended).
@@ -65,6 +77,8 @@ pub struct SessionDriver<T> {
     write_closed: bool,
     read_done: bool,
     timer: futures_timer::Delay,
+    /// When `timer` fires, if it is armed and has not fired yet.
+    timer_at: Option<Instant>,
     done: Option<SessionEnd>,
 }
 
@@ -98,15 +112,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             rtt_nanos: Default::default(),
             inbound_bytes: Default::default(),
             driver_waker: Default::default(),
+            driver_waits_for_room: Default::default(),
             reader_done: Default::default(),
             stats: Default::default(),
         });
         let (inbound, inbound_rx) = queue::bounded(config.queue_len());
-        let (outbound_tx, outbound) = queue::bounded(config.queue_len());
+        let (outbound_tx, outbound) = outbox::outbox(config.queue_len());
         let session = Session {
             reader: SessionReader {
                 inbound: inbound_rx,
+                taken: VecDeque::new(),
                 shared: shared.clone(),
+                names: Default::default(),
                 finished: false,
             },
             writer: SessionWriter::new(outbound_tx, shared.clone()),
@@ -118,8 +135,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             shared,
             inbound,
             pending_in: None,
+            batch: VecDeque::new(),
+            batch_bytes: 0,
+            inbound_room: 0,
             inbound_byte_limit: config.receive_buffer_len(),
             outbound,
+            frames: BytesMut::new(),
             outbound_closed: false,
             outbound_done: false,
             app_done: false,
@@ -130,39 +151,84 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             write_closed: false,
             read_done: false,
             timer: futures_timer::Delay::new(std::time::Duration::from_secs(3600)),
+            timer_at: None,
             done: None,
         };
         crate::metrics::facade::session_opened();
         (session, driver)
     }
 
-    /// Reads frames while the application has room for them. Returns whether anything happened.
+    /// Reads frames while the application has room for them, and queues them for it. Returns
+    /// whether anything happened.
     fn poll_read(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
+        let progress = self.poll_read_batch(cx, now, budget);
+        self.flush_inbound();
+        progress
+    }
+
+    /// Makes the connection's receive counts readable from the handles.
+    fn publish_received(&self) {
+        let received = self.reader.stats();
+        let stats = &self.shared.stats;
+        stats
+            .frames_received
+            .store(received.frames_received, Ordering::Relaxed);
+        stats
+            .bytes_received
+            .store(received.bytes_received, Ordering::Relaxed);
+    }
+
+    /// Moves the batch of received messages into the inbound queue (the reader is woken once
+    /// per burst, in `poll`).
+    fn flush_inbound(&mut self) {
+        // Counted before the application can see what was read.
+        self.publish_received();
+        if self.batch.is_empty() {
+            return;
+        }
+        // Counted before the reader can take them, so its subtraction never comes first.
+        self.shared
+            .inbound_bytes
+            .fetch_add(self.batch_bytes, Ordering::SeqCst);
+        self.batch_bytes = 0;
+        if self.inbound.send_batch(&mut self.batch).is_err() {
+            log::debug!("{}: reader dropped; discarding messages", self.shared.info);
+            self.batch.clear();
+        }
+    }
+
+    fn poll_read_batch(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
         let mut progress = false;
         loop {
-            if let Some(any) = self.pending_in.take() {
-                let len = queued_len(&any);
+            if let Some(frame) = self.pending_in.take() {
+                let len = queued_len(&frame);
                 if !self.inbound_has_room(len, cx) {
-                    self.pending_in = Some(any);
+                    self.pending_in = Some(frame);
                     self.state.on_receive_blocked(now);
                     return progress;
                 }
-                match self.inbound.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        self.shared.inbound_bytes.fetch_add(len, Ordering::AcqRel);
-                        // Only fails if the reader is gone, which drops the message as below.
-                        // The reader is woken once per burst, in `poll`.
-                        let _ = self.inbound.start_send_quietly(any);
-                    }
-                    Poll::Ready(Err(_)) => {
-                        log::debug!("{}: reader dropped; discarding a message", self.shared.info)
-                    }
-                    Poll::Pending => {
-                        self.pending_in = Some(any);
-                        self.state.on_receive_blocked(now);
-                        return progress;
+                if self.inbound_room == 0 {
+                    self.flush_inbound();
+                    match self.inbound.poll_room(cx) {
+                        Poll::Ready(Ok(room)) => self.inbound_room = room,
+                        Poll::Ready(Err(_)) => {
+                            log::debug!(
+                                "{}: reader dropped; discarding a message",
+                                self.shared.info
+                            );
+                            progress = true;
+                            continue;
+                        }
+                        Poll::Pending => {
+                            self.pending_in = Some(frame);
+                            self.state.on_receive_blocked(now);
+                            return progress;
+                        }
                     }
                 }
+                self.inbound_room -= 1;
+                self.batch_bytes += len;
+                self.batch.push_back(frame);
                 progress = true;
             }
             if self.read_done || self.state.end().is_some() || *budget == 0 {
@@ -185,17 +251,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 return progress;
             }
             self.read_paused = false;
-            match self.reader.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(any))) => {
+            match self.reader.poll_next_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
                     *budget -= 1;
                     progress = true;
-                    self.pending_in = self.state.handle_frame(any, now);
+                    self.pending_in = self.state.handle_view(frame, now);
                     if *self.state.phase() == Phase::PeerClosed && !self.inbound.is_closed() {
                         // Every message the peer sent before its Close is queued: the
                         // application reads them, then the end of its reader.
                         if let Some(outcome) = self.state.outcome() {
                             self.shared.set_end(outcome.clone());
                         }
+                        self.flush_inbound();
                         self.inbound.close_channel();
                     }
                 }
@@ -226,13 +293,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
     /// message always fits in an empty queue). If not, the reader wakes the driver when it
     /// takes a message.
     fn inbound_has_room(&self, len: usize, cx: &mut Context<'_>) -> bool {
-        let fits = |queued: usize| queued == 0 || queued + len <= self.inbound_byte_limit;
-        if fits(self.shared.inbound_bytes.load(Ordering::Acquire)) {
+        let batch = self.batch_bytes;
+        let fits = |queued: usize| {
+            let queued = queued + batch;
+            queued == 0 || queued + len <= self.inbound_byte_limit
+        };
+        if fits(self.shared.inbound_bytes.load(Ordering::SeqCst)) {
             return true;
         }
         self.shared.driver_waker.register(cx.waker());
+        self.shared
+            .driver_waits_for_room
+            .store(true, Ordering::SeqCst);
         // The reader may have taken messages between the check and the registration.
-        fits(self.shared.inbound_bytes.load(Ordering::Acquire))
+        fits(self.shared.inbound_bytes.load(Ordering::SeqCst))
     }
 
     /// Moves queued application messages into the connection writer.
@@ -290,27 +364,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 }
                 Poll::Pending => return progress,
             }
-            let item = match self.outbound.poll_next(cx) {
+            let item = match self.outbound.poll_next(cx, &mut self.frames) {
                 Poll::Ready(item) => item,
                 Poll::Pending => return progress,
             };
             progress = true;
             match item {
-                Some(Outbound::Message(any)) => {
-                    *budget -= 1;
-                    if let Err(e) = Pin::new(&mut self.writer).start_send(any) {
-                        // The writer checked the length; anything else is fatal.
+                Some(Item::Frames(count)) => {
+                    *budget = budget.saturating_sub(count.max(1));
+                    if let Err(e) = self.writer.append_encoded(&mut self.frames, count) {
+                        // The writer checked the lengths; anything else is fatal.
                         self.state.fail(SessionEnd::Transport(Arc::new(e)));
                         return true;
                     }
                     self.state.on_sent(now);
                     self.unflushed = true;
                 }
-                Some(Outbound::Flush(done)) => {
+                Some(Item::Marker(Marker::Flush(done))) => {
                     self.flush_waiters.push(done);
                     self.unflushed = true;
                 }
-                Some(Outbound::Close { code, reason, done }) => {
+                Some(Item::Marker(Marker::Close { code, reason, done })) => {
                     self.close_waiters.push(done);
                     if phase == Phase::PeerClosed {
                         // Closing after the peer did: the application is done sending; what
@@ -394,6 +468,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         progress
     }
 
+    /// Handles the state's deadline once it has passed, and keeps the timer armed for it.
+    ///
+    /// The timer is re-armed only when the deadline moved earlier than it (or it fired): most
+    /// deadlines move later (every message sent or received postpones the next heartbeat), and
+    /// a timer that fires early costs one wake-up that finds nothing due and re-arms it. So a
+    /// busy session does not reset a timer per poll, and an idle one is woken once per deadline.
     fn poll_timer(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let Some(at) = self.state.poll_timeout() else {
             return false;
@@ -402,9 +482,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             self.state.handle_timeout(now);
             return true;
         }
+        // Armed for no later than the deadline and not fired: leave it. Fired early (the
+        // deadline moved later meanwhile) or armed too late: re-arm below.
+        if self.timer_at.is_some_and(|armed| armed <= at) && self.timer.poll_unpin(cx).is_pending()
+        {
+            return false;
+        }
         self.timer.reset(at - now);
-        // Ready only if the deadline passed meanwhile; the next round handles it.
-        self.timer.poll_unpin(cx).is_ready()
+        self.timer_at = Some(at);
+        if self.timer.poll_unpin(cx).is_ready() {
+            // The deadline passed meanwhile; the next round handles it.
+            self.timer_at = None;
+            return true;
+        }
+        false
     }
 
     /// Makes the state's counters readable from the handles.
@@ -418,13 +509,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         stats
             .pongs_coalesced
             .store(self.state.pongs_coalesced(), Ordering::Relaxed);
-        let (received, sent) = (self.reader.stats(), self.writer.stats());
-        stats
-            .frames_received
-            .store(received.frames_received, Ordering::Relaxed);
-        stats
-            .bytes_received
-            .store(received.bytes_received, Ordering::Relaxed);
+        self.publish_received();
+        let sent = self.writer.stats();
         stats.frames_sent.store(sent.frames_sent, Ordering::Relaxed);
         stats.bytes_sent.store(sent.bytes_sent, Ordering::Relaxed);
     }
@@ -434,8 +520,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             e if e.is_graceful() => log::debug!("{}: {e}", self.shared.info),
             e => log::info!("{}: ended: {e}", self.shared.info),
         }
-        // Record the end before closing the queues: woken handles read it.
+        // Record the end before closing the queues: woken handles read it. The messages
+        // received before the end are still delivered.
         self.shared.set_end(end.clone());
+        self.flush_inbound();
         self.inbound.close_channel();
         self.outbound.close();
         let result = if end.is_graceful() {

@@ -82,13 +82,14 @@ mod auth;
 mod config;
 mod driver;
 mod handshake;
+mod outbox;
 mod queue;
 mod state;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -104,7 +105,8 @@ use futures_util::task::AtomicWaker;
 use prost::{Message, Name};
 use prost_types::Any;
 
-use crate::connection::ConnectionInfo;
+use crate::codec::Codec;
+use crate::connection::{ConnectionInfo, Frame, NameCache};
 use crate::error::{quoted, Error, Result};
 use crate::handle::ReuniteError;
 use crate::proto::v1::ReasonCode;
@@ -299,6 +301,9 @@ struct Shared {
     /// Woken when the application takes a received message: the driver may be waiting for
     /// room under the byte bound; and when the reader ends or is dropped.
     driver_waker: AtomicWaker,
+    /// The driver waits for room under the byte bound: only then does taking a message wake
+    /// it (a wake-up per message taken would cost an atomic exchange each).
+    driver_waits_for_room: AtomicBool,
     /// The application has seen the end of its reader, or dropped it.
     reader_done: AtomicBool,
     stats: SharedStats,
@@ -381,8 +386,8 @@ impl Shared {
 }
 
 /// What a received message counts against the byte bound of the inbound queue.
-fn queued_len(any: &Any) -> usize {
-    any.type_url.len() + any.value.len()
+fn queued_len(frame: &Frame) -> usize {
+    frame.type_url().len() + frame.value().len()
 }
 
 impl Shared {
@@ -409,9 +414,8 @@ impl Shared {
     }
 }
 
-/// What the writer hands to the driver, in order.
-enum Outbound {
-    Message(Any),
+/// What the writer hands to the driver between its encoded messages (see [`outbox`]).
+enum Marker {
     /// Completed once everything before it is written to the transport.
     Flush(oneshot::Sender<Result<()>>),
     /// Completed once the close handshake has finished.
@@ -434,19 +438,87 @@ enum Outbound {
 /// then. So read to the end promptly, or drop the reader, or the peer's close times out.
 #[derive(Debug)]
 pub struct SessionReader {
-    inbound: queue::Receiver<Any>,
+    /// Received frames: slices of the connection's read buffer, so that
+    /// [`recv_message`](Self::recv_message) decodes without a copy.
+    inbound: queue::Receiver<Frame>,
+    /// Frames taken from the inbound queue in one step, not yet returned (still counted in
+    /// the inbound byte bound).
+    taken: VecDeque<Frame>,
     shared: Arc<Shared>,
+    /// Full name of the last message type received with `recv_message`.
+    names: NameCache,
     finished: bool,
 }
 
 impl SessionReader {
     crate::handle::reader_methods!();
 
+    /// Decodes straight from the received frame, without an intermediate [`Any`]: fields of
+    /// type [`bytes::Bytes`] are slices of the connection's read buffer, as with
+    /// [`ConnectionReader::recv_message`](crate::ConnectionReader::recv_message).
     pub(crate) fn poll_recv_message<M: Message + Name + Default>(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<M>>> {
-        crate::handle::poll_unpack(self, cx)
+        let frame = match std::task::ready!(self.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        // The type URL was checked to be UTF-8 when the frame was made.
+        if !matches!(
+            self.names
+                .is_url_of(frame.type_url().as_bytes(), M::full_name),
+            Ok(true)
+        ) {
+            return Poll::Ready(Some(Err(Error::UnexpectedType {
+                expected: M::full_name(),
+                any: Box::new(frame.into_any()),
+            })));
+        }
+        Poll::Ready(Some(M::decode(frame.value().clone()).map_err(|source| {
+            Error::Decode {
+                type_name: M::full_name(),
+                source,
+            }
+        })))
+    }
+
+    /// The next received frame, or the session's end.
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        if self.taken.is_empty() {
+            match self.inbound.poll_take_all(cx, &mut self.taken) {
+                Poll::Ready(true) => {}
+                Poll::Ready(false) => return self.poll_end(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let Some(frame) = self.taken.pop_front() else {
+            return Poll::Pending; // never: the queue gave at least one
+        };
+        self.shared
+            .inbound_bytes
+            .fetch_sub(queued_len(&frame), Ordering::SeqCst);
+        if self.shared.driver_waits_for_room.load(Ordering::SeqCst) {
+            self.shared
+                .driver_waits_for_room
+                .store(false, Ordering::SeqCst);
+            self.shared.driver_waker.wake();
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    /// The end, once every received message has been returned.
+    fn poll_end(&mut self) -> Poll<Option<Result<Frame>>> {
+        self.finished = true;
+        self.shared.reader_done();
+        match self.shared.end() {
+            Some(end) if end.is_graceful() => Poll::Ready(None),
+            _ => Poll::Ready(Some(Err(self.shared.ended()))),
+        }
     }
 
     /// Puts the two halves of a [`Session`] back together.
@@ -494,34 +566,16 @@ impl Stream for SessionReader {
     type Item = Result<Any>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        match self.inbound.poll_next(cx) {
-            Poll::Ready(Some(any)) => {
-                self.shared
-                    .inbound_bytes
-                    .fetch_sub(queued_len(&any), Ordering::AcqRel);
-                self.shared.driver_waker.wake();
-                Poll::Ready(Some(Ok(any)))
-            }
-            Poll::Ready(None) => {
-                self.finished = true;
-                self.shared.reader_done();
-                match self.shared.end() {
-                    Some(end) if end.is_graceful() => Poll::Ready(None),
-                    _ => Poll::Ready(Some(Err(self.shared.ended()))),
-                }
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.poll_frame(cx)
+            .map(|next| next.map(|frame| frame.map(Frame::into_any)))
     }
 }
 
 /// Sends a session's application messages: a [`Sink`] of [`Any`].
 ///
-/// Messages are queued for the driver, which writes them in order and flushes whenever its
-/// queue runs empty. `feed` and `feed_message` return once the message is queued (waiting while
+/// Messages are encoded at once into a buffer the driver hands to the connection (no `Any` is
+/// built for `feed_message`), and the driver writes them in order and flushes whenever that
+/// buffer runs empty. `feed` and `feed_message` return once the message is queued (waiting while
 /// the queue is full); `send`, `send_message` and [`flush`](Self::flush) return once everything
 /// queued so far is written to the transport. [`close`](Self::close) closes the session with
 /// `REASON_CODE_NORMAL`, [`close_with`](Self::close_with) with another code. After the session
@@ -534,8 +588,12 @@ impl Stream for SessionReader {
 /// reported as the session's end). After any other end it fails with that end.
 #[derive(Debug)]
 pub struct SessionWriter {
-    outbound: queue::Sender<Outbound>,
+    outbound: outbox::Sender<Marker>,
     shared: Arc<Shared>,
+    /// Encodes frames within the negotiated maximum length.
+    codec: Codec,
+    /// Type URL of the last message type sent with `feed_message`.
+    names: NameCache,
     /// A flush or close handed to the driver and not completed yet.
     pending: Option<Pending>,
 }
@@ -547,10 +605,12 @@ struct Pending {
 }
 
 impl SessionWriter {
-    fn new(outbound: queue::Sender<Outbound>, shared: Arc<Shared>) -> Self {
+    fn new(outbound: outbox::Sender<Marker>, shared: Arc<Shared>) -> Self {
         Self {
             outbound,
+            codec: Codec::with_max_frame_len(shared.info.max_frame_len),
             shared,
+            names: NameCache::default(),
             pending: None,
         }
     }
@@ -571,8 +631,30 @@ impl SessionWriter {
         msg: &M,
     ) -> Poll<Result<()>> {
         crate::handle::poll_feed_sink(self, cx, &mut Some(msg), |w, msg| {
-            Sink::start_send(Pin::new(w), state::pack(msg))
+            w.forget_flush();
+            w.start_send_message(msg)
         })
+    }
+
+    /// Encodes `msg` into the outbox after [`poll_ready_outbound`](Self::poll_ready_outbound)
+    /// said there is room: no `Any` is built.
+    pub(crate) fn start_send_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
+        let type_url = self.names.get(crate::codec::type_url::<M>);
+        let codec = &self.codec;
+        match self
+            .outbound
+            .encode(|buf| codec.encode_message_as(type_url, msg, buf))
+        {
+            Ok(encoded) => encoded,
+            Err(outbox::Closed) => Err(self.shared.ended()),
+        }
+    }
+
+    /// A flush started before a new message must not complete the next flush.
+    fn forget_flush(&mut self) {
+        if self.pending.as_ref().is_some_and(|p| !p.close) {
+            self.pending = None;
+        }
     }
 
     /// Closes the session gracefully: everything queued before is delivered, then the peer is
@@ -612,11 +694,11 @@ impl SessionWriter {
             let (done, completed) = oneshot::channel();
             let item = if close {
                 let (code, reason) = with.take().unwrap_or((ReasonCode::Normal, String::new()));
-                Outbound::Close { code, reason, done }
+                Marker::Close { code, reason, done }
             } else {
-                Outbound::Flush(done)
+                Marker::Flush(done)
             };
-            if self.outbound.start_send(item).is_err() {
+            if self.outbound.push_marker(item).is_err() {
                 return Poll::Ready(ended(&self.shared));
             }
             self.pending = Some(Pending {
@@ -645,18 +727,12 @@ impl SessionWriter {
     }
 
     /// Queues `any` after [`poll_ready_outbound`](Self::poll_ready_outbound) said there is room.
-    pub(crate) fn start_send_any(&mut self, any: Any) -> Result<()> {
-        let len = any.encoded_len();
-        let max = self.shared.info.max_frame_len;
-        if len > max {
-            return Err(Error::FrameTooLarge {
-                len: len as u64,
-                max,
-            });
+    pub(crate) fn start_send_any(&mut self, any: &Any) -> Result<()> {
+        let codec = &self.codec;
+        match self.outbound.encode(|buf| codec.encode(any, buf)) {
+            Ok(encoded) => encoded,
+            Err(outbox::Closed) => Err(self.shared.ended()),
         }
-        self.outbound
-            .start_send(Outbound::Message(any))
-            .map_err(|_| self.shared.ended())
     }
 
     /// Starts a graceful close after [`poll_ready_outbound`](Self::poll_ready_outbound) said
@@ -664,7 +740,7 @@ impl SessionWriter {
     pub(crate) fn start_close(&mut self, code: ReasonCode, reason: String) -> Result<()> {
         let (done, _closed) = oneshot::channel();
         self.outbound
-            .start_send(Outbound::Close { code, reason, done })
+            .push_marker(Marker::Close { code, reason, done })
             .map_err(|_| self.shared.ended())
     }
 
@@ -698,11 +774,8 @@ impl Sink<Any> for SessionWriter {
 
     fn start_send(self: Pin<&mut Self>, any: Any) -> Result<()> {
         let this = self.get_mut();
-        // A flush started before this message must not complete the next flush.
-        if this.pending.as_ref().is_some_and(|p| !p.close) {
-            this.pending = None;
-        }
-        this.start_send_any(any)
+        this.forget_flush();
+        this.start_send_any(&any)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
@@ -773,9 +846,7 @@ impl crate::dispatch::sealed::Reader for SessionReader {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<crate::connection::Frame>>> {
-        Pin::new(self)
-            .poll_next(cx)
-            .map(|next| next.map(|any| any.map(crate::connection::Frame::from)))
+        self.poll_frame(cx)
     }
 
     fn context(&self) -> crate::dispatch::Context {

@@ -2,11 +2,11 @@
 //!
 //! It behaves like a bounded `futures-channel` mpsc channel with one sender and one receiver
 //! (the receiver may close it and still take what is queued; dropping either end ends it), but
-//! it wakes a side only when that side is waiting: the receiver once when the queue stops being
-//! empty, the sender once when a full queue has drained to half. A busy driver therefore takes a
-//! whole batch of messages per wake-up, instead of being woken (and rescheduled, often on another
-//! thread) for every message; that per-message hop made a session several times slower than the
-//! bare connection under it.
+//! it wakes a side only when that side is waiting, and both sides move whole batches under one
+//! lock: the driver adds what it read in one poll ([`Sender::send_batch`]) and wakes the reader
+//! once, the reader takes everything queued ([`Receiver::poll_take_all`]) and wakes a waiting
+//! driver once. A per-message hop (a lock, a wake-up, a reschedule on another thread) made a
+//! session several times slower than the bare connection under it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -61,6 +61,7 @@ pub(super) struct Sender<T>(Arc<Mutex<Inner<T>>>);
 
 impl<T> Sender<T> {
     /// Ready once there is room for one item; an error once the queue is closed.
+    #[cfg(test)]
     pub(super) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Closed>> {
         let mut inner = lock(&self.0);
         if inner.closed {
@@ -74,6 +75,7 @@ impl<T> Sender<T> {
     }
 
     /// Queues `item` (after [`poll_ready`](Self::poll_ready) said there is room).
+    #[cfg(test)]
     pub(super) fn start_send(&mut self, item: T) -> Result<(), Closed> {
         let mut inner = lock(&self.0);
         if inner.closed {
@@ -90,6 +92,7 @@ impl<T> Sender<T> {
 
     /// Queues `item` like [`start_send`](Self::start_send) but leaves waking the receiver to
     /// [`wake_receiver`](Self::wake_receiver), so that a burst of items costs one wake-up.
+    #[cfg(test)]
     pub(super) fn start_send_quietly(&mut self, item: T) -> Result<(), Closed> {
         let mut inner = lock(&self.0);
         if inner.closed {
@@ -111,6 +114,38 @@ impl<T> Sender<T> {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// How many items the queue has room for now; pending (and the sender woken later) if none.
+    /// The receiver only ever makes more room, so the count stays good until items are added.
+    pub(super) fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Closed>> {
+        let mut inner = lock(&self.0);
+        if inner.closed {
+            return Poll::Ready(Err(Closed));
+        }
+        let room = inner.capacity.saturating_sub(inner.items.len());
+        if room > 0 {
+            return Poll::Ready(Ok(room));
+        }
+        register(&mut inner.sender_waker, cx);
+        Poll::Pending
+    }
+
+    /// Queues every item of `batch` at once (within the room [`poll_room`](Self::poll_room)
+    /// reported), leaving waking the receiver to [`wake_receiver`](Self::wake_receiver). If the
+    /// queue is closed the items are handed back in `batch`.
+    pub(super) fn send_batch(&mut self, batch: &mut VecDeque<T>) -> Result<(), Closed> {
+        let mut inner = lock(&self.0);
+        if inner.closed {
+            return Err(Closed);
+        }
+        if inner.items.is_empty() {
+            // Swapped: the allocations circulate between the two ends.
+            std::mem::swap(&mut inner.items, batch);
+        } else {
+            inner.items.append(batch);
+        }
+        Ok(())
     }
 
     /// Whether the queue takes no more items (the receiver closed it or is gone).
@@ -158,6 +193,7 @@ pub(super) struct Receiver<T>(Arc<Mutex<Inner<T>>>);
 
 impl<T> Receiver<T> {
     /// The next item; `None` once the queue is closed (or the sender gone) and empty.
+    #[cfg(test)]
     pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let mut inner = lock(&self.0);
         if let Some(item) = inner.items.pop_front() {
@@ -181,7 +217,33 @@ impl<T> Receiver<T> {
         Poll::Pending
     }
 
+    /// Moves every queued item into `into` (which must be empty) under one lock: `true`, or
+    /// `false` once the queue is closed (or the sender gone) and empty.
+    pub(super) fn poll_take_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<T>,
+    ) -> Poll<bool> {
+        debug_assert!(into.is_empty());
+        let mut inner = lock(&self.0);
+        if !inner.items.is_empty() {
+            std::mem::swap(&mut inner.items, into);
+            let waker = inner.sender_waker.take();
+            drop(inner);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Poll::Ready(true);
+        }
+        if inner.closed || inner.sender_gone {
+            return Poll::Ready(false);
+        }
+        register(&mut inner.receiver_waker, cx);
+        Poll::Pending
+    }
+
     /// Takes no more items; those already queued can still be received.
+    #[cfg(test)]
     pub(super) fn close(&mut self) {
         let mut inner = lock(&self.0);
         inner.closed = true;

@@ -13,7 +13,9 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use super::SessionEnd;
+#[cfg(any(test, feature = "fuzzing"))]
 use crate::codec::type_name;
+use crate::connection::Frame;
 use crate::error::quoted;
 use crate::proto::v1::{Close, CloseOk, Ping, Pong, ReasonCode};
 
@@ -137,25 +139,38 @@ impl SessionState {
 
     /// A frame arrived. Returns it back if it is an application message for the application;
     /// control messages are consumed here.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn handle_frame(&mut self, any: Any, now: Instant) -> Option<Any> {
+        self.handle_parts(type_name(&any.type_url), &any.value, now)
+            .then_some(any)
+    }
+
+    /// `handle_frame` for a frame seen in place (the driver's path: no
+    /// `Any` is built for it).
+    pub(crate) fn handle_view(&mut self, frame: Frame, now: Instant) -> Option<Frame> {
+        self.handle_parts(frame.type_name(), frame.value().as_ref(), now)
+            .then_some(frame)
+    }
+
+    /// A frame of type `name` with the encoded message `value` arrived. Returns whether it is an
+    /// application message for the application; control messages are consumed here.
+    fn handle_parts(&mut self, name: &str, value: &[u8], now: Instant) -> bool {
         self.last_recv = now;
-        let name = type_name(&any.type_url);
         if !name.starts_with(CONTROL_PACKAGE) {
             return match self.phase {
-                Phase::Open | Phase::Closing => Some(any),
+                Phase::Open | Phase::Closing => true,
                 // After its Close the peer may send nothing but Pong and CloseOk.
                 Phase::PeerClosed | Phase::Finishing => {
                     self.violation(format!("application message {} after Close", quoted(name)));
-                    None
+                    false
                 }
             };
         }
         if self.phase == Phase::Finishing {
             // Our CloseOk is out or theirs is in: nothing more matters.
             log::debug!("ignoring {} after the close handshake", quoted(name));
-            return None;
+            return false;
         }
-        let value = any.value.as_slice();
         if name == Ping::full_name() {
             match Ping::decode(value) {
                 // Answer even while closing: the peer may be measuring liveness.
@@ -194,7 +209,7 @@ impl SessionState {
         } else {
             self.violation(format!("unexpected control message {}", quoted(name)));
         }
-        None
+        false
     }
 
     fn peer_close(&mut self, close: Close, now: Instant) {
