@@ -50,7 +50,7 @@ impl Default for SctpConfig {
             connection: ConnectionConfig::default(),
             mtu: 1200,
             rto_initial: Duration::from_millis(200),
-            rto_min: Duration::from_millis(20),
+            rto_min: Duration::from_millis(2),
             rto_max: Duration::from_secs(1),
             max_retransmits: 20,
             receive_window: 1024 * 1024,
@@ -83,8 +83,16 @@ impl SctpConfig {
         self
     }
 
-    /// Retransmission timeout: initial value, lower and upper bound (default 200 ms, 20 ms,
+    /// Retransmission timeout: initial value, lower and upper bound (default 200 ms, 2 ms,
     /// 1 s: a LAN. SCTP's internet defaults are 3 s, 1 s, 60 s). Each is capped at one hour.
+    ///
+    /// The minimum matters most under loss. `sctp-proto` retransmits a lost packet early
+    /// (fast retransmit) only while enough later packets get through, and its congestion window
+    /// stays small at a few percent loss, so many losses end in a retransmission time-out; with
+    /// round trips well under a millisecond (loopback, a LAN) a 20 ms minimum meant 20 ms of
+    /// silence per time-out. `sctp-proto` measures round trips in whole milliseconds, so below
+    /// 1 ms the timeout is this minimum. A time-out that fires too early costs a few
+    /// retransmitted packets, which the peer discards.
     pub fn with_rto(mut self, initial: Duration, min: Duration, max: Duration) -> Self {
         self.rto_initial = initial.min(MAX_RTO);
         self.rto_min = min.min(MAX_RTO);

@@ -245,7 +245,9 @@ impl State {
             }
         }
         for handle in remove {
-            self.assocs.remove(&handle);
+            if let Some(assoc) = self.assocs.remove(&handle).filter(|a| !a.crashed) {
+                log_stats(handle, &assoc);
+            }
             self.endpoint.handle_event(handle, EndpointEvent::drained());
             log::trace!("SCTP: association {handle:?} removed");
         }
@@ -269,6 +271,26 @@ impl State {
     pub(super) fn done(&self) -> bool {
         !self.listening && self.assocs.is_empty()
     }
+}
+
+/// Logs (at debug level) what an association's loss recovery did over its life: how many
+/// DATA chunks and SACKs it received, and how often it fell back on a retransmission time-out
+/// (the costly path), fast-retransmitted, or sent a SACK only when its delayed-ack timer fired.
+fn log_stats(handle: AssociationHandle, assoc: &Assoc) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let mut stats = assoc.inner.stats();
+    log::debug!(
+        "SCTP: association {handle:?} ({:?}) done: {} DATA and {} SACK chunks received, \
+         {} retransmission time-outs, {} fast retransmissions, {} delayed-ack time-outs",
+        assoc.side,
+        stats.get_num_datas(),
+        stats.get_num_sacks(),
+        stats.get_num_t3timeouts(),
+        stats.get_num_fast_retrans(),
+        stats.get_num_ack_timeouts(),
+    );
 }
 
 /// What the listener and streams hold: the socket and the state.

@@ -57,7 +57,7 @@
 //!   the peer's end of stream and SCTP's shutdown; call it before a process exits, so the last
 //!   packets are not lost with it. A dropped connection sends its end of stream, and lingers in
 //!   the background until shut down (at most [`SctpConfig::with_linger`]).
-//! * **Timers** are tuned for a LAN by default (RTO 200 ms initially, 20 ms minimum, 1 s
+//! * **Timers** are tuned for a LAN by default (RTO 200 ms initially, 2 ms minimum, 1 s
 //!   maximum); use [`SctpConfig::with_rto`] across a WAN.
 //! * **Bad input**: datagrams that are not SCTP, carry a wrong checksum or an unknown
 //!   verification tag are dropped without touching any association. Whatever a peer sends
@@ -93,7 +93,7 @@
 //!   `connect_tls`, `connect_tls_with`) run it on **a thread of its own** per port, on the
 //!   `async-io` reactor. That is the default because the driver is a userspace network stack:
 //!   it computes the checksum of every packet and does SACKs, retransmissions and reassembly for
-//!   every association of the port, and its retransmission timers (20 ms minimum) should fire on
+//!   every association of the port, and its retransmission timers (2 ms minimum) should fire on
 //!   time. On its own thread it runs beside your tasks, not between them; a busy (or
 //!   single-threaded) executor cannot delay acknowledgements for every association; and it works
 //!   the same under async-std, smol, tokio or no runtime at all.
