@@ -714,6 +714,46 @@ fn websocket_urls_reach_the_ws_server() {
         .stderr(predicate::str::contains("404"));
 }
 
+/// `wss://` both ways: `listen` on a wss:// address (its certificate), `send` to it checking
+/// the certificate against the URL's host, in a session, on a path of its own.
+#[test]
+fn wss_urls_carry_a_session_to_listen() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    Command::new(example("make-certs"))
+        .arg(certs.path())
+        .assert()
+        .success();
+    let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+    let listener = start_connect(
+        &[
+            "listen",
+            "wss://127.0.0.1:0/events",
+            "--cert",
+            &file("server.pem"),
+            "--key",
+            &file("server.key"),
+            "--session",
+            "--echo",
+        ],
+        Stdio::null(),
+    );
+    let port = listener.addr.rsplit_once(':').expect("host:port").1;
+    let url = format!("wss://localhost:{port}/events");
+    connect()
+        .args(["send", &url, "--ca", &file("ca.pem"), "--session"])
+        .args(["--type", HELLO, "--json", r#"{"text":"over wss"}"#])
+        .args(["--replies", "1", "--wait-ms", "10000"])
+        .assert()
+        .success()
+        .stdout(format!("{HELLO} (63 bytes) {{\"text\":\"over wss\"}}\n"));
+    // Without the CA the TLS handshake fails, and the error points at --ca.
+    connect()
+        .args(["send", &url, "--type", HELLO, "--json", "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--ca"));
+}
+
 /// `sctp://` (built with `cargo test -p connect-cli --features sctp`): `send` to `listen --echo`.
 #[cfg(feature = "sctp")]
 #[test]
