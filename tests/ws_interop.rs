@@ -3,7 +3,9 @@
 //! both against the `ws-server` example (whose ticker is published through pub/sub: both
 //! subscribe). Node's packages are installed by `npm ci` from
 //! `tests/js/package-lock.json` under the target directory; where `node`, `npm` or `chromium`
-//! cannot run at all, the test says SKIPPED and why (`.ci/run` installs them).
+//! cannot run at all, the test says SKIPPED and why (`.ci/run` installs them). A Go client over
+//! TCP (`tests/go/tcp_client.go`, the PROTOCOL.md snippets for Go) runs here too, with Debian's
+//! `golang-go` and `golang-google-protobuf-dev`.
 
 mod support;
 
@@ -232,4 +234,52 @@ fn node_talks_to_the_tcp_and_tls_echo_examples() {
     assert!(out.contains("ok: connected over TLSv1.3"), "{out}");
     assert!(out.contains("ok: 8 messages echoed unchanged"), "{out}");
     assert!(tcp.is_running() && tls.is_running());
+}
+
+/// Go over TCP: `tests/go/tcp_client.go` (packing an `Any`, writing frames, reading them off a
+/// `bufio.Reader`: the snippets of PROTOCOL.md, "From Go") against `tcp-echo-server`, with
+/// Debian's Go and google.golang.org/protobuf in GOPATH mode (nothing downloaded).
+#[test]
+fn go_reads_and_writes_frames_over_tcp() {
+    const GOPATH: &str = "/usr/share/gocode";
+    let go_runs = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !go_runs {
+        println!("SKIPPED: `go` cannot run here (Debian: golang-go)");
+        return;
+    }
+    if !std::path::Path::new(GOPATH)
+        .join("src/google.golang.org/protobuf/proto")
+        .is_dir()
+    {
+        println!("SKIPPED: google.golang.org/protobuf is not in {GOPATH} (Debian: golang-google-protobuf-dev)");
+        return;
+    }
+    let mut server = Server::start("tcp-echo-server", &["127.0.0.1:0"]);
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
+    let output = Command::new("go")
+        .arg("run")
+        .arg(support::repo_root().join("tests/go/tcp_client.go"))
+        .arg(server.addr.to_string())
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("GOCACHE", &cache)
+        .env("GOFLAGS", "")
+        .output()
+        .expect("run go");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("tcp_client.go:\n{out}");
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("ok: packed as type.googleapis.com/google.protobuf.StringValue"),
+        "{out}"
+    );
+    assert!(out.contains("ok: 8 messages echoed unchanged"), "{out}");
+    assert!(server.is_running());
 }
