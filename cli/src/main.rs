@@ -9,6 +9,7 @@
 
 mod bench;
 mod link;
+mod metrics;
 mod patterns;
 mod schema;
 mod tunnel;
@@ -71,9 +72,11 @@ enum Command {
   connect listen tls://127.0.0.1:7879 --cert server.pem --key server.key --user alice --password pw
 
 The first line is `listening on IP:PORT` (the real port when ADDR has port 0); then one line per
-frame: `PEER TYPE (N bytes) JSON`.")]
+frame: `PEER TYPE (N bytes) JSON`. With --metrics, every SECS seconds (default 5) one
+`metrics PEER frames_in=N bytes_in=N frames_out=N bytes_out=N ...` line per open link and a
+`metrics total links_open=N links_closed=N ...` line.")]
     Listen {
-        /// Where to listen: [tcp://|tls://]HOST:PORT.
+        /// Where to listen: [tcp://|tls://|ws://|wss://]HOST:PORT[/PATH].
         addr: String,
         /// Send every frame back to its sender.
         #[arg(long)]
@@ -81,6 +84,11 @@ frame: `PEER TYPE (N bytes) JSON`.")]
         /// Exit after this many frames (from all connections together).
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Print each link's counters (frames, bytes, RTT, ...) and the totals every SECS
+        /// seconds (default 5).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true,
+              default_missing_value = "5", value_parser = parse_interval)]
+        metrics: Option<Duration>,
         #[command(flatten)]
         link: LinkOptions,
         #[command(flatten)]
@@ -95,7 +103,7 @@ frame: `PEER TYPE (N bytes) JSON`.")]
 Without --json, each line of standard input is one message. Replies are printed one per line
 until --replies have come, the peer closes, or nothing arrives for --wait-ms.")]
     Send {
-        /// Where to send: [tcp://|tls://]HOST:PORT.
+        /// Where to send: [tcp://|tls://|ws://|wss://]HOST:PORT[/PATH].
         addr: String,
         /// The message type: a full name (shop.v1.Order) or a type URL.
         #[arg(long = "type", short = 't', value_name = "TYPE")]
@@ -233,7 +241,7 @@ of standard input is one message, published as it is read.")]
 W1 pipelines --messages messages of --size bytes and counts the echoes; W2 sends one message at a
 time --pings times and reports round-trip percentiles.")]
     Bench {
-        /// The echo server: [tcp://|tls://]HOST:PORT.
+        /// The echo server: [tcp://|tls://|ws://|wss://]HOST:PORT[/PATH].
         addr: String,
         #[command(flatten)]
         bench: bench::BenchOptions,
@@ -299,9 +307,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             addr,
             echo,
             count,
+            metrics,
             link,
             schema,
-        } => listen(&addr, echo, count, &link, &schema).await,
+        } => listen(&addr, echo, count, metrics, &link, &schema).await,
         Command::Send {
             addr,
             type_name,
@@ -515,22 +524,38 @@ fn decode(schema: &Schema, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// `--metrics=SECS`: a positive number of seconds, fractions allowed.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
 async fn listen(
     addr: &str,
     echo: bool,
     count: Option<u64>,
+    metrics: Option<Duration>,
     options: &LinkOptions,
     schema: &SchemaOptions,
 ) -> anyhow::Result<()> {
     let schema = Arc::new(load(schema)?);
+    let board = metrics.map(|every| {
+        let board = metrics::Board::default();
+        async_std::task::spawn(board.clone().print_every(every));
+        board
+    });
     let target = Target::parse(addr, options.tls)?;
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
     let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
     let serve = move |mut link: Link, peer: String| {
         let (schema, seen, done_tx) = (schema.clone(), seen.clone(), done_tx.clone());
+        let board = board.clone();
         async move {
             println!("{peer} connected");
+            let on_board = board.as_ref().map(|b| b.open(&peer, &link));
             loop {
                 match link.recv().await {
                     Ok(Some(any)) => {
@@ -540,6 +565,9 @@ async fn listen(
                                 eprintln!("{peer}: echo failed: {e}");
                                 break;
                             }
+                        }
+                        if let (Some(board), Some(id)) = (&board, on_board) {
+                            board.update(id, &link);
                         }
                         let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         if count == Some(n) {
@@ -557,6 +585,9 @@ async fn listen(
                         break;
                     }
                 }
+            }
+            if let (Some(board), Some(id)) = (&board, on_board) {
+                board.close(id, &link);
             }
         }
     };

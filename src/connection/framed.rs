@@ -20,6 +20,7 @@ use super::unpack;
 use super::Frame;
 use crate::codec::{any_fields, Codec};
 use crate::error::{Error, Result};
+use crate::metrics::{Direction, FrameCounter};
 
 /// Room offered to each read when no larger frame is pending: big enough that many small
 /// frames arrive per system call.
@@ -46,6 +47,8 @@ pub(crate) struct ReadState {
     shared: Option<Bytes>,
     /// Set once the stream has ended (cleanly or with an error); nothing is read after that.
     finished: bool,
+    /// Frames cut so far (`connect::metrics`).
+    pub(super) counter: FrameCounter,
 }
 
 impl fmt::Debug for ReadState {
@@ -78,6 +81,7 @@ impl ReadState {
             end: 0,
             shared: None,
             finished: false,
+            counter: FrameCounter::new(Direction::Received),
         }
     }
 
@@ -211,6 +215,7 @@ impl ReadState {
                     if pending.len() >= total {
                         let frame = self.start + prefix_len..self.start + total;
                         self.start += total;
+                        self.counter.count(total);
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     total.max(READ_CHUNK)
@@ -257,6 +262,7 @@ impl ReadState {
         // Frames handed out earlier hold clones of `buf` through `shared`; once they are all
         // gone the buffer is ours to write into again.
         self.shared = None;
+        self.counter.publish();
         let pending = self.end - self.start;
         // The room wanted is grown into as bytes arrive (at most doubling per read), not
         // committed up front: a peer announcing a large frame and sending little of it makes
@@ -326,6 +332,8 @@ pub(crate) struct WriteState {
     high_water: usize,
     /// Set after `poll_close` completes or a write fails; no frame is accepted after that.
     closed: bool,
+    /// Frames encoded so far (`connect::metrics`).
+    pub(super) counter: FrameCounter,
 }
 
 impl WriteState {
@@ -336,6 +344,7 @@ impl WriteState {
             buf: BytesMut::new(),
             high_water,
             closed: false,
+            counter: FrameCounter::new(Direction::Sent),
         }
     }
 
@@ -359,7 +368,10 @@ impl WriteState {
         if self.closed {
             return Err(Error::Closed);
         }
-        self.codec.encode(any, &mut self.buf)
+        let before = self.buf.len();
+        self.codec.encode(any, &mut self.buf)?;
+        self.counter.count(self.buf.len() - before);
+        Ok(())
     }
 
     pub(crate) fn encode_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
@@ -367,7 +379,10 @@ impl WriteState {
             return Err(Error::Closed);
         }
         let type_url = self.type_url.get(crate::codec::type_url::<M>);
-        self.codec.encode_message_as(type_url, msg, &mut self.buf)
+        let before = self.buf.len();
+        self.codec.encode_message_as(type_url, msg, &mut self.buf)?;
+        self.counter.count(self.buf.len() - before);
+        Ok(())
     }
 
     /// Writes everything buffered, then flushes `io`.
@@ -402,6 +417,7 @@ impl WriteState {
         mut io: Pin<&mut W>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
+        self.counter.publish();
         while !self.buf.is_empty() {
             match ready!(io.as_mut().poll_write(cx, &self.buf)) {
                 Ok(0) => {
