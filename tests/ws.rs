@@ -445,6 +445,39 @@ async fn bad_messages_end_their_link_only_with_a_close_code_and_a_typed_error() 
     .await;
 }
 
+/// The TCP connection ends inside a WebSocket frame (and so inside a message): an error for
+/// that link, not a clean end of stream, and never a part of the message handed on.
+#[async_std::test]
+async fn a_connection_cut_inside_a_websocket_frame_is_an_error_for_that_link() {
+    within(30, "cut inside a frame", async {
+        let (addr, mut outcomes) = echo_server(WsConfig::new()).await;
+        let whole = client_frame(BINARY, &delimited(&hello(1, 100)));
+        for cut in [1, 2, 6, 20, whole.len() - 1] {
+            let (mut stream, status) = raw_upgrade(addr, "/connect", Some("connect.v1")).await;
+            assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+            stream.write_all(&whole[..cut]).await.unwrap();
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            let outcome = outcomes.next().await.unwrap();
+            assert!(
+                matches!(
+                    outcome,
+                    Err(Error::Io(_) | Error::WebSocket(WsError::Protocol(_)))
+                ),
+                "cut after {cut} bytes: {outcome:?}"
+            );
+            // Nothing was echoed: the server read no message.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            assert!(
+                rest.first() != Some(&BINARY),
+                "cut after {cut} bytes: echoed"
+            );
+        }
+        still_serving(addr).await;
+    })
+    .await;
+}
+
 #[async_std::test]
 async fn requests_that_do_not_upgrade_get_a_typed_answer() {
     within(30, "no upgrade", async {

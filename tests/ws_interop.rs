@@ -1,8 +1,11 @@
 //! The WebSocket transport from JavaScript: a Node client (protobuf.js over the `ws` package,
 //! written from `proto/PROTOCOL.md`) and the browser page of `ws-server` in a headless Chromium,
-//! both against the `ws-server` example. Node's packages are installed by `npm ci` from
+//! both against the `ws-server` example (whose ticker is published through pub/sub: both
+//! subscribe). Node's packages are installed by `npm ci` from
 //! `tests/js/package-lock.json` under the target directory; where `node`, `npm` or `chromium`
-//! cannot run at all, the test says SKIPPED and why (`.ci/run` installs them).
+//! cannot run at all, the test says SKIPPED and why (`.ci/run` installs them). A Go client over
+//! TCP (`tests/go/tcp_client.go`, the PROTOCOL.md snippets for Go) runs here too, with Debian's
+//! `golang-go` and `golang-google-protobuf-dev`.
 
 mod support;
 
@@ -55,6 +58,27 @@ fn node_runs_a_session_with_pings_and_a_graceful_close() {
         "ok: echo in the session",
         "ok: Pong 7 for Ping 7",
         "ok: CloseOk",
+        "ok: graceful close, 1000",
+    ] {
+        assert!(out.contains(line), "missing {line:?}");
+    }
+    assert!(server.is_running());
+}
+
+#[test]
+fn node_subscribes_receives_uses_a_wildcard_and_unsubscribes() {
+    let modules = modules_or_skip!();
+    let mut server = Server::start("ws-server", &["--tick-ms", "50", "127.0.0.1:0"]);
+    let url = format!("ws://{}/connect", server.addr);
+    let (ok, out) = run_node(modules, "ws_client.js", &["pubsub", &url]);
+    assert!(ok, "{out}");
+    for line in [
+        "ok: SubscribeAck for ticks.odd",
+        "ok: 3 messages on ticks.odd, none on ticks.even",
+        "ok: SubscribeAck for ticks.*",
+        "ok: ticks.>.x refused as an invalid filter",
+        "ok: the wildcard ticks.* brought ticks.even too, each tick once",
+        "ok: after Unsubscribe ticks.*, only ticks.odd",
         "ok: graceful close, 1000",
     ] {
         assert!(out.contains(line), "missing {line:?}");
@@ -122,9 +146,9 @@ impl Drop for Chromium {
 }
 
 #[test]
-fn the_browser_page_opens_a_session_echoes_and_shows_ticks() {
+fn the_browser_page_opens_a_session_echoes_and_shows_topic_messages() {
     let modules = modules_or_skip!();
-    let mut server = Server::start("ws-server", &["127.0.0.1:0"]);
+    let mut server = Server::start("ws-server", &["--tick-ms", "100", "127.0.0.1:0"]);
     let (_chromium, devtools) = match Chromium::start() {
         Ok(started) => started,
         Err(why) => {
@@ -143,8 +167,16 @@ fn the_browser_page_opens_a_session_echoes_and_shows_ticks() {
         results["echoes"],
         serde_json::json!(["echo 1", "echo 2", "echo 3"])
     );
+    // The ticker came through publish/subscribe: the page's filter was acknowledged, and the
+    // messages arrived as `Publish` frames on the topics it matches.
+    assert_eq!(results["subscribed"], serde_json::json!(["ticks.*"]));
     assert!(
         results["ticks"].as_u64().is_some_and(|n| n >= 3),
+        "{results}"
+    );
+    let topics = results["topics"].as_object().expect("topics");
+    assert!(
+        topics.keys().all(|t| t == "ticks.odd" || t == "ticks.even") && topics.len() == 2,
         "{results}"
     );
     assert_eq!(results["pong"], 42);
@@ -202,4 +234,52 @@ fn node_talks_to_the_tcp_and_tls_echo_examples() {
     assert!(out.contains("ok: connected over TLSv1.3"), "{out}");
     assert!(out.contains("ok: 8 messages echoed unchanged"), "{out}");
     assert!(tcp.is_running() && tls.is_running());
+}
+
+/// Go over TCP: `tests/go/tcp_client.go` (packing an `Any`, writing frames, reading them off a
+/// `bufio.Reader`: the snippets of PROTOCOL.md, "From Go") against `tcp-echo-server`, with
+/// Debian's Go and google.golang.org/protobuf in GOPATH mode (nothing downloaded).
+#[test]
+fn go_reads_and_writes_frames_over_tcp() {
+    const GOPATH: &str = "/usr/share/gocode";
+    let go_runs = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !go_runs {
+        println!("SKIPPED: `go` cannot run here (Debian: golang-go)");
+        return;
+    }
+    if !std::path::Path::new(GOPATH)
+        .join("src/google.golang.org/protobuf/proto")
+        .is_dir()
+    {
+        println!("SKIPPED: google.golang.org/protobuf is not in {GOPATH} (Debian: golang-google-protobuf-dev)");
+        return;
+    }
+    let mut server = Server::start("tcp-echo-server", &["127.0.0.1:0"]);
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
+    let output = Command::new("go")
+        .arg("run")
+        .arg(support::repo_root().join("tests/go/tcp_client.go"))
+        .arg(server.addr.to_string())
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("GOCACHE", &cache)
+        .env("GOFLAGS", "")
+        .output()
+        .expect("run go");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("tcp_client.go:\n{out}");
+    assert!(output.status.success(), "{out}");
+    assert!(
+        out.contains("ok: packed as type.googleapis.com/google.protobuf.StringValue"),
+        "{out}"
+    );
+    assert!(out.contains("ok: 8 messages echoed unchanged"), "{out}");
+    assert!(server.is_running());
 }

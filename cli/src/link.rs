@@ -1,5 +1,5 @@
-//! Addresses (`tcp://`, `tls://`, `sctp://`, `ws://`), the shared connection options, and one
-//! handle over the three layers (bare connection, session, reliable stream).
+//! Addresses (`tcp://`, `tls://`, `sctp://`, `ws://`, `wss://`), the shared connection options,
+//! and one handle over the three layers (bare connection, session, reliable stream).
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use connect::dispatch::Dispatcher;
+use connect::endpoint::{Endpoint, LinkId};
+use connect::peer::{Peer, PeerConfig, PeerDriver};
 use connect::proto::v1::{credentials::Mechanism, Bearer, Credentials, Plain};
 use connect::reliable::{Accepted, ReliableConfig, ReliableServer, ReliableStream};
 use connect::session::{self, BearerAuthenticator, PlainAuthenticator, Session, SessionConfig};
@@ -14,6 +17,7 @@ use connect::transport::tcp::{self, TcpConnection, TcpListener};
 use connect::transport::tls::{
     self, Identity, TlsClientConfig, TlsConnection, TlsListener, TlsServerConfig,
 };
+use connect::transport::ws::{self, WsConfig, WsConnection, WsListener};
 use connect::Connection;
 use futures::{AsyncRead, AsyncWrite, StreamExt as _};
 use prost_types::Any;
@@ -24,6 +28,10 @@ pub enum Scheme {
     Tcp,
     Tls,
     Sctp,
+    /// WebSocket, plain (`ws://`) or over TLS (`wss://`).
+    Ws {
+        secure: bool,
+    },
 }
 
 /// A parsed `[scheme://]host:port`.
@@ -32,6 +40,8 @@ pub struct Target {
     pub scheme: Scheme,
     pub host: String,
     pub addr: SocketAddr,
+    /// The path a WebSocket client asks for, or a listener upgrades on (default `/connect`).
+    pub path: String,
 }
 
 impl Target {
@@ -41,12 +51,18 @@ impl Target {
             Some(("tcp", rest)) => (if tls { Scheme::Tls } else { Scheme::Tcp }, rest),
             Some(("tls", rest)) => (Scheme::Tls, rest),
             Some(("sctp", rest)) => (Scheme::Sctp, rest),
-            Some(("ws" | "wss", _)) => bail!(
-                "{text}: this connect was not built with websocket support (the WebSocket transport \
-                 is not part of it yet); use tcp:// or tls://"
+            Some(("ws", rest)) => (Scheme::Ws { secure: false }, rest),
+            Some(("wss", rest)) => (Scheme::Ws { secure: true }, rest),
+            Some((other, _)) => bail!(
+                "{text}: unknown scheme {other:?}; use tcp://, tls://, ws://, wss:// or sctp://"
             ),
-            Some((other, _)) => bail!("{text}: unknown scheme {other:?}; use tcp://, tls:// or sctp://"),
             None => (if tls { Scheme::Tls } else { Scheme::Tcp }, text),
+        };
+        let (rest, path) = match (scheme, rest.find('/')) {
+            (Scheme::Ws { .. }, Some(at)) => (&rest[..at], rest[at..].to_string()),
+            (Scheme::Ws { .. }, None) => (rest, ws::DEFAULT_PATH.to_string()),
+            (_, Some(_)) => bail!("{text}: only ws:// and wss:// addresses have a path"),
+            (_, None) => (rest, String::new()),
         };
         if scheme == Scheme::Sctp && !cfg!(feature = "sctp") {
             bail!("{text}: this connect was not built with SCTP; rebuild with `--features sctp`");
@@ -61,7 +77,27 @@ impl Target {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        Ok(Self { scheme, host, addr })
+        Ok(Self {
+            scheme,
+            host,
+            addr,
+            path,
+        })
+    }
+
+    /// The `ws://` or `wss://` URL of a WebSocket target (its host as written, so `wss://`
+    /// checks the certificate against it).
+    fn url(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Ws { secure: true } => "wss",
+            _ => "ws",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}{}", self.addr.port(), self.path)
     }
 }
 
@@ -150,6 +186,28 @@ impl LinkOptions {
         Ok(builder.build()?)
     }
 
+    fn tls_server(&self) -> anyhow::Result<TlsServerConfig> {
+        let identity = self
+            .identity()?
+            .context("a TLS listener needs its certificate: pass --cert CERT.pem --key KEY.pem")?;
+        let mut config = TlsServerConfig::builder(identity);
+        if let Some(ca) = &self.ca {
+            config = config.require_client_certificates(tls::certificates_from_pem_file(ca)?);
+        }
+        Ok(config.build()?)
+    }
+
+    fn ws_client(&self, secure: bool) -> anyhow::Result<WsConfig> {
+        let config = WsConfig::new();
+        if !secure {
+            return Ok(config);
+        }
+        if self.server_name.is_some() {
+            bail!("wss:// checks the certificate against the URL's host; --server-name does not apply");
+        }
+        Ok(config.with_tls_client(self.tls_client()?))
+    }
+
     fn identity(&self) -> anyhow::Result<Option<Identity>> {
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Ok(Some(Identity::from_pem_files(cert, key).with_context(
@@ -173,8 +231,24 @@ pub enum Link {
     Tls(TlsConnection),
     Session(Session),
     Reliable(ReliableStream),
+    Ws(WsConnection),
     #[cfg(feature = "sctp")]
     Sctp(connect::transport::sctp::SctpConnection),
+}
+
+/// `$body` with `$h` bound to the handle inside whichever variant `$link` is.
+macro_rules! each_link {
+    ($link:expr, $h:ident => $body:expr) => {
+        match $link {
+            Link::Tcp($h) => $body,
+            Link::Tls($h) => $body,
+            Link::Session($h) => $body,
+            Link::Reliable($h) => $body,
+            Link::Ws($h) => $body,
+            #[cfg(feature = "sctp")]
+            Link::Sctp($h) => $body,
+        }
+    };
 }
 
 impl Link {
@@ -201,8 +275,21 @@ impl Link {
                     async_std::task::spawn(driver);
                     stream
                 }
+                Scheme::Ws { secure } => {
+                    let (url, ws) = (target.url(), Arc::new(options.ws_client(secure)?));
+                    let (stream, driver) = connect::reliable::client(
+                        move || {
+                            let (url, ws) = (url.clone(), ws.clone());
+                            async move { ws::connect_with(&url, &ws).await }
+                        },
+                        config,
+                        ReliableConfig::new(),
+                    );
+                    async_std::task::spawn(driver);
+                    stream
+                }
                 Scheme::Sctp => bail!(
-                    "--reliable over sctp:// is not offered by the tool; use tcp:// or tls://"
+                    "--reliable over sctp:// is not offered by the tool; use tcp://, tls:// or ws://"
                 ),
             };
             return Ok(Link::Reliable(stream));
@@ -224,6 +311,16 @@ impl Link {
                 )
             }
             Scheme::Sctp => sctp_connect(target).await?,
+            Scheme::Ws { secure } => {
+                let url = target.url();
+                Link::Ws(
+                    ws::connect_with(&url, &options.ws_client(secure)?)
+                        .await
+                        .with_context(|| {
+                            format!("cannot open a WebSocket to {url}; check the path and --ca")
+                        })?,
+                )
+            }
         };
         if !options.wants_session() {
             return Ok(link);
@@ -232,6 +329,7 @@ impl Link {
         let session = match link {
             Link::Tcp(conn) => open_session(conn, &config).await?,
             Link::Tls(conn) => open_session(conn, &config).await?,
+            Link::Ws(conn) => open_session(conn, &config).await?,
             #[cfg(feature = "sctp")]
             Link::Sctp(conn) => open_session(conn, &config).await?,
             other => return Ok(other),
@@ -240,58 +338,36 @@ impl Link {
     }
 
     pub async fn send(&mut self, any: Any) -> connect::Result<()> {
-        match self {
-            Link::Tcp(c) => c.send(any).await,
-            Link::Tls(c) => c.send(any).await,
-            Link::Session(s) => s.send(any).await,
-            Link::Reliable(r) => r.send(any).await,
-            #[cfg(feature = "sctp")]
-            Link::Sctp(c) => c.send(any).await,
-        }
+        each_link!(self, c => c.send(any).await)
     }
 
     pub async fn feed(&mut self, any: Any) -> connect::Result<()> {
-        match self {
-            Link::Tcp(c) => c.feed(any).await,
-            Link::Tls(c) => c.feed(any).await,
-            Link::Session(s) => s.feed(any).await,
-            Link::Reliable(r) => r.feed(any).await,
-            #[cfg(feature = "sctp")]
-            Link::Sctp(c) => c.feed(any).await,
-        }
+        each_link!(self, c => c.feed(any).await)
     }
 
     pub async fn flush(&mut self) -> connect::Result<()> {
-        match self {
-            Link::Tcp(c) => c.flush().await,
-            Link::Tls(c) => c.flush().await,
-            Link::Session(s) => s.flush().await,
-            Link::Reliable(r) => r.flush().await,
-            #[cfg(feature = "sctp")]
-            Link::Sctp(c) => c.flush().await,
-        }
+        each_link!(self, c => c.flush().await)
     }
 
     pub async fn recv(&mut self) -> connect::Result<Option<Any>> {
-        match self {
-            Link::Tcp(c) => c.recv().await,
-            Link::Tls(c) => c.recv().await,
-            Link::Session(s) => s.recv().await,
-            Link::Reliable(r) => r.recv().await,
-            #[cfg(feature = "sctp")]
-            Link::Sctp(c) => c.recv().await,
-        }
+        each_link!(self, c => c.recv().await)
     }
 
     pub async fn close(&mut self) -> connect::Result<()> {
-        match self {
-            Link::Tcp(c) => c.close().await,
-            Link::Tls(c) => c.close().await,
-            Link::Session(s) => s.close().await,
-            Link::Reliable(r) => r.close().await,
-            #[cfg(feature = "sctp")]
-            Link::Sctp(c) => c.close().await,
-        }
+        each_link!(self, c => c.close().await)
+    }
+}
+
+impl Link {
+    /// The link as a [`Peer`] (for calls), its messages going to `dispatcher`.
+    pub fn into_peer(self, dispatcher: Dispatcher) -> (Peer, PeerDriver) {
+        let config = PeerConfig::new();
+        each_link!(self, h => Peer::new(h, dispatcher, &config))
+    }
+
+    /// Adds the link to `endpoint` (for publish/subscribe).
+    pub async fn join(self, endpoint: &Endpoint) -> connect::Result<LinkId> {
+        each_link!(self, h => endpoint.add(h).await)
     }
 }
 
@@ -365,14 +441,7 @@ where
             }
         }
         Scheme::Tls => {
-            let identity = options.identity()?.context(
-                "a TLS listener needs its certificate: pass --cert CERT.pem --key KEY.pem",
-            )?;
-            let mut config = TlsServerConfig::builder(identity);
-            if let Some(ca) = &options.ca {
-                config = config.require_client_certificates(tls::certificates_from_pem_file(ca)?);
-            }
-            let mut listener = TlsListener::bind(target.addr, config.build()?)
+            let mut listener = TlsListener::bind(target.addr, options.tls_server()?)
                 .await
                 .with_context(|| {
                     format!("cannot listen on {} (in use? try port 0)", target.addr)
@@ -390,6 +459,37 @@ where
                 async_std::task::spawn(async move {
                     let peer = peer_name(conn.info());
                     mode.serve(conn, Link::Tls, peer, &*serve).await
+                });
+            }
+        }
+        Scheme::Ws { secure } => {
+            let mut config = WsConfig::new().with_path(target.path.clone());
+            if secure {
+                config = config.with_tls_server(options.tls_server()?);
+            }
+            let listener = WsListener::bind(target.addr, config)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (in use? try port 0)", target.addr)
+                })?;
+            announce(listener.local_addr()?);
+            loop {
+                let handshake = match listener.accept().await {
+                    Ok(handshake) => handshake,
+                    Err(e) => {
+                        eprintln!("accept failed: {e}");
+                        async_std::task::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (serve, mode) = (serve.clone(), mode.clone());
+                async_std::task::spawn(async move {
+                    let conn = match handshake.upgrade().await {
+                        Ok(conn) => conn,
+                        Err(e) => return eprintln!("WebSocket upgrade failed: {e}"),
+                    };
+                    let peer = peer_name(conn.info());
+                    mode.serve(conn, Link::Ws, peer, &*serve).await
                 });
             }
         }

@@ -10,6 +10,7 @@
 mod bench;
 mod link;
 mod metrics;
+mod patterns;
 mod schema;
 mod tunnel;
 
@@ -31,13 +32,21 @@ use crate::schema::Schema;
 #[command(
     name = "connect",
     version,
-    about = "Talk to connect peers: listen, send, decode, bench, tunnel",
+    about = "Talk to connect peers: listen, send, call, sub, pub, decode, bench, tunnel",
     after_help = "Examples:
   connect listen 127.0.0.1:7878 --echo
   connect send 127.0.0.1:7878 --type connect.example.v1.HelloWorld --json '{\"text\":\"hi\"}'
   connect send tls://localhost:7879 --ca ca.pem --proto shop.proto --type shop.v1.Order < orders.jsonl
+  connect call 127.0.0.1:7879 --type connect.example.v1.Add --json '{\"a\":2,\"b\":3}'
+  connect sub 127.0.0.1:7879 'ticks.>'
+  connect pub 127.0.0.1:7880 orders.eu.created --type shop.v1.Order --proto shop.proto < orders.jsonl
+  connect send ws://127.0.0.1:8080/connect --session --type connect.example.v1.HelloWorld --json '{}'
   connect decode capture.bin
-  connect bench 127.0.0.1:7878"
+  connect bench 127.0.0.1:7878
+
+Addresses: [tcp://]HOST:PORT, tls://HOST:PORT (or --tls), ws://HOST:PORT[/PATH] and
+wss://HOST:PORT[/PATH] (WebSocket, path /connect by default), sctp://HOST:PORT (built with
+--features sctp)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -67,7 +76,7 @@ frame: `PEER TYPE (N bytes) JSON`. With --metrics, every SECS seconds (default 5
 `metrics PEER frames_in=N bytes_in=N frames_out=N bytes_out=N ...` line per open link and a
 `metrics total links_open=N links_closed=N ...` line.")]
     Listen {
-        /// Where to listen: [tcp://|tls://]HOST:PORT.
+        /// Where to listen: [tcp://|tls://|ws://|wss://]HOST:PORT[/PATH].
         addr: String,
         /// Send every frame back to its sender.
         #[arg(long)]
@@ -94,7 +103,7 @@ frame: `PEER TYPE (N bytes) JSON`. With --metrics, every SECS seconds (default 5
 Without --json, each line of standard input is one message. Replies are printed one per line
 until --replies have come, the peer closes, or nothing arrives for --wait-ms.")]
     Send {
-        /// Where to send: [tcp://|tls://]HOST:PORT.
+        /// Where to send: [tcp://|tls://|ws://|wss://]HOST:PORT[/PATH].
         addr: String,
         /// The message type: a full name (shop.v1.Order) or a type URL.
         #[arg(long = "type", short = 't', value_name = "TYPE")]
@@ -108,6 +117,106 @@ until --replies have come, the peer closes, or nothing arrives for --wait-ms.")]
         /// Stop when no reply has come for this long.
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         wait_ms: u64,
+        #[command(flatten)]
+        link: LinkOptions,
+        #[command(flatten)]
+        schema: SchemaOptions,
+    },
+    /// Call the peer (request/reply): send a request, print its reply.
+    #[command(after_help = "Examples:
+  cargo run --example rpc-server 127.0.0.1:7879 &
+  connect call 127.0.0.1:7879 --type connect.example.v1.Add --json '{\"a\":2,\"b\":3}'
+  connect call 127.0.0.1:7879 --type connect.example.v1.Sleep --json '{\"ms\":5000}' --deadline 1s
+  printf '{\"a\":1,\"b\":1}\\n{\"a\":2,\"b\":2}\\n' | connect call 127.0.0.1:7879 --type connect.example.v1.Add
+
+A call's method is its request's type (--type, also spelled --method): the peer runs the handler
+for that type. Each reply is printed as `TYPE (N bytes) JSON`; a failed call prints its status
+(NOT_FOUND, DEADLINE_EXCEEDED, INVALID_ARGUMENT, ...) on standard error and the exit code is 1.
+Without --json, each line of standard input is one request, called in turn.")]
+    Call {
+        /// The peer: [tcp://|tls://|ws://|wss://]HOST:PORT.
+        addr: String,
+        /// The request's type: a full name (connect.example.v1.Add) or a type URL.
+        #[arg(
+            long = "type",
+            short = 't',
+            visible_alias = "method",
+            value_name = "TYPE"
+        )]
+        type_name: String,
+        /// The request as JSON (protobuf JSON mapping); without it, JSON lines from stdin.
+        #[arg(long)]
+        json: Option<String>,
+        /// How long to wait for each reply (500ms, 5s, 2m; a bare number is milliseconds); the
+        /// peer learns it too and stops the handler when it passes. Default: 30s.
+        #[arg(long, value_name = "DURATION", value_parser = patterns::parse_duration)]
+        deadline: Option<Duration>,
+        /// Request metadata (repeatable).
+        #[arg(long = "metadata", short = 'm', value_name = "KEY=VALUE", value_parser = patterns::parse_metadata)]
+        metadata: Vec<(String, String)>,
+        #[command(flatten)]
+        link: LinkOptions,
+        #[command(flatten)]
+        schema: SchemaOptions,
+    },
+    /// Subscribe to topics (publish/subscribe) and print every message as a JSON line.
+    #[command(after_help = "Examples:
+  cargo run --example pubsub-publisher 127.0.0.1:7879 &
+  connect sub 127.0.0.1:7879 'ticks.>'
+  connect sub 127.0.0.1:7879 ticks.eu.price news.*.headline --count 10
+  connect sub --listen 127.0.0.1:7880 'orders.>'     # publishers connect to us
+
+Each message is one line: {\"topic\":...,\"type\":...,\"message\":{...}} (the protobuf JSON
+mapping; \"value_hex\" instead of \"message\" for a type it does not know: pass --proto).
+Filters: dot-separated elements, `*` for any one element, `>` as the last for one or more.")]
+    Sub {
+        /// The publisher: [tcp://|tls://|ws://|wss://]HOST:PORT (with --listen, where to listen).
+        addr: String,
+        /// Filters to subscribe to (orders.eu.created, orders.*.created, orders.>).
+        #[arg(required = true, value_name = "FILTER")]
+        filters: Vec<String>,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Accept publishers' links on ADDR instead of connecting.
+        #[arg(long)]
+        listen: bool,
+        #[command(flatten)]
+        link: LinkOptions,
+        #[command(flatten)]
+        schema: SchemaOptions,
+    },
+    /// Publish messages written as JSON on a topic (publish/subscribe).
+    #[command(after_help = "Examples:
+  connect sub --listen 127.0.0.1:7880 'orders.>' &
+  connect pub 127.0.0.1:7880 orders.eu.created --type connect.example.v1.HelloWorld --json '{\"text\":\"hi\"}'
+  connect pub --listen 127.0.0.1:7881 orders.eu.created --proto shop.proto --type shop.v1.Order < orders.jsonl
+
+The publisher sends each message only to links subscribed to a matching filter, so it first
+waits for --subscribers of them (at most --wait-ms), then publishes and closes gracefully. Each
+message published prints `TOPIC TYPE (N bytes) JSON -> K subscribers`. Without --json, each line
+of standard input is one message, published as it is read.")]
+    Pub {
+        /// Where the subscriber listens: [tcp://|tls://|ws://|wss://]HOST:PORT (with --listen,
+        /// where to listen for subscribers).
+        addr: String,
+        /// The topic (orders.eu.created; no wildcards).
+        topic: String,
+        /// The message type: a full name (shop.v1.Order) or a type URL.
+        #[arg(long = "type", short = 't', value_name = "TYPE")]
+        type_name: String,
+        /// The message as JSON (protobuf JSON mapping); without it, JSON lines from stdin.
+        #[arg(long)]
+        json: Option<String>,
+        /// Subscribed links to wait for before publishing.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        subscribers: usize,
+        /// How long to wait for them.
+        #[arg(long, value_name = "MS", default_value_t = 10_000)]
+        wait_ms: u64,
+        /// Accept subscribers' links on ADDR instead of connecting.
+        #[arg(long)]
+        listen: bool,
         #[command(flatten)]
         link: LinkOptions,
         #[command(flatten)]
@@ -132,7 +241,7 @@ until --replies have come, the peer closes, or nothing arrives for --wait-ms.")]
 W1 pipelines --messages messages of --size bytes and counts the echoes; W2 sends one message at a
 time --pings times and reports round-trip percentiles.")]
     Bench {
-        /// The echo server: [tcp://|tls://]HOST:PORT.
+        /// The echo server: [tcp://|tls://|ws://|wss://]HOST:PORT[/PATH].
         addr: String,
         #[command(flatten)]
         bench: bench::BenchOptions,
@@ -260,6 +369,75 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let _ = conn.close().await;
             Ok(())
         }
+        Command::Call {
+            addr,
+            type_name,
+            json,
+            deadline,
+            metadata,
+            link,
+            schema,
+        } => {
+            let schema = load(&schema)?;
+            let requests = match json {
+                Some(json) => vec![schema.pack(&type_name, &json)?],
+                None => stdin_messages(&schema, &type_name)?,
+            };
+            let mut options = connect::rpc::CallOptions::new();
+            if let Some(deadline) = deadline {
+                options = options.with_timeout(deadline);
+            }
+            for (key, value) in metadata {
+                options = options.with_metadata(key, value);
+            }
+            let target = Target::parse(&addr, link.tls)?;
+            patterns::call(&target, &link, &schema, requests, options).await
+        }
+        Command::Sub {
+            addr,
+            filters,
+            count,
+            listen,
+            link,
+            schema,
+        } => {
+            let schema = load(&schema)?;
+            let target = Target::parse(&addr, link.tls)?;
+            patterns::sub(&target, &link, &schema, &filters, count, listen).await
+        }
+        Command::Pub {
+            addr,
+            topic,
+            type_name,
+            json,
+            subscribers,
+            wait_ms,
+            listen,
+            link,
+            schema,
+        } => {
+            let schema = load(&schema)?;
+            let messages = match json {
+                Some(json) => patterns::Messages::One(schema.pack(&type_name, &json)?),
+                None => {
+                    schema.message(&type_name)?;
+                    patterns::Messages::Stdin { type_name }
+                }
+            };
+            let target = Target::parse(&addr, link.tls)?;
+            let wait = Duration::from_millis(wait_ms);
+            patterns::publish(
+                &target,
+                &link,
+                &schema,
+                &topic,
+                messages,
+                subscribers,
+                wait,
+                listen,
+            )
+            .await
+        }
         Command::Decode { file, schema } => {
             let schema = load(&schema)?;
             let mut bytes = Vec::new();
@@ -294,6 +472,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             bench::run(&target, &link, &bench).await
         }
     }
+}
+
+/// Every non-empty line of standard input as a message of type `type_name`.
+fn stdin_messages(schema: &Schema, type_name: &str) -> anyhow::Result<Vec<prost_types::Any>> {
+    let mut messages = Vec::new();
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("cannot read standard input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        messages.push(
+            schema
+                .pack(type_name, &line)
+                .with_context(|| format!("standard input, line {}", n + 1))?,
+        );
+    }
+    Ok(messages)
 }
 
 fn load(options: &SchemaOptions) -> anyhow::Result<Schema> {

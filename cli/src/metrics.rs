@@ -38,6 +38,7 @@ fn snapshot(link: &Link) -> Snapshot {
     match link {
         Link::Tcp(c) => frames(c.stats()),
         Link::Tls(c) => frames(c.stats()),
+        Link::Ws(c) => frames(c.stats()),
         #[cfg(feature = "sctp")]
         Link::Sctp(c) => frames(c.stats()),
         Link::Session(s) => {

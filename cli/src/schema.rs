@@ -27,6 +27,18 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../proto/connect/tunnel/v1/tunnel.proto"),
     ),
     (
+        "connect/rpc/v1/rpc.proto",
+        include_str!("../../proto/connect/rpc/v1/rpc.proto"),
+    ),
+    (
+        "connect/pubsub/v1/pubsub.proto",
+        include_str!("../../proto/connect/pubsub/v1/pubsub.proto"),
+    ),
+    (
+        "connect/example/v1/calc.proto",
+        include_str!("../../proto/connect/example/v1/calc.proto"),
+    ),
+    (
         "connect/example/v1/hello.proto",
         include_str!("../../proto/connect/example/v1/hello.proto"),
     ),
@@ -165,7 +177,8 @@ impl Schema {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

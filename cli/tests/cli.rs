@@ -1,8 +1,12 @@
-//! The `connect` binary as a user runs it: against the example echo servers (TCP and TLS), and
-//! `send` to `listen` with a user's own .proto file.
+//! The `connect` binary as a user runs it: against the example echo servers (TCP, TLS and
+//! WebSocket), `send` to `listen` with a user's own .proto file, `call` against `rpc-server`,
+//! `sub` against `pubsub-publisher` and `ws-server`, `pub` to `sub` both ways round, and (with
+//! `--features sctp`) over `sctp://`.
 //!
 //! The example servers are the root package's examples; CI builds them before this test
-//! (`cargo build --example tcp-echo-server --example tls-echo-server --example make-certs`).
+//! (`cargo build --example tcp-echo-server --example tls-echo-server --example make-certs
+//! --example rpc-server --example pubsub-publisher` and `cargo build --features websocket
+//! --example ws-server`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -330,10 +334,55 @@ fn usage_errors_exit_2_and_unsupported_transports_say_so() {
         .success()
         .stdout(predicate::str::contains("Examples:"));
     connect()
-        .args(["send", "ws://127.0.0.1:1", "--type", HELLO, "--json", "{}"])
+        .args([
+            "send",
+            "http://127.0.0.1:1",
+            "--type",
+            HELLO,
+            "--json",
+            "{}",
+        ])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("not built with websocket"));
+        .stderr(predicate::str::contains("unknown scheme"));
+    if !cfg!(feature = "sctp") {
+        connect()
+            .args([
+                "send",
+                "sctp://127.0.0.1:1",
+                "--type",
+                HELLO,
+                "--json",
+                "{}",
+            ])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("--features sctp"));
+    }
+    // Bad topics and filters are refused before anything connects.
+    connect()
+        .args(["sub", "127.0.0.1:1", "orders.>.eu"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not a valid filter"));
+    connect()
+        .args([
+            "pub",
+            "127.0.0.1:1",
+            "orders.*",
+            "--type",
+            HELLO,
+            "--json",
+            "{}",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not a valid topic"));
+    connect().args(["sub", "127.0.0.1:1"]).assert().code(2);
+    connect()
+        .args(["call", "127.0.0.1:1", "--type", HELLO, "--deadline", "soon"])
+        .assert()
+        .code(2);
     connect()
         .args([
             "send",
@@ -429,6 +478,330 @@ fn tunnel_forwards_a_local_port_to_an_allowed_target() {
     let mut back = Vec::new();
     let _ = tcp.read_to_end(&mut back);
     assert!(back.is_empty(), "{back:?}");
+}
+
+fn start_example(name: &str, args: &[&str]) -> Running {
+    let mut command = Command::new(example(name));
+    command.args(args);
+    Running::start(command)
+}
+
+fn start_connect(args: &[&str], stdin: Stdio) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_connect"));
+    command.args(args).stdin(stdin);
+    Running::start(command)
+}
+
+/// `sub`'s output: one JSON object a line.
+fn json_lines(output: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn call_gets_replies_and_statuses_from_the_rpc_server() {
+    let server = start_example("rpc-server", &["127.0.0.1:0"]);
+    let addr = server.addr.as_str();
+    connect()
+        .args(["call", addr, "--type", "connect.example.v1.Add"])
+        .args(["--json", r#"{"a":2,"b":3}"#, "--metadata", "user=ada"])
+        .assert()
+        .success()
+        .stdout("connect.example.v1.Sum (48 bytes) {\"value\":\"5\"}\n");
+    // Each line of standard input is one call, in turn; --method is --type.
+    connect()
+        .args([
+            "call",
+            &format!("tcp://{addr}"),
+            "--method",
+            "connect.example.v1.Add",
+        ])
+        .write_stdin("{\"a\":1,\"b\":1}\n\n{\"a\":20,\"b\":22}\n")
+        .assert()
+        .success()
+        .stdout(
+            "connect.example.v1.Sum (48 bytes) {\"value\":\"2\"}\n\
+             connect.example.v1.Sum (48 bytes) {\"value\":\"42\"}\n",
+        );
+    // The responder's statuses, each a failure (exit 1) that names its code.
+    for (type_name, json, extra, status) in [
+        (
+            "connect.example.v1.Divide",
+            r#"{"dividend":1,"divisor":0}"#,
+            None,
+            "STATUS_CODE_INVALID_ARGUMENT: division by zero",
+        ),
+        (HELLO, "{}", None, "STATUS_CODE_NOT_FOUND: no handler"),
+        (
+            "connect.example.v1.Sleep",
+            r#"{"ms":20000}"#,
+            Some("300ms"),
+            "STATUS_CODE_DEADLINE_EXCEEDED",
+        ),
+    ] {
+        let mut command = connect();
+        command.args(["call", addr, "--type", type_name, "--json", json]);
+        if let Some(deadline) = extra {
+            command.args(["--deadline", deadline]);
+        }
+        command
+            .assert()
+            .code(1)
+            .stdout("")
+            .stderr(predicate::str::contains(status))
+            .stderr(predicate::str::contains("1 of 1 calls failed"));
+    }
+}
+
+#[test]
+fn sub_prints_the_pubsub_publishers_messages_as_json_lines() {
+    let publisher = start_example("pubsub-publisher", &["127.0.0.1:0"]);
+    let out = connect()
+        .args([
+            "sub",
+            &publisher.addr,
+            "ticks.*.price",
+            "news.eu.>",
+            "--count",
+            "6",
+        ])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success();
+    let lines = json_lines(&out.get_output().stdout);
+    assert_eq!(lines.len(), 6);
+    let mut topics = std::collections::BTreeSet::new();
+    for line in &lines {
+        let topic = line["topic"].as_str().expect("topic");
+        assert_eq!(line["type"], HELLO, "{line}");
+        // The publisher's text is "TOPIC #ROUND".
+        let text = line["message"]["text"].as_str().expect("text");
+        assert!(text.starts_with(&format!("{topic} #")), "{line}");
+        topics.insert(topic.to_string());
+    }
+    // Every topic the filters match, none they do not (ticks.*.price has two).
+    assert_eq!(
+        topics.into_iter().collect::<Vec<_>>(),
+        ["news.eu.headline", "ticks.eu.price", "ticks.us.price"]
+    );
+}
+
+#[test]
+fn pub_reaches_sub_whichever_side_listens() {
+    // The subscriber listens; the publisher connects, waits for its subscription, publishes
+    // each line of its standard input.
+    let subscriber = start_connect(
+        &["sub", "--listen", "127.0.0.1:0", "orders.>", "--count", "2"],
+        Stdio::null(),
+    );
+    connect()
+        .args(["pub", &subscriber.addr, "orders.eu.created", "--type", HELLO])
+        .write_stdin("{\"text\":\"first\",\"sequence\":1}\n{\"text\":\"second\",\"sequence\":2}\n")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "orders.eu.created connect.example.v1.HelloWorld (62 bytes) {\"text\":\"first\",\"sequence\":\"1\"} -> 1 subscriber\n",
+        ));
+    let printed = subscriber.finish(Duration::from_secs(30));
+    assert_eq!(
+        printed,
+        "{\"topic\":\"orders.eu.created\",\"type\":\"connect.example.v1.HelloWorld\",\"message\":{\"text\":\"first\",\"sequence\":\"1\"}}\n\
+         {\"topic\":\"orders.eu.created\",\"type\":\"connect.example.v1.HelloWorld\",\"message\":{\"text\":\"second\",\"sequence\":\"2\"}}\n"
+    );
+
+    // The publisher listens; a subscriber with a non-matching filter gets nothing, the
+    // matching one gets the message.
+    let mut publisher = start_connect(
+        &[
+            "pub",
+            "--listen",
+            "127.0.0.1:0",
+            "orders.us.paid",
+            "--type",
+            HELLO,
+            "--subscribers",
+            "2",
+            "--wait-ms",
+            "30000",
+        ],
+        Stdio::piped(),
+    );
+    let other = std::process::Command::new(env!("CARGO_BIN_EXE_connect"))
+        .args(["sub", &publisher.addr, "orders.eu.*", "--count", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the other subscriber");
+    let matching = std::process::Command::new(env!("CARGO_BIN_EXE_connect"))
+        .args(["sub", &publisher.addr, "orders.*.paid", "--count", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the subscriber");
+    {
+        use std::io::Write as _;
+        let mut stdin = publisher.child.stdin.take().expect("piped stdin");
+        writeln!(stdin, "{{\"text\":\"paid\",\"sequence\":3}}").expect("write a message");
+    }
+    let printed = publisher.finish(Duration::from_secs(60));
+    assert!(printed.ends_with("-> 1 subscriber\n"), "{printed}");
+    let matching = matching.wait_with_output().expect("subscriber output");
+    assert!(matching.status.success());
+    let lines = json_lines(&matching.stdout);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["topic"], "orders.us.paid");
+    assert_eq!(lines[0]["message"]["text"], "paid");
+    // The publisher closed: the other subscriber's link ended with nothing received.
+    let other = other.wait_with_output().expect("other subscriber output");
+    assert!(!other.status.success());
+    assert!(other.stdout.is_empty());
+}
+
+/// `ws-server` is built with the root package's `websocket` feature
+/// (`cargo build --features websocket --example ws-server`).
+#[test]
+fn websocket_urls_reach_the_ws_server() {
+    let bare = start_example("ws-server", &["--bare", "--tick-ms", "50", "127.0.0.1:0"]);
+    let sessions = start_example("ws-server", &["--tick-ms", "50", "127.0.0.1:0"]);
+    // Bare frames, echoed.
+    connect()
+        .args([
+            "send",
+            &format!("ws://{}/connect", bare.addr),
+            "--type",
+            HELLO,
+        ])
+        .args(["--json", r#"{"text":"hi","sequence":1}"#, "--replies", "1"])
+        .assert()
+        .success()
+        .stdout(format!(
+            "{HELLO} (59 bytes) {{\"text\":\"hi\",\"sequence\":\"1\"}}\n"
+        ));
+    // A call in a session: ws-server answers every request type with its body.
+    connect()
+        .args(["call", &format!("ws://{}", sessions.addr), "--session"])
+        .args(["--type", HELLO, "--json", r#"{"text":"call"}"#])
+        .assert()
+        .success()
+        .stdout(format!("{HELLO} (59 bytes) {{\"text\":\"call\"}}\n"));
+    // The ticker, through pub/sub in a session.
+    let out = connect()
+        .args([
+            "sub",
+            &format!("ws://{}/connect", sessions.addr),
+            "--session",
+        ])
+        .args(["ticks.even", "--count", "3"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success();
+    let lines = json_lines(&out.get_output().stdout);
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["topic"], "ticks.even", "{line}");
+        let sequence: u64 = line["message"]["sequence"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("sequence");
+        assert_eq!(sequence % 2, 0, "{line}");
+    }
+    // A wrong path is refused by the server, and the tool says so.
+    connect()
+        .args(["send", &format!("ws://{}/nope", bare.addr), "--type", HELLO])
+        .args(["--json", "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("404"));
+}
+
+/// `wss://` both ways: `listen` on a wss:// address (its certificate), `send` to it checking
+/// the certificate against the URL's host, in a session, on a path of its own.
+#[test]
+fn wss_urls_carry_a_session_to_listen() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    Command::new(example("make-certs"))
+        .arg(certs.path())
+        .assert()
+        .success();
+    let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
+    let listener = start_connect(
+        &[
+            "listen",
+            "wss://127.0.0.1:0/events",
+            "--cert",
+            &file("server.pem"),
+            "--key",
+            &file("server.key"),
+            "--session",
+            "--echo",
+        ],
+        Stdio::null(),
+    );
+    let port = listener.addr.rsplit_once(':').expect("host:port").1;
+    let url = format!("wss://localhost:{port}/events");
+    connect()
+        .args(["send", &url, "--ca", &file("ca.pem"), "--session"])
+        .args(["--type", HELLO, "--json", r#"{"text":"over wss"}"#])
+        .args(["--replies", "1", "--wait-ms", "10000"])
+        .assert()
+        .success()
+        .stdout(format!("{HELLO} (63 bytes) {{\"text\":\"over wss\"}}\n"));
+    // Without the CA the TLS handshake fails, and the error points at --ca.
+    connect()
+        .args(["send", &url, "--type", HELLO, "--json", "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--ca"));
+}
+
+/// `sctp://` (built with `cargo test -p connect-cli --features sctp`): `send` to `listen --echo`.
+#[cfg(feature = "sctp")]
+#[test]
+fn sctp_addresses_carry_send_and_listen() {
+    // No --count: `listen` would exit as soon as it read the last frame, and over SCTP that
+    // races its own echo out of the process (the association's driver sends it).
+    let mut listener = start_connect(&["listen", "sctp://127.0.0.1:0", "--echo"], Stdio::null());
+    connect()
+        .args(["send", &format!("sctp://{}", listener.addr), "--type", HELLO])
+        .args(["--replies", "2", "--wait-ms", "10000"])
+        .write_stdin("{\"text\":\"one\",\"sequence\":1}\n{\"text\":\"two\",\"sequence\":2}\n")
+        .assert()
+        .success()
+        .stdout(format!(
+            "{HELLO} (60 bytes) {{\"text\":\"one\",\"sequence\":\"1\"}}\n{HELLO} (60 bytes) {{\"text\":\"two\",\"sequence\":\"2\"}}\n"
+        ));
+    // It printed each frame before echoing it, so both lines are there.
+    let mut printed = String::new();
+    while !printed.contains("\"two\"") {
+        let before = printed.len();
+        listener
+            .stdout
+            .read_line(&mut printed)
+            .expect("read its stdout");
+        assert!(printed.len() > before, "listen ended early: {printed}");
+    }
+    assert!(
+        printed.contains(&format!("{HELLO} (60 bytes) {{\"text\":\"one\"")),
+        "{printed}"
+    );
+    // A session over SCTP too.
+    let listener = start_connect(
+        &["listen", "sctp://127.0.0.1:0", "--echo", "--session"],
+        Stdio::null(),
+    );
+    connect()
+        .args(["send", &format!("sctp://{}", listener.addr), "--session"])
+        .args([
+            "--type",
+            HELLO,
+            "--json",
+            r#"{"text":"s"}"#,
+            "--replies",
+            "1",
+        ])
+        .assert()
+        .success()
+        .stdout(format!("{HELLO} (56 bytes) {{\"text\":\"s\"}}\n"));
 }
 
 /// `key=value` pairs of a `metrics ...` line.

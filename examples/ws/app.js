@@ -1,12 +1,16 @@
 // A browser client of the connect protocol, written from proto/PROTOCOL.md with protobuf.js
 // only: frames (section 1), the WebSocket mapping ("Transport: WebSocket"), a session (sections
-// 3, 5, 6 and 9). Open /?selftest to have the page run its checks and close by itself; the
+// 3, 5, 6 and 9), publish/subscribe (section 12): the page subscribes to the server's ticker and
+// shows each message with its topic. Open /?selftest to have the page run its checks and close by itself; the
 // results go into #results and the title ("connect: ok" or "connect: failed: ...").
 "use strict";
 
 (async function main() {
   const selftest = new URLSearchParams(location.search).has("selftest");
-  const results = { welcome: null, echoes: [], ticks: 0, pong: null, pingsAnswered: 0, closed: null };
+  const results = {
+    welcome: null, subscribed: [], echoes: [], ticks: 0, topics: {}, pong: null, pingsAnswered: 0,
+    closed: null,
+  };
   let finished = false;
   const $ = (id) => document.getElementById(id);
   const show = () => { $("results").textContent = JSON.stringify(results, null, 1); };
@@ -25,7 +29,8 @@
   const options = { keepCase: true };
   protobuf.parse('syntax = "proto3"; package google.protobuf;' +
     "message Any { string type_url = 1; bytes value = 2; }", root, options);
-  for (const path of ["/proto/connect/v1/session.proto", "/proto/connect/example/v1/hello.proto"]) {
+  for (const path of ["/proto/connect/v1/session.proto", "/proto/connect/pubsub/v1/pubsub.proto",
+    "/proto/connect/example/v1/hello.proto"]) {
     const response = await fetch(path);
     if (!response.ok) return fail("cannot load " + path);
     protobuf.parse(await response.text(), root, options);
@@ -35,6 +40,10 @@
   const [Hello, Welcome, Refuse, Ping, Pong, Close, CloseOk, HelloWorld] = [
     "connect.v1.Hello", "connect.v1.Welcome", "connect.v1.Refuse", "connect.v1.Ping",
     "connect.v1.Pong", "connect.v1.Close", "connect.v1.CloseOk", "connect.example.v1.HelloWorld",
+  ].map(T);
+  const [Subscribe, Unsubscribe, SubscribeAck, Publish] = [
+    "connect.pubsub.v1.Subscribe", "connect.pubsub.v1.Unsubscribe", "connect.pubsub.v1.SubscribeAck",
+    "connect.pubsub.v1.Publish",
   ].map(T);
   const NORMAL = root.lookupEnum("connect.v1.ReasonCode").values.REASON_CODE_NORMAL;
 
@@ -61,10 +70,46 @@
   let sequence = 0;
   const sendEcho = (text) => send(HelloWorld, { text: text, sequence: ++sequence });
 
+  // Subscriptions (section 12): each request carries its own non-zero id; the publisher answers
+  // every Subscribe and Unsubscribe with a SubscribeAck of the same id, in order.
+  let requestId = 0;
+  const requests = new Map(); // request id -> [filter, subscribing]
+  const request = (Type, filter) => {
+    requests.set(++requestId, [filter, Type === Subscribe]);
+    send(Type, { request_id: requestId, filter: filter });
+  };
+  const showFilters = () => { $("filters").textContent = results.subscribed.join(", ") || "none"; };
+  const onAck = (ack) => {
+    const [filter, subscribing] = requests.get(Number(ack.request_id)) || [];
+    requests.delete(Number(ack.request_id));
+    if (filter === undefined) return;
+    if (subscribing && !ack.subscribed) {
+      $("filter-error").textContent = filter + ": " + (ack.message || "refused");
+      return;
+    }
+    $("filter-error").textContent = "";
+    results.subscribed = results.subscribed.filter((f) => f !== filter);
+    if (ack.subscribed) results.subscribed.push(filter);
+    showFilters();
+  };
+  const onPublish = (publish) => {
+    const any = publish.message || { type_url: "", value: new Uint8Array() };
+    const name = any.type_url.slice(any.type_url.lastIndexOf("/") + 1);
+    const text = name === nameOf(HelloWorld) ? HelloWorld.decode(any.value || new Uint8Array()).text : name;
+    results.ticks++;
+    results.topics[publish.topic] = (results.topics[publish.topic] || 0) + 1;
+    $("tick-count").textContent = results.ticks;
+    const line = document.createElement("div");
+    line.textContent = publish.topic + "  " + text;
+    $("ticks").prepend(line);
+    while ($("ticks").childElementCount > 50) $("ticks").lastChild.remove();
+  };
+
   const checkDone = () => {
     show();
     if (!selftest || closing) return;
-    if (results.echoes.length >= 3 && results.ticks >= 3 && results.pong === 42) {
+    if (results.echoes.length >= 3 && results.ticks >= 3 && results.pong === 42 &&
+        results.subscribed.length > 0) {
       closing = true;
       send(Close, { code: NORMAL, reason: "selftest done" });
     }
@@ -80,6 +125,7 @@
       results.welcome = welcome.session_id;
       heartbeatMs = welcome.heartbeat_ms;
       setStatus("session " + welcome.session_id + " open", "ok");
+      request(Subscribe, $("filter").value);
       for (let i = 1; i <= 3; i++) sendEcho("echo " + i);
       send(Ping, { id: 42 });
       return checkDone();
@@ -99,19 +145,16 @@
       case nameOf(CloseOk):
         ws.close(1000, "bye");
         break;
+      case nameOf(SubscribeAck):
+        onAck(SubscribeAck.decode(value));
+        break;
+      case nameOf(Publish):
+        onPublish(Publish.decode(value));
+        break;
       case nameOf(HelloWorld): {
         const hello = HelloWorld.decode(value);
-        if (hello.text.startsWith("tick ")) {
-          results.ticks++;
-          $("tick-count").textContent = results.ticks;
-          const line = document.createElement("div");
-          line.textContent = hello.text;
-          $("ticks").prepend(line);
-          while ($("ticks").childElementCount > 50) $("ticks").lastChild.remove();
-        } else {
-          results.echoes.push(hello.text);
-          $("echoed").textContent = hello.text;
-        }
+        results.echoes.push(hello.text);
+        $("echoed").textContent = hello.text;
         break;
       }
       default:
@@ -159,6 +202,8 @@
   }, 250);
 
   $("echo-form").onsubmit = (event) => { event.preventDefault(); sendEcho($("echo-text").value); };
+  $("filter-form").onsubmit = (event) => { event.preventDefault(); request(Subscribe, $("filter").value); };
+  $("unsubscribe").onclick = () => request(Unsubscribe, $("filter").value);
   $("close").onclick = () => { if (!closing) { closing = true; send(Close, { code: NORMAL, reason: "bye" }); } };
   show();
 })().catch((e) => {

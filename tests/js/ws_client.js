@@ -1,9 +1,12 @@
 // A Node client of the connect protocol over WebSocket, written from proto/PROTOCOL.md
-// (sections 1, 3, 5, 6, 9 and "Transport: WebSocket") with protobuf.js and the `ws` package.
+// (sections 1, 3, 5, 6, 9, 12 and "Transport: WebSocket") with protobuf.js and the `ws` package.
 //
 //   node ws_client.js bare    URL   frames echoed by `ws-server --bare`
-//   node ws_client.js session URL   a session with `ws-server`: handshake, echo, ticks, pings,
+//   node ws_client.js session URL   a session with `ws-server`: handshake, echo, pings,
 //                                   graceful close
+//   node ws_client.js pubsub  URL   publish/subscribe in a session with `ws-server` (which
+//                                   publishes on ticks.odd / ticks.even): subscribe, receive,
+//                                   a wildcard, an invalid filter, unsubscribe
 //
 // Prints one "ok: ..." line per check and exits 0 when all passed; exits 1 with the reason
 // otherwise. Run by tests/ws_interop.rs.
@@ -21,7 +24,8 @@ const root = new protobuf.Root();
 const options = { keepCase: true };
 protobuf.parse('syntax = "proto3"; package google.protobuf;' +
   "message Any { string type_url = 1; bytes value = 2; }", root, options);
-for (const file of ["connect/v1/session.proto", "connect/example/v1/hello.proto"]) {
+for (const file of ["connect/v1/session.proto", "connect/pubsub/v1/pubsub.proto",
+  "connect/example/v1/hello.proto"]) {
   protobuf.parse(fs.readFileSync(path.join(protoDir, file), "utf8"), root, options);
 }
 const Any = root.lookupType("google.protobuf.Any");
@@ -29,6 +33,11 @@ const HelloWorld = root.lookupType("connect.example.v1.HelloWorld");
 const v1 = (name) => root.lookupType("connect.v1." + name);
 const [Hello, Welcome, Refuse, Ping, Pong, Close, CloseOk] =
   ["Hello", "Welcome", "Refuse", "Ping", "Pong", "Close", "CloseOk"].map(v1);
+const ps = (name) => root.lookupType("connect.pubsub.v1." + name);
+const [Subscribe, Unsubscribe, SubscribeAck, Publish] =
+  ["Subscribe", "Unsubscribe", "SubscribeAck", "Publish"].map(ps);
+const INVALID_FILTER =
+  root.lookupEnum("connect.pubsub.v1.SubscribeError").values.SUBSCRIBE_ERROR_INVALID_FILTER;
 const NORMAL = root.lookupEnum("connect.v1.ReasonCode").values.REASON_CODE_NORMAL;
 
 // protobuf.js has no Any.pack, and Type.fullName starts with a dot.
@@ -103,7 +112,6 @@ function textIsRefused() {
 function session() {
   let welcome = null;
   let echoes = 0;
-  let ticks = 0;
   let pong = false;
   let closing = false;
   let closeOk = false;
@@ -131,9 +139,9 @@ function session() {
         pong = true;
         break;
       case nameOf(HelloWorld): {
+        // Nothing was subscribed to: no ticker messages come, only the echo.
         const hello = HelloWorld.decode(value);
-        if (hello.text.startsWith("tick ")) ticks++;
-        else if (hello.text === "from node") { echoes++; console.log("ok: echo in the session"); }
+        if (hello.text === "from node") { echoes++; console.log("ok: echo in the session"); }
         else return fail("unexpected " + hello.text);
         break;
       }
@@ -145,8 +153,7 @@ function session() {
       default:
         return fail("unexpected " + name);
     }
-    if (!closing && echoes === 1 && pong && ticks >= 2) {
-      console.log("ok: " + ticks + " ticks");
+    if (!closing && echoes === 1 && pong) {
       closing = true;
       ws.send(frame(Close, { code: NORMAL, reason: "done" }));
     }
@@ -159,6 +166,116 @@ function session() {
   });
 }
 
+// A session (Hello/Welcome, answering Pings, Close/CloseOk) around `app`: `app.ready(send)` once
+// the session is open, `app.message(name, value, send)` for every other frame; `send(null)`
+// closes the session gracefully, and the process exits 0 once the WebSocket closed with 1000.
+function inSession(app) {
+  let open_ = false;
+  let closing = false;
+  let closeOk = false;
+  let ws = null;
+  const send = (Type, fields) => {
+    if (Type === null) {
+      closing = true;
+      ws.send(frame(Close, { code: NORMAL, reason: "done" }));
+    } else if (!closing) {
+      ws.send(frame(Type, fields));
+    }
+  };
+  ws = open((any) => {
+    const name = typeName(any);
+    const value = any.value || Buffer.alloc(0);
+    if (!open_) {
+      if (name !== nameOf(Welcome)) return fail("first frame " + name);
+      open_ = true;
+      return app.ready(send);
+    }
+    if (name === nameOf(Ping)) return ws.send(frame(Pong, { id: Ping.decode(value).id }));
+    if (name === nameOf(CloseOk)) { closeOk = true; return ws.close(1000, "bye"); }
+    if (!closing) app.message(name, value, send);
+  });
+  ws.on("open", () => ws.send(frame(Hello, { versions: [1], heartbeat_ms: 5000 })));
+  ws.on("close", (code) => {
+    if (!closeOk || code !== 1000) return fail("closed before CloseOk, code " + code);
+    console.log("ok: graceful close, 1000");
+    process.exit(0);
+  });
+}
+
+// Publish/subscribe (section 12) against ws-server's ticker: `tick N` on ticks.odd or
+// ticks.even by N.
+function pubsub() {
+  let phase = "odd";
+  let nextId = 0;
+  const requests = new Map(); // request id -> what the answer must be
+  const seen = new Set();
+  let odd = 0;
+  let evenSinceWildcard = 0;
+  let afterUnsubscribe = null; // { odd, even } counted after the Unsubscribe's answer
+  const request = (send, Type, filter, expect) => {
+    requests.set(++nextId, expect);
+    send(Type, { request_id: nextId, filter });
+  };
+  inSession({
+    ready(send) {
+      request(send, Subscribe, "ticks.odd", (ack) => {
+        if (!ack.subscribed) return fail("ticks.odd refused: " + ack.message);
+        console.log("ok: SubscribeAck for ticks.odd");
+      });
+    },
+    message(name, value, send) {
+      if (name === nameOf(SubscribeAck)) {
+        const ack = SubscribeAck.decode(value);
+        const expect = requests.get(Number(ack.request_id));
+        if (!expect) return fail("SubscribeAck for unknown request " + ack.request_id);
+        requests.delete(Number(ack.request_id));
+        return expect(ack);
+      }
+      if (name !== nameOf(Publish)) return fail("unexpected " + name);
+      const publish = Publish.decode(value);
+      if (typeName(publish.message) !== nameOf(HelloWorld)) return fail("published " + publish.message.type_url);
+      const sequence = Number(HelloWorld.decode(publish.message.value).sequence);
+      const topic = sequence % 2 === 1 ? "ticks.odd" : "ticks.even";
+      if (publish.topic !== topic) return fail("tick " + sequence + " on " + publish.topic);
+      // Once per link, however many of its filters match.
+      if (seen.has(sequence)) return fail("tick " + sequence + " arrived twice");
+      seen.add(sequence);
+      if (topic === "ticks.even" && phase === "odd") return fail("ticks.even before subscribing to it");
+      if (topic === "ticks.odd") odd++;
+      else evenSinceWildcard++;
+      if (afterUnsubscribe) afterUnsubscribe[topic === "ticks.odd" ? "odd" : "even"]++;
+
+      if (phase === "odd" && odd >= 3) {
+        console.log("ok: 3 messages on ticks.odd, none on ticks.even");
+        phase = "wildcard";
+        request(send, Subscribe, "ticks.*", (ack) => {
+          if (!ack.subscribed) return fail("ticks.* refused: " + ack.message);
+          console.log("ok: SubscribeAck for ticks.*");
+        });
+        request(send, Subscribe, "ticks.>.x", (ack) => {
+          if (ack.subscribed || ack.error !== INVALID_FILTER) return fail("ticks.>.x: " + JSON.stringify(ack));
+          console.log("ok: ticks.>.x refused as an invalid filter");
+        });
+      } else if (phase === "wildcard" && evenSinceWildcard >= 3 && requests.size === 0) {
+        console.log("ok: the wildcard ticks.* brought ticks.even too, each tick once");
+        phase = "unsubscribe";
+        request(send, Unsubscribe, "ticks.*", (ack) => {
+          if (ack.subscribed) return fail("still subscribed after Unsubscribe");
+          afterUnsubscribe = { odd: 0, even: 0 };
+        });
+      } else if (afterUnsubscribe && afterUnsubscribe.odd >= 4) {
+        // One even tick may have been on its way when the Unsubscribe was answered.
+        if (afterUnsubscribe.even > 1) return fail(afterUnsubscribe.even + " ticks.even after Unsubscribe");
+        console.log("ok: after Unsubscribe ticks.*, only ticks.odd");
+        afterUnsubscribe = null;
+        phase = "done";
+        request(send, Unsubscribe, "ticks.odd", () => send(null));
+      }
+    },
+  });
+}
+
 if (mode === "bare") bare();
 else if (mode === "session") session();
-else fail("usage: node ws_client.js bare|session URL");
+else if (mode === "pubsub") pubsub();
+else fail("usage: node ws_client.js bare|session|pubsub URL");
