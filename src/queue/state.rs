@@ -12,6 +12,7 @@ use prost_types::Any;
 
 use super::{DeadLetter, QueueStats};
 use crate::endpoint::LinkId;
+use crate::metrics::facade;
 use crate::proto::queue::{DeadLetterReason, TransactionStatus};
 
 /// The bounds and policies of one queue.
@@ -168,6 +169,7 @@ impl QueueState {
             }
             None => {
                 self.stats.enqueued += 1;
+                facade::queue_enqueued(1);
                 self.push_back(entry);
             }
         }
@@ -230,6 +232,7 @@ impl QueueState {
             self.stats.redelivered += 1;
         }
         self.stats.delivered += 1;
+        facade::queue_delivered(entry.delivery_count > 1);
         let id = self.next_delivery;
         self.next_delivery += 1;
         let delivery = Delivery {
@@ -264,6 +267,7 @@ impl QueueState {
             DeadLetterReason::Expired => self.stats.expired += 1,
             _ => self.stats.dead_lettered += 1,
         }
+        facade::queue_dead_lettered(reason);
         self.dead.push_back(DeadLetter {
             message: entry.message,
             reason,
@@ -308,6 +312,7 @@ impl QueueState {
             if let Some(entry) = self.take(link, id) {
                 self.release(&entry);
                 self.stats.acked += 1;
+                facade::queue_acked();
             }
         }
     }
@@ -355,6 +360,7 @@ impl QueueState {
             return TransactionStatus::Unknown;
         };
         self.stats.enqueued += tx.messages.len() as u64;
+        facade::queue_enqueued(tx.messages.len() as u64);
         for entry in tx.messages {
             self.push_back(entry);
         }
@@ -461,6 +467,52 @@ mod tests {
 
     fn drain(q: &mut QueueState, now: Instant) -> Vec<Delivery> {
         std::iter::from_fn(|| q.poll_deliver(now)).collect()
+    }
+
+    /// The facade counters move with the snapshot's: deliveries, an ack, a rejection, and the
+    /// redeliveries after a worker's link ended, read back from a Prometheus rendering.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn facade_counters_move_with_the_queue() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let now = Instant::now();
+        let mut q = QueueState::new(limits());
+        metrics::with_local_recorder(&recorder, || {
+            for n in 0..4 {
+                q.enqueue(None, msg(n), None, 0, now).unwrap();
+            }
+            q.consume(link(1), 3);
+            let first = drain(&mut q, now);
+            assert_eq!(first.len(), 3);
+            q.ack(link(1), &[first[0].id], 0);
+            q.reject(link(1), &[first[1].id], 0);
+            // The worker leaves holding one message: it goes to the next worker again.
+            q.link_left(link(1));
+            q.consume(link(2), 10);
+            assert_eq!(drain(&mut q, now).len(), 2);
+        });
+        let body = handle.render();
+        let value = |series: &str| -> u64 {
+            body.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .map_or(0, |v| v.trim().parse().unwrap())
+        };
+        let stats = q.stats();
+        assert_eq!(value("connect_queue_enqueued_total"), 4);
+        assert_eq!(value("connect_queue_delivered_total"), 5);
+        assert_eq!(value("connect_queue_redelivered_total"), 1);
+        assert_eq!(value("connect_queue_acked_total"), 1);
+        assert_eq!(
+            value("connect_queue_dead_lettered_total{reason=\"rejected\"}"),
+            1
+        );
+        assert_eq!(value("connect_queue_expired_total"), 0);
+        assert_eq!(
+            (stats.enqueued, stats.delivered, stats.redelivered),
+            (4, 5, 1)
+        );
+        assert_eq!((stats.acked, stats.dead_lettered), (1, 1));
     }
 
     #[test]
