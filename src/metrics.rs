@@ -62,6 +62,7 @@
 //! | `connect_queue_acked_total` | counter | | messages acknowledged |
 //! | `connect_queue_dead_lettered_total` | counter | `reason` (`rejected`/`max_deliveries`) | messages given to the dead-letter handler |
 //! | `connect_queue_expired_total` | counter | | messages dead-lettered because they expired |
+//! | `connect_queue_depth`, `connect_queue_in_flight` | gauge | | messages ready for a worker; delivered and not yet answered (all distributors) |
 //!
 //! Frame counts are kept in the plain state a connection already owns and handed to the facade
 //! once per read or write call to the transport (and when the connection is dropped), so a
@@ -492,6 +493,22 @@ pub(crate) mod facade {
         let _ = messages;
         #[cfg(feature = "metrics")]
         counter!("connect_queue_enqueued_total").increment(messages);
+    }
+
+    /// A work queue's ready messages changed by `delta`.
+    #[inline]
+    pub(crate) fn queue_depth(delta: f64) {
+        let _ = delta;
+        #[cfg(feature = "metrics")]
+        gauge!("connect_queue_depth").increment(delta);
+    }
+
+    /// A work queue's messages in flight changed by `delta`.
+    #[inline]
+    pub(crate) fn queue_in_flight(delta: f64) {
+        let _ = delta;
+        #[cfg(feature = "metrics")]
+        gauge!("connect_queue_in_flight").increment(delta);
     }
 
     /// A work queue delivered a message (`redelivery`: one delivered before).

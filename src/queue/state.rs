@@ -92,6 +92,14 @@ pub(crate) struct QueueState {
     dead: VecDeque<DeadLetter>,
 }
 
+/// What this queue still holds leaves the depth and in-flight gauges with it.
+impl Drop for QueueState {
+    fn drop(&mut self) {
+        facade::queue_depth(-(self.ready.len() as f64));
+        facade::queue_in_flight(-(self.in_flight.len() as f64));
+    }
+}
+
 pub(crate) fn size(any: &Any) -> usize {
     any.type_url.len() + any.value.len()
 }
@@ -186,6 +194,7 @@ impl QueueState {
             self.expiry.insert((deadline, key));
         }
         self.ready.insert(key, entry);
+        facade::queue_depth(1.0);
     }
 
     /// `link` is a worker with `credit` (bounded by the configured maximum); 0 pauses it.
@@ -224,6 +233,8 @@ impl QueueState {
         }
         let link = other.or(first)?;
         let (key, mut entry) = self.ready.pop_first()?;
+        facade::queue_depth(-1.0);
+        facade::queue_in_flight(1.0);
         if let Some(deadline) = entry.deadline {
             self.expiry.remove(&(deadline, key));
         }
@@ -253,7 +264,9 @@ impl QueueState {
         if !worker.held.remove(&id) {
             return None;
         }
-        self.in_flight.remove(&id).map(|(_, entry)| entry)
+        let (_, entry) = self.in_flight.remove(&id)?;
+        facade::queue_in_flight(-1.0);
+        Some(entry)
     }
 
     fn release(&mut self, entry: &Entry) {
@@ -401,6 +414,7 @@ impl QueueState {
             held.sort_unstable_by(|a, b| b.cmp(a));
             for id in held {
                 if let Some((_, entry)) = self.in_flight.remove(&id) {
+                    facade::queue_in_flight(-1.0);
                     self.give_back(entry);
                 }
             }
@@ -415,6 +429,7 @@ impl QueueState {
             }
             self.expiry.pop_first();
             if let Some(entry) = self.ready.remove(&key) {
+                facade::queue_depth(-1.0);
                 self.dead_letter(entry, DeadLetterReason::Expired);
             }
         }
@@ -499,6 +514,7 @@ mod tests {
                 .map_or(0, |v| v.trim().parse().unwrap())
         };
         let stats = q.stats();
+        assert_eq!((stats.depth, stats.in_flight), (0, 2));
         assert_eq!(value("connect_queue_enqueued_total"), 4);
         assert_eq!(value("connect_queue_delivered_total"), 5);
         assert_eq!(value("connect_queue_redelivered_total"), 1);
@@ -508,6 +524,14 @@ mod tests {
             1
         );
         assert_eq!(value("connect_queue_expired_total"), 0);
+        assert_eq!(value("connect_queue_depth"), 0);
+        assert_eq!(value("connect_queue_in_flight"), 2);
+        metrics::with_local_recorder(&recorder, || drop(q));
+        let body = handle.render();
+        assert!(
+            body.lines().any(|l| l == "connect_queue_in_flight 0"),
+            "{body}"
+        );
         assert_eq!(
             (stats.enqueued, stats.delivered, stats.redelivered),
             (4, 5, 1)
