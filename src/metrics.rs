@@ -27,8 +27,9 @@
 //! | | | `connect_failures`, `accept_errors` | attempts | failed connection attempts; failures of a listening socket itself |
 //! | | | `handshake_failures` | handshakes | accepted connections whose TLS or session handshake failed, by [`HandshakeFailure`] reason |
 //!
-//! Work queues (issue 15) bring their own `QueueStats` snapshot (depths, in flight,
-//! redeliveries); it joins this table, and its counters the facade under `connect_queue_*`.
+//! | [`QueueStats`](crate::queue::QueueStats) | [`Distributor::stats`](crate::queue::Distributor::stats) | `depth`, `in_flight`, `staged`, `bytes`, `workers` | messages, bytes, links | ready for a worker; delivered and not yet answered; in open transactions; bytes of all those; links that sent `Consume` |
+//! | | | `enqueued`, `delivered`, `acked`, `redelivered` | messages | accepted (a transaction's at its commit); deliveries (redeliveries included); acknowledged; deliveries of a message delivered before (e.g. after its worker's link ended) |
+//! | | | `dead_lettered`, `expired`, `committed`, `aborted` | messages, transactions | dead letters for rejection or too many deliveries; for expiry; transactions committed, aborted |
 //!
 //! ## Through the `metrics` facade (feature `metrics`)
 //!
@@ -56,6 +57,12 @@
 //! | `connect_connect_failures_total` | counter | | failed connection attempts of endpoints |
 //! | `connect_accept_errors_total` | counter | | errors of a listening socket itself |
 //! | `connect_handshake_failures_total` | counter | `reason` ([`HandshakeFailure::as_str`]) | accepted connections whose handshake failed |
+//! | `connect_queue_enqueued_total` | counter | | messages work queues accepted (a transaction's at its commit) |
+//! | `connect_queue_delivered_total`, `connect_queue_redelivered_total` | counter | | deliveries to workers; those of a message delivered before |
+//! | `connect_queue_acked_total` | counter | | messages acknowledged |
+//! | `connect_queue_dead_lettered_total` | counter | `reason` (`rejected`/`max_deliveries`) | messages given to the dead-letter handler |
+//! | `connect_queue_expired_total` | counter | | messages dead-lettered because they expired |
+//! | `connect_queue_depth`, `connect_queue_in_flight` | gauge | | messages ready for a worker; delivered and not yet answered (all distributors) |
 //!
 //! Frame counts are kept in the plain state a connection already owns and handed to the facade
 //! once per read or write call to the transport (and when the connection is dropped), so a
@@ -478,6 +485,69 @@ pub(crate) mod facade {
     pub(crate) fn accept_error() {
         #[cfg(feature = "metrics")]
         counter!("connect_accept_errors_total").increment(1);
+    }
+
+    /// A work queue accepted `messages` (one, or a transaction's at its commit).
+    #[inline]
+    pub(crate) fn queue_enqueued(messages: u64) {
+        let _ = messages;
+        #[cfg(feature = "metrics")]
+        counter!("connect_queue_enqueued_total").increment(messages);
+    }
+
+    /// A work queue's ready messages changed by `delta`.
+    #[inline]
+    pub(crate) fn queue_depth(delta: f64) {
+        let _ = delta;
+        #[cfg(feature = "metrics")]
+        gauge!("connect_queue_depth").increment(delta);
+    }
+
+    /// A work queue's messages in flight changed by `delta`.
+    #[inline]
+    pub(crate) fn queue_in_flight(delta: f64) {
+        let _ = delta;
+        #[cfg(feature = "metrics")]
+        gauge!("connect_queue_in_flight").increment(delta);
+    }
+
+    /// A work queue delivered a message (`redelivery`: one delivered before).
+    #[inline]
+    pub(crate) fn queue_delivered(redelivery: bool) {
+        let _ = redelivery;
+        #[cfg(feature = "metrics")]
+        {
+            counter!("connect_queue_delivered_total").increment(1);
+            if redelivery {
+                counter!("connect_queue_redelivered_total").increment(1);
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn queue_acked() {
+        #[cfg(feature = "metrics")]
+        counter!("connect_queue_acked_total").increment(1);
+    }
+
+    /// A work queue gave a message to its dead-letter handler.
+    #[inline]
+    pub(crate) fn queue_dead_lettered(reason: crate::queue::DeadLetterReason) {
+        let _ = reason;
+        #[cfg(feature = "metrics")]
+        {
+            use crate::queue::DeadLetterReason;
+            let reason = match reason {
+                DeadLetterReason::Expired => {
+                    counter!("connect_queue_expired_total").increment(1);
+                    return;
+                }
+                DeadLetterReason::Rejected => "rejected",
+                DeadLetterReason::MaxDeliveries => "max_deliveries",
+                DeadLetterReason::Unspecified => "unspecified",
+            };
+            counter!("connect_queue_dead_lettered_total", "reason" => reason).increment(1);
+        }
     }
 }
 

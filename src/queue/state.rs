@@ -12,6 +12,7 @@ use prost_types::Any;
 
 use super::{DeadLetter, QueueStats};
 use crate::endpoint::LinkId;
+use crate::metrics::facade;
 use crate::proto::queue::{DeadLetterReason, TransactionStatus};
 
 /// The bounds and policies of one queue.
@@ -91,6 +92,14 @@ pub(crate) struct QueueState {
     dead: VecDeque<DeadLetter>,
 }
 
+/// What this queue still holds leaves the depth and in-flight gauges with it.
+impl Drop for QueueState {
+    fn drop(&mut self) {
+        facade::queue_depth(-(self.ready.len() as f64));
+        facade::queue_in_flight(-(self.in_flight.len() as f64));
+    }
+}
+
 pub(crate) fn size(any: &Any) -> usize {
     any.type_url.len() + any.value.len()
 }
@@ -168,6 +177,7 @@ impl QueueState {
             }
             None => {
                 self.stats.enqueued += 1;
+                facade::queue_enqueued(1);
                 self.push_back(entry);
             }
         }
@@ -184,6 +194,7 @@ impl QueueState {
             self.expiry.insert((deadline, key));
         }
         self.ready.insert(key, entry);
+        facade::queue_depth(1.0);
     }
 
     /// `link` is a worker with `credit` (bounded by the configured maximum); 0 pauses it.
@@ -222,6 +233,8 @@ impl QueueState {
         }
         let link = other.or(first)?;
         let (key, mut entry) = self.ready.pop_first()?;
+        facade::queue_depth(-1.0);
+        facade::queue_in_flight(1.0);
         if let Some(deadline) = entry.deadline {
             self.expiry.remove(&(deadline, key));
         }
@@ -230,6 +243,7 @@ impl QueueState {
             self.stats.redelivered += 1;
         }
         self.stats.delivered += 1;
+        facade::queue_delivered(entry.delivery_count > 1);
         let id = self.next_delivery;
         self.next_delivery += 1;
         let delivery = Delivery {
@@ -250,7 +264,9 @@ impl QueueState {
         if !worker.held.remove(&id) {
             return None;
         }
-        self.in_flight.remove(&id).map(|(_, entry)| entry)
+        let (_, entry) = self.in_flight.remove(&id)?;
+        facade::queue_in_flight(-1.0);
+        Some(entry)
     }
 
     fn release(&mut self, entry: &Entry) {
@@ -264,6 +280,7 @@ impl QueueState {
             DeadLetterReason::Expired => self.stats.expired += 1,
             _ => self.stats.dead_lettered += 1,
         }
+        facade::queue_dead_lettered(reason);
         self.dead.push_back(DeadLetter {
             message: entry.message,
             reason,
@@ -308,6 +325,7 @@ impl QueueState {
             if let Some(entry) = self.take(link, id) {
                 self.release(&entry);
                 self.stats.acked += 1;
+                facade::queue_acked();
             }
         }
     }
@@ -355,6 +373,7 @@ impl QueueState {
             return TransactionStatus::Unknown;
         };
         self.stats.enqueued += tx.messages.len() as u64;
+        facade::queue_enqueued(tx.messages.len() as u64);
         for entry in tx.messages {
             self.push_back(entry);
         }
@@ -395,6 +414,7 @@ impl QueueState {
             held.sort_unstable_by(|a, b| b.cmp(a));
             for id in held {
                 if let Some((_, entry)) = self.in_flight.remove(&id) {
+                    facade::queue_in_flight(-1.0);
                     self.give_back(entry);
                 }
             }
@@ -409,6 +429,7 @@ impl QueueState {
             }
             self.expiry.pop_first();
             if let Some(entry) = self.ready.remove(&key) {
+                facade::queue_depth(-1.0);
                 self.dead_letter(entry, DeadLetterReason::Expired);
             }
         }
@@ -461,6 +482,61 @@ mod tests {
 
     fn drain(q: &mut QueueState, now: Instant) -> Vec<Delivery> {
         std::iter::from_fn(|| q.poll_deliver(now)).collect()
+    }
+
+    /// The facade counters move with the snapshot's: deliveries, an ack, a rejection, and the
+    /// redeliveries after a worker's link ended, read back from a Prometheus rendering.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn facade_counters_move_with_the_queue() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let now = Instant::now();
+        let mut q = QueueState::new(limits());
+        metrics::with_local_recorder(&recorder, || {
+            for n in 0..4 {
+                q.enqueue(None, msg(n), None, 0, now).unwrap();
+            }
+            q.consume(link(1), 3);
+            let first = drain(&mut q, now);
+            assert_eq!(first.len(), 3);
+            q.ack(link(1), &[first[0].id], 0);
+            q.reject(link(1), &[first[1].id], 0);
+            // The worker leaves holding one message: it goes to the next worker again.
+            q.link_left(link(1));
+            q.consume(link(2), 10);
+            assert_eq!(drain(&mut q, now).len(), 2);
+        });
+        let body = handle.render();
+        let value = |series: &str| -> u64 {
+            body.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .map_or(0, |v| v.trim().parse().unwrap())
+        };
+        let stats = q.stats();
+        assert_eq!((stats.depth, stats.in_flight), (0, 2));
+        assert_eq!(value("connect_queue_enqueued_total"), 4);
+        assert_eq!(value("connect_queue_delivered_total"), 5);
+        assert_eq!(value("connect_queue_redelivered_total"), 1);
+        assert_eq!(value("connect_queue_acked_total"), 1);
+        assert_eq!(
+            value("connect_queue_dead_lettered_total{reason=\"rejected\"}"),
+            1
+        );
+        assert_eq!(value("connect_queue_expired_total"), 0);
+        assert_eq!(value("connect_queue_depth"), 0);
+        assert_eq!(value("connect_queue_in_flight"), 2);
+        metrics::with_local_recorder(&recorder, || drop(q));
+        let body = handle.render();
+        assert!(
+            body.lines().any(|l| l == "connect_queue_in_flight 0"),
+            "{body}"
+        );
+        assert_eq!(
+            (stats.enqueued, stats.delivered, stats.redelivered),
+            (4, 5, 1)
+        );
+        assert_eq!((stats.acked, stats.dead_lettered), (1, 1));
     }
 
     #[test]
