@@ -37,6 +37,9 @@ pub(crate) struct ReadState {
     codec: Codec,
     /// Full name of the last message type unpacked by `poll_next_message`.
     full_name: NameCache,
+    /// The last type URL `poll_next_view` checked (at most [`Frame::REMEMBERED_URL_LEN`] bytes)
+    /// and where the name starts in it: the same URL again needs no second look.
+    view_url: (Vec<u8>, usize),
     /// Always fully initialized (`poll_read` takes an initialized slice). Received bytes not
     /// yet handed out are `buf[start..end]`; `buf[end..]` is room for the next read.
     buf: Arc<Vec<u8>>,
@@ -73,6 +76,7 @@ impl ReadState {
         Self {
             codec,
             full_name: NameCache::default(),
+            view_url: (Vec::new(), 0),
             buf: Arc::default(),
             start: 0,
             end: 0,
@@ -169,9 +173,21 @@ impl ReadState {
         };
         if let Some((type_url, value)) = any_fields(&self.buf[range.clone()]) {
             let at = |r: Range<usize>| range.start + r.start..range.start + r.end;
+            let url = &self.buf[at(type_url.clone())];
+            let seen =
+                (!self.view_url.0.is_empty() && self.view_url.0 == url).then_some(self.view_url.1);
             let shared = self.shared();
             let (type_url, value) = (shared.slice(at(type_url)), shared.slice(at(value)));
-            if let Some(frame) = Frame::new(type_url, value) {
+            let frame = match seen {
+                Some(name_start) => Some(Frame::checked(type_url, name_start, value)),
+                None => Frame::new(type_url, value),
+            };
+            if let Some(frame) = frame {
+                if seen.is_none() && frame.type_url_bytes().len() <= Frame::REMEMBERED_URL_LEN {
+                    self.view_url.0.clear();
+                    self.view_url.0.extend_from_slice(frame.type_url_bytes());
+                    self.view_url.1 = frame.name_start();
+                }
                 return Poll::Ready(Some(Ok(frame)));
             }
         }
