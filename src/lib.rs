@@ -105,6 +105,7 @@
 //! | `tls` | yes | `transport::tls`: TLS 1.3/1.2 with rustls (ring), mutual TLS, over any stream; client and listener on TCP with `tcp` |
 //! | `sctp` | no | `transport::sctp`: SCTP over UDP (userspace, `sctp-proto`) on `async-io` |
 //! | `websocket` | no | `transport::ws`: WebSocket client and listener (`ws://`, `wss://` with `tls`) on async-tungstenite over futures-io; browsers speak the protocol with protobuf.js |
+//! | `metrics` | no | every layer's counters through the [`metrics`](https://docs.rs/metrics) facade (any exporter); see [`metrics`] |
 //! | `async-std` | no | `TryFrom<async_std::net::TcpStream>` for [`transport::tcp::TcpStream`] (async-std is discontinued upstream) |
 //!
 //! Background work (session and reliable-stream drivers) runs where you say: see
@@ -120,6 +121,7 @@ pub mod dispatch;
 pub mod endpoint;
 mod error;
 pub mod handle;
+pub mod metrics;
 pub mod peer;
 pub mod pubsub;
 pub mod reliable;
@@ -135,6 +137,7 @@ pub mod __fuzz {
     pub use crate::session::fuzz::SessionState;
 }
 
+pub use self::metrics::ConnectionStats;
 #[allow(deprecated)]
 pub use connection::Config;
 pub use connection::{

@@ -356,6 +356,10 @@ async fn drop_policy_drops_for_the_slow_subscriber_only_and_says_so() {
     .await;
     assert_eq!(total, 1, "one event at the first drop");
     assert!(p.publisher.dropped(stalled) >= 100);
+    // The publisher's snapshot counts the same drops (only this link was dropped for).
+    let stats = p.publisher.stats();
+    assert_eq!(stats.dropped, p.publisher.dropped(stalled), "{stats:?}");
+    assert_eq!(stats.disconnected, 0, "{stats:?}");
     assert!(sent > 100);
     p.endpoint.abort();
 }
@@ -382,6 +386,10 @@ async fn disconnect_policy_cuts_the_slow_subscriber_and_the_others_go_on() {
     assert!(reason.is_err());
     assert_eq!(p.publisher.subscribers(), 1);
     assert_eq!(p.endpoint.len(), 1);
+    let stats = p.publisher.stats();
+    assert_eq!((stats.disconnected, stats.dropped), (1, 0), "{stats:?}");
+    let endpoint = p.endpoint.stats();
+    assert!(endpoint.left_with_error >= 1, "{endpoint:?}");
     p.endpoint.abort();
 }
 

@@ -352,6 +352,12 @@ async fn exactly_once_in_order_through_a_proxy_that_cuts_connections() {
     assert_eq!(server_seen.load(Ordering::SeqCst), MESSAGES);
     assert!(cuts >= MIN_CUTS, "only {cuts} cuts");
     assert!(stats.connections > MIN_CUTS / 2, "{stats:?}");
+    assert_eq!(stats.reconnects, stats.connections - 1, "{stats:?}");
+    // The server keeps the stream through every cut: each new connection resumes it.
+    assert!(
+        stats.resumes > 0 && stats.resumes <= stats.reconnects,
+        "{stats:?}"
+    );
     // Closing works through cuts too.
     within(60, "close", writer.close()).await.unwrap();
     proxy.cutting.store(false, Ordering::SeqCst);

@@ -9,6 +9,7 @@
 
 mod bench;
 mod link;
+mod metrics;
 mod schema;
 mod tunnel;
 
@@ -62,7 +63,9 @@ enum Command {
   connect listen tls://127.0.0.1:7879 --cert server.pem --key server.key --user alice --password pw
 
 The first line is `listening on IP:PORT` (the real port when ADDR has port 0); then one line per
-frame: `PEER TYPE (N bytes) JSON`.")]
+frame: `PEER TYPE (N bytes) JSON`. With --metrics, every SECS seconds (default 5) one
+`metrics PEER frames_in=N bytes_in=N frames_out=N bytes_out=N ...` line per open link and a
+`metrics total links_open=N links_closed=N ...` line.")]
     Listen {
         /// Where to listen: [tcp://|tls://]HOST:PORT.
         addr: String,
@@ -72,6 +75,11 @@ frame: `PEER TYPE (N bytes) JSON`.")]
         /// Exit after this many frames (from all connections together).
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Print each link's counters (frames, bytes, RTT, ...) and the totals every SECS
+        /// seconds (default 5).
+        #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true,
+              default_missing_value = "5", value_parser = parse_interval)]
+        metrics: Option<Duration>,
         #[command(flatten)]
         link: LinkOptions,
         #[command(flatten)]
@@ -190,9 +198,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             addr,
             echo,
             count,
+            metrics,
             link,
             schema,
-        } => listen(&addr, echo, count, &link, &schema).await,
+        } => listen(&addr, echo, count, metrics, &link, &schema).await,
         Command::Send {
             addr,
             type_name,
@@ -320,22 +329,38 @@ fn decode(schema: &Schema, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// `--metrics=SECS`: a positive number of seconds, fractions allowed.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
 async fn listen(
     addr: &str,
     echo: bool,
     count: Option<u64>,
+    metrics: Option<Duration>,
     options: &LinkOptions,
     schema: &SchemaOptions,
 ) -> anyhow::Result<()> {
     let schema = Arc::new(load(schema)?);
+    let board = metrics.map(|every| {
+        let board = metrics::Board::default();
+        async_std::task::spawn(board.clone().print_every(every));
+        board
+    });
     let target = Target::parse(addr, options.tls)?;
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
     let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
     let serve = move |mut link: Link, peer: String| {
         let (schema, seen, done_tx) = (schema.clone(), seen.clone(), done_tx.clone());
+        let board = board.clone();
         async move {
             println!("{peer} connected");
+            let on_board = board.as_ref().map(|b| b.open(&peer, &link));
             loop {
                 match link.recv().await {
                     Ok(Some(any)) => {
@@ -345,6 +370,9 @@ async fn listen(
                                 eprintln!("{peer}: echo failed: {e}");
                                 break;
                             }
+                        }
+                        if let (Some(board), Some(id)) = (&board, on_board) {
+                            board.update(id, &link);
                         }
                         let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         if count == Some(n) {
@@ -362,6 +390,9 @@ async fn listen(
                         break;
                     }
                 }
+            }
+            if let (Some(board), Some(id)) = (&board, on_board) {
+                board.close(id, &link);
             }
         }
     };

@@ -430,3 +430,77 @@ fn tunnel_forwards_a_local_port_to_an_allowed_target() {
     let _ = tcp.read_to_end(&mut back);
     assert!(back.is_empty(), "{back:?}");
 }
+
+/// `key=value` pairs of a `metrics ...` line.
+fn metric(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
+}
+
+#[test]
+fn listen_metrics_prints_the_counters_of_the_links_periodically() {
+    let mut listener = Running::start({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_connect"));
+        c.args(["listen", "127.0.0.1:0", "--echo", "--metrics=0.1"]);
+        c
+    });
+    connect()
+        .args([
+            "send",
+            &listener.addr,
+            "--type",
+            HELLO,
+            "--json",
+            r#"{"text":"hi"}"#,
+        ])
+        .args(["--replies", "1", "--wait-ms", "10000"])
+        .assert()
+        .success();
+    // The frame the listener received and echoed, as it travels (length prefix included).
+    let frame = {
+        use connect::prost_types::Any;
+        let hello = connect::proto::example::HelloWorld {
+            text: "hi".into(),
+            sequence: 0,
+        };
+        let mut wire = bytes::BytesMut::new();
+        connect::codec::Codec::new()
+            .encode(&Any::from_msg(&hello).unwrap(), &mut wire)
+            .unwrap();
+        wire.len() as u64
+    };
+    // Totals lines come every 0.1 s; the one after the sender left counts its link as closed.
+    let mut line = String::new();
+    let mut totals = None;
+    for _ in 0..1000 {
+        line.clear();
+        if listener
+            .stdout
+            .read_line(&mut line)
+            .expect("read its stdout")
+            == 0
+        {
+            break;
+        }
+        if line.starts_with("metrics total ") && metric(&line, "links_closed") == 1 {
+            totals = Some(line.clone());
+            break;
+        }
+    }
+    let totals = totals.expect("a totals line counting the closed link");
+    assert_eq!(metric(&totals, "links_open"), 0, "{totals}");
+    assert_eq!(metric(&totals, "frames_in"), 1, "{totals}");
+    assert_eq!(metric(&totals, "frames_out"), 1, "{totals}");
+    assert_eq!(metric(&totals, "bytes_in"), frame, "{totals}");
+    assert_eq!(metric(&totals, "bytes_out"), frame, "{totals}");
+
+    // An interval that is not a positive number is a usage error.
+    connect()
+        .args(["listen", "127.0.0.1:0", "--metrics=0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("positive number of seconds"));
+}

@@ -20,6 +20,7 @@ use super::unpack;
 use super::Frame;
 use crate::codec::{any_fields, Codec};
 use crate::error::{Error, Result};
+use crate::metrics::{Direction, FrameCounter};
 
 /// Room offered to each read when no larger frame is pending: big enough that many small
 /// frames arrive per system call.
@@ -54,6 +55,8 @@ pub(crate) struct ReadState {
     shared: Option<Bytes>,
     /// Set once the stream has ended (cleanly or with an error); nothing is read after that.
     finished: bool,
+    /// Frames cut so far (`connect::metrics`).
+    pub(super) counter: FrameCounter,
 }
 
 impl fmt::Debug for ReadState {
@@ -87,6 +90,7 @@ impl ReadState {
             end: 0,
             shared: None,
             finished: false,
+            counter: FrameCounter::new(Direction::Received),
         }
     }
 
@@ -232,6 +236,7 @@ impl ReadState {
                     if pending.len() >= total {
                         let frame = self.start + prefix_len..self.start + total;
                         self.start += total;
+                        self.counter.count(total);
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     total.max(READ_CHUNK)
@@ -284,6 +289,7 @@ impl ReadState {
         // Frames handed out earlier hold clones of `buf` through `shared`; once they are all
         // gone the buffer is ours to write into again.
         self.shared = None;
+        self.counter.publish();
         let pending = self.end - self.start;
         if pending == 0 {
             (self.start, self.end) = (0, 0);
@@ -399,6 +405,8 @@ pub(crate) struct WriteState {
     high_water: usize,
     /// Set after `poll_close` completes or a write fails; no frame is accepted after that.
     closed: bool,
+    /// Frames encoded so far (`connect::metrics`).
+    pub(super) counter: FrameCounter,
 }
 
 impl WriteState {
@@ -410,6 +418,7 @@ impl WriteState {
             peak: 0,
             high_water,
             closed: false,
+            counter: FrameCounter::new(Direction::Sent),
         }
     }
 
@@ -433,7 +442,9 @@ impl WriteState {
         if self.closed {
             return Err(Error::Closed);
         }
+        let before = self.buf.len();
         self.codec.encode(any, &mut self.buf)?;
+        self.counter.count(self.buf.len() - before);
         self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
@@ -443,7 +454,9 @@ impl WriteState {
             return Err(Error::Closed);
         }
         let type_url = self.type_url.get(crate::codec::type_url::<M>);
+        let before = self.buf.len();
         self.codec.encode_message_as(type_url, msg, &mut self.buf)?;
+        self.counter.count(self.buf.len() - before);
         self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
@@ -486,6 +499,7 @@ impl WriteState {
         mut io: Pin<&mut W>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
+        self.counter.publish();
         while !self.buf.is_empty() {
             match ready!(io.as_mut().poll_write(cx, &self.buf)) {
                 Ok(0) => {

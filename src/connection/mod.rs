@@ -280,6 +280,15 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
     pub fn peer_identity(&self) -> Option<&PeerIdentity> {
         self.info().peer_identity()
     }
+
+    /// Frames and bytes in both directions so far; see [`crate::metrics`].
+    pub fn stats(&self) -> crate::ConnectionStats {
+        crate::ConnectionStats {
+            frames_sent: self.writer.stats().frames_sent,
+            bytes_sent: self.writer.stats().bytes_sent,
+            ..self.reader.stats()
+        }
+    }
 }
 
 crate::handle::whole_handle!([T: AsyncRead + AsyncWrite + Unpin] Connection<T>);

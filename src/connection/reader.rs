@@ -89,6 +89,16 @@ impl<R> ConnectionReader<R> {
     pub fn buffered_len(&self) -> usize {
         self.state.buffered_len()
     }
+
+    /// Frames and bytes received so far (the sent half is zero); see [`crate::metrics`].
+    pub fn stats(&self) -> crate::ConnectionStats {
+        let (frames_received, bytes_received) = self.state.counter.get();
+        crate::ConnectionStats {
+            frames_received,
+            bytes_received,
+            ..Default::default()
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> Stream for ConnectionReader<R> {

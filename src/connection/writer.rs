@@ -79,6 +79,16 @@ impl<W> ConnectionWriter<W> {
     pub fn buffered_len(&self) -> usize {
         self.state.buffered_len()
     }
+
+    /// Frames and bytes sent so far (the received half is zero); see [`crate::metrics`].
+    pub fn stats(&self) -> crate::ConnectionStats {
+        let (frames_sent, bytes_sent) = self.state.counter.get();
+        crate::ConnectionStats {
+            frames_sent,
+            bytes_sent,
+            ..Default::default()
+        }
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Sink<Any> for ConnectionWriter<W> {

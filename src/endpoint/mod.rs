@@ -191,6 +191,84 @@ pub enum Event {
     PubSub(crate::pubsub::PubSubEvent),
 }
 
+/// An endpoint's counters, for monitoring: see [`Endpoint::stats`] and [`crate::metrics`].
+/// Counted from the endpoint's [`Event`]s as they happen (whether or not anyone reads them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Links up now.
+    pub links: usize,
+    /// Links that joined, ever.
+    pub joined: u64,
+    /// Links that left, ever.
+    pub left: u64,
+    /// Of those, the ones that did not end gracefully.
+    pub left_with_error: u64,
+    /// Links to a target of [`Endpoint::connect`] after its first.
+    pub reconnects: u64,
+    /// Failed connection attempts (the connection or its handshake) to targets.
+    pub connect_failures: u64,
+    /// Failures of an accept source itself (a listening socket's error), not of one client.
+    pub accept_errors: u64,
+    /// Accepted connections whose handshake (TLS, WebSocket, session) failed, by reason.
+    pub handshake_failures: crate::metrics::HandshakeFailures,
+    /// Events dropped because the queue was full ([`Endpoint::events_lost`]).
+    pub events_lost: u64,
+}
+
+/// The counters behind [`EndpointStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    joined: AtomicU64,
+    left: AtomicU64,
+    left_with_error: AtomicU64,
+    reconnects: AtomicU64,
+    connect_failures: AtomicU64,
+    accept_errors: AtomicU64,
+    handshakes: crate::metrics::HandshakeCounter,
+}
+
+impl Counters {
+    fn record(&self, event: &Event) {
+        use crate::metrics::facade;
+        let add = |counter: &AtomicU64| counter.fetch_add(1, Ordering::Relaxed);
+        match event {
+            Event::Joined { origin, .. } => {
+                add(&self.joined);
+                let (name, reconnect) = match origin {
+                    Origin::Accepted => ("accepted", false),
+                    Origin::Connected { reconnect, .. } => ("connected", *reconnect),
+                    Origin::Added => ("added", false),
+                };
+                if reconnect {
+                    add(&self.reconnects);
+                }
+                facade::link_joined(name, reconnect);
+            }
+            Event::Left { reason, .. } => {
+                add(&self.left);
+                if reason.is_err() {
+                    add(&self.left_with_error);
+                }
+                facade::link_left(reason.is_ok());
+            }
+            Event::ConnectFailed { .. } => {
+                add(&self.connect_failures);
+                facade::connect_failed();
+            }
+            Event::AcceptFailed { error } => {
+                // Counted by reason if it is one client's handshake, else the source's own.
+                let handshake = self.handshakes.record(error);
+                if handshake.is_none() {
+                    add(&self.accept_errors);
+                    facade::accept_error();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// How an [`Endpoint`] runs its links. Cheap to clone.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -334,6 +412,7 @@ struct Inner {
     events: async_channel::Sender<Event>,
     events_rx: async_channel::Receiver<Event>,
     events_lost: AtomicU64,
+    counters: Counters,
     /// One token per free link slot: taken before a link starts (or its handshake), given
     /// back when it is over.
     slots: async_channel::Receiver<()>,
@@ -379,6 +458,7 @@ impl Endpoint {
                 events,
                 events_rx,
                 events_lost: AtomicU64::new(0),
+                counters: Counters::default(),
                 slots,
                 slots_tx,
                 loops: Mutex::new(Vec::new()),
@@ -396,6 +476,23 @@ impl Endpoint {
     /// Events dropped because the queue was full (see [`EndpointConfig::with_event_queue`]).
     pub fn events_lost(&self) -> u64 {
         self.inner.events_lost.load(Ordering::Relaxed)
+    }
+
+    /// Links, joins, leaves, reconnections and failures counted so far; see [`EndpointStats`].
+    pub fn stats(&self) -> EndpointStats {
+        let c = &self.inner.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EndpointStats {
+            links: self.len(),
+            joined: load(&c.joined),
+            left: load(&c.left),
+            left_with_error: load(&c.left_with_error),
+            reconnects: load(&c.reconnects),
+            connect_failures: load(&c.connect_failures),
+            accept_errors: load(&c.accept_errors),
+            handshake_failures: c.handshakes.snapshot(),
+            events_lost: self.events_lost(),
+        }
     }
 
     /// Registers `observer`: it is told of every link there is now (as joined) and of every
@@ -773,6 +870,7 @@ enum LinkHandle<T> {
 
 impl Inner {
     fn emit(&self, event: Event) {
+        self.counters.record(&event);
         if let Err(e) = self.events.try_send(event) {
             let lost = self.events_lost.fetch_add(1, Ordering::Relaxed) + 1;
             log::debug!(

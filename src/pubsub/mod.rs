@@ -63,7 +63,7 @@ mod topic;
 
 use std::sync::Arc;
 
-pub use publisher::{Published, Publisher, PublisherConfig, SlowSubscriber};
+pub use publisher::{Published, Publisher, PublisherConfig, PublisherStats, SlowSubscriber};
 pub use sublist::Sublist;
 pub use subscriber::{Messages, Subscriber, SubscriberConfig};
 pub use topic::{

@@ -95,6 +95,28 @@ pub struct Published {
     pub disconnected: usize,
 }
 
+/// A publisher's counters and queue depths, for monitoring: see [`Publisher::stats`] and
+/// [`crate::metrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublisherStats {
+    /// Links with at least one filter.
+    pub subscribers: usize,
+    /// (filter, link) pairs held.
+    pub subscriptions: usize,
+    /// Messages waiting in the subscriber links' queues, all links together.
+    pub queued_messages: usize,
+    /// Their bytes.
+    pub queued_bytes: usize,
+    /// Messages dropped for a subscriber whose queue was full ([`SlowSubscriber::Drop`]),
+    /// every link ever.
+    pub dropped: u64,
+    /// Subscriber links disconnected for being too slow ([`SlowSubscriber::Disconnect`]).
+    pub disconnected: u64,
+    /// Messages dropped with those links' queues.
+    pub dropped_on_disconnect: u64,
+}
+
 /// Publishes on an [`Endpoint`]: answers its links' `Subscribe`/`Unsubscribe`, and sends each
 /// published message to the links with a matching filter, and to no other. Cheap to clone.
 ///
@@ -112,6 +134,10 @@ struct State {
     subscriptions: RwLock<Sublist<LinkId>>,
     links: RwLock<HashMap<LinkId, Arc<Subscriber>>>,
     endpoint: Mutex<WeakEndpoint>,
+    /// `PublisherStats::dropped`, `disconnected`, `dropped_on_disconnect`.
+    dropped: AtomicU64,
+    disconnected: AtomicU64,
+    dropped_on_disconnect: AtomicU64,
 }
 
 /// One link as a publisher sees it.
@@ -134,6 +160,9 @@ impl Publisher {
                 subscriptions: RwLock::new(Sublist::new()),
                 links: RwLock::new(HashMap::new()),
                 endpoint: Mutex::new(WeakEndpoint::default()),
+                dropped: AtomicU64::new(0),
+                disconnected: AtomicU64::new(0),
+                dropped_on_disconnect: AtomicU64::new(0),
             }),
         }
     }
@@ -243,6 +272,26 @@ impl Publisher {
             .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
     }
 
+    /// Counters and queue depths, all links together.
+    pub fn stats(&self) -> PublisherStats {
+        let state = &self.state;
+        let (mut queued_messages, mut queued_bytes) = (0, 0);
+        for subscriber in read(&state.links).values() {
+            let (messages, bytes) = subscriber.queue.len();
+            queued_messages += messages;
+            queued_bytes += bytes;
+        }
+        PublisherStats {
+            subscribers: self.subscribers(),
+            subscriptions: self.subscriptions(),
+            queued_messages,
+            queued_bytes,
+            dropped: state.dropped.load(Ordering::Relaxed),
+            disconnected: state.disconnected.load(Ordering::Relaxed),
+            dropped_on_disconnect: state.dropped_on_disconnect.load(Ordering::Relaxed),
+        }
+    }
+
     /// Messages and bytes waiting in `link`'s queue.
     pub fn queued(&self, link: LinkId) -> (usize, usize) {
         read(&self.state.links)
@@ -269,6 +318,8 @@ impl State {
 
     fn dropped(&self, subscriber: &Subscriber) {
         let total = subscriber.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::facade::pubsub_dropped("drop", 1);
         if !subscriber.dropping.swap(true, Ordering::Relaxed) {
             self.emit(PubSubEvent::Dropped {
                 link: subscriber.link.id(),
@@ -279,6 +330,11 @@ impl State {
 
     fn disconnect(&self, subscriber: &Subscriber) {
         let (messages, bytes) = subscriber.queue.len();
+        self.disconnected.fetch_add(1, Ordering::Relaxed);
+        self.dropped_on_disconnect
+            .fetch_add(messages as u64, Ordering::Relaxed);
+        crate::metrics::facade::pubsub_disconnected();
+        crate::metrics::facade::pubsub_dropped("disconnect", messages as u64);
         subscriber.queue.close();
         subscriber.link.abort();
         self.forget(subscriber.link.id());

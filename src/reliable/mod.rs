@@ -410,6 +410,10 @@ pub struct Stats {
     pub refused: u64,
     /// Connections that have carried the stream.
     pub connections: u64,
+    /// Connections after the first (`connections - 1`, or 0).
+    pub reconnects: u64,
+    /// Times the stream was resumed on a new connection (both sides agreed where it was).
+    pub resumes: u64,
     /// Whether a connection carries the stream now.
     pub connected: bool,
     /// Refusals (`Nack`s) of the peer's messages kept until the peer is known to have seen
@@ -782,6 +786,8 @@ fn stats(inner: &Inner) -> Stats {
         retransmitted: counters.retransmitted,
         refused: counters.nacked,
         connections: core.links(),
+        reconnects: core.links().saturating_sub(1),
+        resumes: counters.resumes,
         connected: core.attached,
     }
 }

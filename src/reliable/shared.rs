@@ -282,6 +282,7 @@ impl Shared {
         self.generation += 1;
         self.attached = true;
         self.links += 1;
+        crate::metrics::facade::reliable_attached(self.links);
         self.wake_link();
         self.generation
     }
@@ -302,6 +303,7 @@ impl Shared {
         window: (u64, u64),
     ) -> Result<u64, String> {
         let retransmitted = self.state.resume(received, acknowledged)?;
+        crate::metrics::facade::reliable_resumed(true, retransmitted);
         self.state.set_peer_window(window.0, window.1);
         Ok(retransmitted)
     }
@@ -310,7 +312,9 @@ impl Shared {
     /// its receive window.
     pub(crate) fn restart_stream(&mut self, window: (u64, u64)) -> u64 {
         self.state.set_peer_window(window.0, window.1);
-        self.state.restart_stream()
+        let retransmitted = self.state.restart_stream();
+        crate::metrics::facade::reliable_resumed(false, retransmitted);
+        retransmitted
     }
 
     /// A new stream: the peer's receive window.

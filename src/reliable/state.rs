@@ -87,6 +87,7 @@ pub(crate) enum StreamEvent {
 pub(crate) struct Counters {
     pub(crate) retransmitted: u64,
     pub(crate) nacked: u64,
+    pub(crate) resumes: u64,
 }
 
 #[derive(Debug)]
@@ -530,6 +531,7 @@ impl StreamState {
         self.ack_again = self.delivered > 0;
         let retransmitted = self.next_write.saturating_sub(local);
         self.counters.retransmitted += retransmitted;
+        self.counters.resumes += 1;
         self.next_write = local;
         self.rewind_written();
         Ok(retransmitted)
@@ -689,6 +691,8 @@ mod tests {
         assert!(c.resume(0, 0).is_err(), "0 was confirmed and released");
         assert!(c.resume(5, 0).is_err(), "5 was never sent");
         assert!(c.resume(3, 1).is_err(), "we acknowledged nothing");
+        // Only the resume that was taken counts.
+        assert_eq!((c.counters().resumes, c.counters().retransmitted), (1, 1));
         // Queued is not sent: a count above what was ever written is a lie.
         let mut c = core();
         for i in 0..4 {

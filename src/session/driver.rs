@@ -132,6 +132,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             timer: futures_timer::Delay::new(std::time::Duration::from_secs(3600)),
             done: None,
         };
+        crate::metrics::facade::session_opened();
         (session, driver)
     }
 
@@ -417,6 +418,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         stats
             .pongs_coalesced
             .store(self.state.pongs_coalesced(), Ordering::Relaxed);
+        let (received, sent) = (self.reader.stats(), self.writer.stats());
+        stats
+            .frames_received
+            .store(received.frames_received, Ordering::Relaxed);
+        stats
+            .bytes_received
+            .store(received.bytes_received, Ordering::Relaxed);
+        stats.frames_sent.store(sent.frames_sent, Ordering::Relaxed);
+        stats.bytes_sent.store(sent.bytes_sent, Ordering::Relaxed);
     }
 
     fn finish(&mut self, end: SessionEnd) -> SessionEnd {
@@ -444,6 +454,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             });
         }
         self.done = Some(end.clone());
+        crate::metrics::facade::session_ended(end.is_graceful());
         end
     }
 }
@@ -466,7 +477,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for SessionDriver<T> {
             this.publish_stats();
             if let Some(rtt) = this.state.rtt() {
                 let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
-                this.shared.rtt_nanos.store(nanos, Ordering::Relaxed);
+                if this.shared.rtt_nanos.load(Ordering::Relaxed) != nanos {
+                    this.shared.rtt_nanos.store(nanos, Ordering::Relaxed);
+                    crate::metrics::facade::session_rtt(rtt);
+                }
             }
             if let Some(end) = this.state.end().cloned() {
                 return Poll::Ready(this.finish(end));

@@ -312,10 +312,15 @@ struct SharedStats {
     control_bytes_peak: AtomicUsize,
     pongs_coalesced: AtomicU64,
     read_pauses: AtomicU64,
+    /// The connection's counts, copied by the driver once per round.
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
 }
 
-/// What a session holds on its peer's behalf, for monitoring and tests: see
-/// [`Session::stats`].
+/// What a session holds on its peer's behalf and what it moved, for monitoring and tests: see
+/// [`Session::stats`] and [`crate::metrics`].
 ///
 /// A session queues at most one reply per kind of control message (a Pong, a CloseOk) plus its
 /// own Ping and Close: a peer that floods Pings costs one pending Pong, and once it has sent
@@ -336,6 +341,17 @@ pub struct SessionStats {
     /// Bytes of received application messages waiting for the application (bounded by
     /// [`SessionConfig::with_receive_buffer_len`] plus one message).
     pub received_bytes_queued: usize,
+    /// Frames received on the session's connection (handshake, heartbeats and close
+    /// included), as of the driver's last round.
+    pub frames_received: u64,
+    /// Their bytes, length prefixes included.
+    pub bytes_received: u64,
+    /// Frames sent on the session's connection, as of the driver's last round.
+    pub frames_sent: u64,
+    /// Their bytes, length prefixes included.
+    pub bytes_sent: u64,
+    /// Latest round-trip time measured by a heartbeat, if any (as [`Session::rtt`]).
+    pub rtt: Option<Duration>,
 }
 
 impl Shared {
@@ -348,6 +364,11 @@ impl Shared {
             pongs_coalesced: s.pongs_coalesced.load(Ordering::Relaxed),
             read_pauses: s.read_pauses.load(Ordering::Relaxed),
             received_bytes_queued: self.inbound_bytes.load(Ordering::Acquire),
+            frames_received: s.frames_received.load(Ordering::Relaxed),
+            bytes_received: s.bytes_received.load(Ordering::Relaxed),
+            frames_sent: s.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+            rtt: self.rtt(),
         }
     }
 

@@ -568,6 +568,8 @@ async fn secure_server(
 
 /// What [`accept_stream`] found: a WebSocket connection over `S`, or a plain HTTP request.
 #[derive(Debug)]
+// The connection is the common case: boxing it would cost every accepted link an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Accepted<S = WsSocket> {
     /// The upgrade succeeded.
     WebSocket(Connection<WsStream<S>>),
