@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/connect/rpc/v1/rpc.proto",
         "proto/connect/pubsub/v1/pubsub.proto",
         "proto/connect/tunnel/v1/tunnel.proto",
+        "proto/connect/queue/v1/queue.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -124,6 +124,7 @@ pub mod handle;
 pub mod metrics;
 pub mod peer;
 pub mod pubsub;
+pub mod queue;
 pub mod reliable;
 pub mod rpc;
 pub mod session;
@@ -190,6 +191,12 @@ pub mod proto {
     pub mod pubsub {
         #![allow(missing_docs)]
         include!(concat!(env!("OUT_DIR"), "/connect.pubsub.v1.rs"));
+    }
+
+    /// Work queues' messages (package `connect.queue.v1`); see [`crate::queue`].
+    pub mod queue {
+        #![allow(missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/connect.queue.v1.rs"));
     }
 
     /// Byte-stream tunnels' messages (package `connect.tunnel.v1`); see [`crate::tunnel`].

@@ -132,3 +132,69 @@ fn request_reply_examples_in_protocol_md_are_what_we_encode() {
         assert_eq!(codec.decode(&mut wire).unwrap(), Some(any));
     }
 }
+
+#[test]
+fn work_queue_examples_in_protocol_md_are_what_we_encode() {
+    use connect::proto::example::HelloWorld;
+    use connect::proto::queue::{
+        Ack, Begin, Commit, Consume, Deliver, Enqueue, EnqueueStatus, Enqueued, Reject, Requeue,
+        TransactionDone, TransactionStatus,
+    };
+    let hello = Any::from_msg(&HelloWorld {
+        text: "hi".into(),
+        sequence: 1,
+    })
+    .unwrap();
+    let expected = [
+        Any::from_msg(&Consume { credit: 8 }),
+        Any::from_msg(&Enqueue {
+            id: 1,
+            message: Some(hello.clone()),
+            ttl_ms: 30_000,
+            transaction: 0,
+        }),
+        Any::from_msg(&Enqueued {
+            id: 1,
+            status: EnqueueStatus::Ok as i32,
+            message: String::new(),
+        }),
+        Any::from_msg(&Deliver {
+            id: 1,
+            message: Some(hello.clone()),
+            delivery_count: 1,
+            redelivered: false,
+        }),
+        Any::from_msg(&Ack {
+            ids: vec![1],
+            transaction: 0,
+        }),
+        Any::from_msg(&Reject {
+            ids: vec![2, 3],
+            transaction: 0,
+        }),
+        Any::from_msg(&Requeue { ids: vec![4] }),
+        Any::from_msg(&Begin { transaction: 5 }),
+        Any::from_msg(&Enqueue {
+            id: 2,
+            message: Some(hello),
+            ttl_ms: 0,
+            transaction: 5,
+        }),
+        Any::from_msg(&Commit { transaction: 5 }),
+        Any::from_msg(&TransactionDone {
+            transaction: 5,
+            status: TransactionStatus::Committed as i32,
+        }),
+    ];
+    let documented = protocol_md_examples("14.");
+    assert_eq!(documented.len(), expected.len());
+    let codec = Codec::new();
+    for (any, bytes) in expected.into_iter().zip(documented) {
+        let any = any.unwrap();
+        let mut encoded = BytesMut::new();
+        codec.encode(&any, &mut encoded).unwrap();
+        assert_eq!(hex(&encoded), hex(&bytes), "{}", any.type_url);
+        let mut wire = BytesMut::from(&bytes[..]);
+        assert_eq!(codec.decode(&mut wire).unwrap(), Some(any));
+    }
+}

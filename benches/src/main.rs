@@ -42,6 +42,7 @@ mod idle;
 mod layers;
 mod lossy;
 mod pubsub;
+mod queue;
 mod raw;
 mod rpc;
 mod tokio_prost;
@@ -539,6 +540,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
 
     if !args.skip_throughput {
         pubsub_rows(&args, &mut rows, &mut goals, &mut failures);
+        queue_rows(&args, &mut rows, &mut failures);
     }
 
     eprintln!("== {:.0} s", started.elapsed().as_secs_f64());
@@ -813,6 +815,73 @@ fn count(v: f64) -> String {
 }
 
 type FanOutFn = fn(usize, usize) -> anyhow::Result<pubsub::FanOut>;
+
+const QUEUE_CONNECT: &str = "connect work queue, acked";
+const QUEUE_ZMQ: &str = "zmq.rs PUSH/PULL (baseline for queues)";
+
+/// Messages per second through a work queue to 1, 4 and 16 workers at 64 B and 1 KiB
+/// (connect, every message acknowledged, next to zmq.rs PUSH/PULL, none).
+fn queue_rows(args: &Args, rows: &mut Vec<[String; 7]>, failures: &mut Vec<String>) {
+    type QueueFn = fn(usize, usize) -> anyhow::Result<f64>;
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let worker_counts: &[usize] = if args.quick { &[4] } else { &[1, 4, 16] };
+    for (size, size_name) in [(64, "64 B"), (1024, "1 KiB")] {
+        if args.size.is_some_and(|s| s != size) || !(wanted(QUEUE_CONNECT) || wanted(QUEUE_ZMQ)) {
+            continue;
+        }
+        for &workers in worker_counts {
+            let impls: [(&str, QueueFn); 2] = [
+                (QUEUE_ZMQ, queue::zmq_push_pull),
+                (QUEUE_CONNECT, queue::connect_queue),
+            ];
+            let mut medians = Vec::new();
+            for (name, run) in impls {
+                if !wanted(name) {
+                    continue;
+                }
+                let mut runs = Vec::new();
+                for _ in 0..args.rounds {
+                    match guarded(args.row_limit, move || run(workers, size)) {
+                        Ok(r) => {
+                            eprintln!(
+                                "Q {size_name:>6} {workers:>3} workers {name:<40} {r:>12.0} msg/s"
+                            );
+                            runs.push(r);
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "Q {size_name:>6} {workers:>3} workers {name:<40} FAILED: {e:#}"
+                            );
+                            failures
+                                .push(format!("queue {size_name} {workers} workers {name}: {e:#}"));
+                        }
+                    }
+                }
+                if let Some(median) = median_by(runs, |r| *r) {
+                    medians.push((name, median));
+                }
+            }
+            let base = medians
+                .iter()
+                .find(|(n, _)| *n == QUEUE_ZMQ)
+                .map(|(_, r)| *r);
+            for (name, r) in medians {
+                rows.push([
+                    format!("work queue {size_name}, {workers} workers"),
+                    name.to_string(),
+                    format!("{} msg/s", si(r)),
+                    format!(
+                        "{} (to zmq.rs PUSH/PULL)",
+                        show_ratio(ratio(Some(r), base), "")
+                    ),
+                    "–".into(),
+                    "–".into(),
+                    "–".into(),
+                ]);
+            }
+        }
+    }
+}
 
 const PUBSUB_CONNECT: &str = "connect pub/sub, waiting policy";
 const PUBSUB_ZMQ: &str = "zmq.rs PUB/SUB (baseline for pub/sub)";

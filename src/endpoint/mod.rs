@@ -68,6 +68,7 @@
 //! finds that state again from a handler's [`Context::link`](crate::dispatch::Context::link).
 
 mod accept;
+pub(crate) mod queue;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,6 +102,12 @@ impl LinkId {
     /// The number behind the id (1, 2, ... in the order links joined).
     pub fn get(self) -> u64 {
         self.0
+    }
+
+    /// Link `n`, for the sans-IO tests of the patterns.
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: u64) -> Self {
+        Self(n)
     }
 }
 
@@ -189,6 +196,8 @@ pub enum Event {
     AcceptEnded,
     /// An event of publish/subscribe on this endpoint.
     PubSub(crate::pubsub::PubSubEvent),
+    /// An event of a work queue on this endpoint.
+    Queue(crate::queue::QueueEvent),
 }
 
 /// An endpoint's counters, for monitoring: see [`Endpoint::stats`] and [`crate::metrics`].

@@ -56,7 +56,6 @@
 //! ```
 
 mod publisher;
-mod queue;
 mod sublist;
 mod subscriber;
 mod topic;

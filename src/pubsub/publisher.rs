@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use prost::{Message, Name};
 use prost_types::Any;
 
-use super::queue::{LinkQueue, PushError};
 use super::sublist::Sublist;
 use super::topic::{parse_filter, validate_topic};
 use super::{PubSubError, PubSubEvent};
 use crate::dispatch::{Context, Dispatcher, Reply};
+use crate::endpoint::queue::{LinkQueue, PushError};
 use crate::endpoint::{Endpoint, Event, Link, LinkId, LinkObserver, WeakEndpoint};
 use crate::proto::pubsub::{Publish, Subscribe, SubscribeAck, SubscribeError, Unsubscribe};
 
@@ -456,12 +456,7 @@ impl LinkObserver for Observer {
         // Empties the queue into the link, in order; ends when the queue closes (the link
         // left or was disconnected) or the link can take no more.
         endpoint.spawn(Box::pin(async move {
-            while let Some(any) = subscriber.queue.pop().await {
-                if subscriber.link.peer().send(any).await.is_err() {
-                    break;
-                }
-            }
-            subscriber.queue.close();
+            subscriber.queue.drain_into(subscriber.link.peer()).await;
         }));
     }
 

@@ -1,5 +1,6 @@
-//! The bounded queue between a publisher and one subscriber link (messages and bytes), and
-//! the task that empties it into the link.
+//! A bounded queue of outgoing messages for one link (messages and bytes), and the loop that
+//! empties it into the link: a publisher's queue per subscriber link, a work-queue
+//! distributor's deliveries per worker link.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use prost_types::Any;
 
 /// Why a message was not queued; it is handed back.
 #[derive(Debug)]
-pub(super) enum PushError {
+pub(crate) enum PushError {
     Full(Any),
     Closed(Any),
 }
@@ -24,7 +25,7 @@ struct State {
 /// Bounded in messages and in bytes (type URL plus value of each message). One message larger
 /// than the byte bound is let in when the queue is empty, or it could never be sent.
 #[derive(Debug)]
-pub(super) struct LinkQueue {
+pub(crate) struct LinkQueue {
     state: Mutex<State>,
     max_messages: usize,
     max_bytes: usize,
@@ -34,12 +35,12 @@ pub(super) struct LinkQueue {
     room: Event,
 }
 
-pub(super) fn size(any: &Any) -> usize {
+pub(crate) fn size(any: &Any) -> usize {
     any.type_url.len() + any.value.len()
 }
 
 impl LinkQueue {
-    pub(super) fn new(max_messages: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             max_messages: max_messages.max(1),
@@ -56,12 +57,12 @@ impl LinkQueue {
     }
 
     /// Queued messages and bytes.
-    pub(super) fn len(&self) -> (usize, usize) {
+    pub(crate) fn len(&self) -> (usize, usize) {
         let state = self.lock();
         (state.items.len(), state.bytes)
     }
 
-    pub(super) fn try_push(&self, any: Any) -> Result<(), PushError> {
+    pub(crate) fn try_push(&self, any: Any) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closed {
             return Err(PushError::Closed(any));
@@ -80,7 +81,7 @@ impl LinkQueue {
     }
 
     /// Waits for room. `Err` only if the queue closed.
-    pub(super) async fn push(&self, mut any: Any) -> Result<(), Any> {
+    pub(crate) async fn push(&self, mut any: Any) -> Result<(), Any> {
         loop {
             match self.try_push(any) {
                 Ok(()) => return Ok(()),
@@ -112,7 +113,7 @@ impl LinkQueue {
     }
 
     /// The next message; `None` once the queue is closed.
-    pub(super) async fn pop(&self) -> Option<Any> {
+    pub(crate) async fn pop(&self) -> Option<Any> {
         loop {
             if let Some(next) = self.try_pop() {
                 return next;
@@ -125,8 +126,19 @@ impl LinkQueue {
         }
     }
 
+    /// Sends what is queued on `peer`, in order, until the queue closes or the link can take
+    /// no more (then the queue closes). Run it on a task of its own.
+    pub(crate) async fn drain_into(&self, peer: &crate::peer::Peer) {
+        while let Some(any) = self.pop().await {
+            if peer.send(any).await.is_err() {
+                break;
+            }
+        }
+        self.close();
+    }
+
     /// No more messages in or out; what was queued is dropped. Wakes every waiter.
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
         state.items.clear();
