@@ -32,19 +32,21 @@
 //! # Ok::<(), connect::Error>(()) }).unwrap();
 //! ```
 
+use std::any::Any as StdAny;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{self, ready, Poll};
 
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
 use futures_util::FutureExt;
 use prost::{Message, Name};
 use prost_types::Any;
+use rustc_hash::FxBuildHasher;
 
 use crate::codec::type_name;
 use crate::connection::{Connection, ConnectionInfo, ConnectionReader, ConnectionWriter, Frame};
@@ -244,6 +246,92 @@ trait ErasedHandler: Send + Sync {
     /// Called only with frames routed to this handler: for a typed handler, frames whose type
     /// name is its message's full name.
     fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>>;
+
+    /// [`call`](Self::call), started in `slot`: a typed handler reuses the box its previous
+    /// call ran in, so a serve loop allocates nothing per message. A frame that does not decode
+    /// is the error, and `slot` is left as it was.
+    fn call_in(&self, frame: Frame, cx: Context, slot: &mut RunningSlot) -> Result<()> {
+        *slot = Some(Box::pin(Boxed(self.call(frame, cx))));
+        Ok(())
+    }
+}
+
+/// A handler's call in progress, in a box that the serve loop keeps from one message to the
+/// next.
+trait Running: Send {
+    /// Polls the call; its future is dropped as soon as it completes.
+    fn poll_reply(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Result<Reply>>;
+
+    /// Starts `handler`'s next call in this box, taking the message and context out of `args`
+    /// (an `Option<(M, Context)>`), if the box was made for a handler of that type; otherwise
+    /// leaves `args` alone.
+    fn restart(self: Pin<&mut Self>, handler: &dyn StdAny, args: &mut dyn StdAny);
+}
+
+/// Where a serve loop keeps its handler call (see [`ErasedHandler::call_in`]).
+type RunningSlot = Option<Pin<Box<dyn Running>>>;
+
+/// Any handler's boxed future as a [`Running`] call (the fallback's, which is not on the hot
+/// path); never restarted.
+struct Boxed(BoxFuture<Result<Reply>>);
+
+impl Running for Boxed {
+    fn poll_reply(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Result<Reply>> {
+        self.0.as_mut().poll(cx)
+    }
+
+    fn restart(self: Pin<&mut Self>, _handler: &dyn StdAny, _args: &mut dyn StdAny) {}
+}
+
+pin_project_lite::pin_project! {
+    /// A typed handler's call: its future, in place.
+    struct Call<M, F, Fut> {
+        #[pin]
+        future: Option<Fut>,
+        handler: PhantomData<fn() -> (M, F)>,
+    }
+}
+
+impl<M, F, Fut, R, E> Running for Call<M, F, Fut>
+where
+    M: Message + Name + Default + 'static,
+    F: Fn(M, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    R: Into<Reply>,
+    E: Into<BoxError>,
+{
+    fn poll_reply(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Result<Reply>> {
+        let mut future = self.project().future;
+        let Some(running) = future.as_mut().as_pin_mut() else {
+            // Never polled empty: a serve loop polls a call only after starting one.
+            return Poll::Ready(Ok(Reply::none()));
+        };
+        let result = ready!(running.poll(cx));
+        // Dropped now rather than at the next restart: it may hold the message, whose `Bytes`
+        // keep the read buffer from being reused.
+        future.set(None);
+        Poll::Ready(handler_reply::<M, R, E>(result))
+    }
+
+    fn restart(self: Pin<&mut Self>, handler: &dyn StdAny, args: &mut dyn StdAny) {
+        let handler = handler.downcast_ref::<TypedHandler<M, F>>();
+        let args = args.downcast_mut::<Option<(M, Context)>>();
+        if let (Some(handler), Some(args)) = (handler, args) {
+            if let Some((msg, cx)) = args.take() {
+                self.project().future.set(Some((handler.handler)(msg, cx)));
+            }
+        }
+    }
+}
+
+/// A typed handler's result as the dispatcher reports it.
+fn handler_reply<M: Name, R: Into<Reply>, E: Into<BoxError>>(
+    result: std::result::Result<R, E>,
+) -> Result<Reply> {
+    result.map(Into::into).map_err(|e| Error::Handler {
+        type_name: M::full_name(),
+        source: e.into(),
+    })
 }
 
 struct TypedHandler<M, F> {
@@ -251,30 +339,44 @@ struct TypedHandler<M, F> {
     _message: PhantomData<fn(M)>,
 }
 
+impl<M: Message + Name + Default, F> TypedHandler<M, F> {
+    /// Straight from the frame's bytes: `Bytes` fields of `M` share the read buffer.
+    fn decode(frame: Frame) -> Result<M> {
+        M::decode(frame.into_value()).map_err(|source| Error::Decode {
+            type_name: M::full_name(),
+            source,
+        })
+    }
+}
+
 impl<M, F, Fut, R, E> ErasedHandler for TypedHandler<M, F>
 where
     M: Message + Name + Default + 'static,
-    F: Fn(M, Context) -> Fut + Send + Sync,
+    F: Fn(M, Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, E>> + Send + 'static,
-    R: Into<Reply>,
-    E: Into<BoxError>,
+    R: Into<Reply> + 'static,
+    E: Into<BoxError> + 'static,
 {
     fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
-        // Straight from the frame's bytes: `Bytes` fields of `M` share the read buffer.
-        let decoded = M::decode(frame.value().clone()).map_err(|source| Error::Decode {
-            type_name: M::full_name(),
-            source,
-        });
-        drop(frame);
-        match decoded {
-            Ok(msg) => Box::pin((self.handler)(msg, cx).map(|result| {
-                result.map(Into::into).map_err(|e| Error::Handler {
-                    type_name: M::full_name(),
-                    source: e.into(),
-                })
-            })),
+        match Self::decode(frame) {
+            Ok(msg) => Box::pin((self.handler)(msg, cx).map(handler_reply::<M, R, E>)),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
+    }
+
+    fn call_in(&self, frame: Frame, cx: Context, slot: &mut RunningSlot) -> Result<()> {
+        let mut args = Some((Self::decode(frame)?, cx));
+        if let Some(running) = slot {
+            running.as_mut().restart(self, &mut args);
+        }
+        // Still here: the slot was empty or held another handler's call.
+        if let Some((msg, cx)) = args {
+            *slot = Some(Box::pin(Call::<M, F, Fut> {
+                future: Some((self.handler)(msg, cx)),
+                handler: PhantomData,
+            }));
+        }
+        Ok(())
     }
 }
 
@@ -298,13 +400,21 @@ where
     }
 }
 
+/// The type URL a serve loop routed last and where it went: a connection usually carries one
+/// or a few types, each always with the same URL, so most frames are routed by comparing their
+/// URL's bytes with this one, without looking for the name in it or hashing it.
+struct LastRoute<'a> {
+    url: Vec<u8>,
+    handler: Option<&'a dyn ErasedHandler>,
+}
+
 /// Routes incoming messages to typed handlers by their protobuf full name.
 ///
 /// Build it once with [`on`](Self::on) and [`fallback`](Self::fallback), share it (it is
 /// `Send + Sync`; wrap it in an `Arc`), and [`serve`](Self::serve) each connection with it.
 #[derive(Default)]
 pub struct Dispatcher {
-    handlers: HashMap<String, Box<dyn ErasedHandler>>,
+    handlers: HashMap<String, Box<dyn ErasedHandler>, FxBuildHasher>,
     fallback: Option<Box<dyn ErasedHandler>>,
 }
 
@@ -382,16 +492,8 @@ impl Dispatcher {
         }
     }
 
-    /// [`dispatch`](Self::dispatch) for a frame seen in place: an `Any` is built only for the
-    /// fallback handler or the [`Error::UnknownType`].
-    async fn dispatch_frame(&self, frame: Frame, cx: Context) -> Result<Reply> {
-        match self.handler(frame.type_name()) {
-            Some(handler) => handler.call(frame, cx).await,
-            None => Err(Error::UnknownType(Box::new(frame.into_any()))),
-        }
-    }
-
-    /// [`dispatch_frame`](Self::dispatch_frame) as a future that does not borrow the
+    /// [`dispatch`](Self::dispatch) for a frame seen in place (an `Any` is built only for the
+    /// fallback handler or the [`Error::UnknownType`]), as a future that does not borrow the
     /// dispatcher: what a driver keeps running while it goes on reading and writing.
     pub(crate) fn start(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
         match self.handler(frame.type_name()) {
@@ -408,6 +510,27 @@ impl Dispatcher {
             .get(type_name)
             .or(self.fallback.as_ref())
             .map(|handler| &**handler)
+    }
+
+    /// The handler for `frame`, through the serve loop's `last` route.
+    fn route<'a>(
+        &'a self,
+        frame: &Frame,
+        last: &mut LastRoute<'a>,
+    ) -> Option<&'a dyn ErasedHandler> {
+        if let Some(handler) = last.handler {
+            if last.url == frame.type_url_bytes() {
+                return Some(handler);
+            }
+        }
+        let handler = self.handler(frame.type_name())?;
+        let url = frame.type_url_bytes();
+        if url.len() <= Frame::REMEMBERED_URL_LEN {
+            last.url.clear();
+            last.url.extend_from_slice(url);
+            last.handler = Some(handler);
+        }
+        Some(handler)
     }
 
     /// Serves one handle (a [`Connection`], a
@@ -453,6 +576,11 @@ impl Dispatcher {
         // Set once the peer has closed gracefully while requests were still queued: they are
         // still handled (handlers may have effects), but nobody reads replies any more.
         let mut replies_dropped = false;
+        let mut last_route = LastRoute {
+            url: Vec::new(),
+            handler: None,
+        };
+        let mut running: RunningSlot = None;
         loop {
             // Flush replies only when no further input is ready: that batches the answers to a
             // burst of requests into one write.
@@ -472,7 +600,15 @@ impl Dispatcher {
                 log::debug!("{}: peer closed", reader.context().connection());
                 return writer.finish().await;
             };
-            let reply = self.dispatch_frame(frame, reader.context()).await?;
+            let Some(handler) = self.route(&frame, &mut last_route) else {
+                return Err(Error::UnknownType(Box::new(frame.into_any())));
+            };
+            handler.call_in(frame, reader.context(), &mut running)?;
+            let reply = poll_fn(|cx| match running.as_mut() {
+                Some(call) => call.as_mut().poll_reply(cx),
+                None => Poll::Ready(Ok(Reply::none())),
+            })
+            .await?;
             if replies_dropped {
                 continue;
             }
@@ -681,6 +817,86 @@ mod tests {
         );
         assert_eq!(replies[1].value, value);
         assert_eq!(replies[2], other);
+    }
+
+    #[test]
+    fn interleaved_types_and_urls_each_reach_their_own_handler() {
+        // Two typed handlers whose futures wait once before answering (so a call is polled
+        // again from its slot), the fallback, and URLs changing from frame to frame: the route
+        // remembered and the box reused must never answer a frame with another one's handler.
+        let dispatcher = Dispatcher::new()
+            .on(|msg: HelloWorld, _: Context| async move {
+                YieldOnce(false).await;
+                Ok::<_, Error>(Reply::message(&msg))
+            })
+            .on(|d: prost_types::Duration, _: Context| async move {
+                YieldOnce(false).await;
+                Ok::<_, Error>(Reply::message(&HelloWorld {
+                    text: format!("{}s", d.seconds),
+                    sequence: 0,
+                }))
+            })
+            .fallback(|any: Any, _: Context| async move { Ok::<_, Error>(Reply::any(any)) });
+        let hello_value = hello("h").encode_to_vec();
+        let duration = |seconds| prost_types::Duration { seconds, nanos: 0 };
+        let long_prefix = format!("{}/connect.example.v1.HelloWorld", "x".repeat(300));
+        let frames = vec![
+            any(
+                "type.googleapis.com/connect.example.v1.HelloWorld",
+                &hello_value,
+            ),
+            any("a/connect.example.v1.HelloWorld", &hello_value),
+            Any::from_msg(&duration(1)).unwrap(),
+            any(
+                "type.googleapis.com/connect.example.v1.HelloWorldX",
+                b"\x01",
+            ),
+            Any::from_msg(&duration(2)).unwrap(),
+            any(&long_prefix, &hello_value),
+            any(&long_prefix, &hello_value),
+            any(
+                "type.googleapis.com/connect.example.v1.HelloWorld",
+                &hello_value,
+            ),
+        ];
+        let (result, replies) = serve(&dispatcher, wire(&frames));
+        result.unwrap();
+        let texts: Vec<String> = replies
+            .iter()
+            .map(|reply| match reply.to_msg::<HelloWorld>() {
+                Ok(hello) => hello.text,
+                Err(_) => reply.type_url.clone(),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "h",
+                "h",
+                "1s",
+                "type.googleapis.com/connect.example.v1.HelloWorldX",
+                "2s",
+                "h",
+                "h",
+                "h"
+            ]
+        );
+    }
+
+    /// Pending once (waking itself), then ready.
+    struct YieldOnce(bool);
+
+    impl Future for YieldOnce {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
     }
 
     #[test]

@@ -26,18 +26,26 @@ use crate::metrics::{Direction, FrameCounter};
 /// frames arrive per system call.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The receive buffer a quiet link keeps (one small message at a time fits), and the read into
+/// the stack a link without one starts with. Larger buffers are given back when a burst ends.
+const SMALL_LEN: usize = 2 * 1024;
+
 /// Receiving side: bytes read so far and the codec that cuts them into frames.
 ///
 /// Frames are handed out as [`Bytes`] slices of the read buffer, not copies. The buffer is
 /// written into again only once every frame sliced from it has been dropped (checked with
 /// `Arc::get_mut`); while a caller still holds one, the next read goes into a fresh buffer. So a
 /// reader that drops each message before asking for the next (the usual loop) reuses one buffer
-/// for the whole connection: no allocation, no zero-filling and no page faults per frame. The
-/// buffer grows to the largest frame received, which the codec's maximum bounds.
+/// for the whole burst: no allocation, no zero-filling and no page faults per frame. The
+/// buffer grows to the largest frame received, which the codec's maximum bounds, and is given
+/// back when a burst ends (see `poll_fill`): an idle link holds at most [`SMALL_LEN`] bytes.
 pub(crate) struct ReadState {
     codec: Codec,
     /// Full name of the last message type unpacked by `poll_next_message`.
     full_name: NameCache,
+    /// The last type URL `poll_next_view` checked (at most [`Frame::REMEMBERED_URL_LEN`] bytes)
+    /// and where the name starts in it: the same URL again needs no second look.
+    view_url: (Vec<u8>, usize),
     /// Always fully initialized (`poll_read` takes an initialized slice). Received bytes not
     /// yet handed out are `buf[start..end]`; `buf[end..]` is room for the next read.
     buf: Arc<Vec<u8>>,
@@ -76,6 +84,7 @@ impl ReadState {
         Self {
             codec,
             full_name: NameCache::default(),
+            view_url: (Vec::new(), 0),
             buf: Arc::default(),
             start: 0,
             end: 0,
@@ -173,9 +182,21 @@ impl ReadState {
         };
         if let Some((type_url, value)) = any_fields(&self.buf[range.clone()]) {
             let at = |r: Range<usize>| range.start + r.start..range.start + r.end;
+            let url = &self.buf[at(type_url.clone())];
+            let seen =
+                (!self.view_url.0.is_empty() && self.view_url.0 == url).then_some(self.view_url.1);
             let shared = self.shared();
             let (type_url, value) = (shared.slice(at(type_url)), shared.slice(at(value)));
-            if let Some(frame) = Frame::new(type_url, value) {
+            let frame = match seen {
+                Some(name_start) => Some(Frame::checked(type_url, name_start, value)),
+                None => Frame::new(type_url, value),
+            };
+            if let Some(frame) = frame {
+                if seen.is_none() && frame.type_url_bytes().len() <= Frame::REMEMBERED_URL_LEN {
+                    self.view_url.0.clear();
+                    self.view_url.0.extend_from_slice(frame.type_url_bytes());
+                    self.view_url.1 = frame.name_start();
+                }
                 return Poll::Ready(Some(Ok(frame)));
             }
         }
@@ -253,6 +274,12 @@ impl ReadState {
 
     /// Makes room for `wanted` bytes from `start` (more than are buffered), then reads once from
     /// `io` into the room after `end`.
+    ///
+    /// Memory follows the traffic: with nothing buffered and no buffer of its own, the reader
+    /// reads into the stack first ([`poll_probe`](Self::poll_probe)), so a link waiting for its
+    /// peer holds no receive buffer; a read finding nothing to read with nothing buffered gives
+    /// a buffer larger than [`SMALL_LEN`] back, so a link that has gone quiet after a burst
+    /// keeps at most a small one.
     fn poll_fill<R: AsyncRead + ?Sized>(
         &mut self,
         mut io: Pin<&mut R>,
@@ -264,32 +291,40 @@ impl ReadState {
         self.shared = None;
         self.counter.publish();
         let pending = self.end - self.start;
-        // The room wanted is grown into as bytes arrive (at most doubling per read), not
-        // committed up front: a peer announcing a large frame and sending little of it makes
-        // the buffer grow only with what it actually sends.
-        let grow_to =
-            |len: usize, end: usize| wanted.min(len.saturating_mul(2).max(end + READ_CHUNK));
-        if Arc::get_mut(&mut self.buf).is_none() {
-            // A caller still holds a frame: leave that buffer to it.
-            let mut fresh = vec![0; grow_to(0, pending)];
-            fresh[..pending].copy_from_slice(&self.buf[self.start..self.end]);
-            self.buf = Arc::new(fresh);
-            (self.start, self.end) = (0, pending);
-        }
-        // Unique by now, so this never clones.
-        let buf = Arc::make_mut(&mut self.buf);
         if pending == 0 {
             (self.start, self.end) = (0, 0);
-        } else if self.start > 0 && buf.len() - self.start < wanted {
-            // Only the start of one frame is pending: move it to the front.
-            buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, pending);
+            if self.buf.is_empty() || Arc::get_mut(&mut self.buf).is_none() {
+                return self.poll_probe(io, cx);
+            }
+            // Ours and empty: read into it as it is, growing only once a frame needs more.
+        } else {
+            // The room wanted is grown into as bytes arrive (at most doubling per read), not
+            // committed up front: a peer announcing a large frame and sending little of it
+            // makes the buffer grow only with what it actually sends.
+            let grow_to =
+                |len: usize, end: usize| wanted.min(len.saturating_mul(2).max(end + READ_CHUNK));
+            if Arc::get_mut(&mut self.buf).is_none() {
+                // A caller still holds a frame: leave that buffer to it.
+                let mut fresh = vec![0; grow_to(0, pending)];
+                fresh[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+                self.buf = Arc::new(fresh);
+                (self.start, self.end) = (0, pending);
+            }
+            // Unique by now, so this never clones.
+            let buf = Arc::make_mut(&mut self.buf);
+            if self.start > 0 && buf.len() - self.start < wanted {
+                // Only the start of one frame is pending: move it to the front.
+                buf.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, pending);
+            }
+            let len = grow_to(buf.len(), self.end);
+            if buf.len() < len {
+                // Zero-filled once; later frames reuse the room.
+                buf.resize(len, 0);
+            }
         }
-        let len = grow_to(buf.len(), self.end);
-        if buf.len() < len {
-            // Zero-filled once; later frames reuse the room.
-            buf.resize(len, 0);
-        }
+        // Unique in both branches, so this never clones.
+        let buf = Arc::make_mut(&mut self.buf);
         // A large frame is read up to its last byte and no further, so the next one starts at
         // the front of the buffer instead of being moved there; smaller frames come many per
         // read.
@@ -305,9 +340,45 @@ impl ReadState {
                     self.end += n;
                     return Poll::Ready(Ok(n));
                 }
+                Poll::Pending => {
+                    if pending == 0 && buf.len() > SMALL_LEN {
+                        // The burst is over: give the room back until the next one.
+                        self.buf = Arc::default();
+                    }
+                    return Poll::Pending;
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Reads into a buffer on the stack, with nothing buffered and no buffer of our own (a
+    /// frame still held keeps the last one): nothing is allocated until bytes arrive. Then the
+    /// buffer is [`SMALL_LEN`] if they all fitted (a quiet link, or one message at a time), or
+    /// a whole [`READ_CHUNK`] if more are likely waiting.
+    fn poll_probe<R: AsyncRead + ?Sized>(
+        &mut self,
+        mut io: Pin<&mut R>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        // Our share of a buffer whose frames are still held goes now, not at the next frame.
+        self.buf = Arc::default();
+        let mut probe = [0; SMALL_LEN];
+        let n = loop {
+            match ready!(io.as_mut().poll_read(cx, &mut probe)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(n) => break n,
+            }
+        };
+        if n > 0 {
+            let len = if n < SMALL_LEN { SMALL_LEN } else { READ_CHUNK };
+            let mut buf = vec![0; len];
+            buf[..n].copy_from_slice(&probe[..n]);
+            self.buf = Arc::new(buf);
+            (self.start, self.end) = (0, n);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Changes the maximum frame length for frames not yet decoded (sessions negotiate it).
@@ -328,6 +399,8 @@ pub(crate) struct WriteState {
     /// Type URL of the last message type sent.
     type_url: NameCache,
     buf: BytesMut,
+    /// The most `buf` has held since it was last given back: at least what it has allocated.
+    peak: usize,
     /// Above this many buffered bytes, `poll_ready` writes before accepting more.
     high_water: usize,
     /// Set after `poll_close` completes or a write fails; no frame is accepted after that.
@@ -342,6 +415,7 @@ impl WriteState {
             codec,
             type_url: NameCache::default(),
             buf: BytesMut::new(),
+            peak: 0,
             high_water,
             closed: false,
             counter: FrameCounter::new(Direction::Sent),
@@ -371,6 +445,7 @@ impl WriteState {
         let before = self.buf.len();
         self.codec.encode(any, &mut self.buf)?;
         self.counter.count(self.buf.len() - before);
+        self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
 
@@ -382,6 +457,7 @@ impl WriteState {
         let before = self.buf.len();
         self.codec.encode_message_as(type_url, msg, &mut self.buf)?;
         self.counter.count(self.buf.len() - before);
+        self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
 
@@ -402,16 +478,23 @@ impl WriteState {
             self.buf.extend_from_slice(frames);
             frames.clear();
         }
+        self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
 
-    /// Writes everything buffered, then flushes `io`.
+    /// Writes everything buffered, then flushes `io`. A buffer that grew past [`SMALL_LEN`]
+    /// is given back once written (the next frame takes a new one), so a link that has gone
+    /// quiet after a burst holds no large write buffer; small frames keep reusing theirs.
     pub(crate) fn poll_flush<W: AsyncWrite + ?Sized>(
         &mut self,
         mut io: Pin<&mut W>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
         ready!(self.poll_write_buf(io.as_mut(), cx))?;
+        if self.peak > SMALL_LEN {
+            self.buf = BytesMut::new();
+            self.peak = 0;
+        }
         Poll::Ready(ready!(io.poll_flush(cx)).map_err(|e| self.fail(e)))
     }
 
@@ -457,6 +540,7 @@ impl WriteState {
     fn fail(&mut self, e: io::Error) -> Error {
         self.closed = true;
         self.buf = BytesMut::new();
+        self.peak = 0;
         e.into()
     }
 
@@ -611,6 +695,122 @@ mod tests {
             assert_eq!(value(&frame), vec![i as u8; 3 << 20]);
         }
         assert!(state.buf.len() < (3 << 20) + 64, "{}", state.buf.len());
+    }
+
+    /// Hands out its chunks (as much of one as fits per read); `None` is one `Pending`, and
+    /// once they are all out every read is `Pending`.
+    struct Script(std::collections::VecDeque<Option<Vec<u8>>>);
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match self.0.pop_front() {
+                Some(Some(mut chunk)) => {
+                    let n = chunk.len().min(buf.len());
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        self.0.push_front(Some(chunk.split_off(n)));
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                _ => Poll::Pending,
+            }
+        }
+    }
+
+    /// Polls once (the script needs no wake-ups).
+    fn poll_once(state: &mut ReadState, io: &mut Script) -> Poll<Option<Bytes>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        state
+            .poll_next_frame(Pin::new(io), &mut cx)
+            .map(|frame| frame.map(|r| r.unwrap()))
+    }
+
+    #[test]
+    fn a_link_waiting_for_its_peer_holds_no_receive_buffer() {
+        let mut io = Script(Default::default());
+        let mut state = ReadState::new(Codec::new());
+        assert!(poll_once(&mut state, &mut io).is_pending());
+        assert_eq!(state.buf.len(), 0);
+    }
+
+    #[test]
+    fn the_receive_buffer_is_given_back_after_a_burst() {
+        let mut io = Script([Some(wire(3, 1 << 20))].into());
+        let mut state = ReadState::new(Codec::new());
+        for i in 0..3 {
+            match poll_once(&mut state, &mut io) {
+                Poll::Ready(Some(frame)) => assert_eq!(value(&frame), vec![i as u8; 1 << 20]),
+                other => panic!("{other:?}"),
+            }
+            assert!(state.buf.len() >= 1 << 20);
+        }
+        assert!(poll_once(&mut state, &mut io).is_pending());
+        assert!(state.buf.len() <= SMALL_LEN, "{}", state.buf.len());
+    }
+
+    #[test]
+    fn small_messages_one_at_a_time_reuse_one_small_buffer() {
+        let one = wire(1, 100);
+        let mut io = Script((0..20).flat_map(|_| [Some(one.clone()), None]).collect());
+        let mut state = ReadState::new(Codec::new());
+        let mut buffers = std::collections::HashSet::new();
+        for _ in 0..20 {
+            match poll_once(&mut state, &mut io) {
+                Poll::Ready(Some(frame)) => assert_eq!(value(&frame), vec![0; 100]),
+                other => panic!("{other:?}"),
+            }
+            buffers.insert(Arc::as_ptr(&state.buf));
+            assert!(poll_once(&mut state, &mut io).is_pending());
+            assert_eq!(state.buf.len(), SMALL_LEN);
+        }
+        assert_eq!(buffers.len(), 1);
+    }
+
+    #[test]
+    fn the_write_buffer_is_given_back_after_a_burst() {
+        let mut out = Cursor::new(Vec::new());
+        let mut state = WriteState::new(Codec::new(), 64 * 1024);
+        let big = Any {
+            type_url: "t/x.Y".into(),
+            value: vec![1; 1 << 20],
+        };
+        let small = Any {
+            type_url: "t/x.Y".into(),
+            value: vec![2; 10],
+        };
+        let flush = |state: &mut WriteState, out: &mut Cursor<Vec<u8>>| {
+            block_on(poll_fn(|cx| state.poll_flush(Pin::new(&mut *out), cx))).unwrap()
+        };
+        state.encode(&big).unwrap();
+        flush(&mut state, &mut out);
+        // What the next frame is written from: a buffer of its own size, not the burst's.
+        state.encode(&small).unwrap();
+        assert!(
+            state.buf.capacity() <= SMALL_LEN,
+            "{}",
+            state.buf.capacity()
+        );
+        // Small frames keep reusing theirs.
+        let before = state.buf.as_ptr();
+        flush(&mut state, &mut out);
+        state.encode(&small).unwrap();
+        assert_eq!(state.buf.as_ptr(), before);
+        flush(&mut state, &mut out);
+        let written = out.into_inner();
+        assert_eq!(written.len(), wire_len(&[&big, &small, &small]));
+    }
+
+    fn wire_len(frames: &[&Any]) -> usize {
+        let mut buf = BytesMut::new();
+        for any in frames {
+            Codec::new().encode(any, &mut buf).unwrap();
+        }
+        buf.len()
     }
 
     #[test]

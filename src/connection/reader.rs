@@ -21,8 +21,10 @@ use crate::error::{Error, Result};
 /// then the stream ends: after a framing error the byte stream cannot be trusted any more.
 ///
 /// Memory: bytes are read into one buffer, which grows to the largest frame received (at most
-/// the maximum frame length) and is then reused for the life of the connection, so a steady
-/// stream of large messages allocates nothing per message. Frames are cut out of it without
+/// the maximum frame length) and is reused while messages keep arriving, so a steady stream of
+/// large messages allocates nothing per message; when the peer pauses (a read finds nothing and
+/// nothing is buffered) a buffer above 2 KiB is given back, so an idle connection holds at most
+/// 2 KiB for receiving (none before its first byte). Frames are cut out of it without
 /// copying: [`recv_message`](Self::recv_message) decodes straight from the frame, so fields of
 /// type [`bytes::Bytes`] (prost-build's `.bytes(..)` option) are slices of the receive buffer
 /// rather than copies; a message whose `Bytes` fields are still held keeps its part of the

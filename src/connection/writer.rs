@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 /// Frames are encoded into a write buffer. `send` and `send_message` write and flush at once;
 /// `feed` and `feed_message` only buffer (writing when the buffer passes its high-water mark), so many small messages go out
 /// in few system calls when followed by one [`flush`](Self::flush). Short writes and `Pending`
-/// never lose bytes: what the transport did not take stays buffered for the next call.
+/// never lose bytes: what the transport did not take stays buffered for the next call. A flush
+/// gives a write buffer that grew beyond 2 KiB back once it is written, so a connection that has
+/// gone quiet after a burst holds no large buffer.
 /// [`close`](Self::close) flushes everything, then shuts the transport's write side down.
 ///
 /// Made by [`Connection::split`](crate::Connection::split), or with [`ConnectionWriter::new`]
