@@ -402,6 +402,16 @@ async fn restart_with_the_answer_cut(config: &ReliableConfig, keep_server: bool)
             keep_server,
         });
         proxy.kill_all();
+        // Message 8 must go to the new server only: had the client not yet seen the old
+        // connection die, it would write 8 there too and count it among the retransmitted.
+        within(20, "the old connection's end", async {
+            while let Some(event) = futures::StreamExt::next(&mut events).await {
+                if matches!(event, Event::Disconnected { .. }) {
+                    break;
+                }
+            }
+        })
+        .await;
 
         within(
             30,
