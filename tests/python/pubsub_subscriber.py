@@ -13,70 +13,12 @@ files; no code from the connect crate. Against the pubsub-publisher example (bar
 usage: pubsub_subscriber.py HOST:PORT FILTER COUNT
 """
 
-import io
-import socket
 import sys
 
-from google.protobuf import any_pb2, proto
+from frames import Peer, full_name, unpack
 
 from connect.example.v1 import hello_pb2
 from connect.pubsub.v1 import pubsub_pb2 as ps
-
-
-def full_name(any_msg):
-    """Section 1: the type is the part of the type URL after the last '/'."""
-    return any_msg.type_url.rsplit("/", 1)[-1]
-
-
-class Peer:
-    """Frames over a socket (section 1): varint length, then a google.protobuf.Any."""
-
-    def __init__(self, addr):
-        host, port = addr.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=20)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def send(self, msg):
-        any_msg = any_pb2.Any()
-        any_msg.Pack(msg)  # type URL "type.googleapis.com/<full name>"
-        out = io.BytesIO()
-        proto.serialize_length_prefixed(any_msg, out)
-        self.sock.sendall(out.getvalue())
-
-    def _take_frame(self):
-        length, shift, pos = 0, 0, 0
-        while True:
-            if pos >= len(self.buf):
-                return None
-            byte = self.buf[pos]
-            length |= (byte & 0x7F) << shift
-            pos += 1
-            if byte & 0x80 == 0:
-                break
-            shift += 7
-            assert pos < 10, "varint longer than 10 bytes"
-        if len(self.buf) < pos + length:
-            return None
-        any_msg = any_pb2.Any()
-        any_msg.ParseFromString(self.buf[pos : pos + length])
-        self.buf = self.buf[pos + length :]
-        return any_msg
-
-    def recv(self):
-        while True:
-            frame = self._take_frame()
-            if frame is not None:
-                return frame
-            data = self.sock.recv(65536)
-            assert data, "the publisher closed the connection"
-            self.buf += data
-
-
-def unpack(any_msg, cls):
-    msg = cls()
-    assert any_msg.Unpack(msg), f"expected {cls.DESCRIPTOR.full_name}, got {any_msg.type_url}"
-    return msg
 
 
 def matches(filter_, topic):
