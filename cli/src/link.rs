@@ -356,6 +356,18 @@ impl Link {
     pub async fn close(&mut self) -> connect::Result<()> {
         each_link!(self, c => c.close().await)
     }
+
+    /// Closes the link before the process exits. Over SCTP it also waits (bounded by the
+    /// association's linger) for the peer's end of stream and SCTP's SHUTDOWN exchange: after
+    /// a bare close the peer may still need this side's acknowledgements, and a process that
+    /// exits at once leaves it retransmitting to nobody until its association times out.
+    pub async fn finish(self) -> connect::Result<()> {
+        match self {
+            #[cfg(feature = "sctp")]
+            Link::Sctp(c) => connect::transport::sctp::shutdown(c).await,
+            mut link => link.close().await,
+        }
+    }
 }
 
 impl Link {

@@ -366,7 +366,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     bail!("{received} of {n} replies came (waited {wait_ms} ms for the rest; raise --wait-ms?)");
                 }
             }
-            let _ = conn.close().await;
+            let _ = conn.finish().await;
             Ok(())
         }
         Command::Call {
@@ -555,6 +555,8 @@ async fn listen(
         let board = board.clone();
         async move {
             println!("{peer} connected");
+            // Whether this link brought the count of messages to --count.
+            let mut last = false;
             let on_board = board.as_ref().map(|b| b.open(&peer, &link));
             loop {
                 match link.recv().await {
@@ -571,9 +573,8 @@ async fn listen(
                         }
                         let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         if count == Some(n) {
-                            if let Some(tx) = done_tx.lock().ok().and_then(|mut tx| tx.take()) {
-                                let _ = tx.send(());
-                            }
+                            last = true;
+                            break;
                         }
                     }
                     Ok(None) => {
@@ -588,6 +589,17 @@ async fn listen(
             }
             if let (Some(board), Some(id)) = (&board, on_board) {
                 board.close(id, &link);
+            }
+            if last {
+                // Close this link gracefully before the process exits, so the peer gets its
+                // echo and a proper end rather than a dropped connection.
+                if let Err(e) = link.finish().await {
+                    eprintln!("{peer}: close failed: {e}");
+                }
+                println!("{peer} closed");
+                if let Some(tx) = done_tx.lock().ok().and_then(|mut tx| tx.take()) {
+                    let _ = tx.send(());
+                }
             }
         }
     };

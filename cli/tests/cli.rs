@@ -758,9 +758,12 @@ fn wss_urls_carry_a_session_to_listen() {
 #[cfg(feature = "sctp")]
 #[test]
 fn sctp_addresses_carry_send_and_listen() {
-    // No --count: `listen` would exit as soon as it read the last frame, and over SCTP that
-    // races its own echo out of the process (the association's driver sends it).
-    let mut listener = start_connect(&["listen", "sctp://127.0.0.1:0", "--echo"], Stdio::null());
+    // With --count, `listen` closes the link after its last echo and only then exits: over
+    // SCTP the association's driver sends the echo, so an exit without the close raced it.
+    let listener = start_connect(
+        &["listen", "sctp://127.0.0.1:0", "--echo", "--count", "2"],
+        Stdio::null(),
+    );
     connect()
         .args(["send", &format!("sctp://{}", listener.addr), "--type", HELLO])
         .args(["--replies", "2", "--wait-ms", "10000"])
@@ -770,20 +773,14 @@ fn sctp_addresses_carry_send_and_listen() {
         .stdout(format!(
             "{HELLO} (60 bytes) {{\"text\":\"one\",\"sequence\":\"1\"}}\n{HELLO} (60 bytes) {{\"text\":\"two\",\"sequence\":\"2\"}}\n"
         ));
-    // It printed each frame before echoing it, so both lines are there.
-    let mut printed = String::new();
-    while !printed.contains("\"two\"") {
-        let before = printed.len();
-        listener
-            .stdout
-            .read_line(&mut printed)
-            .expect("read its stdout");
-        assert!(printed.len() > before, "listen ended early: {printed}");
-    }
+    // It printed each frame before echoing it, then the close, then exited.
+    let printed = listener.finish(Duration::from_secs(20));
     assert!(
         printed.contains(&format!("{HELLO} (60 bytes) {{\"text\":\"one\"")),
         "{printed}"
     );
+    assert!(printed.contains("\"two\""), "{printed}");
+    assert!(printed.trim_end().ends_with("closed"), "{printed}");
     // A session over SCTP too.
     let listener = start_connect(
         &["listen", "sctp://127.0.0.1:0", "--echo", "--session"],
