@@ -327,3 +327,103 @@ async fn data_beyond_the_window_fails_only_that_stream() {
     assert_eq!(&buf[..n], &[1; 10][..n]);
     within(20, "the peer's view", raw_peer).await;
 }
+
+/// A raw reliable peer on a fresh listener: the far side speaks the tunnel messages by hand.
+async fn raw_peer_listener() -> (SocketAddr, task::JoinHandle<ReliableStream>) {
+    let listener = tcp::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = ReliableServer::new(SessionConfig::new(), ReliableConfig::new());
+    let peer = task::spawn(async move {
+        let conn = listener.accept().await.unwrap();
+        let Ok(Accepted::NewStream { stream, driver }) = server.accept(conn).await else {
+            panic!("expected a new reliable stream");
+        };
+        task::spawn(driver);
+        stream
+    });
+    (addr, peer)
+}
+
+#[async_std::test]
+async fn writes_wait_while_the_peer_reads_nothing_and_nothing_is_lost() {
+    use connect::prost_types::Any;
+    use connect::proto::tunnel::{TunnelData, TunnelOpen, TunnelWindow};
+    use connect::tunnel::MAX_QUEUED;
+    let (addr, peer) = raw_peer_listener().await;
+    let tunnel = client(addr, TunnelConfig::new());
+    let mut opened = tunnel.open("a").unwrap();
+    let mut stream = within(20, "the raw peer", peer).await;
+    let open = stream.recv().await.unwrap().unwrap();
+    let id = open.to_msg::<TunnelOpen>().unwrap().stream_id;
+    // All the credit there is, then the peer reads nothing.
+    let grant = TunnelWindow {
+        stream_id: id,
+        credit: u32::MAX,
+    };
+    stream.send(Any::from_msg(&grant).unwrap()).await.unwrap();
+
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0usize;
+    loop {
+        let write = async_std::future::timeout(Duration::from_secs(2), opened.write(&chunk));
+        match write.await {
+            Ok(n) => written += n.unwrap(),
+            Err(_) => break, // stalled: what the tunnel holds is bounded
+        }
+        assert!(written < 256 * 1024 * 1024, "writes never stalled");
+    }
+    let queued = tunnel.queued_bytes();
+    assert!(
+        queued <= MAX_QUEUED + 64 * 1024,
+        "{queued} bytes queued for a peer that reads nothing"
+    );
+    // Every byte written before the stall arrives once the peer reads.
+    let mut received = 0usize;
+    while received < written {
+        let any = within(30, "the queued data", stream.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Ok(data) = any.to_msg::<TunnelData>() {
+            assert_eq!(data.stream_id, id);
+            assert!(data.data.iter().all(|&b| b == 7));
+            received += data.data.len();
+        }
+    }
+    assert_eq!(received, written);
+}
+
+#[async_std::test]
+async fn a_peer_that_floods_replies_without_reading_ends_only_its_tunnel() {
+    use connect::prost_types::Any;
+    use connect::proto::tunnel::TunnelOpen;
+    let (addr, peer) = raw_peer_listener().await;
+    let session = SessionConfig::new();
+    let stream = tcp::connect_reliable(addr, session, ReliableConfig::new(), spawn);
+    let (_tunnel, driver) = Tunnel::new(stream, Side::Connecting, TunnelConfig::new());
+    let driver = task::spawn(driver);
+    let mut stream = within(20, "the raw peer", peer).await;
+    // The same stream id again and again: each is refused with a TunnelClose, which this
+    // peer never reads.
+    let open = Any::from_msg(&TunnelOpen {
+        stream_id: 2,
+        target: "x".into(),
+        window: 1024,
+    })
+    .unwrap();
+    let flood = task::spawn(async move {
+        for _ in 0..1_000_000 {
+            if stream.send(open.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let err = within(60, "the tunnel's end", driver).await.unwrap_err();
+    assert!(err.to_string().contains("without reading"), "{err}");
+    flood.cancel().await;
+    // Another tunnel on the same process still works.
+    let echo = tcp_echo().await;
+    let server = tunnel_server(TunnelConfig::new()).await;
+    let tunnel = client(server, TunnelConfig::new());
+    round_trip(tunnel.open(&echo.to_string()).unwrap(), 9, 100_000).await;
+}

@@ -15,10 +15,17 @@
 //! The side that opens streams uses [`Tunnel::open`]; the other side takes them with
 //! [`Tunnel::accept`], gets the target the opener asked for, and connects it wherever it wishes
 //! (`connect tunnel` connects to a TCP address, like `ssh -L`).
+//!
+//! What this side queues for the reliable writer is bounded too: past [`MAX_QUEUED`] bytes the
+//! application's writes wait. The driver always goes on reading (stopping would also stop the
+//! reliable stream's acknowledgements, and two such sides could wait on each other), but a peer
+//! that makes it queue [`MAX_REPLIES_QUEUED`] bytes of replies beyond that without reading
+//! them ends the tunnel with an error.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -41,6 +48,11 @@ pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 pub const DEFAULT_MAX_STREAMS: usize = 1024;
 /// The largest `TunnelData` this side sends.
 const MAX_CHUNK: usize = 32 * 1024;
+/// Bytes of messages a tunnel queues for its reliable writer before application writes wait.
+pub const MAX_QUEUED: usize = 1024 * 1024;
+/// Bytes of replies to the peer's messages (window grants, refusals) a tunnel queues beyond
+/// [`MAX_QUEUED`] before it gives up on a peer that does not read them.
+pub const MAX_REPLIES_QUEUED: usize = 256 * 1024;
 
 /// Settings of one side of a tunnel.
 #[derive(Clone, Debug)]
@@ -125,7 +137,18 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     config: TunnelConfig,
+    /// Unbounded as a channel, bounded by `queued`: writers and the driver's reading wait for
+    /// room (see [`Shared::poll_room`]).
     outgoing: mpsc::UnboundedSender<Any>,
+    /// Bytes (type URLs and values) in `outgoing`.
+    queued: AtomicUsize,
+    /// Application writes waiting for `queued` to drop under [`MAX_QUEUED`].
+    room_waiters: Mutex<Vec<Waker>>,
+}
+
+/// What a queued message counts against [`MAX_QUEUED`].
+fn queued_len(any: &Any) -> usize {
+    any.type_url.len() + any.value.len()
 }
 
 impl Shared {
@@ -136,9 +159,41 @@ impl Shared {
 
     fn send<M: Name>(&self, message: &M) -> io::Result<()> {
         let any = Any::from_msg(message).map_err(io::Error::other)?;
-        self.outgoing
-            .unbounded_send(any)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the tunnel has ended"))
+        let len = queued_len(&any);
+        self.queued.fetch_add(len, Ordering::AcqRel);
+        self.outgoing.unbounded_send(any).map_err(|_| {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            io::Error::new(io::ErrorKind::BrokenPipe, "the tunnel has ended")
+        })
+    }
+
+    /// The driver handed a queued message to the reliable writer.
+    fn taken(&self, len: usize) {
+        let before = self.queued.fetch_sub(len, Ordering::AcqRel);
+        if before >= MAX_QUEUED && before - len < MAX_QUEUED {
+            let waiters =
+                std::mem::take(&mut *self.room_waiters.lock().unwrap_or_else(|e| e.into_inner()));
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Ready once the outgoing queue is under [`MAX_QUEUED`].
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.queued.load(Ordering::Acquire) < MAX_QUEUED {
+            return Poll::Ready(());
+        }
+        {
+            let mut waiters = self.room_waiters.lock().unwrap_or_else(|e| e.into_inner());
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+        }
+        // Checked again after registering: `taken` may have made room in between.
+        if self.queued.load(Ordering::Acquire) < MAX_QUEUED {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -176,6 +231,8 @@ impl Tunnel {
             }),
             config,
             outgoing,
+            queued: AtomicUsize::new(0),
+            room_waiters: Mutex::new(Vec::new()),
         });
         let (reader, writer) = stream.split();
         let future = Box::pin(drive(shared.clone(), reader, writer, to_send, accepted));
@@ -215,6 +272,12 @@ impl Tunnel {
     pub async fn accept(&mut self) -> Option<(TunnelStream, String)> {
         self.incoming.next().await
     }
+
+    /// Bytes of messages waiting for the reliable writer: at most [`MAX_QUEUED`] plus one
+    /// message of each stream and [`MAX_REPLIES_QUEUED`].
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
+    }
 }
 
 async fn drive(
@@ -226,9 +289,13 @@ async fn drive(
 ) -> Result<()> {
     let write = async {
         while let Some(any) = to_send.next().await {
+            let len = queued_len(&any);
             writer.feed(any).await?;
+            shared.taken(len);
             while let Ok(any) = to_send.try_recv() {
+                let len = queued_len(&any);
                 writer.feed(any).await?;
+                shared.taken(len);
             }
             writer.flush().await?;
         }
@@ -237,6 +304,16 @@ async fn drive(
     let read = async {
         while let Some(any) = reader.recv().await? {
             handle(&shared, any, &accepted);
+            let queued = shared.queued.load(Ordering::Acquire);
+            if queued > MAX_QUEUED + MAX_REPLIES_QUEUED {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "tunnel: {queued} bytes queued for a peer that keeps sending \
+                         messages that need replies without reading them"
+                    ),
+                )));
+            }
         }
         Ok::<_, Error>(())
     };
@@ -469,6 +546,9 @@ impl AsyncWrite for TunnelStream {
         }
         if slot.credit == 0 {
             slot.write_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if self.shared.poll_room(cx).is_pending() {
             return Poll::Pending;
         }
         let n = buf
