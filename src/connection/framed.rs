@@ -55,6 +55,12 @@ pub(crate) struct ReadState {
     shared: Option<Bytes>,
     /// Set once the stream has ended (cleanly or with an error); nothing is read after that.
     finished: bool,
+    /// The longest frame (with its prefix) received whole so far. A buffer for a frame up to
+    /// this long is made at once instead of growing with what arrives: the peer has sent one
+    /// that long before, so a stream of large frames whose buffer is given back between them
+    /// (the reader caught up with the peer) costs one allocation per frame, not one per
+    /// doubling.
+    longest: usize,
     /// Frames cut so far (`connect::metrics`).
     pub(super) counter: FrameCounter,
 }
@@ -90,6 +96,7 @@ impl ReadState {
             end: 0,
             shared: None,
             finished: false,
+            longest: 0,
             counter: FrameCounter::new(Direction::Received),
         }
     }
@@ -237,6 +244,7 @@ impl ReadState {
                         let frame = self.start + prefix_len..self.start + total;
                         self.start += total;
                         self.counter.count(total);
+                        self.longest = self.longest.max(total);
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     total.max(READ_CHUNK)
@@ -300,9 +308,16 @@ impl ReadState {
         } else {
             // The room wanted is grown into as bytes arrive (at most doubling per read), not
             // committed up front: a peer announcing a large frame and sending little of it
-            // makes the buffer grow only with what it actually sends.
-            let grow_to =
-                |len: usize, end: usize| wanted.min(len.saturating_mul(2).max(end + READ_CHUNK));
+            // makes the buffer grow only with what it actually sends. Only a frame no longer
+            // than one the peer has already sent whole gets its room at once.
+            let longest = self.longest;
+            let grow_to = |len: usize, end: usize| {
+                if wanted <= longest {
+                    wanted
+                } else {
+                    wanted.min(len.saturating_mul(2).max(end + READ_CHUNK))
+                }
+            };
             if Arc::get_mut(&mut self.buf).is_none() {
                 // A caller still holds a frame: leave that buffer to it.
                 let mut fresh = vec![0; grow_to(0, pending)];
@@ -952,6 +967,34 @@ mod tests {
         }
         assert!(poll_once(&mut state, &mut io).is_pending());
         assert!(state.buf.len() <= SMALL_LEN, "{}", state.buf.len());
+    }
+
+    #[test]
+    fn a_frame_as_long_as_an_earlier_one_gets_its_room_at_once() {
+        let one = wire(1, 1 << 20);
+        let start = 4 * 1024;
+        let chunks = [
+            Some(one.clone()),
+            None,
+            Some(one[..start].to_vec()),
+            None,
+            Some(one[start..].to_vec()),
+        ];
+        let mut io = Script(chunks.into());
+        let mut state = ReadState::new(Codec::new());
+        assert!(matches!(
+            poll_once(&mut state, &mut io),
+            Poll::Ready(Some(_))
+        ));
+        assert!(poll_once(&mut state, &mut io).is_pending());
+        assert!(state.buf.len() <= SMALL_LEN, "{}", state.buf.len());
+        // The start of the next frame is in: the room for all of it was made in one step.
+        assert!(poll_once(&mut state, &mut io).is_pending());
+        assert_eq!(state.buf.len(), one.len());
+        match poll_once(&mut state, &mut io) {
+            Poll::Ready(Some(frame)) => assert_eq!(value(&frame), vec![0; 1 << 20]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
