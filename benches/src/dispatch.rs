@@ -20,6 +20,8 @@ use crate::harness::{self, Meter, Payload, Throughput};
 pub enum Path {
     /// `Dispatcher::serve`.
     Serve,
+    /// `Dispatcher::serve` with the handler registered by `on_sync` (no future).
+    ServeSync,
     /// `ConnectionReader` as a stream of `Any`, each one through `Dispatcher::dispatch`.
     AnyThenDispatch,
 }
@@ -44,7 +46,7 @@ async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Res
     let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
     let conn = tcp::wrap(stream, &ConnectionConfig::default());
     METER.set(Some(meter));
-    let dispatcher = Dispatcher::new().on(move |msg: Payload, _cx: Context| {
+    let tick = |msg: Payload| {
         if !msg.data.is_empty() {
             METER.with_borrow_mut(|meter| {
                 if let Some(meter) = meter {
@@ -52,11 +54,21 @@ async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Res
                 }
             });
         }
-        async { Ok::<_, connect::Error>(()) }
-    });
+    };
+    let dispatcher = if path == Path::ServeSync {
+        Dispatcher::new().on_sync(move |msg: Payload, _cx: &Context| {
+            tick(msg);
+            Ok::<_, connect::Error>(())
+        })
+    } else {
+        Dispatcher::new().on(move |msg: Payload, _cx: Context| {
+            tick(msg);
+            async { Ok::<_, connect::Error>(()) }
+        })
+    };
     match path {
         // The sender's end marker is handled like any message; serving ends when it closes.
-        Path::Serve => dispatcher.serve(conn).await?,
+        Path::Serve | Path::ServeSync => dispatcher.serve(conn).await?,
         Path::AnyThenDispatch => {
             let (mut reader, _writer) = conn.split();
             let cx = Context::new(Arc::new(reader.info().clone()));

@@ -114,6 +114,9 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
         (DISPATCHER, |s| {
             dispatch::throughput(s, dispatch::Path::Serve)
         }),
+        ("connect dispatcher, serve, on_sync handler", |s| {
+            dispatch::throughput(s, dispatch::Path::ServeSync)
+        }),
         ("connect dispatcher, recv Any + dispatch", |s| {
             dispatch::throughput(s, dispatch::Path::AnyThenDispatch)
         }),
