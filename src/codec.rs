@@ -188,13 +188,35 @@ impl Codec {
         dst: &mut BytesMut,
     ) -> Result<()> {
         let value_len = msg.encoded_len();
+        if self.encode_head(type_url, value_len, value_len, dst)? {
+            msg.encode_raw(dst);
+        }
+        Ok(())
+    }
+
+    /// Appends a frame's length prefix and its `Any`'s bytes up to the value's own bytes: all
+    /// of the frame but the value, which the caller appends (or writes) right after. Reserves
+    /// `room` bytes beyond the head. Returns whether the value field is there at all (an empty
+    /// value is left out, as every protobuf encoder does).
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if the frame would be longer than the maximum; `dst` is then left
+    /// unchanged.
+    #[inline]
+    pub(crate) fn encode_head(
+        &self,
+        type_url: &str,
+        value_len: usize,
+        room: usize,
+        dst: &mut BytesMut,
+    ) -> Result<bool> {
         // Fields of google.protobuf.Any: 1 = type_url (string), 2 = value (bytes). Like every
         // protobuf encoder, leave out fields that hold their default (empty) value.
         let url_field_len = field_len(type_url.len());
         let value_field_len = field_len(value_len);
         let len = url_field_len + value_field_len;
         self.check_len(len)?;
-        dst.reserve(encoded_len_varint(len as u64) + len);
+        dst.reserve(encoded_len_varint(len as u64) + len - value_len + room);
         encode_varint(len as u64, dst);
         if url_field_len > 0 {
             dst.put_u8(0x0a);
@@ -204,9 +226,8 @@ impl Codec {
         if value_field_len > 0 {
             dst.put_u8(0x12);
             encode_varint(value_len as u64, dst);
-            msg.encode_raw(dst);
         }
-        Ok(())
+        Ok(value_field_len > 0)
     }
 
     fn check_len(&self, len: usize) -> Result<()> {

@@ -62,7 +62,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// published (for messages delivered by [`pubsub`](crate::pubsub)).
 #[derive(Clone, Debug)]
 pub struct Context {
-    info: Arc<ConnectionInfo>,
+    // Held by value, not shared: a context is cloned for every message a serve loop hands to
+    // a handler, and copying these few bytes costs less than a shared count's atomic
+    // increment and decrement.
+    info: ConnectionInfo,
     session: Option<Arc<crate::session::SessionInfo>>,
     call: Option<Arc<crate::rpc::CallInfo>>,
     link: Option<crate::endpoint::LinkId>,
@@ -72,6 +75,10 @@ pub struct Context {
 impl Context {
     /// Context of a message received on the connection described by `info`.
     pub fn new(info: Arc<ConnectionInfo>) -> Self {
+        Self::of_connection(Arc::unwrap_or_clone(info))
+    }
+
+    fn of_connection(info: ConnectionInfo) -> Self {
         Self {
             info,
             session: None,
@@ -84,7 +91,7 @@ impl Context {
     /// Context of a message received in a session.
     pub fn for_session(session: Arc<crate::session::SessionInfo>) -> Self {
         Self {
-            info: session.connection_arc(),
+            info: session.connection().clone(),
             session: Some(session),
             call: None,
             link: None,
@@ -123,7 +130,7 @@ impl Context {
 
     /// Context for dispatching a message that did not come from a connection (tests, replays).
     pub fn detached() -> Self {
-        Self::new(Arc::new(ConnectionInfo::new()))
+        Self::of_connection(ConnectionInfo::new())
     }
 
     /// The connection the message arrived on.
@@ -247,12 +254,24 @@ trait ErasedHandler: Send + Sync {
     /// name is its message's full name.
     fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>>;
 
-    /// [`call`](Self::call), started in `slot`: a typed handler reuses the box its previous
-    /// call ran in, so a serve loop allocates nothing per message. A frame that does not decode
-    /// is the error, and `slot` is left as it was.
-    fn call_in(&self, frame: Frame, cx: Context, slot: &mut RunningSlot) -> Result<()> {
-        *slot = Some(Box::pin(Boxed(self.call(frame, cx))));
-        Ok(())
+    /// [`call`](Self::call), started in `slot` and polled once with `task`: a typed handler
+    /// reuses the box its previous call ran in, so a serve loop allocates nothing per message,
+    /// and one that completes at once is done in this one call. While the call is `Pending`,
+    /// `slot` holds it. A frame that does not decode is the (ready) error, and `slot` is left
+    /// as it was.
+    fn start_in(
+        &self,
+        frame: Frame,
+        cx: &Context,
+        slot: &mut RunningSlot,
+        task: &mut task::Context<'_>,
+    ) -> Poll<Result<Reply>> {
+        let mut call = Box::pin(Boxed(self.call(frame, cx.clone())));
+        let poll = call.as_mut().poll_reply(task);
+        if poll.is_pending() {
+            *slot = Some(call);
+        }
+        poll
     }
 }
 
@@ -262,13 +281,21 @@ trait Running: Send {
     /// Polls the call; its future is dropped as soon as it completes.
     fn poll_reply(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Result<Reply>>;
 
-    /// Starts `handler`'s next call in this box, taking the message and context out of `args`
-    /// (an `Option<(M, Context)>`), if the box was made for a handler of that type; otherwise
-    /// leaves `args` alone.
-    fn restart(self: Pin<&mut Self>, handler: &dyn StdAny, args: &mut dyn StdAny);
+    /// Starts the next call in this box and polls it once, taking its future out of `future`
+    /// (a [`NextCall`]) if the box was made for the same handler type; otherwise leaves
+    /// `future` alone and returns `None`.
+    fn restart(
+        self: Pin<&mut Self>,
+        future: &mut dyn StdAny,
+        cx: &mut task::Context<'_>,
+    ) -> Option<Poll<Result<Reply>>>;
 }
 
-/// Where a serve loop keeps its handler call (see [`ErasedHandler::call_in`]).
+/// A typed handler's next future, for [`Running::restart`]: typed by the message and handler
+/// too, since handlers of different messages may return the same future type.
+type NextCall<M, F, Fut> = (Option<Fut>, PhantomData<fn() -> (M, F)>);
+
+/// Where a serve loop keeps its handler call (see [`ErasedHandler::start_in`]).
 type RunningSlot = Option<Pin<Box<dyn Running>>>;
 
 /// Any handler's boxed future as a [`Running`] call (the fallback's, which is not on the hot
@@ -280,7 +307,13 @@ impl Running for Boxed {
         self.0.as_mut().poll(cx)
     }
 
-    fn restart(self: Pin<&mut Self>, _handler: &dyn StdAny, _args: &mut dyn StdAny) {}
+    fn restart(
+        self: Pin<&mut Self>,
+        _future: &mut dyn StdAny,
+        _cx: &mut task::Context<'_>,
+    ) -> Option<Poll<Result<Reply>>> {
+        None
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -313,14 +346,14 @@ where
         Poll::Ready(handler_reply::<M, R, E>(result))
     }
 
-    fn restart(self: Pin<&mut Self>, handler: &dyn StdAny, args: &mut dyn StdAny) {
-        let handler = handler.downcast_ref::<TypedHandler<M, F>>();
-        let args = args.downcast_mut::<Option<(M, Context)>>();
-        if let (Some(handler), Some(args)) = (handler, args) {
-            if let Some((msg, cx)) = args.take() {
-                self.project().future.set(Some((handler.handler)(msg, cx)));
-            }
-        }
+    fn restart(
+        mut self: Pin<&mut Self>,
+        future: &mut dyn StdAny,
+        cx: &mut task::Context<'_>,
+    ) -> Option<Poll<Result<Reply>>> {
+        let future = future.downcast_mut::<NextCall<M, F, Fut>>()?.0.take()?;
+        self.as_mut().project().future.set(Some(future));
+        Some(self.poll_reply(cx))
     }
 }
 
@@ -364,19 +397,74 @@ where
         }
     }
 
-    fn call_in(&self, frame: Frame, cx: Context, slot: &mut RunningSlot) -> Result<()> {
-        let mut args = Some((Self::decode(frame)?, cx));
+    fn start_in(
+        &self,
+        frame: Frame,
+        cx: &Context,
+        slot: &mut RunningSlot,
+        task: &mut task::Context<'_>,
+    ) -> Poll<Result<Reply>> {
+        let msg = match Self::decode(frame) {
+            Ok(msg) => msg,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        // Not polled before it is in its box: moving it there is fine.
+        let next_future = (self.handler)(msg, cx.clone());
+        let mut next: NextCall<M, F, Fut> = (Some(next_future), PhantomData);
         if let Some(running) = slot {
-            running.as_mut().restart(self, &mut args);
+            if let Some(poll) = running.as_mut().restart(&mut next, task) {
+                return poll;
+            }
         }
         // Still here: the slot was empty or held another handler's call.
-        if let Some((msg, cx)) = args {
-            *slot = Some(Box::pin(Call::<M, F, Fut> {
-                future: Some((self.handler)(msg, cx)),
-                handler: PhantomData,
-            }));
-        }
-        Ok(())
+        let mut call = Box::pin(Call::<M, F, Fut> {
+            future: next.0,
+            handler: PhantomData,
+        });
+        let poll = call.as_mut().poll_reply(task);
+        *slot = Some(call);
+        poll
+    }
+}
+
+/// A handler that answers without awaiting anything: no future, no box, no `Context` clone.
+struct SyncHandler<M, F> {
+    handler: F,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<M, F, R, E> SyncHandler<M, F>
+where
+    M: Message + Name + Default,
+    F: Fn(M, &Context) -> Result<R, E>,
+    R: Into<Reply>,
+    E: Into<BoxError>,
+{
+    fn run(&self, frame: Frame, cx: &Context) -> Result<Reply> {
+        let msg = TypedHandler::<M, F>::decode(frame)?;
+        handler_reply::<M, R, E>((self.handler)(msg, cx))
+    }
+}
+
+impl<M, F, R, E> ErasedHandler for SyncHandler<M, F>
+where
+    M: Message + Name + Default + 'static,
+    F: Fn(M, &Context) -> Result<R, E> + Send + Sync + 'static,
+    R: Into<Reply> + 'static,
+    E: Into<BoxError> + 'static,
+{
+    fn call(&self, frame: Frame, cx: Context) -> BoxFuture<Result<Reply>> {
+        Box::pin(std::future::ready(self.run(frame, &cx)))
+    }
+
+    fn start_in(
+        &self,
+        frame: Frame,
+        cx: &Context,
+        _slot: &mut RunningSlot,
+        _task: &mut task::Context<'_>,
+    ) -> Poll<Result<Reply>> {
+        Poll::Ready(self.run(frame, cx))
     }
 }
 
@@ -455,6 +543,42 @@ impl Dispatcher {
         E: Into<BoxError> + 'static,
     {
         let handler = TypedHandler {
+            handler,
+            _message: PhantomData,
+        };
+        self.handlers.insert(M::full_name(), Box::new(handler));
+        self
+    }
+
+    /// Handles messages of type `M` with `handler`, which answers at once: what
+    /// [`on`](Self::on) does for a handler whose future would be ready when first polled, without
+    /// the future, and with the [`Context`] lent rather than cloned. Under
+    /// [`serve`](Self::serve) a message then costs little more than receiving it with
+    /// [`recv_message`](ConnectionReader::recv_message). Replaces any earlier handler for `M`.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use connect::dispatch::{Context, Dispatcher, Reply};
+    /// use connect::proto::example::HelloWorld;
+    /// use prost_types::Any;
+    ///
+    /// let dispatcher = Dispatcher::new().on_sync(|hello: HelloWorld, _cx: &Context| {
+    ///     Ok::<_, connect::Error>(Reply::message(&HelloWorld { sequence: hello.sequence + 1, ..hello }))
+    /// });
+    /// let request = Any::from_msg(&HelloWorld { text: "hi".into(), sequence: 1 }).unwrap();
+    /// let reply = dispatcher.dispatch(request, Context::detached()).await?;
+    /// let answer: HelloWorld = reply.into_iter().next().unwrap().to_msg().unwrap();
+    /// assert_eq!(answer.sequence, 2);
+    /// # Ok::<(), connect::Error>(()) }).unwrap();
+    /// ```
+    pub fn on_sync<M, F, R, E>(mut self, handler: F) -> Self
+    where
+        M: Message + Name + Default + 'static,
+        F: Fn(M, &Context) -> Result<R, E> + Send + Sync + 'static,
+        R: Into<Reply> + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let handler = SyncHandler {
             handler,
             _message: PhantomData,
         };
@@ -581,6 +705,9 @@ impl Dispatcher {
             handler: None,
         };
         let mut running: RunningSlot = None;
+        // Where the messages come from does not change while serving: made once, cloned for
+        // each message.
+        let context = reader.context();
         loop {
             // Flush replies only when no further input is ready: that batches the answers to a
             // burst of requests into one write.
@@ -597,19 +724,22 @@ impl Dispatcher {
                 }
             };
             let Some(frame) = next.transpose()? else {
-                log::debug!("{}: peer closed", reader.context().connection());
+                log::debug!("{}: peer closed", context.connection());
                 return writer.finish().await;
             };
             let Some(handler) = self.route(&frame, &mut last_route) else {
                 return Err(Error::UnknownType(Box::new(frame.into_any())));
             };
-            handler.call_in(frame, reader.context(), &mut running)?;
-            let reply = poll_fn(|cx| match running.as_mut() {
-                Some(call) => call.as_mut().poll_reply(cx),
-                None => Poll::Ready(Ok(Reply::none())),
+            let mut start = Some(frame);
+            let reply = poll_fn(|cx| match start.take() {
+                Some(frame) => handler.start_in(frame, &context, &mut running, cx),
+                None => match running.as_mut() {
+                    Some(call) => call.as_mut().poll_reply(cx),
+                    None => Poll::Ready(Ok(Reply::none())),
+                },
             })
             .await?;
-            if replies_dropped {
+            if replies_dropped || reply.is_empty() {
                 continue;
             }
             for any in reply {
@@ -620,7 +750,7 @@ impl Dispatcher {
                 match fed {
                     Ok(()) => {}
                     Err(e) if writer.replies_unwanted(&e) => {
-                        log::debug!("{}: {e}; dropping replies", reader.context().connection());
+                        log::debug!("{}: {e}; dropping replies", context.connection());
                         replies_dropped = true;
                         break;
                     }
@@ -671,7 +801,8 @@ pub(crate) mod sealed {
             cx: &mut std::task::Context<'_>,
         ) -> Poll<Option<Result<Frame>>>;
 
-        /// What the handlers are told about where a message came from.
+        /// What the handlers are told about where a message came from (asked once per serve
+        /// loop, and cloned for each message).
         fn context(&self) -> Context;
     }
 
@@ -881,6 +1012,60 @@ mod tests {
                 "h"
             ]
         );
+    }
+
+    #[test]
+    fn handlers_with_the_same_future_type_keep_their_own_message_type() {
+        // Both futures are `Ready<Result<Reply, Error>>`: the box the first call leaves behind
+        // must not run the second one as a `HelloWorld` handler's call.
+        let dispatcher = Dispatcher::new()
+            .on(|_: HelloWorld, _: Context| std::future::ready(Ok::<_, Error>(Reply::none())))
+            .on(|_: prost_types::Duration, _: Context| {
+                std::future::ready(Err::<Reply, _>(Error::Closed))
+            });
+        let frames = [
+            Any::from_msg(&hello("a")).unwrap(),
+            Any::from_msg(&prost_types::Duration::default()).unwrap(),
+        ];
+        let (result, _) = serve(&dispatcher, wire(&frames));
+        assert!(
+            matches!(&result, Err(Error::Handler { type_name, .. }) if type_name == "google.protobuf.Duration"),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn synchronous_handlers_answer_in_order_among_async_ones() {
+        let dispatcher = Dispatcher::new()
+            .on_sync(|msg: HelloWorld, cx: &Context| {
+                assert!(cx.session().is_none());
+                Ok::<_, Error>(Reply::message(&msg))
+            })
+            .on(|d: prost_types::Duration, _: Context| async move {
+                YieldOnce(false).await;
+                Ok::<_, Error>(Reply::message(&hello(&format!("{}s", d.seconds))))
+            })
+            .on_sync(|_: prost_types::Timestamp, _: &Context| Err::<(), _>(Error::Closed));
+        let duration = prost_types::Duration {
+            seconds: 3,
+            nanos: 0,
+        };
+        let frames = [
+            Any::from_msg(&hello("a")).unwrap(),
+            Any::from_msg(&duration).unwrap(),
+            Any::from_msg(&hello("b")).unwrap(),
+            Any::from_msg(&prost_types::Timestamp::default()).unwrap(),
+        ];
+        let (result, replies) = serve(&dispatcher, wire(&frames));
+        assert!(
+            matches!(&result, Err(Error::Handler { type_name, .. }) if type_name == "google.protobuf.Timestamp"),
+            "{result:?}"
+        );
+        let texts: Vec<String> = replies
+            .iter()
+            .map(|reply| reply.to_msg::<HelloWorld>().unwrap().text)
+            .collect();
+        assert_eq!(texts, ["a", "3s", "b"]);
     }
 
     /// Pending once (waking itself), then ready.

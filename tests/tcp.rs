@@ -129,6 +129,47 @@ async fn eight_mib_message() {
 }
 
 #[async_std::test]
+async fn large_values_by_reference_keep_their_order_among_small_frames() {
+    // Large values go out from their own memory in vectored writes (`feed_encoded`, `feed` of
+    // an `Any`, and the echo server's replies, which are `Any`s), small ones are copied:
+    // through real sockets, with their short writes, everything must come back in order.
+    let (addr, _) = echo_server(ConnectionConfig::default()).await;
+    let conn = tcp::connect(addr).await.unwrap();
+    let messages: Vec<HelloWorld> = (0..24)
+        .map(|i| HelloWorld {
+            text: format!("{i:x}").repeat([3, 40_000, 700_000][i as usize % 3]),
+            sequence: i,
+        })
+        .collect();
+    let (mut reader, mut writer) = conn.split();
+    let sent = messages.clone();
+    let send = task::spawn(async move {
+        for hello in &sent {
+            match hello.sequence % 4 {
+                0 => writer.feed_message(hello).await?,
+                1 => writer.feed(Any::from_msg(hello).unwrap()).await?,
+                _ => {
+                    let encoded = bytes::Bytes::from(prost::Message::encode_to_vec(hello));
+                    writer.feed_encoded::<HelloWorld>(encoded).await?
+                }
+            }
+        }
+        writer.flush().await.map(|_| writer)
+    });
+    for expected in &messages {
+        let back: HelloWorld = timeout(LIMIT, reader.recv_message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, expected);
+    }
+    let writer = send.await.unwrap();
+    let mut conn = reader.reunite(writer).unwrap();
+    round_trip(&mut conn, 99).await;
+}
+
+#[async_std::test]
 async fn sixty_four_concurrent_clients() {
     let (addr, _) = echo_server(ConnectionConfig::default()).await;
     let clients: Vec<_> = (0..64u64)

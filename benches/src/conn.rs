@@ -21,6 +21,10 @@ pub enum SendMode {
     Feed,
     /// `send_message`: one flush (one write system call) per message.
     SendEach,
+    /// `feed_encoded` of the message encoded once: a large value is written from its own
+    /// memory instead of being copied into the write buffer, as the raw baseline writes its
+    /// payload.
+    FeedEncoded,
 }
 
 pub fn throughput(size: usize, mode: SendMode) -> anyhow::Result<Throughput> {
@@ -40,10 +44,12 @@ pub async fn send(
     let msg = Payload {
         data: Bytes::from(vec![0xa5; size]),
     };
+    let encoded = Bytes::from(prost::Message::encode_to_vec(&msg));
     while !harness::stopped(&stop) {
         match mode {
             SendMode::Feed => conn.feed_message(&msg).await?,
             SendMode::SendEach => conn.send_message(&msg).await?,
+            SendMode::FeedEncoded => conn.feed_encoded::<Payload>(encoded.clone()).await?,
         }
     }
     conn.send_message(&Payload::default()).await?;

@@ -3,8 +3,9 @@
 //! handed to `Dispatcher::dispatch` (type URL and payload copied out of the read buffer).
 //! Same sender, same handler, same run.
 
+use std::cell::RefCell;
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use connect::dispatch::{Context, Dispatcher};
 use connect::transport::tcp;
@@ -19,6 +20,8 @@ use crate::harness::{self, Meter, Payload, Throughput};
 pub enum Path {
     /// `Dispatcher::serve`.
     Serve,
+    /// `Dispatcher::serve` with the handler registered by `on_sync` (no future).
+    ServeSync,
     /// `ConnectionReader` as a stream of `Any`, each one through `Dispatcher::dispatch`.
     AnyThenDispatch,
 }
@@ -32,23 +35,40 @@ pub fn throughput(size: usize, path: Path) -> anyhow::Result<Throughput> {
     )
 }
 
+thread_local! {
+    /// The receiver's meter. Handlers run on the thread that serves (inside its `block_on`), so
+    /// they reach it without a lock: a `Mutex` would add two atomic operations per message that
+    /// the bare receiver, which owns its meter, does not pay.
+    static METER: RefCell<Option<Meter>> = const { RefCell::new(None) };
+}
+
 async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Result<Throughput> {
     let (stream, _) = smol::net::TcpListener::try_from(listener)?.accept().await?;
     let conn = tcp::wrap(stream, &ConnectionConfig::default());
-    // Uncontended: only this thread takes it, the same in both paths.
-    let meter = Arc::new(Mutex::new(Some(meter)));
-    let counted = meter.clone();
-    let dispatcher = Dispatcher::new().on(move |msg: Payload, _cx: Context| {
+    METER.set(Some(meter));
+    let tick = |msg: Payload| {
         if !msg.data.is_empty() {
-            if let Some(meter) = counted.lock().unwrap().as_mut() {
-                meter.tick(msg.data.len());
-            }
+            METER.with_borrow_mut(|meter| {
+                if let Some(meter) = meter {
+                    meter.tick(msg.data.len());
+                }
+            });
         }
-        async { Ok::<_, connect::Error>(()) }
-    });
+    };
+    let dispatcher = if path == Path::ServeSync {
+        Dispatcher::new().on_sync(move |msg: Payload, _cx: &Context| {
+            tick(msg);
+            Ok::<_, connect::Error>(())
+        })
+    } else {
+        Dispatcher::new().on(move |msg: Payload, _cx: Context| {
+            tick(msg);
+            async { Ok::<_, connect::Error>(()) }
+        })
+    };
     match path {
         // The sender's end marker is handled like any message; serving ends when it closes.
-        Path::Serve => dispatcher.serve(conn).await?,
+        Path::Serve | Path::ServeSync => dispatcher.serve(conn).await?,
         Path::AnyThenDispatch => {
             let (mut reader, _writer) = conn.split();
             let cx = Context::new(Arc::new(reader.info().clone()));
@@ -57,9 +77,9 @@ async fn receive(listener: TcpListener, meter: Meter, path: Path) -> anyhow::Res
             }
         }
     }
-    let meter = meter.lock().unwrap().take();
-    meter
-        .ok_or_else(|| anyhow::anyhow!("meter taken twice"))?
+    METER
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the meter is not on this thread"))?
         .finish()
 }
 

@@ -99,6 +99,9 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
     vec![
         (RAW, raw::throughput),
         (BARE, |s| conn::throughput(s, conn::SendMode::Feed)),
+        ("connect, feed_encoded + flush", |s| {
+            conn::throughput(s, conn::SendMode::FeedEncoded)
+        }),
         ("connect, send_message (flush each)", |s| {
             conn::throughput(s, conn::SendMode::SendEach)
         }),
@@ -110,6 +113,9 @@ fn throughput_impls() -> Vec<(&'static str, ThroughputFn)> {
         (ZMQ, zmq::throughput),
         (DISPATCHER, |s| {
             dispatch::throughput(s, dispatch::Path::Serve)
+        }),
+        ("connect dispatcher, serve, on_sync handler", |s| {
+            dispatch::throughput(s, dispatch::Path::ServeSync)
         }),
         ("connect dispatcher, recv Any + dispatch", |s| {
             dispatch::throughput(s, dispatch::Path::AnyThenDispatch)
@@ -763,6 +769,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
         )?;
     }
 
+    // An empty selection is a mistyped `--only`, not an empty result.
+    anyhow::ensure!(
+        !rows.is_empty() || !failures.is_empty(),
+        "no benchmark matches --only {:?} in the sections asked for",
+        args.only.as_deref().unwrap_or_default()
+    );
     println!(
         "{} CPUs, load average {load_before:.1} before and {:.1} after; loopback; {} round(s){}; {:.0} s\n",
         cpus,

@@ -55,6 +55,12 @@ pub(crate) struct ReadState {
     shared: Option<Bytes>,
     /// Set once the stream has ended (cleanly or with an error); nothing is read after that.
     finished: bool,
+    /// The longest frame (with its prefix) received whole so far. A buffer for a frame up to
+    /// this long is made at once instead of growing with what arrives: the peer has sent one
+    /// that long before, so a stream of large frames whose buffer is given back between them
+    /// (the reader caught up with the peer) costs one allocation per frame, not one per
+    /// doubling.
+    longest: usize,
     /// Frames cut so far (`connect::metrics`).
     pub(super) counter: FrameCounter,
 }
@@ -90,6 +96,7 @@ impl ReadState {
             end: 0,
             shared: None,
             finished: false,
+            longest: 0,
             counter: FrameCounter::new(Direction::Received),
         }
     }
@@ -237,6 +244,7 @@ impl ReadState {
                         let frame = self.start + prefix_len..self.start + total;
                         self.start += total;
                         self.counter.count(total);
+                        self.longest = self.longest.max(total);
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     total.max(READ_CHUNK)
@@ -300,9 +308,16 @@ impl ReadState {
         } else {
             // The room wanted is grown into as bytes arrive (at most doubling per read), not
             // committed up front: a peer announcing a large frame and sending little of it
-            // makes the buffer grow only with what it actually sends.
-            let grow_to =
-                |len: usize, end: usize| wanted.min(len.saturating_mul(2).max(end + READ_CHUNK));
+            // makes the buffer grow only with what it actually sends. Only a frame no longer
+            // than one the peer has already sent whole gets its room at once.
+            let longest = self.longest;
+            let grow_to = |len: usize, end: usize| {
+                if wanted <= longest {
+                    wanted
+                } else {
+                    wanted.min(len.saturating_mul(2).max(end + READ_CHUNK))
+                }
+            };
             if Arc::get_mut(&mut self.buf).is_none() {
                 // A caller still holds a frame: leave that buffer to it.
                 let mut fresh = vec![0; grow_to(0, pending)];
@@ -392,13 +407,108 @@ impl ReadState {
     }
 }
 
+/// Frame values at least this long are written from their own memory (a vectored write of the
+/// frame's head from the write buffer and the value) instead of being copied into the write
+/// buffer: for a large value the copy costs more than the extra slice in a `writev`.
+pub(crate) const BY_REFERENCE_LEN: usize = 16 * 1024;
+
+/// Most slices handed to one vectored write.
+const MAX_SLICES: usize = 8;
+
+/// A large frame value waiting to be written from its own memory (see [`BY_REFERENCE_LEN`]).
+#[derive(Debug)]
+struct Value {
+    /// Where it goes: after this many bytes of the write buffer, counted as
+    /// [`Values::written_buf`] is.
+    at: u64,
+    bytes: ValueBytes,
+    /// How much of it has been written.
+    done: usize,
+}
+
+/// The value's memory: taken over from an owned `Any`, or shared.
+#[derive(Debug)]
+enum ValueBytes {
+    Owned(Vec<u8>),
+    Shared(Bytes),
+}
+
+/// The large values waiting, in order, and where they go between the write buffer's bytes.
+/// Boxed, and made only when the first one is queued: most writers never see one.
+#[derive(Debug, Default)]
+struct Values {
+    /// Bytes of the write buffer written (and dropped from it) since this was made: where the
+    /// buffer starts in the sequence of all the bytes it has held since, which is how a
+    /// value's `at` says where it goes.
+    written_buf: u64,
+    queue: std::collections::VecDeque<Value>,
+    /// Bytes of `queue` not yet written.
+    len: usize,
+}
+
+impl Values {
+    /// How many bytes of `buf` go out before the next value (all of them if none is waiting).
+    fn buf_before_next(&self, buf: &[u8]) -> usize {
+        self.queue
+            .front()
+            .map_or(buf.len(), |value| self.position(value))
+    }
+
+    /// Where `value` goes in `buf`: it is never placed beyond what `buf` holds, and `buf` is
+    /// only written up to it.
+    fn position(&self, value: &Value) -> usize {
+        (value.at - self.written_buf) as usize
+    }
+
+    /// The next bytes to write, `buf`'s and the values', in order, as at most `slices.len()`
+    /// non-empty slices; returns how many.
+    fn gather<'a>(&'a self, buf: &'a [u8], slices: &mut [io::IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        let mut from = 0;
+        for value in &self.queue {
+            if count + 2 > slices.len() {
+                return count;
+            }
+            let to = self.position(value);
+            for part in [&buf[from..to], value.rest()] {
+                if !part.is_empty() {
+                    slices[count] = io::IoSlice::new(part);
+                    count += 1;
+                }
+            }
+            from = to;
+        }
+        if from < buf.len() && count < slices.len() {
+            slices[count] = io::IoSlice::new(&buf[from..]);
+            count += 1;
+        }
+        count
+    }
+}
+
+impl Value {
+    fn rest(&self) -> &[u8] {
+        let all = match &self.bytes {
+            ValueBytes::Owned(vec) => vec.as_slice(),
+            ValueBytes::Shared(bytes) => bytes.as_ref(),
+        };
+        &all[self.done..]
+    }
+}
+
 /// Sending side: encoded frames not yet written, and the codec that encodes them.
+///
+/// Frames are encoded into one buffer, except for large values (at least [`BY_REFERENCE_LEN`]
+/// bytes handed over as an owned `Any` or as `Bytes`), which stay where they are and are
+/// written between the buffer's bytes with vectored writes.
 #[derive(Debug)]
 pub(crate) struct WriteState {
     codec: Codec,
     /// Type URL of the last message type sent.
     type_url: NameCache,
     buf: BytesMut,
+    /// Large values not yet (completely) written.
+    values: Option<Box<Values>>,
     /// The most `buf` has held since it was last given back: at least what it has allocated.
     peak: usize,
     /// Above this many buffered bytes, `poll_ready` writes before accepting more.
@@ -415,6 +525,7 @@ impl WriteState {
             codec,
             type_url: NameCache::default(),
             buf: BytesMut::new(),
+            values: None,
             peak: 0,
             high_water,
             closed: false,
@@ -422,7 +533,7 @@ impl WriteState {
         }
     }
 
-    /// Ready for another frame once the buffer is under the high-water mark. Writes (without
+    /// Ready for another frame once less than the high-water mark is buffered. Writes (without
     /// flushing) to get there, so a fast producer is slowed to the socket's pace.
     pub(crate) fn poll_ready<W: AsyncWrite + ?Sized>(
         &mut self,
@@ -432,7 +543,7 @@ impl WriteState {
         if self.closed {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.buf.len() >= self.high_water {
+        if self.buffered_len() >= self.high_water {
             ready!(self.poll_write_buf(io, cx))?;
         }
         Poll::Ready(Ok(()))
@@ -447,6 +558,71 @@ impl WriteState {
         self.counter.count(self.buf.len() - before);
         self.peak = self.peak.max(self.buf.len());
         Ok(())
+    }
+
+    /// [`encode`](Self::encode), keeping a large value where it is instead of copying it.
+    pub(crate) fn encode_owned(&mut self, any: Any) -> Result<()> {
+        if any.value.len() < BY_REFERENCE_LEN {
+            return self.encode(&any);
+        }
+        self.encode_by_reference(&any.type_url, ValueBytes::Owned(any.value))
+    }
+
+    /// A frame of type `M` whose value (`M` encoded) is `value`; a large value is written from
+    /// where it is.
+    pub(crate) fn encode_value_of<M: Name>(&mut self, value: Bytes) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        let type_url = self.type_url.get(crate::codec::type_url::<M>);
+        let before = self.buf.len();
+        if value.len() >= BY_REFERENCE_LEN {
+            self.codec
+                .encode_head(type_url, value.len(), 0, &mut self.buf)?;
+            self.queue_value(before, ValueBytes::Shared(value));
+            return Ok(());
+        }
+        if self
+            .codec
+            .encode_head(type_url, value.len(), value.len(), &mut self.buf)?
+        {
+            self.buf.extend_from_slice(&value);
+        }
+        self.counter.count(self.buf.len() - before);
+        self.peak = self.peak.max(self.buf.len());
+        Ok(())
+    }
+
+    /// A frame of `type_url` whose value, `bytes`, is written from where it is.
+    fn encode_by_reference(&mut self, type_url: &str, bytes: ValueBytes) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        let before = self.buf.len();
+        let value_len = match &bytes {
+            ValueBytes::Owned(vec) => vec.len(),
+            ValueBytes::Shared(bytes) => bytes.len(),
+        };
+        self.codec
+            .encode_head(type_url, value_len, 0, &mut self.buf)?;
+        self.queue_value(before, bytes);
+        Ok(())
+    }
+
+    /// Queues `bytes` as the value of the frame whose head `buf` now ends with (it started at
+    /// `head_start`).
+    fn queue_value(&mut self, head_start: usize, bytes: ValueBytes) {
+        let values = self.values.get_or_insert_with(Box::default);
+        let value = Value {
+            at: values.written_buf + self.buf.len() as u64,
+            bytes,
+            done: 0,
+        };
+        let value_len = value.rest().len();
+        values.queue.push_back(value);
+        values.len += value_len;
+        self.counter.count(self.buf.len() - head_start + value_len);
+        self.peak = self.peak.max(self.buf.len());
     }
 
     pub(crate) fn encode_message<M: Message + Name>(&mut self, msg: &M) -> Result<()> {
@@ -472,6 +648,8 @@ impl WriteState {
         }
         self.counter.count_many(count, frames.len());
         if self.buf.is_empty() {
+            // Values still waiting go before these frames: they are placed after all of
+            // `buf` that was ever written, which stays where the adopted bytes start.
             std::mem::swap(&mut self.buf, frames);
             frames.clear();
         } else {
@@ -512,27 +690,64 @@ impl WriteState {
         Poll::Ready(result.map_err(Error::from))
     }
 
-    /// Writes until the buffer is empty. A short write keeps the rest for the next call. A write
-    /// of zero bytes (the transport can take no more) is an error, as is any I/O error; either
-    /// closes the writer.
+    /// Writes until everything is written (the buffer and the large values between its bytes).
+    /// A short write keeps the rest for the next call. A write of zero bytes (the transport can
+    /// take no more) is an error, as is any I/O error; either closes the writer.
     fn poll_write_buf<W: AsyncWrite + ?Sized>(
         &mut self,
         mut io: Pin<&mut W>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
         self.counter.publish();
-        while !self.buf.is_empty() {
-            match ready!(io.as_mut().poll_write(cx, &self.buf)) {
+        loop {
+            let written = match self.values.as_deref() {
+                Some(values) if !values.queue.is_empty() => {
+                    let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+                    let count = values.gather(&self.buf, &mut slices);
+                    io.as_mut().poll_write_vectored(cx, &slices[..count])
+                }
+                _ if self.buf.is_empty() => return Poll::Ready(Ok(())),
+                _ => io.as_mut().poll_write(cx, &self.buf),
+            };
+            match ready!(written) {
                 Ok(0) => {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "transport accepted no bytes");
                     return Poll::Ready(Err(self.fail(e)));
                 }
-                Ok(n) => self.buf.advance(n),
+                Ok(n) => self.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(self.fail(e))),
             }
         }
-        Poll::Ready(Ok(()))
+    }
+
+    /// Drops the first `n` bytes written.
+    fn consume(&mut self, mut n: usize) {
+        let Some(values) = self.values.as_deref_mut() else {
+            self.buf.advance(n.min(self.buf.len()));
+            return;
+        };
+        while n > 0 {
+            let head = values.buf_before_next(&self.buf);
+            if head > 0 {
+                let taken = n.min(head);
+                self.buf.advance(taken);
+                values.written_buf += taken as u64;
+                n -= taken;
+                continue;
+            }
+            let Some(value) = values.queue.front_mut() else {
+                // More written than was buffered: the transport miscounted; nothing to drop.
+                return;
+            };
+            let taken = n.min(value.rest().len());
+            value.done += taken;
+            values.len -= taken;
+            n -= taken;
+            if value.rest().is_empty() {
+                values.queue.pop_front();
+            }
+        }
     }
 
     /// Closes the writer after a failed I/O operation: what was buffered can no longer be
@@ -540,6 +755,7 @@ impl WriteState {
     fn fail(&mut self, e: io::Error) -> Error {
         self.closed = true;
         self.buf = BytesMut::new();
+        self.values = None;
         self.peak = 0;
         e.into()
     }
@@ -551,7 +767,7 @@ impl WriteState {
 
     /// Bytes encoded but not yet written.
     pub(crate) fn buffered_len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.values.as_ref().map_or(0, |values| values.len)
     }
 
     /// The settings this writer was made with (for a connection rebuilt on another stream).
@@ -754,6 +970,34 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_as_long_as_an_earlier_one_gets_its_room_at_once() {
+        let one = wire(1, 1 << 20);
+        let start = 4 * 1024;
+        let chunks = [
+            Some(one.clone()),
+            None,
+            Some(one[..start].to_vec()),
+            None,
+            Some(one[start..].to_vec()),
+        ];
+        let mut io = Script(chunks.into());
+        let mut state = ReadState::new(Codec::new());
+        assert!(matches!(
+            poll_once(&mut state, &mut io),
+            Poll::Ready(Some(_))
+        ));
+        assert!(poll_once(&mut state, &mut io).is_pending());
+        assert!(state.buf.len() <= SMALL_LEN, "{}", state.buf.len());
+        // The start of the next frame is in: the room for all of it was made in one step.
+        assert!(poll_once(&mut state, &mut io).is_pending());
+        assert_eq!(state.buf.len(), one.len());
+        match poll_once(&mut state, &mut io) {
+            Poll::Ready(Some(frame)) => assert_eq!(value(&frame), vec![0; 1 << 20]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn small_messages_one_at_a_time_reuse_one_small_buffer() {
         let one = wire(1, 100);
         let mut io = Script((0..20).flat_map(|_| [Some(one.clone()), None]).collect());
@@ -803,6 +1047,174 @@ mod tests {
         flush(&mut state, &mut out);
         let written = out.into_inner();
         assert_eq!(written.len(), wire_len(&[&big, &small, &small]));
+    }
+
+    /// Takes at most `limits[i]` bytes on its i-th write (cycling), across all the slices of a
+    /// vectored write, answering `Pending` (after waking) before every other write.
+    struct Stingy {
+        out: Vec<u8>,
+        limits: Vec<usize>,
+        calls: usize,
+        pending: bool,
+    }
+
+    impl AsyncWrite for Stingy {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.pending = !self.pending;
+            if self.pending {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let mut room = self.limits[self.calls % self.limits.len()];
+            self.calls += 1;
+            let mut n = 0;
+            for buf in bufs {
+                let take = room.min(buf.len());
+                self.out.extend_from_slice(&buf[..take]);
+                (room, n) = (room - take, n + take);
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `count` frames of `Payload`-like values, every third one at least `BY_REFERENCE_LEN`.
+    fn mixed(count: usize) -> Vec<Any> {
+        (0..count)
+            .map(|i| Any {
+                type_url: format!("type.googleapis.com/x.Y{}", i % 2),
+                value: match i % 3 {
+                    0 => vec![i as u8; BY_REFERENCE_LEN + i],
+                    1 => vec![i as u8; i],
+                    _ => vec![i as u8; 100 + 7 * i],
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_values_go_out_in_order_whatever_the_writes_take() {
+        let frames = mixed(40);
+        let mut expected = BytesMut::new();
+        for any in &frames {
+            Codec::new().encode(any, &mut expected).unwrap();
+        }
+        let limits = [
+            vec![1, 7, 4096],
+            vec![BY_REFERENCE_LEN + 3, 5],
+            vec![usize::MAX],
+        ];
+        // A small high-water mark, so frames are written while others are still queued, and
+        // one above all of them: more values than one vectored write takes.
+        for (limits, high_water) in limits
+            .into_iter()
+            .flat_map(|l| [(l.clone(), 1000), (l, 1 << 30)])
+        {
+            let mut state = WriteState::new(Codec::new(), high_water);
+            let mut io = Stingy {
+                out: Vec::new(),
+                limits,
+                calls: 0,
+                pending: false,
+            };
+            for (i, any) in frames.iter().enumerate() {
+                block_on(poll_fn(|cx| state.poll_ready(Pin::new(&mut io), cx))).unwrap();
+                if i % 2 == 0 {
+                    state.encode_owned(any.clone()).unwrap();
+                } else {
+                    // The same bytes through the `Bytes` path (named by the URL's own type).
+                    let before = state.buffered_len();
+                    if any.type_url.ends_with("Y1") {
+                        state
+                            .encode_value_of::<Y1>(Bytes::from(any.value.clone()))
+                            .unwrap();
+                    } else {
+                        state.encode(any).unwrap();
+                    }
+                    assert!(state.buffered_len() > before);
+                }
+            }
+            block_on(poll_fn(|cx| state.poll_flush(Pin::new(&mut io), cx))).unwrap();
+            assert_eq!(state.buffered_len(), 0);
+            assert!(state.values.as_ref().is_none_or(|v| v.queue.is_empty()));
+            assert_eq!(io.out.len(), expected.len());
+            assert!(io.out == expected[..], "bytes differ");
+        }
+    }
+
+    /// The type `type.googleapis.com/x.Y1` names.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Y1 {}
+
+    impl Name for Y1 {
+        const NAME: &'static str = "Y1";
+        const PACKAGE: &'static str = "x";
+    }
+
+    #[test]
+    fn a_failed_write_drops_queued_values_and_closes() {
+        struct Broken;
+        impl AsyncWrite for Broken {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut state = WriteState::new(Codec::new(), 64 * 1024);
+        state.encode_owned(mixed(1).remove(0)).unwrap();
+        assert!(state.buffered_len() > BY_REFERENCE_LEN);
+        let result = block_on(poll_fn(|cx| state.poll_flush(Pin::new(&mut Broken), cx)));
+        assert!(matches!(result, Err(Error::Io(_))), "{result:?}");
+        assert_eq!(state.buffered_len(), 0);
+        assert!(matches!(
+            state.encode_owned(mixed(1).remove(0)),
+            Err(Error::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_value_too_large_for_the_frame_limit_is_refused_and_nothing_is_queued() {
+        let mut state = WriteState::new(Codec::with_max_frame_len(BY_REFERENCE_LEN), 64 * 1024);
+        let result = state.encode_owned(mixed(1).remove(0));
+        assert!(
+            matches!(result, Err(Error::FrameTooLarge { .. })),
+            "{result:?}"
+        );
+        let result = state.encode_value_of::<Y1>(Bytes::from(vec![0; BY_REFERENCE_LEN]));
+        assert!(
+            matches!(result, Err(Error::FrameTooLarge { .. })),
+            "{result:?}"
+        );
+        assert_eq!(state.buffered_len(), 0);
+        assert!(state.values.is_none());
     }
 
     fn wire_len(frames: &[&Any]) -> usize {

@@ -294,6 +294,25 @@ impl<T: AsyncRead + AsyncWrite> Connection<T> {
 
 crate::handle::whole_handle!([T: AsyncRead + AsyncWrite + Unpin] Connection<T>);
 
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    /// Queues a frame of type `M` whose value is `M` already encoded, written without copying
+    /// a large value; see [`ConnectionWriter::feed_encoded`].
+    ///
+    /// # Errors
+    /// As [`ConnectionWriter::feed_encoded`].
+    pub async fn feed_encoded<M: prost::Name>(&mut self, value: bytes::Bytes) -> crate::Result<()> {
+        self.writer.feed_encoded::<M>(value).await
+    }
+
+    /// [`feed_encoded`](Self::feed_encoded), then [`flush`](Self::flush).
+    ///
+    /// # Errors
+    /// As [`ConnectionWriter::send_encoded`].
+    pub async fn send_encoded<M: prost::Name>(&mut self, value: bytes::Bytes) -> crate::Result<()> {
+        self.writer.send_encoded::<M>(value).await
+    }
+}
+
 impl<T> ConnectionReader<ReadHalf<T>> {
     /// Whether `writer` is the other half of the same connection.
     pub fn is_pair_of(&self, writer: &ConnectionWriter<WriteHalf<T>>) -> bool {

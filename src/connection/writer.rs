@@ -18,7 +18,10 @@ use crate::error::{Error, Result};
 /// Frames are encoded into a write buffer. `send` and `send_message` write and flush at once;
 /// `feed` and `feed_message` only buffer (writing when the buffer passes its high-water mark), so many small messages go out
 /// in few system calls when followed by one [`flush`](Self::flush). Short writes and `Pending`
-/// never lose bytes: what the transport did not take stays buffered for the next call. A flush
+/// never lose bytes: what the transport did not take stays buffered for the next call. Large
+/// values are not copied where the writer can avoid it: an `Any` given by value (`feed`, `send`,
+/// the `Sink`) and [`feed_encoded`](Self::feed_encoded)'s `Bytes` keep a value of 16 KiB or more
+/// in its own memory until it is written (vectored with the frame's head). A flush
 /// gives a write buffer that grew beyond 2 KiB back once it is written, so a connection that has
 /// gone quiet after a burst holds no large buffer.
 /// [`close`](Self::close) flushes everything, then shuts the transport's write side down.
@@ -50,6 +53,51 @@ impl<W: AsyncWrite + Unpin> ConnectionWriter<W> {
         item: &mut Option<Any>,
     ) -> Poll<Result<()>> {
         crate::handle::poll_feed_sink(self, cx, item, |w, any| Sink::start_send(Pin::new(w), any))
+    }
+
+    /// Queues a frame of type `M` whose value is `value`: `M` already encoded (once for many
+    /// connections, say, or kept from an earlier decode). A value of 16 KiB or more is not
+    /// copied into the write buffer but written from `value` itself, together with the
+    /// frame's head in one vectored write, and held until then. The bytes on the wire are the
+    /// same as [`feed_message`](Self::feed_message)'s for the decoded `M`. Like `feed`, waits
+    /// only while the write buffer is above its high-water mark.
+    ///
+    /// `value` is not checked to be an `M`: the receiver's decoding is what checks it.
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use connect::proto::example::HelloWorld;
+    /// use prost::Message;
+    ///
+    /// let hello = HelloWorld { text: "hi".into(), sequence: 1 };
+    /// let encoded = bytes::Bytes::from(hello.encode_to_vec());
+    /// let mut conn = connect::Connection::new(futures::io::Cursor::new(Vec::new()));
+    /// conn.send_encoded::<HelloWorld>(encoded).await?;
+    /// let bytes = conn.into_inner().into_inner();
+    ///
+    /// let mut conn = connect::Connection::new(futures::io::Cursor::new(bytes));
+    /// assert_eq!(conn.recv_message::<HelloWorld>().await?, Some(hello));
+    /// # Ok::<(), connect::Error>(()) }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::FrameTooLarge`] if the frame would be longer than the maximum frame length
+    /// (nothing is queued and the writer stays usable), or [`Error::Closed`] once the writer
+    /// has closed or failed.
+    pub async fn feed_encoded<M: Name>(&mut self, value: bytes::Bytes) -> Result<()> {
+        let mut value = Some(value);
+        std::future::poll_fn(|cx| {
+            crate::handle::poll_feed_sink(self, cx, &mut value, |w, value| {
+                w.state.encode_value_of::<M>(value)
+            })
+        })
+        .await
+    }
+
+    /// [`feed_encoded`](Self::feed_encoded), then [`flush`](Self::flush).
+    pub async fn send_encoded<M: Name>(&mut self, value: bytes::Bytes) -> Result<()> {
+        self.feed_encoded::<M>(value).await?;
+        self.flush().await
     }
 
     /// Encodes `msg` into the write buffer without building an [`Any`] first.
@@ -109,7 +157,7 @@ impl<W: AsyncWrite + Unpin> Sink<Any> for ConnectionWriter<W> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Any) -> Result<()> {
-        self.get_mut().state.encode(&item)
+        self.get_mut().state.encode_owned(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
