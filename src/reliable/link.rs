@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::FutureExt;
 use prost::{Message, Name};
-use prost_types::Any;
 
 use super::state::{queued_len, Transmit};
 use super::{GiveUp, Inner};
@@ -123,13 +122,22 @@ where
         close_started: false,
         write_closed: false,
         reader_ended: false,
+        wrote: false,
     };
     let mut driver_done = false;
     let end = poll_fn(|cx| {
-        if !driver_done && driver.as_mut().poll(cx).is_ready() {
-            driver_done = true;
+        // The driver first (it reads what the pump then takes), and once more if the pump
+        // queued frames: they go out in this poll, not after a trip through the executor.
+        for _ in 0..2 {
+            if !driver_done && driver.as_mut().poll(cx).is_ready() {
+                driver_done = true;
+            }
+            let step = pump.poll(cx);
+            if step.is_ready() || driver_done || !std::mem::take(&mut pump.wrote) {
+                return step;
+            }
         }
-        pump.poll(cx)
+        Poll::Pending
     })
     .await;
     if pump.reader_ended && !driver_done {
@@ -147,7 +155,7 @@ struct Pump {
     reader: SessionReader,
     writer: SessionWriter,
     /// A received message waiting for room in the inbound queue.
-    pending_in: Option<Any>,
+    pending_in: Option<crate::connection::Frame>,
     /// The state's next deadline (`poll_timeout`) and the timer that wakes the link then.
     timer: Option<(Instant, futures_timer::Delay)>,
     close_started: bool,
@@ -156,6 +164,8 @@ struct Pump {
     write_closed: bool,
     /// The session reader yielded its end (the session is closing gracefully).
     reader_ended: bool,
+    /// Frames were queued for the driver since the flag was last cleared.
+    wrote: bool,
 }
 
 /// Whether a send failed because the session is closing gracefully.
@@ -220,7 +230,7 @@ impl Pump {
                                 }));
                             }
                         } else {
-                            self.pending_in = Some(frame.into_any());
+                            self.pending_in = Some(frame);
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -259,9 +269,9 @@ impl Pump {
                         self.writer.start_send_message(&Ack { delivered })
                     }
                     Some(Transmit::Nack(nack)) => self.writer.start_send_message(&nack),
-                    Some(Transmit::Message(any)) => {
+                    Some(Transmit::Message(message)) => {
                         budget -= 1;
-                        self.writer.start_send_any(any)
+                        message.write(&mut self.writer)
                     }
                     None => {
                         if core.close_requested && core.drained() && !self.close_started {
@@ -278,6 +288,7 @@ impl Pump {
                     }
                 };
                 progress = true;
+                self.wrote = true;
                 if let Err(e) = sent {
                     if closing(&e) {
                         self.write_closed = true;
