@@ -119,6 +119,7 @@ where
         writer,
         pending_in: None,
         timer: None,
+        armed: None,
         close_started: false,
         write_closed: false,
         reader_ended: false,
@@ -156,8 +157,13 @@ struct Pump {
     writer: SessionWriter,
     /// A received message waiting for room in the inbound queue.
     pending_in: Option<crate::connection::Frame>,
-    /// The state's next deadline (`poll_timeout`) and the timer that wakes the link then.
-    timer: Option<(Instant, futures_timer::Delay)>,
+    /// The timer that wakes the link at the state's next deadline (`poll_timeout`): made once
+    /// per link and reset, since making one allocates and resetting one wakes the timer thread.
+    timer: Option<futures_timer::Delay>,
+    /// When the timer fires, if it is armed: at or before the state's deadline (a timer that
+    /// fires early wakes the link to arm it again, rather than every new deadline resetting
+    /// it).
+    armed: Option<Instant>,
     close_started: bool,
     /// The session is closing (either side): nothing more is written; reading goes on until
     /// its end.
@@ -307,19 +313,21 @@ impl Pump {
             let deadline = core.poll_timeout();
             drop(core);
             let mut timer_fired = false;
-            match deadline {
-                None => self.timer = None,
-                Some(deadline) => {
-                    if self.timer.as_ref().map(|(d, _)| *d) != Some(deadline) {
-                        let delay = deadline.saturating_duration_since(Instant::now());
-                        self.timer = Some((deadline, futures_timer::Delay::new(delay)));
+            if let Some(deadline) = deadline {
+                if self.armed.is_none_or(|at| at > deadline) {
+                    let delay = deadline.saturating_duration_since(Instant::now());
+                    match &mut self.timer {
+                        Some(timer) => timer.reset(delay),
+                        None => self.timer = Some(futures_timer::Delay::new(delay)),
                     }
-                    if let Some((_, timer)) = &mut self.timer {
-                        if timer.poll_unpin(cx).is_ready() {
-                            timer_fired = true;
-                            self.timer = None;
-                        }
-                    }
+                    self.armed = Some(deadline);
+                }
+            }
+            if let (Some(_), Some(timer)) = (self.armed, &mut self.timer) {
+                if timer.poll_unpin(cx).is_ready() {
+                    self.armed = None;
+                    // With a deadline, the next step acts on it (or arms the timer again).
+                    timer_fired = deadline.is_some();
                 }
             }
 

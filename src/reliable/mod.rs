@@ -487,9 +487,7 @@ impl Drop for CoreGuard<'_> {
         if let Some(mut guard) = self.0.take() {
             let wakers = guard.take_wakers();
             drop(guard);
-            for w in wakers {
-                w.wake();
-            }
+            wakers.wake();
         }
     }
 }

@@ -25,9 +25,11 @@ use crate::session::SessionWriter;
 /// longer ones are encoded outside it, each into its own buffer.
 pub(crate) const SMALL: usize = 16 * 1024;
 
-/// What the shared encode buffer grows by: one allocation per this many bytes of small
-/// messages.
-const CHUNK: usize = 64 * 1024;
+/// The shared encode buffer's chunks: as large as the bytes queued when one is made, within
+/// these bounds (one allocation per up to 64 KiB of small messages while the stream streams,
+/// little kept by a stream that sends now and then).
+const MIN_CHUNK: usize = 4 * 1024;
+const MAX_CHUNK: usize = 64 * 1024;
 
 /// Writes an encoded value under its message type's URL.
 type WriteFn = fn(&mut SessionWriter, &[u8]) -> Result<()>;
@@ -107,16 +109,18 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     /// `msg` encoded once, in a slice of the shared buffer; `type_url_len` from
-    /// [`TypeUrlLen`], `value_len` is `msg.encoded_len()`.
+    /// [`TypeUrlLen`], `value_len` is `msg.encoded_len()`, `queued` the bytes queued before it.
     pub(crate) fn encode_small<M: Message + Name>(
         &mut self,
         msg: &M,
         type_url_len: usize,
         value_len: usize,
+        queued: usize,
     ) -> Outgoing {
         if self.buf.capacity() < value_len {
             // The old chunk stays alive until its last message is acknowledged.
-            self.buf = BytesMut::with_capacity(CHUNK.max(value_len));
+            let chunk = queued.clamp(MIN_CHUNK, MAX_CHUNK).max(value_len);
+            self.buf = BytesMut::with_capacity(chunk);
         }
         encode_into(msg, &mut self.buf);
         Outgoing::Encoded {
@@ -223,8 +227,8 @@ mod tests {
         let value_len = hello.encoded_len();
         let len = url_len + value_len;
         assert_eq!(len, any.queued_len());
-        let a = encoder.encode_small(&hello, url_len, value_len);
-        let b = encoder.encode_small(&hello, url_len, value_len);
+        let a = encoder.encode_small(&hello, url_len, value_len, 0);
+        let b = encoder.encode_small(&hello, url_len, value_len, 0);
         let (Outgoing::Encoded { value: va, .. }, Outgoing::Encoded { value: vb, .. }) = (&a, &b)
         else {
             panic!("encoded");

@@ -32,6 +32,26 @@ struct EventQueue {
     waker: Option<Waker>,
 }
 
+/// Wakers taken from under the lock, to wake after unlocking.
+pub(crate) struct Wakers {
+    first: Option<Waker>,
+    second: Option<Waker>,
+    more: Vec<Waker>,
+}
+
+impl Wakers {
+    pub(crate) fn wake(self) {
+        for w in self.first.into_iter().chain(self.second).chain(self.more) {
+            w.wake();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + usize::from(self.second.is_some()) + self.more.len()
+    }
+}
+
 /// How a stream ended.
 #[derive(Clone, Debug)]
 pub(crate) enum StreamEnd {
@@ -99,9 +119,22 @@ impl Shared {
         &self.state
     }
 
-    /// Wakers collected under the lock; the caller wakes them after unlocking.
-    pub(crate) fn take_wakers(&mut self) -> Vec<Waker> {
-        std::mem::take(&mut self.wake_later)
+    /// Wakers collected under the lock; the caller wakes them after unlocking. The usual one
+    /// or two are moved out without taking the list's allocation along.
+    pub(crate) fn take_wakers(&mut self) -> Wakers {
+        if self.wake_later.len() <= 2 {
+            Wakers {
+                first: self.wake_later.pop(),
+                second: self.wake_later.pop(),
+                more: Vec::new(),
+            }
+        } else {
+            Wakers {
+                first: None,
+                second: None,
+                more: std::mem::take(&mut self.wake_later),
+            }
+        }
     }
 
     fn wake(&mut self, waker: Waker) {
@@ -137,7 +170,10 @@ impl Shared {
         type_url_len: usize,
         value_len: usize,
     ) -> u64 {
-        let message = self.encoder.encode_small(msg, type_url_len, value_len);
+        let queued = self.state.outgoing().1;
+        let message = self
+            .encoder
+            .encode_small(msg, type_url_len, value_len, queued);
         self.push_outgoing(message)
     }
 
@@ -441,8 +477,7 @@ impl Shared {
                         }
                         let _ = entry.remove().send(Ok(()));
                     }
-                    let wakers: Vec<Waker> = self.send_wakers.drain(..).collect();
-                    for w in wakers {
+                    while let Some(w) = self.send_wakers.pop() {
                         self.wake(w);
                     }
                 }
