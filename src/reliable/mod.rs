@@ -37,8 +37,11 @@
 //! acknowledgement delay) and hands out the next frame to write and what happened to the
 //! messages sent; a deterministic test steps two of them by hand. `shared.rs` wraps it for
 //! the tasks that share it (the application's handles and the current link): the lock's
-//! contents, wakers, confirmation senders and lifecycle events. `link.rs` moves frames
-//! between a session and the shared state; `client.rs` (connecting and reconnecting) and
+//! contents, wakers, confirmation senders and lifecycle events. `outgoing.rs` is how our
+//! messages are held: encoded once when fed (typed messages into a buffer many of them share)
+//! and written as they are on every link; the peer's are held as the session received them
+//! (slices of its read buffer), so `recv_message` decodes straight from them. `link.rs` moves
+//! frames between a session and the shared state; `client.rs` (connecting and reconnecting) and
 //! `server.rs` (the `Resume` exchange and the table of streams, which sweeps expired ones
 //! itself) decide which link carries a stream; this file holds the handles.
 //!
