@@ -24,6 +24,10 @@ const POLL_BUDGET: usize = 256;
 /// The message package of reliable delivery's control frames.
 const PACKAGE: &str = "connect.reliable.v1.";
 
+/// `Ack::full_name()` and `Nack::full_name()`, without building a `String` per frame.
+const ACK_NAME: &str = "connect.reliable.v1.Ack";
+const NACK_NAME: &str = "connect.reliable.v1.Nack";
+
 /// How a link ended.
 #[derive(Debug)]
 pub(crate) enum LinkEnd {
@@ -124,6 +128,7 @@ where
         write_closed: false,
         reader_ended: false,
         wrote: false,
+        ack: crate::codec::pack(&Ack::default()),
     };
     let mut driver_done = false;
     let end = poll_fn(|cx| {
@@ -172,6 +177,8 @@ struct Pump {
     reader_ended: bool,
     /// Frames were queued for the driver since the flag was last cleared.
     wrote: bool,
+    /// The `Any` every `Ack` is written through (its value overwritten each time).
+    ack: prost_types::Any,
 }
 
 /// Whether a send failed because the session is closing gracefully.
@@ -219,11 +226,11 @@ impl Pump {
                         if frame.type_url().contains(PACKAGE) {
                             let name = frame.type_name();
                             let value = frame.value().as_ref();
-                            let result = if name == Ack::full_name() {
+                            let result = if name == ACK_NAME {
                                 Ack::decode(value)
                                     .map_err(|e| format!("bad Ack: {e}"))
                                     .and_then(|ack| core.handle_ack(ack.delivered))
-                            } else if name == Nack::full_name() {
+                            } else if name == NACK_NAME {
                                 Nack::decode(value)
                                     .map_err(|e| format!("bad Nack: {e}"))
                                     .and_then(|nack| core.handle_nack(nack))
@@ -272,7 +279,12 @@ impl Pump {
                 // retransmit queue where they stay, control frames without an `Any`.
                 let sent = match core.poll_transmit() {
                     Some(Transmit::Ack(delivered)) => {
-                        self.writer.start_send_message(&Ack { delivered })
+                        // Through an `Any` kept for it: the session writer remembers the type
+                        // URL of one message type only, which `Ack`s between our messages
+                        // would make it build again for each (two allocations each).
+                        self.ack.value.clear();
+                        Ack { delivered }.encode_raw(&mut self.ack.value);
+                        self.writer.start_send_any(&self.ack)
                     }
                     Some(Transmit::Nack(nack)) => self.writer.start_send_message(&nack),
                     Some(Transmit::Message(message)) => {
@@ -339,5 +351,17 @@ impl Pump {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frame_names_are_the_messages_full_names() {
+        assert_eq!(ACK_NAME, Ack::full_name());
+        assert_eq!(NACK_NAME, Nack::full_name());
+        assert!(ACK_NAME.starts_with(PACKAGE) && NACK_NAME.starts_with(PACKAGE));
     }
 }
