@@ -72,7 +72,7 @@ impl<R, W> fmt::Display for ReuniteError<R, W> {
 impl<R, W> std::error::Error for ReuniteError<R, W> {}
 
 /// `recv` and `recv_message` for a reader: needs `Stream<Item = Result<Any>> + Unpin` and a
-/// `poll_recv_message::<M>(&mut self, cx)` of the type's own (see [`poll_unpack`]).
+/// `poll_recv_message::<M>(&mut self, cx)` of the type's own (which decodes from the received frame).
 macro_rules! reader_methods {
     () => {
         /// The next message, or `Ok(None)` once the peer has closed gracefully. See the
@@ -245,37 +245,6 @@ macro_rules! whole_handle {
 
 pub(crate) use {reader_methods, whole_handle, writer_methods};
 
-/// `poll_recv_message` for readers that receive whole `Any`s: the next one, unpacked.
-pub(crate) fn poll_unpack<S, M>(
-    reader: &mut S,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<Option<crate::Result<M>>>
-where
-    S: futures_core::Stream<Item = crate::Result<prost_types::Any>> + Unpin,
-    M: prost::Message + prost::Name + Default,
-{
-    std::pin::Pin::new(reader)
-        .poll_next(cx)
-        .map(|next| next.map(|any| any.and_then(unpack_owned)))
-}
-
-/// Unpacks `any` as an `M` from its own bytes: fields of type `bytes::Bytes` take them over
-/// instead of copying the payload out of a slice.
-fn unpack_owned<M: prost::Message + prost::Name + Default>(
-    any: prost_types::Any,
-) -> crate::Result<M> {
-    if crate::codec::type_name(&any.type_url) != M::full_name() {
-        return Err(crate::Error::UnexpectedType {
-            expected: M::full_name(),
-            any: Box::new(any),
-        });
-    }
-    M::decode(bytes::Bytes::from(any.value)).map_err(|source| crate::Error::Decode {
-        type_name: M::full_name(),
-        source,
-    })
-}
-
 /// `poll_feed` for writers whose `Sink` takes any message once `poll_ready`: waits for
 /// `poll_ready`, then hands `item` (taken, so it is fed once) to `start_send` through `send`.
 pub(crate) fn poll_feed_sink<S, T>(
@@ -291,39 +260,5 @@ where
     match item.take() {
         Some(item) => std::task::Poll::Ready(send(writer, item)),
         None => std::task::Poll::Ready(Ok(())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// One `bytes` field held as `bytes::Bytes`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Blob {
-        #[prost(bytes = "bytes", tag = "1")]
-        data: bytes::Bytes,
-    }
-
-    impl prost::Name for Blob {
-        const NAME: &'static str = "Blob";
-        const PACKAGE: &'static str = "test.v1";
-    }
-
-    #[test]
-    fn unpacking_an_owned_any_takes_its_bytes_over() {
-        let any = prost_types::Any::from_msg(&Blob {
-            data: vec![7; 4096].into(),
-        })
-        .unwrap();
-        let value = any.value.as_ptr_range();
-        let blob: Blob = super::unpack_owned(any).unwrap();
-        assert_eq!(blob.data, vec![7; 4096]);
-        // The payload was not copied: it still lies in the `Any`'s buffer.
-        assert!(value.contains(&blob.data.as_ptr()));
-
-        let wrong = prost_types::Any::from_msg(&prost_types::Duration::default()).unwrap();
-        assert!(matches!(
-            super::unpack_owned::<Blob>(wrong),
-            Err(crate::Error::UnexpectedType { .. })
-        ));
     }
 }

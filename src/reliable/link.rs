@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::FutureExt;
 use prost::{Message, Name};
-use prost_types::Any;
 
 use super::state::{queued_len, Transmit};
 use super::{GiveUp, Inner};
@@ -24,6 +23,10 @@ const POLL_BUDGET: usize = 256;
 
 /// The message package of reliable delivery's control frames.
 const PACKAGE: &str = "connect.reliable.v1.";
+
+/// `Ack::full_name()` and `Nack::full_name()`, without building a `String` per frame.
+const ACK_NAME: &str = "connect.reliable.v1.Ack";
+const NACK_NAME: &str = "connect.reliable.v1.Nack";
 
 /// How a link ended.
 #[derive(Debug)]
@@ -120,16 +123,27 @@ where
         writer,
         pending_in: None,
         timer: None,
+        armed: None,
         close_started: false,
         write_closed: false,
         reader_ended: false,
+        wrote: false,
+        ack: crate::codec::pack(&Ack::default()),
     };
     let mut driver_done = false;
     let end = poll_fn(|cx| {
-        if !driver_done && driver.as_mut().poll(cx).is_ready() {
-            driver_done = true;
+        // The driver first (it reads what the pump then takes), and once more if the pump
+        // queued frames: they go out in this poll, not after a trip through the executor.
+        for _ in 0..2 {
+            if !driver_done && driver.as_mut().poll(cx).is_ready() {
+                driver_done = true;
+            }
+            let step = pump.poll(cx);
+            if step.is_ready() || driver_done || !std::mem::take(&mut pump.wrote) {
+                return step;
+            }
         }
-        pump.poll(cx)
+        Poll::Pending
     })
     .await;
     if pump.reader_ended && !driver_done {
@@ -147,15 +161,24 @@ struct Pump {
     reader: SessionReader,
     writer: SessionWriter,
     /// A received message waiting for room in the inbound queue.
-    pending_in: Option<Any>,
-    /// The state's next deadline (`poll_timeout`) and the timer that wakes the link then.
-    timer: Option<(Instant, futures_timer::Delay)>,
+    pending_in: Option<crate::connection::Frame>,
+    /// The timer that wakes the link at the state's next deadline (`poll_timeout`): made once
+    /// per link and reset, since making one allocates and resetting one wakes the timer thread.
+    timer: Option<futures_timer::Delay>,
+    /// When the timer fires, if it is armed: at or before the state's deadline (a timer that
+    /// fires early wakes the link to arm it again, rather than every new deadline resetting
+    /// it).
+    armed: Option<Instant>,
     close_started: bool,
     /// The session is closing (either side): nothing more is written; reading goes on until
     /// its end.
     write_closed: bool,
     /// The session reader yielded its end (the session is closing gracefully).
     reader_ended: bool,
+    /// Frames were queued for the driver since the flag was last cleared.
+    wrote: bool,
+    /// The `Any` every `Ack` is written through (its value overwritten each time).
+    ack: prost_types::Any,
 }
 
 /// Whether a send failed because the session is closing gracefully.
@@ -203,11 +226,11 @@ impl Pump {
                         if frame.type_url().contains(PACKAGE) {
                             let name = frame.type_name();
                             let value = frame.value().as_ref();
-                            let result = if name == Ack::full_name() {
+                            let result = if name == ACK_NAME {
                                 Ack::decode(value)
                                     .map_err(|e| format!("bad Ack: {e}"))
                                     .and_then(|ack| core.handle_ack(ack.delivered))
-                            } else if name == Nack::full_name() {
+                            } else if name == NACK_NAME {
                                 Nack::decode(value)
                                     .map_err(|e| format!("bad Nack: {e}"))
                                     .and_then(|nack| core.handle_nack(nack))
@@ -220,7 +243,7 @@ impl Pump {
                                 }));
                             }
                         } else {
-                            self.pending_in = Some(frame.into_any());
+                            self.pending_in = Some(frame);
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -256,12 +279,17 @@ impl Pump {
                 // retransmit queue where they stay, control frames without an `Any`.
                 let sent = match core.poll_transmit() {
                     Some(Transmit::Ack(delivered)) => {
-                        self.writer.start_send_message(&Ack { delivered })
+                        // Through an `Any` kept for it: the session writer remembers the type
+                        // URL of one message type only, which `Ack`s between our messages
+                        // would make it build again for each (two allocations each).
+                        self.ack.value.clear();
+                        Ack { delivered }.encode_raw(&mut self.ack.value);
+                        self.writer.start_send_any(&self.ack)
                     }
                     Some(Transmit::Nack(nack)) => self.writer.start_send_message(&nack),
-                    Some(Transmit::Message(any)) => {
+                    Some(Transmit::Message(message)) => {
                         budget -= 1;
-                        self.writer.start_send_any(any)
+                        message.write(&mut self.writer)
                     }
                     None => {
                         if core.close_requested && core.drained() && !self.close_started {
@@ -278,6 +306,7 @@ impl Pump {
                     }
                 };
                 progress = true;
+                self.wrote = true;
                 if let Err(e) = sent {
                     if closing(&e) {
                         self.write_closed = true;
@@ -296,19 +325,21 @@ impl Pump {
             let deadline = core.poll_timeout();
             drop(core);
             let mut timer_fired = false;
-            match deadline {
-                None => self.timer = None,
-                Some(deadline) => {
-                    if self.timer.as_ref().map(|(d, _)| *d) != Some(deadline) {
-                        let delay = deadline.saturating_duration_since(Instant::now());
-                        self.timer = Some((deadline, futures_timer::Delay::new(delay)));
+            if let Some(deadline) = deadline {
+                if self.armed.is_none_or(|at| at > deadline) {
+                    let delay = deadline.saturating_duration_since(Instant::now());
+                    match &mut self.timer {
+                        Some(timer) => timer.reset(delay),
+                        None => self.timer = Some(futures_timer::Delay::new(delay)),
                     }
-                    if let Some((_, timer)) = &mut self.timer {
-                        if timer.poll_unpin(cx).is_ready() {
-                            timer_fired = true;
-                            self.timer = None;
-                        }
-                    }
+                    self.armed = Some(deadline);
+                }
+            }
+            if let (Some(_), Some(timer)) = (self.armed, &mut self.timer) {
+                if timer.poll_unpin(cx).is_ready() {
+                    self.armed = None;
+                    // With a deadline, the next step acts on it (or arms the timer again).
+                    timer_fired = deadline.is_some();
                 }
             }
 
@@ -320,5 +351,17 @@ impl Pump {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_frame_names_are_the_messages_full_names() {
+        assert_eq!(ACK_NAME, Ack::full_name());
+        assert_eq!(NACK_NAME, Nack::full_name());
+        assert!(ACK_NAME.starts_with(PACKAGE) && NACK_NAME.starts_with(PACKAGE));
     }
 }

@@ -37,8 +37,11 @@
 //! acknowledgement delay) and hands out the next frame to write and what happened to the
 //! messages sent; a deterministic test steps two of them by hand. `shared.rs` wraps it for
 //! the tasks that share it (the application's handles and the current link): the lock's
-//! contents, wakers, confirmation senders and lifecycle events. `link.rs` moves frames
-//! between a session and the shared state; `client.rs` (connecting and reconnecting) and
+//! contents, wakers, confirmation senders and lifecycle events. `outgoing.rs` is how our
+//! messages are held: encoded once when fed (typed messages into a buffer many of them share)
+//! and written as they are on every link; the peer's are held as the session received them
+//! (slices of its read buffer), so `recv_message` decodes straight from them. `link.rs` moves
+//! frames between a session and the shared state; `client.rs` (connecting and reconnecting) and
 //! `server.rs` (the `Resume` exchange and the table of streams, which sweeps expired ones
 //! itself) decide which link carries a stream; this file holds the handles.
 //!
@@ -118,6 +121,7 @@
 mod client;
 mod give_up;
 mod link;
+mod outgoing;
 mod server;
 mod shared;
 mod state;
@@ -135,7 +139,9 @@ use futures_core::Stream;
 use prost::{Message, Name};
 use prost_types::Any;
 
+use self::outgoing::TypeUrlLen;
 use self::shared::{Shared, StreamEnd};
+use crate::connection::{Frame, NameCache};
 use crate::error::{Error, Result};
 use crate::handle::ReuniteError;
 pub use crate::proto::reliable::NackReason;
@@ -484,9 +490,7 @@ impl Drop for CoreGuard<'_> {
         if let Some(mut guard) = self.0.take() {
             let wakers = guard.take_wakers();
             drop(guard);
-            for w in wakers {
-                w.wake();
-            }
+            wakers.wake();
         }
     }
 }
@@ -521,17 +525,64 @@ fn end_error(end: &StreamEnd) -> Error {
 #[derive(Debug)]
 pub struct ReliableReader {
     inner: Arc<Inner>,
+    /// Full name of the last message type received with `recv_message`.
+    names: NameCache,
     finished: bool,
 }
 
 impl ReliableReader {
     crate::handle::reader_methods!();
 
+    /// Decodes straight from the received frame (a slice of the session's read buffer), as
+    /// [`SessionReader::recv_message`](crate::session::SessionReader::recv_message) does:
+    /// fields of type [`bytes::Bytes`] take their bytes without a copy.
     pub(crate) fn poll_recv_message<M: Message + Name + Default>(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<M>>> {
-        crate::handle::poll_unpack(self, cx)
+        let frame = match std::task::ready!(self.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        };
+        if !matches!(
+            self.names.is_url_of(frame.type_url_bytes(), M::full_name),
+            Ok(true)
+        ) {
+            return Poll::Ready(Some(Err(Error::UnexpectedType {
+                expected: M::full_name(),
+                any: Box::new(frame.into_any()),
+            })));
+        }
+        Poll::Ready(Some(M::decode(frame.into_value()).map_err(|source| {
+            Error::Decode {
+                type_name: M::full_name(),
+                source,
+            }
+        })))
+    }
+
+    /// The next received message as the session received it, or the stream's end.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame>>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let mut core = self.inner.lock();
+        if let Some(frame) = core.pop_inbound(cx.waker()) {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let end = core.end().cloned();
+        drop(core);
+        match end {
+            None => Poll::Pending,
+            Some(end) => {
+                self.finished = true;
+                match end {
+                    StreamEnd::Closed => Poll::Ready(None),
+                    failed => Poll::Ready(Some(Err(end_error(&failed)))),
+                }
+            }
+        }
     }
 
     /// Puts the two halves of a [`ReliableStream`] back together.
@@ -558,25 +609,8 @@ impl Stream for ReliableReader {
     type Item = Result<Any>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        let mut core = self.inner.lock();
-        if let Some(any) = core.pop_inbound(cx.waker()) {
-            return Poll::Ready(Some(Ok(any)));
-        }
-        let end = core.end().cloned();
-        drop(core);
-        match end {
-            None => Poll::Pending,
-            Some(end) => {
-                self.finished = true;
-                match end {
-                    StreamEnd::Closed => Poll::Ready(None),
-                    failed => Poll::Ready(Some(Err(end_error(&failed)))),
-                }
-            }
-        }
+        self.poll_frame(cx)
+            .map(|next| next.map(|frame| frame.map(Frame::into_any)))
     }
 }
 
@@ -598,12 +632,15 @@ impl Stream for ReliableReader {
 #[derive(Debug)]
 pub struct ReliableWriter {
     inner: Arc<Inner>,
+    /// The type URL length of the last message type fed with `feed_message`.
+    type_url_len: TypeUrlLen,
 }
 
 impl Clone for ReliableWriter {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.acquire(),
+            type_url_len: TypeUrlLen::default(),
         }
     }
 }
@@ -645,12 +682,37 @@ impl ReliableWriter {
         }
     }
 
+    /// Queues `msg` encoded once (see `outgoing.rs`), once it fits under the high-water marks:
+    /// no `Any` is built. A small message is encoded under the lock into a buffer shared with
+    /// the messages before it; a large one outside the lock, in room reserved for it.
     pub(crate) fn poll_feed_message<M: Message + Name>(
         &mut self,
         cx: &mut Context<'_>,
         msg: &M,
     ) -> Poll<Result<()>> {
-        self.poll_feed(cx, &mut Some(link::pack(msg)))
+        let type_url_len = self.type_url_len.of::<M>();
+        let value_len = msg.encoded_len();
+        let len = type_url_len + value_len;
+        let mut core = self.inner.lock();
+        if core.closed_for_sending() {
+            return Poll::Ready(Err(closed_error(&core)));
+        }
+        if !core.fits(len) {
+            core.register_send(cx.waker());
+            return Poll::Pending;
+        }
+        if len <= outgoing::SMALL {
+            core.push_small(msg, type_url_len, value_len);
+            return Poll::Ready(Ok(()));
+        }
+        core.reserve(len);
+        drop(core);
+        let message = outgoing::encode_large(msg, type_url_len, value_len);
+        let mut core = self.inner.lock();
+        match core.push_reserved(message) {
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(()) => Poll::Ready(Err(closed_error(&core))),
+        }
     }
 
     /// Queues `any` if there is room now; otherwise hands it back in
@@ -810,10 +872,12 @@ impl ReliableStream {
         Self {
             reader: ReliableReader {
                 inner: inner.acquire(),
+                names: NameCache::default(),
                 finished: false,
             },
             writer: ReliableWriter {
                 inner: inner.acquire(),
+                type_url_len: TypeUrlLen::default(),
             },
         }
     }
@@ -881,9 +945,7 @@ impl crate::dispatch::sealed::Reader for ReliableReader {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<crate::connection::Frame>>> {
-        Pin::new(self)
-            .poll_next(cx)
-            .map(|next| next.map(|any| any.map(crate::connection::Frame::from)))
+        self.poll_frame(cx)
     }
 
     /// A stream outlives its connections: handlers get no connection's info.

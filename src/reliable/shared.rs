@@ -11,10 +11,13 @@ use std::task::Waker;
 use std::time::Instant;
 
 use futures_channel::oneshot;
+use prost::{Message, Name};
 use prost_types::Any;
 
-use super::state::{StreamEvent, StreamState, Transmit};
+use super::outgoing::{Encoder, Outgoing};
+use super::state::{Queued, StreamEvent, StreamState, Transmit};
 use super::{DeliveryError, Event, GiveUp, ReliableConfig, TrySendError};
+use crate::connection::Frame;
 use crate::proto::reliable::Nack;
 
 /// Events kept for the application before the oldest are dropped (with a warning).
@@ -29,6 +32,26 @@ struct EventQueue {
     waker: Option<Waker>,
 }
 
+/// Wakers taken from under the lock, to wake after unlocking.
+pub(crate) struct Wakers {
+    first: Option<Waker>,
+    second: Option<Waker>,
+    more: Vec<Waker>,
+}
+
+impl Wakers {
+    pub(crate) fn wake(self) {
+        for w in self.first.into_iter().chain(self.second).chain(self.more) {
+            w.wake();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + usize::from(self.second.is_some()) + self.more.len()
+    }
+}
+
 /// How a stream ended.
 #[derive(Clone, Debug)]
 pub(crate) enum StreamEnd {
@@ -41,6 +64,8 @@ pub(crate) enum StreamEnd {
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: StreamState,
+    /// Encodes small typed messages into a buffer they share.
+    encoder: Encoder,
     confirms: BTreeMap<u64, oneshot::Sender<Result<(), DeliveryError>>>,
     send_wakers: Vec<Waker>,
     recv_waker: Option<Waker>,
@@ -48,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) generation: u64,
     pub(crate) attached: bool,
     link_waker: Option<Waker>,
+    /// The link holds a received message until the inbound queue has room for it.
+    link_waits_for_room: bool,
     /// Links that carried the stream: `Stats::connections`.
     links: u64,
     // Lifecycle.
@@ -64,12 +91,14 @@ impl Shared {
     pub(crate) fn new(config: ReliableConfig) -> Self {
         Self {
             state: StreamState::new(config),
+            encoder: Encoder::default(),
             confirms: BTreeMap::new(),
             send_wakers: Vec::new(),
             recv_waker: None,
             generation: 0,
             attached: false,
             link_waker: None,
+            link_waits_for_room: false,
             links: 0,
             close_requested: false,
             end: None,
@@ -90,9 +119,22 @@ impl Shared {
         &self.state
     }
 
-    /// Wakers collected under the lock; the caller wakes them after unlocking.
-    pub(crate) fn take_wakers(&mut self) -> Vec<Waker> {
-        std::mem::take(&mut self.wake_later)
+    /// Wakers collected under the lock; the caller wakes them after unlocking. The usual one
+    /// or two are moved out without taking the list's allocation along.
+    pub(crate) fn take_wakers(&mut self) -> Wakers {
+        if self.wake_later.len() <= 2 {
+            Wakers {
+                first: self.wake_later.pop(),
+                second: self.wake_later.pop(),
+                more: Vec::new(),
+            }
+        } else {
+            Wakers {
+                first: None,
+                second: None,
+                more: std::mem::take(&mut self.wake_later),
+            }
+        }
     }
 
     fn wake(&mut self, waker: Waker) {
@@ -106,12 +148,69 @@ impl Shared {
     /// Queues a message if it fits under the high-water marks (one message always fits in an
     /// empty queue). Returns its local sequence number.
     pub(crate) fn try_push(&mut self, any: Any) -> Result<u64, TrySendError> {
-        if self.end.is_some() || self.close_requested {
+        if self.closed_for_sending() {
             return Err(TrySendError::Closed(any));
         }
-        let seq = self.state.push(any).map_err(TrySendError::Full)?;
-        self.wake_link();
+        if !self.state.fits(any.queued_len()) {
+            return Err(TrySendError::Full(any));
+        }
+        Ok(self.push_outgoing(Outgoing::Any(any)))
+    }
+
+    /// Whether the stream takes no more messages (closing or over).
+    pub(crate) fn closed_for_sending(&self) -> bool {
+        self.end.is_some() || self.close_requested
+    }
+
+    /// Queues `msg` (of `type_url_len + value_len` bytes, which fit under the high-water
+    /// marks), encoding it into the shared buffer.
+    pub(crate) fn push_small<M: Message + Name>(
+        &mut self,
+        msg: &M,
+        type_url_len: usize,
+        value_len: usize,
+    ) -> u64 {
+        let queued = self.state.outgoing().1;
+        let message = self
+            .encoder
+            .encode_small(msg, type_url_len, value_len, queued);
+        self.push_outgoing(message)
+    }
+
+    /// See [`StreamState::fits`].
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.state.fits(len)
+    }
+
+    /// See [`StreamState::reserve`].
+    pub(crate) fn reserve(&mut self, len: usize) {
+        self.state.reserve(len);
+    }
+
+    /// Queues a large message encoded outside the lock after [`reserve`](Self::reserve); if
+    /// the stream ended meanwhile, gives the room back and fails.
+    pub(crate) fn push_reserved(&mut self, message: Outgoing) -> Result<u64, ()> {
+        if self.end.is_some() {
+            self.state.unreserve(message.queued_len());
+            return Err(());
+        }
+        let seq = self.state.push_reserved(message);
+        self.wake_link_to_write();
         Ok(seq)
+    }
+
+    fn push_outgoing(&mut self, message: Outgoing) -> u64 {
+        let seq = self.state.push_over_mark(message);
+        self.wake_link_to_write();
+        seq
+    }
+
+    /// Wakes the link for a new message, unless the peer's window keeps it from writing it
+    /// (the peer's `Ack` wakes it then).
+    fn wake_link_to_write(&mut self) {
+        if self.state.can_write_more() {
+            self.wake_link();
+        }
     }
 
     /// See [`StreamState::under_mark`].
@@ -122,12 +221,10 @@ impl Shared {
     /// Queues a message without checking the high-water marks (the caller checked
     /// [`under_mark`](Self::under_mark)); fails only once the stream is closing or over.
     pub(crate) fn push_over_mark(&mut self, any: Any) -> Result<u64, TrySendError> {
-        if self.end.is_some() || self.close_requested {
+        if self.closed_for_sending() {
             return Err(TrySendError::Closed(any));
         }
-        let seq = self.state.push_over_mark(any);
-        self.wake_link();
-        Ok(seq)
+        Ok(self.push_outgoing(Outgoing::Any(any)))
     }
 
     pub(crate) fn register_send(&mut self, waker: &Waker) {
@@ -146,17 +243,23 @@ impl Shared {
 
     /// The next received message for the application, or `None` (and the reader is woken
     /// when one arrives).
-    pub(crate) fn pop_inbound(&mut self, waker: &Waker) -> Option<Any> {
+    pub(crate) fn pop_inbound(&mut self, waker: &Waker) -> Option<Frame> {
         let before = self.state.inbound_len().0;
-        let any = self.state.take();
-        if self.state.inbound_len().0 != before {
-            // The link may be waiting for room, or have an acknowledgement to send.
+        let frame = self.state.take();
+        // Wake the link only if it waits for room, or has an acknowledgement to send or to
+        // time: not once per message.
+        if self.state.inbound_len().0 != before
+            && (std::mem::take(&mut self.link_waits_for_room) || self.state.link_work_after_take())
+        {
             self.wake_link();
         }
-        if any.is_none() {
-            self.recv_waker = Some(waker.clone());
+        if frame.is_none() {
+            match &self.recv_waker {
+                Some(w) if w.will_wake(waker) => {}
+                _ => self.recv_waker = Some(waker.clone()),
+            }
         }
-        any
+        frame
     }
 
     /// The application closes: the link closes the session once everything is confirmed.
@@ -322,9 +425,12 @@ impl Shared {
         self.state.set_peer_window(window.0, window.1);
     }
 
-    /// Whether a received message of `len` bytes fits in the inbound queue now.
-    pub(crate) fn has_room(&self, len: usize) -> bool {
-        self.state.has_room(len)
+    /// Whether a received message of `len` bytes fits in the inbound queue now; if not, the
+    /// application wakes the link once it has taken a message.
+    pub(crate) fn has_room(&mut self, len: usize) -> bool {
+        let room = self.state.has_room(len);
+        self.link_waits_for_room = !room;
+        room
     }
 
     /// Whether the link should stop reading (refusals owed to the peer are backed up).
@@ -338,8 +444,8 @@ impl Shared {
         self.state.handle_read_idle();
     }
 
-    pub(crate) fn handle_message(&mut self, any: Any) {
-        self.state.handle_message(any);
+    pub(crate) fn handle_message(&mut self, frame: Frame) {
+        self.state.handle_message(frame);
         if let Some(w) = self.recv_waker.take() {
             self.wake(w);
         }
@@ -371,8 +477,7 @@ impl Shared {
                         }
                         let _ = entry.remove().send(Ok(()));
                     }
-                    let wakers: Vec<Waker> = self.send_wakers.drain(..).collect();
-                    for w in wakers {
+                    while let Some(w) = self.send_wakers.pop() {
                         self.wake(w);
                     }
                 }
@@ -396,7 +501,7 @@ impl Shared {
     }
 
     /// The next frame for the link to write.
-    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit<'_, Outgoing>> {
         self.state.poll_transmit()
     }
 

@@ -19,6 +19,7 @@ use std::time::Instant;
 use prost_types::Any;
 
 use super::ReliableConfig;
+use crate::connection::Frame;
 use crate::proto::reliable::{Nack, NackReason};
 
 /// Refusals kept until the peer is known to have seen them (see `resume`), in number and in
@@ -38,9 +39,39 @@ pub(crate) const MAX_QUOTED: usize = 100;
 /// the oldest go. A confirmation is never dropped: consecutive ones merge.
 const MAX_EVENTS: usize = 1024;
 
+/// A message the state holds (ours in the retransmit queue, the peer's in the inbound queue):
+/// the state only needs its type URL (for `accepts`) and what it counts against the byte
+/// bounds (type URL plus value).
+pub(crate) trait Queued {
+    /// The type URL.
+    fn type_url(&self) -> &str;
+    /// Type URL plus value, in bytes.
+    fn queued_len(&self) -> usize;
+}
+
+impl Queued for Any {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+
+    fn queued_len(&self) -> usize {
+        self.type_url.len() + self.value.len()
+    }
+}
+
+impl Queued for Frame {
+    fn type_url(&self) -> &str {
+        Frame::type_url(self)
+    }
+
+    fn queued_len(&self) -> usize {
+        self.type_url_bytes().len() + self.value().len()
+    }
+}
+
 /// What a message counts against the byte bounds.
-pub(crate) fn queued_len(any: &Any) -> usize {
-    any.type_url.len() + any.value.len()
+pub(crate) fn queued_len(message: &impl Queued) -> usize {
+    message.queued_len()
 }
 
 /// What a retained `Nack` costs: its text plus a fixed overhead.
@@ -50,23 +81,23 @@ fn nack_len(nack: &Nack) -> usize {
 
 /// A received message waiting for the application.
 #[derive(Debug)]
-enum Inbound {
+enum Inbound<I> {
     /// Delivered to the application.
-    Message(Any),
+    Message(I),
     /// Refused with a `Nack`; holds its place so the cumulative count stays in order.
     Refused,
 }
 
 /// A frame to write on the link, in the order the state wants them written.
 #[derive(Debug)]
-pub(crate) enum Transmit<'a> {
+pub(crate) enum Transmit<'a, O> {
     /// A refusal of one of the peer's messages.
     Nack(Nack),
     /// A cumulative acknowledgement: the peer's messages our application has taken.
     Ack(u64),
     /// One of our messages (first sending or retransmission), in place in the retransmit
     /// queue: the link encodes it from there, nothing is copied.
-    Message(&'a Any),
+    Message(&'a O),
 }
 
 /// What happened to messages we sent (local sequence numbers, as returned by `push`).
@@ -91,12 +122,17 @@ pub(crate) struct Counters {
     pub(crate) resumes: u64,
 }
 
+/// `O`: our messages as queued (encoded once, see `outgoing.rs`); `I`: the peer's as received
+/// (frames in place in the session's read buffer). Tests use `Any` for both.
 #[derive(Debug)]
-pub(crate) struct StreamState {
+pub(crate) struct StreamState<O = super::outgoing::Outgoing, I = Frame> {
     config: ReliableConfig,
     // Outgoing: every message not yet acknowledged, oldest first; `out[0]` is local `base`.
-    out: VecDeque<Any>,
+    out: VecDeque<O>,
     out_bytes: usize,
+    /// Room (messages, bytes) promised to writers that encode a large message outside the
+    /// lock (`reserve`, then `push_reserved`): counted by both high-water marks.
+    reserved: (usize, usize),
     base: u64,
     next_write: u64,
     epoch: u64,
@@ -110,7 +146,7 @@ pub(crate) struct StreamState {
     /// The peer's receive window (messages, bytes), from its `Resume`.
     peer_window: (u64, usize),
     // Incoming.
-    inbound: VecDeque<Inbound>,
+    inbound: VecDeque<Inbound<I>>,
     inbound_bytes: usize,
     /// Messages at the front of `inbound` from a previous stream (not counted in `delivered`).
     inbound_stale: usize,
@@ -141,12 +177,13 @@ pub(crate) struct StreamState {
     counters: Counters,
 }
 
-impl StreamState {
+impl<O: Queued, I: Queued> StreamState<O, I> {
     pub(crate) fn new(config: ReliableConfig) -> Self {
         Self {
             config,
             out: VecDeque::new(),
             out_bytes: 0,
+            reserved: (0, 0),
             base: 0,
             next_write: 0,
             epoch: 0,
@@ -179,33 +216,64 @@ impl StreamState {
     /// Whether the outgoing queue is under both high-water marks (the `Sink` path: a writer
     /// that saw room queues its next message whole, whatever its size).
     pub(crate) fn under_mark(&self) -> bool {
-        self.out.is_empty()
-            || (self.out.len() < self.config.max_messages && self.out_bytes < self.config.max_bytes)
+        let (messages, bytes) = self.held();
+        messages == 0 || (messages < self.config.max_messages && bytes < self.config.max_bytes)
+    }
+
+    /// Messages and bytes held or promised: what the high-water marks bound.
+    fn held(&self) -> (usize, usize) {
+        (
+            self.out.len() + self.reserved.0,
+            self.out_bytes + self.reserved.1,
+        )
+    }
+
+    /// Whether a message of `len` bytes fits under the high-water marks (one message always
+    /// fits in an empty queue).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        let (messages, bytes) = self.held();
+        messages == 0
+            || (messages < self.config.max_messages && bytes + len <= self.config.max_bytes)
     }
 
     /// Queues a message without checking the high-water marks (the caller checked
-    /// [`under_mark`](Self::under_mark)). Returns its local sequence number.
-    pub(crate) fn push_over_mark(&mut self, any: Any) -> u64 {
+    /// [`under_mark`](Self::under_mark) or [`fits`](Self::fits)). Returns its local sequence
+    /// number.
+    pub(crate) fn push_over_mark(&mut self, message: O) -> u64 {
         let seq = self.base + self.out.len() as u64;
-        self.out_bytes += queued_len(&any);
-        self.out.push_back(any);
+        self.out_bytes += queued_len(&message);
+        self.out.push_back(message);
         seq
     }
 
     /// Queues a message if it fits under the high-water marks (one message always fits in an
     /// empty queue): its local sequence number, or the message back.
-    pub(crate) fn push(&mut self, any: Any) -> Result<u64, Any> {
-        let len = queued_len(&any);
-        let fits = self.out.is_empty()
-            || (self.out.len() < self.config.max_messages
-                && self.out_bytes + len <= self.config.max_bytes);
-        if !fits {
-            return Err(any);
+    #[cfg(test)]
+    pub(crate) fn push(&mut self, message: O) -> Result<u64, O> {
+        if !self.fits(queued_len(&message)) {
+            return Err(message);
         }
-        let seq = self.base + self.out.len() as u64;
-        self.out.push_back(any);
-        self.out_bytes += len;
-        Ok(seq)
+        Ok(self.push_over_mark(message))
+    }
+
+    /// Promises room for a message of `len` bytes (the caller checked [`fits`](Self::fits)),
+    /// for a writer that encodes it outside the lock and then calls
+    /// [`push_reserved`](Self::push_reserved) or [`unreserve`](Self::unreserve).
+    pub(crate) fn reserve(&mut self, len: usize) {
+        self.reserved.0 += 1;
+        self.reserved.1 += len;
+    }
+
+    /// Gives back room promised by [`reserve`](Self::reserve).
+    pub(crate) fn unreserve(&mut self, len: usize) {
+        self.reserved.0 = self.reserved.0.saturating_sub(1);
+        self.reserved.1 = self.reserved.1.saturating_sub(len);
+    }
+
+    /// Queues the message room was reserved for (with the same length).
+    pub(crate) fn push_reserved(&mut self, message: O) -> u64 {
+        self.unreserve(queued_len(&message));
+        self.push_over_mark(message)
     }
 
     /// The local number of the first message not confirmed yet.
@@ -228,9 +296,9 @@ impl StreamState {
             return Ok(());
         }
         while self.base < local {
-            if let Some(any) = self.out.pop_front() {
-                self.out_bytes = self.out_bytes.saturating_sub(queued_len(&any));
-                self.written_bytes = self.written_bytes.saturating_sub(queued_len(&any));
+            if let Some(message) = self.out.pop_front() {
+                self.out_bytes = self.out_bytes.saturating_sub(queued_len(&message));
+                self.written_bytes = self.written_bytes.saturating_sub(queued_len(&message));
             }
             self.base += 1;
         }
@@ -284,7 +352,7 @@ impl StreamState {
     }
 
     /// The next message to write, if the peer's window has room for it.
-    fn next_outgoing(&mut self) -> Option<&Any> {
+    fn next_outgoing(&mut self) -> Option<&O> {
         let in_flight = self.next_write - self.base;
         let index = usize::try_from(in_flight).ok()?;
         let len = queued_len(self.out.get(index)?);
@@ -304,12 +372,17 @@ impl StreamState {
     /// Recomputes `written_bytes` after `next_write` moved back.
     fn rewind_written(&mut self) {
         let in_flight = usize::try_from(self.next_write - self.base).unwrap_or(usize::MAX);
-        self.written_bytes = self.out.iter().take(in_flight).map(queued_len).sum();
+        self.written_bytes = self
+            .out
+            .iter()
+            .take(in_flight)
+            .map(Queued::queued_len)
+            .sum();
     }
 
     /// Everything is confirmed and nothing is queued.
     pub(crate) fn drained(&self) -> bool {
-        self.out.is_empty()
+        self.out.is_empty() && self.reserved.0 == 0
     }
 
     // ---- the peer's messages ------------------------------------------------------------
@@ -323,13 +396,13 @@ impl StreamState {
     }
 
     /// A received application message: queue it for the application, or refuse it.
-    pub(crate) fn handle_message(&mut self, any: Any) {
+    pub(crate) fn handle_message(&mut self, any: I) {
         self.read_idle = false;
         let sequence = self.received;
         self.received += 1;
         if let Some(accepts) = &self.config.accepts {
-            if !accepts(&any.type_url) {
-                let url = super::quoted(&any.type_url);
+            if !accepts(any.type_url()) {
+                let url = super::quoted(any.type_url());
                 log::debug!("reliable stream: refusing message {sequence} ({url})");
                 self.retain_nack(Nack {
                     sequence,
@@ -353,7 +426,7 @@ impl StreamState {
 
     /// The next received message for the application (refusals' place holders are counted
     /// on the way).
-    pub(crate) fn take(&mut self) -> Option<Any> {
+    pub(crate) fn take(&mut self) -> Option<I> {
         while let Some(entry) = self.inbound.pop_front() {
             let stale = self.inbound_stale > 0;
             if stale {
@@ -445,15 +518,8 @@ impl StreamState {
         self.ack_deadline.filter(|_| !self.ack_due)
     }
 
-    /// The next frame to write: refusals first, then an acknowledgement if one is due (every
-    /// `ack_every` messages taken, half our window taken in messages or bytes, everything
-    /// received taken while the link has nothing more to read, the stream closing, the delay
-    /// passed, or a new link), then our messages as far as the peer's window allows.
-    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
-        if let Some(nack) = self.nacks.get(self.nacks_sent) {
-            self.nacks_sent += 1;
-            return Some(Transmit::Nack(nack.clone()));
-        }
+    /// Whether an acknowledgement goes out at the next `poll_transmit`.
+    fn ack_owed_now(&self) -> bool {
         let unacked = self.delivered - self.acked_sent;
         // Half our window taken and not acknowledged: the peer is about to stop sending, so
         // acknowledge now whatever `ack_every` says.
@@ -462,14 +528,41 @@ impl StreamState {
         // Caught up: the peer sent nothing more and our application took it all; the peer
         // may be waiting for this confirmation, so it does not wait for the delay.
         let caught_up = self.config.ack_when_caught_up && self.read_idle && self.inbound.is_empty();
-        if self.ack_again
+        self.ack_again
             || (unacked > 0
                 && (self.ack_due
                     || unacked >= self.config.ack_every
                     || window_half
                     || caught_up
                     || self.closing))
-        {
+    }
+
+    /// Whether the link has something to do after the application took a message: an
+    /// acknowledgement to write now, or the acknowledgement delay to start (its first pending
+    /// message). Otherwise the application need not wake it: while the peer streams, the link
+    /// runs anyway and the acknowledgements stay batched.
+    pub(crate) fn link_work_after_take(&self) -> bool {
+        self.ack_owed_now() || (self.ack_pending() && self.ack_deadline.is_none())
+    }
+
+    /// Whether a newly queued message can be written now (within the peer's window): else
+    /// the link need not be woken for it (the peer's `Ack` will wake it).
+    pub(crate) fn can_write_more(&self) -> bool {
+        let in_flight = self.next_write - self.base;
+        let (max_messages, max_bytes) = self.peer_window;
+        in_flight == 0 || (in_flight < max_messages && self.written_bytes < max_bytes)
+    }
+
+    /// The next frame to write: refusals first, then an acknowledgement if one is due (every
+    /// `ack_every` messages taken, half our window taken in messages or bytes, everything
+    /// received taken while the link has nothing more to read, the stream closing, the delay
+    /// passed, or a new link), then our messages as far as the peer's window allows.
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit<'_, O>> {
+        if let Some(nack) = self.nacks.get(self.nacks_sent) {
+            self.nacks_sent += 1;
+            return Some(Transmit::Nack(nack.clone()));
+        }
+        if self.ack_owed_now() {
             self.ack_again = false;
             self.ack_due = false;
             self.ack_deadline = None;
@@ -601,6 +694,9 @@ mod tests {
 
     use super::*;
 
+    /// The state with `Any`s for messages both ways.
+    type StreamState = super::StreamState<Any, Any>;
+
     fn msg(i: u8) -> Any {
         Any {
             type_url: "type.googleapis.com/x.M".into(),
@@ -624,7 +720,7 @@ mod tests {
     }
 
     /// The next control frame; `late`: once the acknowledgement delay has passed.
-    fn control(c: &mut StreamState, late: bool) -> Option<Transmit<'_>> {
+    fn control(c: &mut StreamState, late: bool) -> Option<Transmit<'_, Any>> {
         if late {
             let now = Instant::now();
             c.handle_timeout(now);

@@ -14,6 +14,9 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// The state with `Any`s for messages both ways.
+type StreamState = super::StreamState<Any, Any>;
+
 /// A frame on the in-memory wire.
 #[derive(Clone, Debug)]
 enum Frame {

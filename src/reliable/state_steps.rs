@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// The state with `Any`s for messages both ways.
+type StreamState = super::StreamState<Any, Any>;
+
 /// A frame on the in-memory wire.
 #[derive(Debug, PartialEq)]
 enum Frame {

@@ -1,0 +1,242 @@
+//! Our messages as the retransmit queue holds them: encoded once when fed, written as they are
+//! on every link that carries them (first sending and retransmissions), freed at the peer's
+//! `Ack`.
+//!
+//! A typed message (`feed_message`) is encoded into a slice of an encode buffer that many
+//! messages share ([`Encoder`]): in steady state queuing one allocates nothing, and the buffer's
+//! chunk is freed once the peer has acknowledged every message in it. Its type URL is not
+//! stored: the message's type is remembered as the function that writes the value under it
+//! (the session encodes the `Any` header from a type URL it computes once per type). An `Any`
+//! fed as such is kept as given: its allocations are the application's already.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::{Message, Name};
+use prost_types::Any;
+
+use super::state::Queued;
+use crate::connection::NameCache;
+use crate::error::Result;
+use crate::session::SessionWriter;
+
+/// Messages up to this long are encoded under the stream's lock into the shared buffer;
+/// longer ones are encoded outside it, each into its own buffer.
+pub(crate) const SMALL: usize = 16 * 1024;
+
+/// The shared encode buffer's chunks: as large as the bytes queued when one is made, within
+/// these bounds (one allocation per up to 64 KiB of small messages while the stream streams,
+/// little kept by a stream that sends now and then).
+const MIN_CHUNK: usize = 4 * 1024;
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// Writes an encoded value under its message type's URL.
+type WriteFn = fn(&mut SessionWriter, &[u8]) -> Result<()>;
+
+/// One of our messages, from `feed` until the peer's acknowledgement.
+pub(crate) enum Outgoing {
+    /// Fed as an `Any`.
+    Any(Any),
+    /// Fed as a typed message.
+    Encoded {
+        /// Its encoding (the `Any`'s value).
+        value: Bytes,
+        /// Its type URL's length (for the byte bounds).
+        type_url_len: usize,
+        /// Writes `value` under the type's URL.
+        write: WriteFn,
+    },
+}
+
+impl fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any(any) => f.debug_tuple("Any").field(&any.type_url).finish(),
+            Self::Encoded { value, .. } => f.debug_tuple("Encoded").field(&value.len()).finish(),
+        }
+    }
+}
+
+impl Queued for Outgoing {
+    fn type_url(&self) -> &str {
+        match self {
+            Self::Any(any) => &any.type_url,
+            // Only received messages are matched against `accepts`.
+            Self::Encoded { .. } => "",
+        }
+    }
+
+    fn queued_len(&self) -> usize {
+        match self {
+            Self::Any(any) => any.queued_len(),
+            Self::Encoded {
+                value,
+                type_url_len,
+                ..
+            } => type_url_len + value.len(),
+        }
+    }
+}
+
+impl Outgoing {
+    /// Queues the message in the session's outbox (after `poll_ready_outbound`).
+    pub(crate) fn write(&self, writer: &mut SessionWriter) -> Result<()> {
+        match self {
+            Self::Any(any) => writer.start_send_any(any),
+            Self::Encoded { value, write, .. } => write(writer, value),
+        }
+    }
+}
+
+/// The length of a typed message's type URL, computed once per type while the same type is
+/// fed (as the session does for the URL itself).
+#[derive(Debug, Default)]
+pub(crate) struct TypeUrlLen(NameCache);
+
+impl TypeUrlLen {
+    pub(crate) fn of<M: Name>(&mut self) -> usize {
+        self.0.get(crate::codec::type_url::<M>).len()
+    }
+}
+
+/// Encodes typed messages for the retransmit queue.
+#[derive(Debug, Default)]
+pub(crate) struct Encoder {
+    /// The unused end of the current chunk; the messages before it are `Bytes` slices of it.
+    buf: BytesMut,
+}
+
+impl Encoder {
+    /// `msg` encoded once, in a slice of the shared buffer; `type_url_len` from
+    /// [`TypeUrlLen`], `value_len` is `msg.encoded_len()`, `queued` the bytes queued before it.
+    pub(crate) fn encode_small<M: Message + Name>(
+        &mut self,
+        msg: &M,
+        type_url_len: usize,
+        value_len: usize,
+        queued: usize,
+    ) -> Outgoing {
+        if self.buf.capacity() < value_len {
+            // The old chunk stays alive until its last message is acknowledged.
+            let chunk = queued.clamp(MIN_CHUNK, MAX_CHUNK).max(value_len);
+            self.buf = BytesMut::with_capacity(chunk);
+        }
+        encode_into(msg, &mut self.buf);
+        Outgoing::Encoded {
+            value: self.buf.split().freeze(),
+            type_url_len,
+            write: write_as::<M>,
+        }
+    }
+}
+
+/// `msg` encoded once, in a buffer of its own (for large messages, outside the lock).
+pub(crate) fn encode_large<M: Message + Name>(
+    msg: &M,
+    type_url_len: usize,
+    value_len: usize,
+) -> Outgoing {
+    let mut buf = BytesMut::with_capacity(value_len);
+    encode_into(msg, &mut buf);
+    Outgoing::Encoded {
+        value: buf.freeze(),
+        type_url_len,
+        write: write_as::<M>,
+    }
+}
+
+fn encode_into<M: Message>(msg: &M, buf: &mut impl BufMut) {
+    msg.encode_raw(buf);
+}
+
+fn write_as<M: Name>(writer: &mut SessionWriter, value: &[u8]) -> Result<()> {
+    writer.start_send_message(&Encoded::<M> {
+        value,
+        ty: PhantomData,
+    })
+}
+
+/// An encoded value of an `M`, written as is: lets the session's typed path (which encodes
+/// the `Any` header under `M`'s type URL) write bytes encoded earlier.
+struct Encoded<'a, M> {
+    value: &'a [u8],
+    ty: PhantomData<fn() -> M>,
+}
+
+impl<M> fmt::Debug for Encoded<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoded")
+            .field("len", &self.value.len())
+            .finish()
+    }
+}
+
+impl<M: Name> Name for Encoded<'_, M> {
+    const NAME: &'static str = M::NAME;
+    const PACKAGE: &'static str = M::PACKAGE;
+
+    fn full_name() -> String {
+        M::full_name()
+    }
+
+    fn type_url() -> String {
+        M::type_url()
+    }
+}
+
+impl<M> Message for Encoded<'_, M> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(self.value);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> std::result::Result<(), prost::DecodeError> {
+        // Never decoded: only written.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.value.len()
+    }
+
+    fn clear(&mut self) {
+        self.value = &[];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::example::HelloWorld;
+
+    #[test]
+    fn small_messages_share_a_chunk_and_count_like_an_any() {
+        let mut encoder = Encoder::default();
+        let hello = HelloWorld {
+            text: "hi".into(),
+            sequence: 7,
+        };
+        let any = crate::codec::pack(&hello);
+        let url_len = TypeUrlLen::default().of::<HelloWorld>();
+        let value_len = hello.encoded_len();
+        let len = url_len + value_len;
+        assert_eq!(len, any.queued_len());
+        let a = encoder.encode_small(&hello, url_len, value_len, 0);
+        let b = encoder.encode_small(&hello, url_len, value_len, 0);
+        let (Outgoing::Encoded { value: va, .. }, Outgoing::Encoded { value: vb, .. }) = (&a, &b)
+        else {
+            panic!("encoded");
+        };
+        assert_eq!(&va[..], &any.value[..]);
+        assert_eq!(va.as_ptr().wrapping_add(va.len()), vb.as_ptr(), "one chunk");
+        assert_eq!(b.queued_len(), len);
+        let large = encode_large(&hello, url_len, value_len);
+        assert_eq!(large.queued_len(), len);
+    }
+}
