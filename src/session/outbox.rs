@@ -224,6 +224,17 @@ impl<M> Receiver<M> {
         Poll::Ready(Some(item))
     }
 
+    /// Whether nothing waits: no frame and no marker.
+    pub(super) fn is_empty(&self) -> bool {
+        let inner = lock(&self.0);
+        inner.bytes.is_empty() && inner.markers.is_empty()
+    }
+
+    /// Whether a flush or close marker waits.
+    pub(super) fn has_markers(&self) -> bool {
+        !lock(&self.0).markers.is_empty()
+    }
+
     /// Takes no more items; those already queued can still be taken.
     pub(super) fn close(&mut self) {
         let mut inner = lock(&self.0);
