@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -68,10 +68,6 @@ impl Slot {
         }
     }
 
-    fn is_set(&self) -> bool {
-        self.lock().is_some()
-    }
-
     pub(super) fn clear(&self) {
         self.lock().take();
     }
@@ -100,6 +96,12 @@ pub(super) struct Wakers {
     writer: Slot,
     /// The driver waits for the connection to be writable too.
     driver_writes: AtomicBool,
+    /// Times the connection became readable (the read fan-out fired).
+    fires: AtomicU64,
+    /// `fires` when the reader's last round began.
+    reader_fires: AtomicU64,
+    /// The reader's last round left it waiting on the connection.
+    pub(super) reader_covers: AtomicBool,
 }
 
 /// Wakes the driver task.
@@ -124,6 +126,7 @@ impl Wake for ReadSide {
     fn wake_by_ref(self: &Arc<Self>) {
         // The driver too: if the reader does not come back for what arrived (it may have
         // stopped reading while its waker was registered), the driver reads it.
+        self.0.fires.fetch_add(1, Ordering::SeqCst);
         let _ = self.0.reader.wake();
         let _ = self.0.driver.wake();
     }
@@ -219,6 +222,9 @@ pub(super) struct Engine<T> {
     write_side: Waker,
     /// The last read in this round left a waker with the connection.
     read_registered: bool,
+    /// The read fan-out firing (`Wakers::fires`) for which the driver last left reading to
+    /// the application's reader.
+    deferred_fire: Option<u64>,
 }
 
 fn lock<T>(engine: &Mutex<Engine<T>>) -> MutexGuard<'_, Engine<T>> {
@@ -269,6 +275,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
             read_side: Waker::from(Arc::new(ReadSide(wakers.clone()))),
             write_side: Waker::from(Arc::new(WriteSide(wakers.clone()))),
             read_registered: false,
+            deferred_fire: None,
             reader,
             writer,
             state,
@@ -628,6 +635,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                     for done in self.flush_waiters.drain(..) {
                         let _ = done.send(Ok(()));
                     }
+                    // A writer whose own flush waited on the connection is done too (the
+                    // connection may not wake it: this write went through without waiting).
+                    let _ = self.shared.wakers.writer.wake();
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => {
@@ -767,6 +777,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
         if role != Role::Writer {
             wakers.driver_writes.store(true, Ordering::Release);
         }
+        // While the application's reader waits on the connection, it reads, not the driver.
+        // When the connection became readable since the reader's last round, the reader was
+        // woken too: the driver gives it one turn to come back before it reads itself (it may
+        // have stopped reading). The driver always reads while the session closes, and when
+        // a deadline is due (so that silence is judged on everything that arrived).
+        let mut defer_read = false;
+        let mut yield_after = false;
+        if role == Role::Reader {
+            wakers
+                .reader_fires
+                .store(wakers.fires.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        if role == Role::Driver
+            && *self.state.phase() == Phase::Open
+            && wakers.reader_covers.load(Ordering::SeqCst)
+            && self
+                .state
+                .poll_timeout()
+                .is_none_or(|at| at > Instant::now())
+        {
+            let fires = wakers.fires.load(Ordering::SeqCst);
+            if wakers.reader_fires.load(Ordering::SeqCst) == fires {
+                defer_read = true;
+            } else if self.deferred_fire != Some(fires) {
+                self.deferred_fire = Some(fires);
+                defer_read = true;
+                yield_after = true;
+            }
+        }
         let mut budget = POLL_BUDGET;
         let result = loop {
             let now = Instant::now();
@@ -777,20 +816,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             let reads = match role {
                 Role::Reader => true,
                 Role::Writer => false,
-                // While the application's reader waits for the connection it reads; the
-                // driver reads when it does not, when a deadline is due (so that silence is
-                // judged on everything that arrived) and while the session is closing.
-                Role::Driver => {
-                    !wakers.reader.is_set()
-                        || *self.state.phase() != Phase::Open
-                        || self.state.poll_timeout().is_some_and(|at| at <= now)
-                }
+                Role::Driver => !defer_read || *self.state.phase() != Phase::Open,
             };
             if reads {
                 progress |= self.poll_read(dcx, &mut io_read, role, now, &mut budget);
-                if role == Role::Reader && !self.read_registered {
-                    // Not waiting on the connection: the driver reads meanwhile.
-                    wakers.reader.clear();
+                if role == Role::Reader {
+                    wakers
+                        .reader_covers
+                        .store(self.read_registered, Ordering::SeqCst);
+                    if !self.read_registered {
+                        // Not waiting on the connection: the driver reads meanwhile.
+                        wakers.reader.clear();
+                    }
                 }
             }
             if role == Role::Driver {
@@ -818,6 +855,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 }
             }
             if !progress {
+                if yield_after {
+                    // Back after the reader had its turn.
+                    cx.waker().wake_by_ref();
+                }
                 break Poll::Pending;
             }
             if budget == 0 {

@@ -584,6 +584,10 @@ impl SessionReader {
 impl Drop for SessionReader {
     fn drop(&mut self) {
         // The driver reads from now on.
+        self.shared
+            .wakers
+            .reader_covers
+            .store(false, Ordering::SeqCst);
         self.shared.wakers.reader.clear();
         self.shared.reader_done();
     }
