@@ -135,9 +135,10 @@ impl SessionConfig {
         self
     }
 
-    /// How many messages wait between the application and the driver in each direction
-    /// (default 64). Outgoing messages are also bounded in bytes: beyond the first, at most
-    /// 256 KiB of encoded messages wait for the driver.
+    /// How many received messages wait for the application (default 64; a reader that is
+    /// polling takes what it reads at once, so this bounds what the driver reads meanwhile).
+    /// Outgoing messages are bounded in bytes: beyond the first, at most 256 KiB of encoded
+    /// messages wait to be handed to the connection.
     pub fn with_queue_len(mut self, messages: usize) -> Self {
         self.queue_len = messages.max(1);
         self

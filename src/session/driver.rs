@@ -1,15 +1,24 @@
-//! The session driver: the one future that does a session's I/O.
+//! The session's engine, and the driver future that runs it when the application does not.
 //!
-//! It owns the connection and feeds the sans-IO [`SessionState`] with frames and time. Reading,
-//! writing and the timer are polled side by side in one `poll`, so a write blocked by a peer
-//! that stopped reading never keeps the driver from noticing the silence.
+//! The [`Engine`] owns the connection and feeds the sans-IO [`SessionState`] with frames and
+//! time. Whoever polls first does the work, under one lock: the application's
+//! [`SessionReader`] reads frames itself when it wants one, its [`SessionWriter`] hands what
+//! it encoded to the connection and flushes it itself, and the spawned [`SessionDriver`] does
+//! what must happen while the application does not poll (timers, answering Pings, reading
+//! during a close, writing what was fed but not flushed). So a message costs no task hop.
+//!
+//! The connection registers one waker per direction; it gets a fan-out waker that wakes both
+//! the application half and (when it waits on that direction too) the driver. The lock is held
+//! only within a poll, and reading, writing and the timer are polled side by side in the
+//! driver's `poll`, so a write blocked by a peer that stopped reading never keeps the driver
+//! from noticing the silence.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use crate::connection::{ReadHalf, WriteHalf};
@@ -31,6 +40,124 @@ use crate::proto::v1::ReasonCode;
 /// Frames handled in one `poll` before the driver yields to other tasks.
 const POLL_BUDGET: usize = 256;
 
+/// Who runs a round of the engine, and so what it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The spawned driver: everything, and the timer.
+    Driver,
+    /// The application's reader, wanting a message: reads (and writes the replies it owes).
+    Reader,
+    /// The application's writer: hands what it encoded to the connection, and flushes.
+    Writer,
+}
+
+/// A waker slot.
+#[derive(Debug, Default)]
+pub(super) struct Slot(Mutex<Option<Waker>>);
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Option<Waker>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, waker: &Waker) {
+        let mut slot = self.lock();
+        match &*slot {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    pub(super) fn clear(&self) {
+        self.lock().take();
+    }
+
+    /// Wakes the waiting task, if any: whether there was one.
+    fn wake(&self) -> bool {
+        let waker = self.lock().take();
+        match waker {
+            Some(waker) => {
+                waker.wake();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Who waits for what: the tasks the engine's fan-out wakers wake.
+#[derive(Debug, Default)]
+pub(super) struct Wakers {
+    /// The driver task.
+    driver: Slot,
+    /// The application's reader, waiting for the connection to be readable.
+    pub(super) reader: Slot,
+    /// The application's writer, waiting for the connection to be writable.
+    writer: Slot,
+    /// The driver waits for the connection to be writable too.
+    driver_writes: AtomicBool,
+    /// Times the connection became readable (the read fan-out fired).
+    fires: AtomicU64,
+    /// `fires` when the reader's last round began.
+    reader_fires: AtomicU64,
+    /// The reader's last round left it waiting on the connection.
+    pub(super) reader_covers: AtomicBool,
+}
+
+/// Wakes the driver task.
+struct DriverSide(Arc<Wakers>);
+
+impl Wake for DriverSide {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.driver.wake();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let _ = self.0.driver.wake();
+    }
+}
+
+/// The connection is readable: wakes the application's reader, and the driver if it waits.
+struct ReadSide(Arc<Wakers>);
+
+impl Wake for ReadSide {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        // The driver too: if the reader does not come back for what arrived (it may have
+        // stopped reading while its waker was registered), the driver reads it.
+        self.0.fires.fetch_add(1, Ordering::SeqCst);
+        let _ = self.0.reader.wake();
+        let _ = self.0.driver.wake();
+    }
+}
+
+/// The connection is writable: wakes the application's writer, and the driver if it waits.
+struct WriteSide(Arc<Wakers>);
+
+impl Wake for WriteSide {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let writer_woken = self.0.writer.wake();
+        if self.0.driver_writes.swap(false, Ordering::AcqRel) || !writer_woken {
+            self.0.driver.wake();
+        }
+    }
+}
+
+/// What the application's halves ask of the engine, without naming the transport.
+pub(super) trait Inline: Send + Sync {
+    /// Reads what has arrived into the inbound queue, in the reader's task.
+    fn read(&self, cx: &mut Context<'_>);
+
+    /// Hands what the writer encoded to the connection and flushes it, in the writer's task:
+    /// with `flush`, ready once everything is written. `None` leaves it to the driver (a close
+    /// is under way, or the session is over).
+    fn write(&self, cx: &mut Context<'_>, flush: bool) -> Option<Poll<Result<()>>>;
+}
+
 /// Drives a session: reads and writes its frames, sends and answers heartbeats, detects a dead
 /// peer and runs the close handshake. Made by [`connect`](super::connect) or
 /// [`accept`](super::accept); **spawn it** on your runtime. It resolves to the
@@ -41,6 +168,15 @@ const POLL_BUDGET: usize = 256;
 /// with `REASON_CODE_NORMAL`.
 #[must_use = "a session makes no progress unless its driver is polled (spawn it)"]
 pub struct SessionDriver<T> {
+    /// Dropped once the session is over, and the connection with it (the handles hold it
+    /// only weakly).
+    engine: Option<Arc<Mutex<Engine<T>>>>,
+    shared: Arc<Shared>,
+    done: Option<SessionEnd>,
+}
+
+/// The connection and the session's state, shared by the driver and the application's halves.
+pub(super) struct Engine<T> {
     reader: ConnectionReader<ReadHalf<T>>,
     writer: ConnectionWriter<WriteHalf<T>>,
     state: SessionState,
@@ -80,19 +216,32 @@ pub struct SessionDriver<T> {
     /// When `timer` fires, if it is armed and has not fired yet.
     timer_at: Option<Instant>,
     done: Option<SessionEnd>,
+    /// Wake the driver task; the connection's read and write fan-outs.
+    to_driver: Waker,
+    read_side: Waker,
+    write_side: Waker,
+    /// The last read in this round left a waker with the connection.
+    read_registered: bool,
+    /// The read fan-out firing (`Wakers::fires`) for which the driver last left reading to
+    /// the application's reader.
+    deferred_fire: Option<u64>,
+}
+
+fn lock<T>(engine: &Mutex<Engine<T>>) -> MutexGuard<'_, Engine<T>> {
+    // A panic in a round leaves a state that the next round handles or ends.
+    engine.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<T> std::fmt::Debug for SessionDriver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionDriver")
             .field("session", &self.shared.info.session_id)
-            .field("phase", self.state.phase())
             .field("end", &self.done)
             .finish_non_exhaustive()
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
     pub(super) fn start(
         reader: ConnectionReader<ReadHalf<T>>,
         writer: ConnectionWriter<WriteHalf<T>>,
@@ -115,24 +264,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             driver_waits_for_room: Default::default(),
             reader_done: Default::default(),
             stats: Default::default(),
+            wakers: Default::default(),
+            engine: Default::default(),
         });
         let (inbound, inbound_rx) = queue::bounded(config.queue_len());
         let (outbound_tx, outbound) = outbox::outbox(config.queue_len());
-        let session = Session {
-            reader: SessionReader {
-                inbound: inbound_rx,
-                taken: VecDeque::new(),
-                shared: shared.clone(),
-                names: Default::default(),
-                finished: false,
-            },
-            writer: SessionWriter::new(outbound_tx, shared.clone()),
-        };
-        let driver = Self {
+        let wakers = &shared.wakers;
+        let engine = Engine {
+            to_driver: Waker::from(Arc::new(DriverSide(wakers.clone()))),
+            read_side: Waker::from(Arc::new(ReadSide(wakers.clone()))),
+            write_side: Waker::from(Arc::new(WriteSide(wakers.clone()))),
+            read_registered: false,
+            deferred_fire: None,
             reader,
             writer,
             state,
-            shared,
+            shared: shared.clone(),
             inbound,
             pending_in: None,
             batch: VecDeque::new(),
@@ -154,14 +301,42 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             timer_at: None,
             done: None,
         };
+        let engine = Arc::new(Mutex::new(engine));
+        let inline: Weak<dyn Inline> = Arc::downgrade(&engine) as Weak<Mutex<Engine<T>>>;
+        let _ = shared.engine.set(inline);
+        let session = Session {
+            reader: SessionReader {
+                inbound: inbound_rx,
+                taken: VecDeque::new(),
+                shared: shared.clone(),
+                names: Default::default(),
+                finished: false,
+            },
+            writer: SessionWriter::new(outbound_tx, shared.clone()),
+        };
+        let driver = Self {
+            engine: Some(engine),
+            shared,
+            done: None,
+        };
         crate::metrics::facade::session_opened();
         (session, driver)
     }
+}
 
+impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
     /// Reads frames while the application has room for them, and queues them for it. Returns
     /// whether anything happened.
-    fn poll_read(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
-        let progress = self.poll_read_batch(cx, now, budget);
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Context<'_>,
+        role: Role,
+        now: Instant,
+        budget: &mut usize,
+    ) -> bool {
+        self.read_registered = false;
+        let progress = self.poll_read_batch(cx, io, role, now, budget);
         self.flush_inbound();
         progress
     }
@@ -197,7 +372,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
         }
     }
 
-    fn poll_read_batch(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
+    /// `cx` is the driver's context, `io` the connection's read fan-out.
+    fn poll_read_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Context<'_>,
+        role: Role,
+        now: Instant,
+        budget: &mut usize,
+    ) -> bool {
         let mut progress = false;
         loop {
             if let Some(frame) = self.pending_in.take() {
@@ -207,7 +390,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                     self.state.on_receive_blocked(now);
                     return progress;
                 }
-                if self.inbound_room == 0 {
+                // The reader takes everything it reads at once: only the byte bound holds it.
+                if self.inbound_room == 0 && role != Role::Reader {
                     self.flush_inbound();
                     match self.inbound.poll_room(cx) {
                         Poll::Ready(Ok(room)) => self.inbound_room = room,
@@ -226,7 +410,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                         }
                     }
                 }
-                self.inbound_room -= 1;
+                self.inbound_room = self.inbound_room.saturating_sub(1);
                 self.batch_bytes += len;
                 self.batch.push_back(frame);
                 progress = true;
@@ -251,7 +435,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                 return progress;
             }
             self.read_paused = false;
-            match self.reader.poll_next_frame(cx) {
+            self.read_registered = false;
+            match self.reader.poll_next_frame(io) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *budget -= 1;
                     progress = true;
@@ -284,7 +469,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                     self.state.handle_eof();
                     return true;
                 }
-                Poll::Pending => return progress,
+                Poll::Pending => {
+                    self.read_registered = true;
+                    return progress;
+                }
             }
         }
     }
@@ -310,7 +498,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
     }
 
     /// Moves queued application messages into the connection writer.
-    fn poll_outbound(&mut self, cx: &mut Context<'_>, now: Instant, budget: &mut usize) -> bool {
+    /// `cx` is the driver's context, `io` the connection's write fan-out.
+    fn poll_outbound(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Context<'_>,
+        now: Instant,
+        budget: &mut usize,
+    ) -> bool {
         let mut progress = false;
         let phase = self.state.phase().clone();
         if phase == Phase::PeerClosed && !self.app_done {
@@ -356,7 +551,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             {
                 return progress;
             }
-            match Pin::new(&mut self.writer).poll_ready(cx) {
+            match Pin::new(&mut self.writer).poll_ready(io) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     self.state.fail(SessionEnd::Transport(Arc::new(e)));
@@ -410,6 +605,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
     /// Sends control frames, flushes, and shuts the write side down once the close handshake
     /// is done.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
+        // `cx` is the connection's write fan-out.
         let mut progress = false;
         while self.state.wants_transmit() {
             match Pin::new(&mut self.writer).poll_ready(cx) {
@@ -439,6 +635,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
                     for done in self.flush_waiters.drain(..) {
                         let _ = done.send(Ok(()));
                     }
+                    // A writer whose own flush waited on the connection is done too (the
+                    // connection may not wake it: this write went through without waiting).
+                    let _ = self.shared.wakers.writer.wake();
                     progress = true;
                 }
                 Poll::Ready(Err(e)) => {
@@ -542,8 +741,179 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SessionDriver<T> {
             });
         }
         self.done = Some(end.clone());
+        // Halves waiting on the connection learn the end now.
+        let _ = self.shared.wakers.reader.wake();
+        let _ = self.shared.wakers.writer.wake();
         crate::metrics::facade::session_ended(end.is_graceful());
         end
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
+    /// One round of work for `role`, whose task's context is `cx`: up to the poll budget, or
+    /// until nothing more can be done without waiting. Ready with the end once the session is
+    /// over. An application half's round never touches the timer (it is the driver's); it wakes
+    /// the driver whenever it changed what the driver waits for.
+    fn round(&mut self, role: Role, cx: &mut Context<'_>) -> Poll<SessionEnd> {
+        if let Some(end) = &self.done {
+            return Poll::Ready(end.clone());
+        }
+        let wakers = self.shared.wakers.clone();
+        let to_driver = self.to_driver.clone();
+        let read_side = self.read_side.clone();
+        let write_side = self.write_side.clone();
+        let mut io_read = Context::from_waker(&read_side);
+        let mut io_write = Context::from_waker(&write_side);
+        let mut driver_cx = Context::from_waker(&to_driver);
+        let phase_before = self.state.phase().clone();
+        let timer_before = self.timer_at;
+        match role {
+            Role::Driver => wakers.driver.set(cx.waker()),
+            Role::Reader => wakers.reader.set(cx.waker()),
+            Role::Writer => wakers.writer.set(cx.waker()),
+        }
+        // The driver waits on the write side whenever it runs; an application half's round
+        // leaves replies it could not write to the driver.
+        if role != Role::Writer {
+            wakers.driver_writes.store(true, Ordering::Release);
+        }
+        // While the application's reader waits on the connection, it reads, not the driver.
+        // When the connection became readable since the reader's last round, the reader was
+        // woken too: the driver gives it one turn to come back before it reads itself (it may
+        // have stopped reading). The driver always reads while the session closes, and when
+        // a deadline is due (so that silence is judged on everything that arrived).
+        let mut defer_read = false;
+        let mut yield_after = false;
+        if role == Role::Reader {
+            wakers
+                .reader_fires
+                .store(wakers.fires.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        if role == Role::Driver
+            && *self.state.phase() == Phase::Open
+            && wakers.reader_covers.load(Ordering::SeqCst)
+            && self
+                .state
+                .poll_timeout()
+                .is_none_or(|at| at > Instant::now())
+        {
+            let fires = wakers.fires.load(Ordering::SeqCst);
+            if wakers.reader_fires.load(Ordering::SeqCst) == fires {
+                defer_read = true;
+            } else if self.deferred_fire != Some(fires) {
+                self.deferred_fire = Some(fires);
+                defer_read = true;
+                yield_after = true;
+            }
+        }
+        let mut budget = POLL_BUDGET;
+        let result = loop {
+            let now = Instant::now();
+            // Everything but the connection and the timer wakes the driver (whose own waker is
+            // in the slot when it runs this round).
+            let dcx = &mut driver_cx;
+            let mut progress = false;
+            let reads = match role {
+                Role::Reader => true,
+                Role::Writer => false,
+                Role::Driver => !defer_read || *self.state.phase() != Phase::Open,
+            };
+            if reads {
+                progress |= self.poll_read(dcx, &mut io_read, role, now, &mut budget);
+                if role == Role::Reader {
+                    wakers
+                        .reader_covers
+                        .store(self.read_registered, Ordering::SeqCst);
+                    if !self.read_registered {
+                        // Not waiting on the connection: the driver reads meanwhile.
+                        wakers.reader.clear();
+                    }
+                }
+            }
+            if role == Role::Driver {
+                self.inbound.wake_receiver();
+            }
+            if role != Role::Reader {
+                progress |= self.poll_outbound(dcx, &mut io_write, now, &mut budget);
+            }
+            progress |= self.poll_write(&mut io_write);
+            self.publish_stats();
+            if let Some(rtt) = self.state.rtt() {
+                let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
+                if self.shared.rtt_nanos.load(Ordering::Relaxed) != nanos {
+                    self.shared.rtt_nanos.store(nanos, Ordering::Relaxed);
+                    crate::metrics::facade::session_rtt(rtt);
+                }
+            }
+            if let Some(end) = self.state.end().cloned() {
+                break Poll::Ready(self.finish(end));
+            }
+            if role == Role::Driver {
+                progress |= self.poll_timer(cx, now);
+                if let Some(end) = self.state.end().cloned() {
+                    break Poll::Ready(self.finish(end));
+                }
+            }
+            if !progress {
+                if yield_after {
+                    // Back after the reader had its turn.
+                    cx.waker().wake_by_ref();
+                }
+                break Poll::Pending;
+            }
+            if budget == 0 {
+                // Let other tasks run; come back at once.
+                cx.waker().wake_by_ref();
+                break Poll::Pending;
+            }
+        };
+        if role != Role::Driver {
+            let timer_moved_earlier = self
+                .state
+                .poll_timeout()
+                .is_some_and(|at| timer_before.is_none_or(|armed| at < armed));
+            if result.is_ready()
+                || timer_moved_earlier
+                || *self.state.phase() != phase_before
+                || self.state.wants_transmit()
+                || self.read_paused
+            {
+                to_driver.wake_by_ref();
+            }
+        }
+        result
+    }
+
+    /// Whether everything the writer encoded has been written and flushed.
+    fn flushed(&self) -> bool {
+        !self.unflushed && self.outbound.is_empty() && !self.state.wants_transmit()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Inline for Mutex<Engine<T>> {
+    fn read(&self, cx: &mut Context<'_>) {
+        let _ = lock(self).round(Role::Reader, cx);
+    }
+
+    fn write(&self, cx: &mut Context<'_>, flush: bool) -> Option<Poll<Result<()>>> {
+        let mut engine = lock(self);
+        // Flush and close markers, and everything after the peer's Close, go through the
+        // driver: it orders them with the close handshake.
+        if engine.done.is_some()
+            || *engine.state.phase() != Phase::Open
+            || engine.outbound.has_markers()
+        {
+            return None;
+        }
+        if engine.round(Role::Writer, cx).is_ready() {
+            return None;
+        }
+        if !flush || engine.flushed() {
+            return Some(Poll::Ready(Ok(())));
+        }
+        // The round did all it could: what is left waits for the connection, whose write
+        // fan-out wakes this task (or the round ran out of budget and woke it).
+        Some(Poll::Pending)
     }
 }
 
@@ -555,36 +925,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for SessionDriver<T> {
         if let Some(end) = &this.done {
             return Poll::Ready(end.clone());
         }
-        let mut budget = POLL_BUDGET;
-        loop {
-            let now = Instant::now();
-            let mut progress = this.poll_read(cx, now, &mut budget);
-            this.inbound.wake_receiver();
-            progress |= this.poll_outbound(cx, now, &mut budget);
-            progress |= this.poll_write(cx);
-            this.publish_stats();
-            if let Some(rtt) = this.state.rtt() {
-                let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
-                if this.shared.rtt_nanos.load(Ordering::Relaxed) != nanos {
-                    this.shared.rtt_nanos.store(nanos, Ordering::Relaxed);
-                    crate::metrics::facade::session_rtt(rtt);
-                }
-            }
-            if let Some(end) = this.state.end().cloned() {
-                return Poll::Ready(this.finish(end));
-            }
-            progress |= this.poll_timer(cx, now);
-            if let Some(end) = this.state.end().cloned() {
-                return Poll::Ready(this.finish(end));
-            }
-            if !progress {
-                return Poll::Pending;
-            }
-            if budget == 0 {
-                // Let other tasks run; come back at once.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
+        let Some(engine) = &this.engine else {
+            return Poll::Ready(SessionEnd::Disconnected);
+        };
+        let result = lock(engine).round(Role::Driver, cx);
+        if let Poll::Ready(end) = &result {
+            this.done = Some(end.clone());
+            // The handles hold the engine weakly: the connection goes now.
+            this.engine = None;
         }
+        result
     }
 }

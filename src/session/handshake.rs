@@ -114,7 +114,7 @@ pub async fn connect<T>(
     config: &SessionConfig,
 ) -> Result<(Session, SessionDriver<T>)>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = conn.split();
     let info = reader.info.clone();
@@ -210,7 +210,7 @@ pub async fn accept<T>(
     config: &SessionConfig,
 ) -> Result<(Session, SessionDriver<T>)>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = conn.split();
     let info = reader.info.clone();
@@ -378,7 +378,7 @@ fn start<T>(
     config: &SessionConfig,
 ) -> (Session, SessionDriver<T>)
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     reader.set_max_frame_len(info.max_frame_len);
     writer.set_max_frame_len(info.max_frame_len);

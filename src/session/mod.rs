@@ -22,9 +22,11 @@
 //!
 //! [`connect`] and [`accept`] perform the handshake and return a [`Session`] and a
 //! [`SessionDriver`]. **The driver is a future that must be spawned** (like hyper's connection
-//! future): it owns the connection, reads and writes frames, answers and sends heartbeats,
-//! notices a silent peer and runs the close handshake, whether or not the application is
-//! currently reading or writing. It resolves to the [`SessionEnd`] once the session is over.
+//! future): it owns the connection, answers and sends heartbeats, notices a silent peer, runs
+//! the close handshake and reads and writes frames whenever the application is not currently
+//! reading or writing (when it is, its [`SessionReader`] and [`SessionWriter`] read and write
+//! the connection in their own task, without a hop through the driver). It resolves to the
+//! [`SessionEnd`] once the session is over.
 //! [`transport::tcp::connect_session`](crate::transport::tcp::connect_session) does
 //! connect-handshake-spawn in one call, handing the driver to the `spawn` function you give it
 //! (see [where background work runs](crate::transport#where-background-work-runs)).
@@ -94,7 +96,7 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -307,6 +309,16 @@ struct Shared {
     /// The application has seen the end of its reader, or dropped it.
     reader_done: AtomicBool,
     stats: SharedStats,
+    /// The tasks waiting on the connection (see [`driver`]).
+    wakers: Arc<driver::Wakers>,
+    /// Lets the halves read and write in their own tasks (gone once the driver has finished).
+    engine: std::sync::OnceLock<Weak<dyn driver::Inline>>,
+}
+
+impl Shared {
+    fn engine(&self) -> Option<Arc<dyn driver::Inline>> {
+        self.engine.get()?.upgrade()
+    }
 }
 
 /// Counters the driver publishes for [`SessionStats`].
@@ -493,7 +505,20 @@ impl SessionReader {
             match self.inbound.poll_take_all(cx, &mut self.taken) {
                 Poll::Ready(true) => {}
                 Poll::Ready(false) => return self.poll_end(),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Nothing queued by the driver: read from the connection here (it wakes
+                    // this task when more arrives; the queue, when the driver read).
+                    let Some(engine) = self.shared.engine() else {
+                        return Poll::Pending;
+                    };
+                    engine.read(cx);
+                    drop(engine);
+                    match self.inbound.poll_take_all(cx, &mut self.taken) {
+                        Poll::Ready(true) => {}
+                        Poll::Ready(false) => return self.poll_end(),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
             }
         }
         let Some(frame) = self.taken.pop_front() else {
@@ -558,6 +583,12 @@ impl SessionReader {
 
 impl Drop for SessionReader {
     fn drop(&mut self) {
+        // The driver reads from now on.
+        self.shared
+            .wakers
+            .reader_covers
+            .store(false, Ordering::SeqCst);
+        self.shared.wakers.reader.clear();
         self.shared.reader_done();
     }
 }
@@ -573,9 +604,9 @@ impl Stream for SessionReader {
 
 /// Sends a session's application messages: a [`Sink`] of [`Any`].
 ///
-/// Messages are encoded at once into a buffer the driver hands to the connection (no `Any` is
-/// built for `feed_message`), and the driver writes them in order and flushes whenever that
-/// buffer runs empty. `feed` and `feed_message` return once the message is queued (waiting while
+/// Messages are encoded at once into a buffer that is handed to the connection (no `Any` is
+/// built for `feed_message`): by this writer itself when it flushes or the buffer is full, else
+/// by the driver, which writes them in order and flushes whenever that buffer runs empty. `feed` and `feed_message` return once the message is queued (waiting while
 /// the queue is full); `send`, `send_message` and [`flush`](Self::flush) return once everything
 /// queued so far is written to the transport. [`close`](Self::close) closes the session with
 /// `REASON_CODE_NORMAL`, [`close_with`](Self::close_with) with another code. After the session
@@ -613,6 +644,15 @@ impl SessionWriter {
             names: NameCache::default(),
             pending: None,
         }
+    }
+
+    /// Hands what was encoded to the connection in this task, and flushes it (see
+    /// [`driver::Inline::write`]); `None` if that is the driver's job now.
+    fn write_inline(&mut self, cx: &mut Context<'_>, flush: bool) -> Option<Poll<Result<()>>> {
+        if self.pending.is_some() {
+            return None;
+        }
+        self.shared.engine()?.write(cx, flush)
     }
 
     crate::handle::writer_methods!();
@@ -721,6 +761,10 @@ impl SessionWriter {
     /// Room for one more item in the queue to the driver (for layers on top of sessions that
     /// poll rather than await, such as [`crate::reliable`]).
     pub(crate) fn poll_ready_outbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.outbound.poll_ready(cx).is_pending() {
+            // Full: hand it to the connection here rather than wait for the driver.
+            let _ = self.write_inline(cx, false);
+        }
         self.outbound
             .poll_ready(cx)
             .map_err(|_| self.shared.ended())
@@ -779,7 +823,11 @@ impl Sink<Any> for SessionWriter {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.get_mut().poll_marker(cx, false, &mut None)
+        let this = self.get_mut();
+        if let Some(flushed) = this.write_inline(cx, true) {
+            return flushed;
+        }
+        this.poll_marker(cx, false, &mut None)
     }
 
     /// Closes with `REASON_CODE_NORMAL`; see [`SessionWriter::close_with`].

@@ -9,8 +9,9 @@
 //! the connection: in steady state sending allocates nothing.
 //!
 //! The driver is woken once when the buffer stops being empty (not per message), the writer
-//! once when a full buffer has been taken. Bounds: at most `capacity` items (messages and
-//! markers) and, beyond the first message, at most [`MAX_BYTES`] encoded bytes wait here.
+//! once when a full buffer has been taken. Bounds: at most `capacity` markers and, beyond the
+//! first message, at most [`MAX_BYTES`] encoded bytes wait here (no bound in messages: the
+//! writer hands a full outbox to the connection itself).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -83,8 +84,10 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 impl<M> Inner<M> {
+    /// Frames are bounded by their bytes only: the writer hands a full outbox to the
+    /// connection itself, so a bound in messages would only cut batches of small ones short.
     fn has_room(&self) -> bool {
-        self.frames + self.markers.len() < self.capacity
+        self.markers.len() < self.capacity
             && (self.bytes.is_empty() || self.bytes.len() < MAX_BYTES)
     }
 }
@@ -224,6 +227,17 @@ impl<M> Receiver<M> {
         Poll::Ready(Some(item))
     }
 
+    /// Whether nothing waits: no frame and no marker.
+    pub(super) fn is_empty(&self) -> bool {
+        let inner = lock(&self.0);
+        inner.bytes.is_empty() && inner.markers.is_empty()
+    }
+
+    /// Whether a flush or close marker waits.
+    pub(super) fn has_markers(&self) -> bool {
+        !lock(&self.0).markers.is_empty()
+    }
+
     /// Takes no more items; those already queued can still be taken.
     pub(super) fn close(&mut self) {
         let mut inner = lock(&self.0);
@@ -326,15 +340,22 @@ mod tests {
     }
 
     #[test]
-    fn bounded_in_items_and_bytes_and_one_message_always_fits() {
+    fn bounded_in_markers_and_bytes_and_one_message_always_fits() {
         let mut cx = Context::from_waker(noop_waker_ref());
         let (mut tx, mut rx) = outbox::<&'static str>(3);
         let mut frames = BytesMut::new();
         for i in 0..3 {
             frame(&mut tx, i, 1);
         }
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Ok(())));
+        for marker in ["a", "b", "c"] {
+            assert!(tx.push_marker(marker).is_ok());
+        }
         assert!(tx.poll_ready(&mut cx).is_pending());
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(3))));
+        for marker in ["a", "b", "c"] {
+            assert!(matches!(next(&mut rx, &mut frames), Some(Item::Marker(m)) if m == marker));
+        }
         // A message larger than the byte bound goes into an empty outbox, then nothing more.
         frame(&mut tx, 9, MAX_BYTES + 1);
         assert!(tx.poll_ready(&mut cx).is_pending());
@@ -355,7 +376,7 @@ mod tests {
             .poll_next(&mut Context::from_waker(&rx_waker), &mut frames)
             .is_pending());
         frame(&mut tx, 1, 1);
-        frame(&mut tx, 2, 1);
+        frame(&mut tx, 2, MAX_BYTES);
         assert_eq!(rx_wakes.0.load(Ordering::SeqCst), 1);
         assert!(tx
             .poll_ready(&mut Context::from_waker(&tx_waker))
@@ -363,7 +384,7 @@ mod tests {
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(2))));
         assert_eq!(tx_wakes.0.load(Ordering::SeqCst), 1);
         // The frames' allocation went to the driver; the outbox took the driver's empty one.
-        assert_eq!(&frames[..], &[1, 2]);
+        assert_eq!((frames.len(), frames[0], frames[1]), (1 + MAX_BYTES, 1, 2));
     }
 
     #[test]
