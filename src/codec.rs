@@ -293,6 +293,9 @@ fn any_fields_in_general(any: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
         let range = pos..pos.checked_add(len).filter(|&end| end <= any.len())?;
         pos = range.end;
         match (key >> 3, key & 7) {
+            // prost checks every occurrence of the type URL as UTF-8, not only the last one
+            // that wins: a replaced one that is not UTF-8 is its error to give.
+            (1, 2) if std::str::from_utf8(&any[type_url.clone()]).is_err() => return None,
             (1, 2) => type_url = range,
             (2, 2) => value = range,
             (1 | 2, _) => return None,
@@ -608,6 +611,10 @@ mod tests {
             any_fields(&[0x0a, 1, b'u', 0x12, 1, b'v', 0x0a, 1, b'w']),
             Some((8..9, 5..6))
         );
+        // A replaced type URL that is not UTF-8 fails prost even though a later one wins.
+        let replaced = [0x0a, 1, 0x80, 0x12, 0, 0x0a, 0];
+        assert!(Any::decode(&replaced[..]).is_err());
+        assert_eq!(any_fields(&replaced), None);
     }
 
     proptest::proptest! {
