@@ -5,65 +5,18 @@
 //! Counted with a counting global allocator over the whole process (both sides, both links),
 //! so this file holds this one test only.
 
+#[path = "support/counting.rs"]
+mod counting;
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use connect::reliable::{Accepted, ReliableConfig, ReliableServer};
 use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpListener};
-use prost::Name;
+use counting::{allocations, Blob, PAYLOAD};
 use support::spawn;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-struct Counting;
-
-// SAFETY: every call is forwarded unchanged to `System`; counting touches no allocator state.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as for `alloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as for `alloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// One `bytes` field held as `Bytes`, as prost-build's `.bytes(..)` option generates.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Blob {
-    #[prost(bytes = "bytes", tag = "1")]
-    data: Bytes,
-}
-
-impl Name for Blob {
-    const NAME: &'static str = "Blob";
-    const PACKAGE: &'static str = "test.v1";
-}
-
-static PAYLOAD: [u8; 1024] = [7; 1024];
 
 const WARM_UP: usize = 2_000;
 const COUNTED: usize = 20_000;
@@ -88,12 +41,12 @@ async fn run() {
         let mut first_counted = 0;
         for i in 0..WARM_UP + COUNTED {
             if i == WARM_UP {
-                first_counted = ALLOCATIONS.load(Ordering::Relaxed);
+                first_counted = allocations();
             }
             let blob: Blob = stream.recv_message().await.unwrap().unwrap();
             assert_eq!(blob.data, PAYLOAD[..]);
         }
-        let counted = ALLOCATIONS.load(Ordering::Relaxed) - first_counted;
+        let counted = allocations() - first_counted;
         // Tell the sender we are done, then wait for its close.
         stream.send_message(&Blob::default()).await.unwrap();
         assert!(stream.recv().await.unwrap().is_none());
