@@ -223,7 +223,7 @@ impl Pump {
                     Poll::Ready(Some(Ok(frame))) => {
                         budget -= 1;
                         progress = true;
-                        if frame.type_url().contains(PACKAGE) {
+                        if frame.type_name_bytes().starts_with(PACKAGE.as_bytes()) {
                             let name = frame.type_name();
                             let value = frame.value().as_ref();
                             let result = if name == ACK_NAME {

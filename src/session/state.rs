@@ -148,6 +148,16 @@ impl SessionState {
     /// `handle_frame` for a frame seen in place (the driver's path: no
     /// `Any` is built for it).
     pub(crate) fn handle_view(&mut self, frame: Frame, now: Instant) -> Option<Frame> {
+        if !frame
+            .type_name_bytes()
+            .starts_with(CONTROL_PACKAGE.as_bytes())
+            && matches!(self.phase, Phase::Open | Phase::Closing)
+        {
+            // An application message in an open session: the common case, decided on the
+            // name's bytes.
+            self.last_recv = now;
+            return Some(frame);
+        }
         self.handle_parts(frame.type_name(), frame.value().as_ref(), now)
             .then_some(frame)
     }
