@@ -825,6 +825,45 @@ async fn a_tiny_receive_buffer_still_delivers_everything_in_order() {
 }
 
 #[async_std::test]
+async fn a_reader_that_stops_mid_burst_is_read_for_by_the_driver() {
+    bounded("test", async {
+        // The reader reads what arrived in a round of its own (up to its poll budget) and
+        // then stops, with more in the connection and its waker left behind. Without
+        // heartbeats no deadline ever wakes the driver: it must notice by itself and read the
+        // rest (within the queue's bounds), as it would answer Pings. Nothing is lost.
+        let config = SessionConfig::new()
+            .with_heartbeat(None)
+            .with_queue_len(2000);
+        let (addr, accepted) = server(config.clone()).await;
+        let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
+        let mut server = accepted.await.unwrap();
+        for i in 0..1000 {
+            client.feed_message(&hello("m", i)).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        let first: HelloWorld = server.recv_message().await.unwrap().unwrap();
+        assert_eq!(first.sequence, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.stats().frames_received < 1000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the driver left {} frames unread",
+                1000 - server.stats().frames_received
+            );
+            async_std::task::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 1..1000 {
+            let m: HelloWorld = server.recv_message().await.unwrap().unwrap();
+            assert_eq!(m.sequence, i);
+        }
+        let (closed, end) = futures::join!(client.close(), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
+    })
+    .await;
+}
+
+#[async_std::test]
 async fn a_flush_after_the_peer_closed_gracefully_succeeds_for_what_was_fed_before() {
     bounded("test", async {
         let (addr, server) = server(SessionConfig::new()).await;

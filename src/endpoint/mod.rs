@@ -839,7 +839,7 @@ impl Endpoint {
             crate::session::accept(conn, config).await?
         };
         self.spawn(crate::transport::driver_task(driver));
-        Ok(LinkHandle::Session(session))
+        Ok(LinkHandle::Session(Box::new(session)))
     }
 
     fn join_any<T>(&self, handle: LinkHandle<T>, origin: Origin, slot: Slot) -> (LinkId, LinkDone)
@@ -852,7 +852,7 @@ impl Endpoint {
                 (id, Box::pin(done))
             }
             LinkHandle::Session(session) => {
-                let (id, done) = self.join(session, origin, slot);
+                let (id, done) = self.join(*session, origin, slot);
                 (id, Box::pin(done))
             }
         }
@@ -874,7 +874,7 @@ type LinkDone = Pin<Box<dyn std::future::Future<Output = Result<(), Arc<Error>>>
 
 enum LinkHandle<T> {
     Connection(Box<Connection<T>>),
-    Session(crate::session::Session),
+    Session(Box<crate::session::Session>),
 }
 
 impl Inner {

@@ -12,6 +12,15 @@
 //! only within a poll, and reading, writing and the timer are polled side by side in the
 //! driver's `poll`, so a write blocked by a peer that stopped reading never keeps the driver
 //! from noticing the silence.
+//!
+//! A busy session keeps the driver out of the way: while the application's reader keeps
+//! coming back, the connection becoming readable wakes only the reader, and the driver looks
+//! every few milliseconds whether it still does ([`Engine::reader_watch`]); a writer feeding
+//! a stream hands full batches to the connection itself, and the driver takes the rest a
+//! millisecond later rather than in as many small writes as it could be woken for
+//! ([`Engine::lingers`]). Each wake-up of the driver is a hop to another thread and a round
+//! competing for the lock: per readable event or per batch, they made a session a third of
+//! the bare connection's small-message rate.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +48,29 @@ use crate::proto::v1::ReasonCode;
 
 /// Frames handled in one `poll` before the driver yields to other tasks.
 const POLL_BUDGET: usize = 256;
+
+/// How often the driver looks whether the application's reader still comes back for what
+/// arrives, while it leaves reading to it (see [`Engine::reader_watch`]).
+const READER_WATCH: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// While the writer streams (it handed a full batch to the connection itself within this
+/// long), the driver takes what it fed only after [`LINGER`]: see [`Engine::lingers`].
+const STREAMING: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Messages waiting in the outbox when the driver finds it that show the writer streams.
+const STREAMING_FRAMES: usize = 8;
+
+/// How long fed messages may wait for more while the writer streams.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The driver's watch over the application's reader (see [`Engine::reader_watch`]).
+#[derive(Clone, Copy, Debug)]
+struct Watch {
+    /// When the driver looks next.
+    at: Instant,
+    /// `Wakers::reader_rounds` when it last looked.
+    rounds: u64,
+}
 
 /// Who runs a round of the engine, and so what it does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,8 +132,16 @@ pub(super) struct Wakers {
     fires: AtomicU64,
     /// `fires` when the reader's last round began.
     reader_fires: AtomicU64,
+    /// Rounds the reader has begun.
+    reader_rounds: AtomicU64,
     /// The reader's last round left it waiting on the connection.
+    reader_registered: AtomicBool,
+    /// The reader's last round left it coming back to read: waiting on the connection, or
+    /// with messages to return first (it stopped at the poll budget or the byte bound).
     pub(super) reader_covers: AtomicBool,
+    /// The driver leaves reading to the application's reader and watches it on a timer: the
+    /// connection becoming readable wakes only the reader.
+    driver_defers: AtomicBool,
 }
 
 /// Wakes the driver task.
@@ -124,11 +164,16 @@ impl Wake for ReadSide {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        // The driver too: if the reader does not come back for what arrived (it may have
-        // stopped reading while its waker was registered), the driver reads it.
+        // The driver too, unless it watches the reader on its timer (`Engine::reader_watch`):
+        // if the reader does not come back for what arrived (it may have stopped reading while
+        // its waker was registered), the driver reads it. Waking the driver on every readable
+        // event cost a cross-thread wake-up and a round competing for the engine's lock per
+        // event: a third of a busy session's receiving time.
         self.0.fires.fetch_add(1, Ordering::SeqCst);
-        let _ = self.0.reader.wake();
-        let _ = self.0.driver.wake();
+        let reader_woken = self.0.reader.wake();
+        if !reader_woken || !self.0.driver_defers.load(Ordering::SeqCst) {
+            let _ = self.0.driver.wake();
+        }
     }
 }
 
@@ -222,9 +267,14 @@ pub(super) struct Engine<T> {
     write_side: Waker,
     /// The last read in this round left a waker with the connection.
     read_registered: bool,
-    /// The read fan-out firing (`Wakers::fires`) for which the driver last left reading to
-    /// the application's reader.
-    deferred_fire: Option<u64>,
+    /// While the driver leaves reading to the application's reader: when it looks again, and
+    /// the read fan-out's firings (`Wakers::fires`) when it last looked.
+    watch: Option<Watch>,
+    /// When the writer last handed a full batch to the connection itself (`Inline::write`
+    /// without a flush).
+    streamed_at: Option<Instant>,
+    /// The driver leaves what the writer fed in the outbox until then (the writer streams).
+    linger: Option<Instant>,
 }
 
 fn lock<T>(engine: &Mutex<Engine<T>>) -> MutexGuard<'_, Engine<T>> {
@@ -275,7 +325,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
             read_side: Waker::from(Arc::new(ReadSide(wakers.clone()))),
             write_side: Waker::from(Arc::new(WriteSide(wakers.clone()))),
             read_registered: false,
-            deferred_fire: None,
+            watch: None,
+            streamed_at: None,
+            linger: None,
             reader,
             writer,
             state,
@@ -308,6 +360,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
             reader: SessionReader {
                 inbound: inbound_rx,
                 taken: VecDeque::new(),
+                returned: 0,
                 shared: shared.clone(),
                 names: Default::default(),
                 finished: false,
@@ -503,11 +556,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
         &mut self,
         cx: &mut Context<'_>,
         io: &mut Context<'_>,
+        role: Role,
         now: Instant,
         budget: &mut usize,
     ) -> bool {
         let mut progress = false;
         let phase = self.state.phase().clone();
+        // Decided first, so that a linger that is due always ends here (the timer reports it
+        // as progress until then).
+        let lingering = role == Role::Driver && self.lingers(now, phase == Phase::Open);
         if phase == Phase::PeerClosed && !self.app_done {
             // The application sends on until it has seen the end of its reader (or dropped it,
             // or closes the session itself, below).
@@ -542,6 +599,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             self.state
                 .close(ReasonCode::Normal, "session dropped".into(), now);
             return true;
+        }
+        if lingering {
+            return progress;
         }
         loop {
             let phase = self.state.phase().clone();
@@ -600,6 +660,43 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 }
             }
         }
+    }
+
+    /// Whether the driver leaves what the writer fed in the outbox for now.
+    ///
+    /// A writer feeding faster than the driver is scheduled hands its outbox to the connection
+    /// itself whenever it holds a full batch (`SessionWriter::poll_ready_outbound`). Taking
+    /// the outbox each time the driver is woken for it would cut that stream into small
+    /// writes, each a system call and a cross-thread wake-up: the sending side's driver then
+    /// used more CPU than the writer. So while the writer streams, the driver takes what it fed
+    /// only [`LINGER`] after finding it (through the timer), and is not woken by each new
+    /// message meanwhile. Sporadic feeds, flushes and close markers go at once, as before.
+    fn lingers(&mut self, now: Instant, open: bool) -> bool {
+        if !open {
+            self.linger = None;
+            return false;
+        }
+        if let Some(at) = self.linger {
+            if at > now {
+                return true;
+            }
+            self.linger = None;
+            return false;
+        }
+        let Some(frames) = self.outbound.frames_only().filter(|&frames| frames > 0) else {
+            return false;
+        };
+        // Streaming: a full batch went out from the writer's task lately, or more messages
+        // came in since the driver was woken than a sporadic sender (one waiting for each
+        // reply) ever has waiting.
+        let streaming = frames >= STREAMING_FRAMES
+            || self
+                .streamed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < STREAMING);
+        if streaming {
+            self.linger = Some(now + LINGER);
+        }
+        streaming
     }
 
     /// Sends control frames, flushes, and shuts the write side down once the close handshake
@@ -673,14 +770,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
     /// deadlines move later (every message sent or received postpones the next heartbeat), and
     /// a timer that fires early costs one wake-up that finds nothing due and re-arms it. So a
     /// busy session does not reset a timer per poll, and an idle one is woken once per deadline.
+    /// The reader watch ([`reader_watch`](Self::reader_watch)) shares the timer: a watch that
+    /// is due makes progress, and the next look handles it.
     fn poll_timer(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        let Some(at) = self.state.poll_timeout() else {
-            return false;
-        };
-        if at <= now {
+        let deadline = self.state.poll_timeout();
+        if deadline.is_some_and(|at| at <= now) {
             self.state.handle_timeout(now);
             return true;
         }
+        let watch = self.watch.map(|watch| watch.at);
+        if watch.is_some_and(|at| at <= now) || self.linger.is_some_and(|at| at <= now) {
+            return true;
+        }
+        let Some(at) = deadline.into_iter().chain(watch).chain(self.linger).min() else {
+            return false;
+        };
         // Armed for no later than the deadline and not fired: leave it. Fired early (the
         // deadline moved later meanwhile) or armed too late: re-arm below.
         if self.timer_at.is_some_and(|armed| armed <= at) && self.timer.poll_unpin(cx).is_pending()
@@ -750,6 +854,64 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
+    /// Whether the driver leaves reading to the application's reader now.
+    ///
+    /// While the application's reader keeps coming back to read, it reads, not the driver:
+    /// the connection becoming readable wakes only the reader (`driver_defers`), and the
+    /// driver looks every [`READER_WATCH`] whether the reader still comes back. A reader that
+    /// was owed a round (the connection fired since its last one began, or its last one
+    /// stopped with more to read) and has begun none since the driver's last look has stopped
+    /// reading (its task dropped the future, or does something else): the driver reads for
+    /// it, so Pings are answered and the peer's messages queued. Once a look finds the reader
+    /// waiting on the connection and nothing new, the watch ends and the next firing wakes the
+    /// driver again, so an idle session's timer stays idle. The driver always reads while the
+    /// session closes, and when a deadline is due (so that silence is judged on everything
+    /// that arrived).
+    fn reader_watch(&mut self, wakers: &Wakers, now: Instant) -> bool {
+        let defers = *self.state.phase() == Phase::Open
+            && wakers.reader_covers.load(Ordering::SeqCst)
+            && self.state.poll_timeout().is_none_or(|at| at > now);
+        if !defers {
+            self.watch = None;
+            wakers.driver_defers.store(false, Ordering::SeqCst);
+            return false;
+        }
+        let fires = wakers.fires.load(Ordering::SeqCst);
+        let rounds = wakers.reader_rounds.load(Ordering::SeqCst);
+        let look = |rounds| Watch {
+            at: now + READER_WATCH,
+            rounds,
+        };
+        match self.watch {
+            Some(watch) if watch.at > now => {}
+            Some(watch) if watch.rounds == rounds => {
+                let owed = wakers.reader_fires.load(Ordering::SeqCst) != fires
+                    || !wakers.reader_registered.load(Ordering::SeqCst);
+                if owed {
+                    // The reader did not come back within a whole watch: the driver reads.
+                    self.watch = None;
+                    wakers.driver_defers.store(false, Ordering::SeqCst);
+                    return false;
+                }
+                // Waiting on the connection, and nothing arrived since the last look: stop
+                // watching, and be woken by the next firing (looked at again after the store,
+                // which a firing may have just missed).
+                wakers.driver_defers.store(false, Ordering::SeqCst);
+                if wakers.fires.load(Ordering::SeqCst) == fires {
+                    self.watch = None;
+                } else {
+                    wakers.driver_defers.store(true, Ordering::SeqCst);
+                    self.watch = Some(look(rounds));
+                }
+            }
+            _ => {
+                wakers.driver_defers.store(true, Ordering::SeqCst);
+                self.watch = Some(look(rounds));
+            }
+        }
+        true
+    }
+
     /// One round of work for `role`, whose task's context is `cx`: up to the poll budget, or
     /// until nothing more can be done without waiting. Ready with the end once the session is
     /// over. An application half's round never touches the timer (it is the driver's); it wakes
@@ -777,34 +939,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
         if role != Role::Writer {
             wakers.driver_writes.store(true, Ordering::Release);
         }
-        // While the application's reader waits on the connection, it reads, not the driver.
-        // When the connection became readable since the reader's last round, the reader was
-        // woken too: the driver gives it one turn to come back before it reads itself (it may
-        // have stopped reading). The driver always reads while the session closes, and when
-        // a deadline is due (so that silence is judged on everything that arrived).
-        let mut defer_read = false;
-        let mut yield_after = false;
         if role == Role::Reader {
             wakers
                 .reader_fires
                 .store(wakers.fires.load(Ordering::SeqCst), Ordering::SeqCst);
-        }
-        if role == Role::Driver
-            && *self.state.phase() == Phase::Open
-            && wakers.reader_covers.load(Ordering::SeqCst)
-            && self
-                .state
-                .poll_timeout()
-                .is_none_or(|at| at > Instant::now())
-        {
-            let fires = wakers.fires.load(Ordering::SeqCst);
-            if wakers.reader_fires.load(Ordering::SeqCst) == fires {
-                defer_read = true;
-            } else if self.deferred_fire != Some(fires) {
-                self.deferred_fire = Some(fires);
-                defer_read = true;
-                yield_after = true;
-            }
+            wakers.reader_rounds.fetch_add(1, Ordering::SeqCst);
         }
         let mut budget = POLL_BUDGET;
         let result = loop {
@@ -816,13 +955,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             let reads = match role {
                 Role::Reader => true,
                 Role::Writer => false,
-                Role::Driver => !defer_read || *self.state.phase() != Phase::Open,
+                Role::Driver => !self.reader_watch(&wakers, now),
             };
             if reads {
                 progress |= self.poll_read(dcx, &mut io_read, role, now, &mut budget);
                 if role == Role::Reader {
+                    let comes_back =
+                        self.read_registered || budget == 0 || self.pending_in.is_some();
+                    wakers.reader_covers.store(comes_back, Ordering::SeqCst);
                     wakers
-                        .reader_covers
+                        .reader_registered
                         .store(self.read_registered, Ordering::SeqCst);
                     if !self.read_registered {
                         // Not waiting on the connection: the driver reads meanwhile.
@@ -834,7 +976,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 self.inbound.wake_receiver();
             }
             if role != Role::Reader {
-                progress |= self.poll_outbound(dcx, &mut io_write, now, &mut budget);
+                progress |= self.poll_outbound(dcx, &mut io_write, role, now, &mut budget);
             }
             progress |= self.poll_write(&mut io_write);
             self.publish_stats();
@@ -855,10 +997,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 }
             }
             if !progress {
-                if yield_after {
-                    // Back after the reader had its turn.
-                    cx.waker().wake_by_ref();
-                }
                 break Poll::Pending;
             }
             if budget == 0 {
@@ -872,11 +1010,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 .state
                 .poll_timeout()
                 .is_some_and(|at| timer_before.is_none_or(|armed| at < armed));
+            // A reader that stopped with more to read while the driver does not watch it:
+            // the driver starts watching (see `reader_watch`).
+            let unwatched = role == Role::Reader
+                && !self.read_registered
+                && !wakers.driver_defers.load(Ordering::SeqCst);
             if result.is_ready()
                 || timer_moved_earlier
                 || *self.state.phase() != phase_before
                 || self.state.wants_transmit()
                 || self.read_paused
+                || unwatched
             {
                 to_driver.wake_by_ref();
             }
@@ -904,6 +1048,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Inline for Mutex<Engine<T>> {
             || engine.outbound.has_markers()
         {
             return None;
+        }
+        if !flush {
+            // A full batch: the writer streams (see `Engine::lingers`).
+            engine.streamed_at = Some(Instant::now());
         }
         if engine.round(Role::Writer, cx).is_ready() {
             return None;

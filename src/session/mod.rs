@@ -399,7 +399,7 @@ impl Shared {
 
 /// What a received message counts against the byte bound of the inbound queue.
 fn queued_len(frame: &Frame) -> usize {
-    frame.type_url().len() + frame.value().len()
+    frame.type_url_bytes().len() + frame.value().len()
 }
 
 impl Shared {
@@ -456,6 +456,9 @@ pub struct SessionReader {
     /// Frames taken from the inbound queue in one step, not yet returned (still counted in
     /// the inbound byte bound).
     taken: VecDeque<Frame>,
+    /// Bytes of the frames of `taken` already returned (given back to the bound when `taken`
+    /// runs empty).
+    returned: usize,
     shared: Arc<Shared>,
     /// Full name of the last message type received with `recv_message`.
     names: NameCache,
@@ -479,8 +482,7 @@ impl SessionReader {
         };
         // The type URL was checked to be UTF-8 when the frame was made.
         if !matches!(
-            self.names
-                .is_url_of(frame.type_url().as_bytes(), M::full_name),
+            self.names.is_url_of(frame.type_url_bytes(), M::full_name),
             Ok(true)
         ) {
             return Poll::Ready(Some(Err(Error::UnexpectedType {
@@ -524,14 +526,19 @@ impl SessionReader {
         let Some(frame) = self.taken.pop_front() else {
             return Poll::Pending; // never: the queue gave at least one
         };
-        self.shared
-            .inbound_bytes
-            .fetch_sub(queued_len(&frame), Ordering::SeqCst);
-        if self.shared.driver_waits_for_room.load(Ordering::SeqCst) {
+        // The bytes of a batch are given back to the bound once the whole batch is returned:
+        // one atomic subtraction per batch, not per message (and never less than is held).
+        self.returned += queued_len(&frame);
+        if self.taken.is_empty() {
             self.shared
-                .driver_waits_for_room
-                .store(false, Ordering::SeqCst);
-            self.shared.driver_waker.wake();
+                .inbound_bytes
+                .fetch_sub(std::mem::take(&mut self.returned), Ordering::SeqCst);
+            if self.shared.driver_waits_for_room.load(Ordering::SeqCst) {
+                self.shared
+                    .driver_waits_for_room
+                    .store(false, Ordering::SeqCst);
+                self.shared.driver_waker.wake();
+            }
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -605,8 +612,12 @@ impl Stream for SessionReader {
 /// Sends a session's application messages: a [`Sink`] of [`Any`].
 ///
 /// Messages are encoded at once into a buffer that is handed to the connection (no `Any` is
-/// built for `feed_message`): by this writer itself when it flushes or the buffer is full, else
-/// by the driver, which writes them in order and flushes whenever that buffer runs empty. `feed` and `feed_message` return once the message is queued (waiting while
+/// built for `feed_message`): by this writer itself when it flushes or 64 KiB have gathered,
+/// else by the driver, which writes them in order and flushes whenever that buffer runs empty.
+/// A message fed alone goes out at once; while the writer feeds a stream (many messages queue
+/// up faster than the driver takes them), what it fed may wait up to a millisecond for more,
+/// so that the stream is written in large pieces: flush (or `send`) when a message must not
+/// wait. `feed` and `feed_message` return once the message is queued (waiting while
 /// the queue is full); `send`, `send_message` and [`flush`](Self::flush) return once everything
 /// queued so far is written to the transport. [`close`](Self::close) closes the session with
 /// `REASON_CODE_NORMAL`, [`close_with`](Self::close_with) with another code. After the session
@@ -627,6 +638,11 @@ pub struct SessionWriter {
     names: NameCache,
     /// A flush or close handed to the driver and not completed yet.
     pending: Option<Pending>,
+    /// Encoded bytes waiting in the outbox after this writer's last message.
+    waiting: usize,
+    /// The outbox had room for one more item after this writer's last message: it still has
+    /// (only this writer fills it), so the next message needs no look at it first.
+    room: bool,
 }
 
 #[derive(Debug)]
@@ -643,6 +659,8 @@ impl SessionWriter {
             shared,
             names: NameCache::default(),
             pending: None,
+            waiting: 0,
+            room: false,
         }
     }
 
@@ -685,7 +703,9 @@ impl SessionWriter {
             .outbound
             .encode(|buf| codec.encode_message_as(type_url, msg, buf))
         {
-            Ok(encoded) => encoded,
+            Ok(encoded) => {
+                encoded.map(|(waiting, room)| (self.waiting, self.room) = (waiting, room))
+            }
             Err(outbox::Closed) => Err(self.shared.ended()),
         }
     }
@@ -738,6 +758,7 @@ impl SessionWriter {
             } else {
                 Marker::Flush(done)
             };
+            self.room = false;
             if self.outbound.push_marker(item).is_err() {
                 return Poll::Ready(ended(&self.shared));
             }
@@ -761,6 +782,22 @@ impl SessionWriter {
     /// Room for one more item in the queue to the driver (for layers on top of sessions that
     /// poll rather than await, such as [`crate::reliable`]).
     pub(crate) fn poll_ready_outbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.waiting >= outbox::BATCH_BYTES {
+            // A full batch: written from this task, in one system call, rather than taken by
+            // the driver in as many pieces as it is woken for.
+            self.waiting = 0;
+            if let Some(Poll::Ready(Ok(()))) = self.write_inline(cx, false) {
+                // Then lets other tasks run: a writer whose sends never wait would otherwise
+                // keep its thread from them (on executors without a cooperative budget, its
+                // own session's reader and driver among them).
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        } else if self.room {
+            // A closed outbox is reported by the next `encode`, with the same error.
+            return Poll::Ready(Ok(()));
+        }
+        self.room = false;
         if self.outbound.poll_ready(cx).is_pending() {
             // Full: hand it to the connection here rather than wait for the driver.
             let _ = self.write_inline(cx, false);
@@ -774,7 +811,9 @@ impl SessionWriter {
     pub(crate) fn start_send_any(&mut self, any: &Any) -> Result<()> {
         let codec = &self.codec;
         match self.outbound.encode(|buf| codec.encode(any, buf)) {
-            Ok(encoded) => encoded,
+            Ok(encoded) => {
+                encoded.map(|(waiting, room)| (self.waiting, self.room) = (waiting, room))
+            }
             Err(outbox::Closed) => Err(self.shared.ended()),
         }
     }
@@ -783,6 +822,7 @@ impl SessionWriter {
     /// there is room; the reader sees the end.
     pub(crate) fn start_close(&mut self, code: ReasonCode, reason: String) -> Result<()> {
         let (done, _closed) = oneshot::channel();
+        self.room = false;
         self.outbound
             .push_marker(Marker::Close { code, reason, done })
             .map_err(|_| self.shared.ended())

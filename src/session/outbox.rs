@@ -9,7 +9,9 @@
 //! the connection: in steady state sending allocates nothing.
 //!
 //! The driver is woken once when the buffer stops being empty (not per message), the writer
-//! once when a full buffer has been taken. Bounds: at most `capacity` markers and, beyond the
+//! once when a full buffer has been taken. A writer feeding a stream hands each
+//! [`BATCH_BYTES`] to the connection itself, and the driver lets a stream gather (see
+//! `Engine::lingers`). Bounds: at most `capacity` markers and, beyond the
 //! first message, at most [`MAX_BYTES`] encoded bytes wait here (no bound in messages: the
 //! writer hands a full outbox to the connection itself).
 
@@ -22,6 +24,10 @@ use bytes::{Buf, BytesMut};
 
 /// Encoded bytes the buffer takes before the writer waits (one message is always taken).
 pub(super) const MAX_BYTES: usize = 256 * 1024;
+
+/// Encoded bytes the writer lets gather before it hands them to the connection itself (the
+/// connection's default write high-water mark).
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
 
 /// A point in the stream of frames: everything encoded before it comes first.
 pub(super) struct Marker<M> {
@@ -116,11 +122,13 @@ impl<M> Sender<M> {
     }
 
     /// Appends one frame with `encode` (after [`poll_ready`](Self::poll_ready) said there is
-    /// room). If `encode` fails it must leave the buffer unchanged; its error is returned.
+    /// room): the bytes now waiting, and whether there is room for one more item (which only
+    /// this sender can take away). If `encode` fails it must leave the buffer unchanged; its
+    /// error is returned.
     pub(super) fn encode<E>(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
-    ) -> Result<Result<(), E>, Closed> {
+    ) -> Result<Result<(usize, bool), E>, Closed> {
         let mut inner = lock(&self.0);
         if inner.closed {
             return Err(Closed);
@@ -129,10 +137,11 @@ impl<M> Sender<M> {
             return Ok(Err(e));
         }
         inner.frames += 1;
+        let queued = (inner.bytes.len(), inner.has_room());
         let waker = inner.receiver_waker.take();
         drop(inner);
         wake(waker);
-        Ok(Ok(()))
+        Ok(Ok(queued))
     }
 
     /// Queues a marker after every frame encoded so far.
@@ -231,6 +240,12 @@ impl<M> Receiver<M> {
     pub(super) fn is_empty(&self) -> bool {
         let inner = lock(&self.0);
         inner.bytes.is_empty() && inner.markers.is_empty()
+    }
+
+    /// How many frames wait, if nothing else (no flush or close marker) does.
+    pub(super) fn frames_only(&self) -> Option<usize> {
+        let inner = lock(&self.0);
+        inner.markers.is_empty().then_some(inner.frames)
     }
 
     /// Whether a flush or close marker waits.
