@@ -405,6 +405,17 @@ impl ReadState {
     pub(crate) fn buffered_len(&self) -> usize {
         self.end - self.start
     }
+
+    /// Whether the next frame (or the error to report instead) is already in the buffer, so
+    /// that polling for it reads nothing from the stream.
+    pub(crate) fn frame_buffered(&self) -> bool {
+        let pending = &self.buf[self.start..self.end];
+        match self.codec.decode_header(pending) {
+            Ok(Some((prefix_len, frame_len))) => pending.len() >= prefix_len + frame_len,
+            Ok(None) => self.finished,
+            Err(_) => true,
+        }
+    }
 }
 
 /// Frame values at least this long are written from their own memory (a vectored write of the

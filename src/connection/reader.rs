@@ -90,6 +90,11 @@ impl<R> ConnectionReader<R> {
         self.state.buffered_len()
     }
 
+    /// Whether the next frame is already buffered (polling for it reads nothing).
+    pub(crate) fn frame_buffered(&self) -> bool {
+        self.state.frame_buffered()
+    }
+
     /// Frames and bytes received so far (the sent half is zero); see [`crate::metrics`].
     pub fn stats(&self) -> crate::ConnectionStats {
         let (frames_received, bytes_received) = self.state.counter.get();

@@ -267,6 +267,8 @@ pub(super) struct Engine<T> {
     write_side: Waker,
     /// The last read in this round left a waker with the connection.
     read_registered: bool,
+    /// Application messages the reader's round has queued for it so far.
+    reader_round_frames: usize,
     /// While the driver leaves reading to the application's reader: when it looks again, and
     /// the read fan-out's firings (`Wakers::fires`) when it last looked.
     watch: Option<Watch>,
@@ -325,6 +327,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
             read_side: Waker::from(Arc::new(ReadSide(wakers.clone()))),
             write_side: Waker::from(Arc::new(WriteSide(wakers.clone()))),
             read_registered: false,
+            reader_round_frames: 0,
             watch: None,
             streamed_at: None,
             linger: None,
@@ -467,6 +470,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 self.batch_bytes += len;
                 self.batch.push_back(frame);
                 progress = true;
+                if role == Role::Reader {
+                    self.reader_round_frames += 1;
+                }
             }
             if self.read_done || self.state.end().is_some() || *budget == 0 {
                 return progress;
@@ -489,6 +495,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             }
             self.read_paused = false;
             self.read_registered = false;
+            if role == Role::Reader && self.reader_round_frames > 0 && !self.reader.frame_buffered()
+            {
+                // The reader has messages: it returns them before the next read from the
+                // stream. Once it has, the read buffer is no longer shared with them and is
+                // read into again rather than replaced (a copy and an allocation per large
+                // message otherwise).
+                return progress;
+            }
             match self.reader.poll_next_frame(io) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *budget -= 1;
@@ -619,7 +633,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 }
                 Poll::Pending => return progress,
             }
-            let item = match self.outbound.poll_next(cx, &mut self.frames) {
+            let item = match self
+                .outbound
+                .poll_take(cx, &mut self.frames, role == Role::Driver)
+            {
                 Poll::Ready(item) => item,
                 Poll::Pending => return progress,
             };
@@ -934,12 +951,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             Role::Reader => wakers.reader.set(cx.waker()),
             Role::Writer => wakers.writer.set(cx.waker()),
         }
-        // The driver waits on the write side whenever it runs; an application half's round
-        // leaves replies it could not write to the driver.
-        if role != Role::Writer {
-            wakers.driver_writes.store(true, Ordering::Release);
-        }
         if role == Role::Reader {
+            self.reader_round_frames = 0;
             wakers
                 .reader_fires
                 .store(wakers.fires.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -960,8 +973,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             if reads {
                 progress |= self.poll_read(dcx, &mut io_read, role, now, &mut budget);
                 if role == Role::Reader {
-                    let comes_back =
-                        self.read_registered || budget == 0 || self.pending_in.is_some();
+                    let comes_back = self.read_registered
+                        || budget == 0
+                        || self.pending_in.is_some()
+                        || self.reader_round_frames > 0;
                     wakers.reader_covers.store(comes_back, Ordering::SeqCst);
                     wakers
                         .reader_registered
@@ -1005,6 +1020,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 break Poll::Pending;
             }
         };
+        if role != Role::Writer {
+            // The driver waits on the write side when what it or the reader wrote is stuck
+            // (an application half's round leaves replies it could not write to the driver);
+            // not otherwise, or a writer streaming into a full connection would wake it, to
+            // wait for the lock, on every writable event.
+            let stuck = self.unflushed || self.state.wants_transmit();
+            wakers.driver_writes.store(stuck, Ordering::Release);
+        }
         if role != Role::Driver {
             let timer_moved_earlier = self
                 .state

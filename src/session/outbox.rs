@@ -188,10 +188,24 @@ impl<M> Receiver<M> {
     /// The next item: the frames encoded before the next marker, moved into `frames` (which
     /// must be empty; its allocation is kept for the writer's next frames), or that marker.
     /// `None` once the outbox is closed (or the writer gone) and empty.
+    #[cfg(test)]
     pub(super) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
         frames: &mut BytesMut,
+    ) -> Poll<Option<Item<M>>> {
+        self.poll_take(cx, frames, true)
+    }
+
+    /// [`poll_next`](Self::poll_next), but when nothing waits, `register` says whether `cx`
+    /// is to be woken by the next item; if not, whoever was registered stays so. (The writer
+    /// hands the outbox to the connection in its own task through this receiver: registering
+    /// the driver then would have every batch it empties wake the driver for the next one.)
+    pub(super) fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut BytesMut,
+        register: bool,
     ) -> Poll<Option<Item<M>>> {
         debug_assert!(frames.is_empty());
         let mut inner = lock(&self.0);
@@ -224,7 +238,9 @@ impl<M> Receiver<M> {
             if inner.closed || inner.sender_gone {
                 return Poll::Ready(None);
             }
-            register(&mut inner.receiver_waker, cx);
+            if register {
+                self::register(&mut inner.receiver_waker, cx);
+            }
             return Poll::Pending;
         };
         let waker = if inner.has_room() {
