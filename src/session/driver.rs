@@ -633,10 +633,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 }
                 Poll::Pending => return progress,
             }
-            let item = match self
-                .outbound
-                .poll_take(cx, &mut self.frames, role == Role::Driver)
-            {
+            // The writer's round leaves the driver registered for the next message unless the
+            // driver lingers (its timer brings it back): registering it while it lingers would
+            // have every batch the writer empties wake it once more.
+            let register = role == Role::Driver || self.linger.is_none();
+            let item = match self.outbound.poll_take(cx, &mut self.frames, register) {
                 Poll::Ready(item) => item,
                 Poll::Pending => return progress,
             };
