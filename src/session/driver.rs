@@ -270,7 +270,7 @@ pub(super) struct Engine<T> {
     /// Application messages the reader's round has queued for it so far.
     reader_round_frames: usize,
     /// While the driver leaves reading to the application's reader: when it looks again, and
-    /// the read fan-out's firings (`Wakers::fires`) when it last looked.
+    /// what it saw last time.
     watch: Option<Watch>,
     /// When the writer last handed a full batch to the connection itself (`Inline::write`
     /// without a flush).

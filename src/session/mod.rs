@@ -703,11 +703,15 @@ impl SessionWriter {
             .outbound
             .encode(|buf| codec.encode_message_as(type_url, msg, buf))
         {
-            Ok(encoded) => {
-                encoded.map(|(waiting, room)| (self.waiting, self.room) = (waiting, room))
-            }
+            Ok(encoded) => encoded.map(|queued| self.queued(queued)),
             Err(outbox::Closed) => Err(self.shared.ended()),
         }
+    }
+
+    /// Remembers what the outbox said after a message was encoded into it: the bytes waiting,
+    /// and whether it has room for one more.
+    fn queued(&mut self, (waiting, room): (usize, bool)) {
+        (self.waiting, self.room) = (waiting, room);
     }
 
     /// A flush started before a new message must not complete the next flush.
@@ -811,9 +815,7 @@ impl SessionWriter {
     pub(crate) fn start_send_any(&mut self, any: &Any) -> Result<()> {
         let codec = &self.codec;
         match self.outbound.encode(|buf| codec.encode(any, buf)) {
-            Ok(encoded) => {
-                encoded.map(|(waiting, room)| (self.waiting, self.room) = (waiting, room))
-            }
+            Ok(encoded) => encoded.map(|queued| self.queued(queued)),
             Err(outbox::Closed) => Err(self.shared.ended()),
         }
     }

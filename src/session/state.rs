@@ -141,41 +141,40 @@ impl SessionState {
     /// control messages are consumed here.
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn handle_frame(&mut self, any: Any, now: Instant) -> Option<Any> {
-        self.handle_parts(type_name(&any.type_url), &any.value, now)
+        self.handle_parts(type_name(&any.type_url).as_bytes(), &any.value, now)
             .then_some(any)
     }
 
     /// `handle_frame` for a frame seen in place (the driver's path: no
     /// `Any` is built for it).
     pub(crate) fn handle_view(&mut self, frame: Frame, now: Instant) -> Option<Frame> {
-        if !frame
-            .type_name_bytes()
-            .starts_with(CONTROL_PACKAGE.as_bytes())
-            && matches!(self.phase, Phase::Open | Phase::Closing)
-        {
-            // An application message in an open session: the common case, decided on the
-            // name's bytes.
-            self.last_recv = now;
-            return Some(frame);
-        }
-        self.handle_parts(frame.type_name(), frame.value().as_ref(), now)
+        self.handle_parts(frame.type_name_bytes(), frame.value().as_ref(), now)
             .then_some(frame)
     }
 
-    /// A frame of type `name` with the encoded message `value` arrived. Returns whether it is an
-    /// application message for the application; control messages are consumed here.
-    fn handle_parts(&mut self, name: &str, value: &[u8], now: Instant) -> bool {
+    /// A frame of type `name` (UTF-8, checked when the frame was made) with the encoded message
+    /// `value` arrived. Returns whether it is an application message for the application;
+    /// control messages are consumed here. An application message is recognised on the name's
+    /// bytes: turning them back into a `&str` costs a UTF-8 check per message, which only the
+    /// rare control frames and violations pay.
+    fn handle_parts(&mut self, name: &[u8], value: &[u8], now: Instant) -> bool {
         self.last_recv = now;
-        if !name.starts_with(CONTROL_PACKAGE) {
+        let is_control = name.starts_with(CONTROL_PACKAGE.as_bytes());
+        let name = || std::str::from_utf8(name).unwrap_or_default();
+        if !is_control {
             return match self.phase {
                 Phase::Open | Phase::Closing => true,
                 // After its Close the peer may send nothing but Pong and CloseOk.
                 Phase::PeerClosed | Phase::Finishing => {
-                    self.violation(format!("application message {} after Close", quoted(name)));
+                    self.violation(format!(
+                        "application message {} after Close",
+                        quoted(name())
+                    ));
                     false
                 }
             };
         }
+        let name = name();
         if self.phase == Phase::Finishing {
             // Our CloseOk is out or theirs is in: nothing more matters.
             log::debug!("ignoring {} after the close handshake", quoted(name));
