@@ -336,13 +336,15 @@ impl State {
         crate::metrics::facade::pubsub_disconnected();
         crate::metrics::facade::pubsub_dropped("disconnect", messages as u64);
         subscriber.queue.close();
-        subscriber.link.abort();
+        // Forgotten and reported before the link is cut: the endpoint reports the link's
+        // `Left` from its own task, and an observer must see the cause before the effect.
         self.forget(subscriber.link.id());
         self.emit(PubSubEvent::Disconnected {
             link: subscriber.link.id(),
             queued_messages: messages,
             queued_bytes: bytes,
         });
+        subscriber.link.abort();
     }
 
     /// Drops `link`'s filters and queue.
