@@ -448,6 +448,67 @@ async fn wait_policy_holds_the_publisher_and_loses_nothing() {
     p.endpoint.close().await;
 }
 
+/// `close` is graceful for what the publisher accepted: messages still in the per-subscriber
+/// queue when it is called (the subscriber was not reading) go out before the link closes.
+#[async_std::test]
+async fn close_hands_over_what_the_subscriber_queue_holds() {
+    let publisher = Publisher::new(
+        PublisherConfig::new()
+            .with_policy(SlowSubscriber::Wait)
+            .with_queue(64, 4 << 20),
+    );
+    let endpoint = Endpoint::new(
+        EndpointConfig::new().with_close_timeout(Duration::from_secs(60)),
+        publisher.route(Dispatcher::new()),
+        spawn,
+    );
+    publisher.attach(&endpoint);
+    let mut events = endpoint.events();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    endpoint.accept(endpoint::tcp_incoming(listener));
+    let mut raw = raw_subscriber(addr, "load.>").await;
+    let link = joined(&mut events).await;
+
+    // More than the socket buffers and the link's own queue hold: the publisher waits, with
+    // the subscriber's queue full, until the close.
+    const COUNT: u64 = 2000;
+    let publishing = {
+        let publisher = publisher.clone();
+        async_std::task::spawn(async move {
+            let mut accepted = 0;
+            for sequence in 0..COUNT {
+                let outcome = publisher
+                    .publish("load.x", &tick("load.x", sequence, 16 << 10))
+                    .await
+                    .unwrap();
+                accepted += outcome.queued as u64;
+            }
+            accepted
+        })
+    };
+    within(60, "a full queue", async {
+        while publisher.queued(link).0 < 64 {
+            async_std::task::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let closing = async_std::task::spawn(async move { endpoint.close().await });
+
+    let mut received = 0;
+    while let Some(any) = within(60, "a message", raw.recv()).await.unwrap() {
+        let publish: Publish = any.to_msg().unwrap();
+        let hello: HelloWorld = publish.message.unwrap().to_msg().unwrap();
+        assert_eq!(hello.sequence, received, "in order, none missing");
+        received += 1;
+    }
+    let accepted = within(60, "the publisher", publishing).await;
+    assert!((64..COUNT).contains(&accepted), "{accepted} accepted");
+    assert_eq!(received, accepted, "every accepted message arrived");
+    drop(raw);
+    within(60, "close", closing).await;
+}
+
 #[async_std::test]
 async fn a_subscriber_that_disconnects_mid_message_leaves_alone() {
     let mut p = publisher(PublisherConfig::new()).await;

@@ -92,6 +92,7 @@ use crate::peer::{Peer, PeerConfig};
 use crate::reliable::Backoff;
 use crate::session::SessionConfig;
 use crate::transport::Task;
+use queue::LinkQueue;
 
 /// Names one link of an [`Endpoint`]; never reused within the endpoint (a reconnection is a
 /// new link).
@@ -366,6 +367,9 @@ pub struct Link {
     origin: Origin,
     peer: Peer,
     abort: AbortHandle,
+    /// Queues of the patterns that feed this link (a publisher's per-subscriber queue):
+    /// emptied into it before a graceful close closes it.
+    feeders: Arc<Mutex<Vec<Arc<LinkQueue>>>>,
 }
 
 impl Link {
@@ -388,6 +392,25 @@ impl Link {
     /// [`Peer::close`] would wait for it). The link leaves with [`Error::Closed`].
     pub fn abort(&self) {
         self.abort.abort();
+    }
+
+    /// Empties `queue` into this link, in order, on a task of `endpoint` (until the queue
+    /// closes or the link takes no more); a graceful [`Endpoint::close`] waits until what was
+    /// queued has been handed over before it closes the link.
+    pub(crate) fn feed_from(&self, endpoint: &Endpoint, queue: Arc<LinkQueue>) {
+        lock(&self.feeders).push(queue.clone());
+        let peer = self.peer.clone();
+        endpoint.spawn(Box::pin(async move { queue.drain_into(&peer).await }));
+    }
+
+    /// Closes the link gracefully: the queues feeding it are emptied into it first, then
+    /// [`Peer::close`].
+    async fn close(&self) {
+        let feeders = std::mem::take(&mut *lock(&self.feeders));
+        for queue in feeders {
+            queue.finish().await;
+        }
+        let _ = self.peer.close().await;
     }
 }
 
@@ -604,8 +627,9 @@ impl Endpoint {
         Ok(link)
     }
 
-    /// Closes every link gracefully (what was queued goes out first; see
-    /// [`Peer::close`]) and stops accepting and connecting. Returns once every link is over;
+    /// Closes every link gracefully (what was queued goes out first, in the patterns' queues
+    /// — a publisher's per-subscriber queue, a work queue's deliveries — and the link's own;
+    /// see [`Peer::close`]) and stops accepting and connecting. Returns once every link is over;
     /// a link not over within [`EndpointConfig::with_close_timeout`] (its peer reads nothing,
     /// or never closes its side) is aborted.
     pub async fn close(&self) {
@@ -617,7 +641,7 @@ impl Endpoint {
         let closing = self.links().into_iter().map(|link| {
             let timeout = self.inner.config.close_timeout;
             async move {
-                let close = Box::pin(link.peer.close());
+                let close = Box::pin(link.close());
                 let timer = futures_timer::Delay::new(timeout);
                 if let futures_util::future::Either::Right(_) =
                     futures_util::future::select(close, timer).await
@@ -702,6 +726,7 @@ impl Endpoint {
             origin,
             peer: peer.clone(),
             abort,
+            feeders: Arc::default(),
         };
         {
             let observers = lock(&self.inner.observers);

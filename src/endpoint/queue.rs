@@ -20,6 +20,8 @@ struct State {
     items: VecDeque<Any>,
     bytes: usize,
     closed: bool,
+    /// The loop that empties it into its link is over ([`LinkQueue::drain_into`]).
+    drained: bool,
 }
 
 /// Bounded in messages and in bytes (type URL plus value of each message). One message larger
@@ -33,6 +35,8 @@ pub(crate) struct LinkQueue {
     ready: Event,
     /// A message was taken, or the queue closed.
     room: Event,
+    /// The loop that empties it is over.
+    done: Event,
 }
 
 pub(crate) fn size(any: &Any) -> usize {
@@ -47,6 +51,7 @@ impl LinkQueue {
             max_bytes: max_bytes.max(1),
             ready: Event::new(),
             room: Event::new(),
+            done: Event::new(),
         }
     }
 
@@ -135,6 +140,24 @@ impl LinkQueue {
             }
         }
         self.close();
+        self.lock().drained = true;
+        self.done.notify(usize::MAX);
+    }
+
+    /// Takes no more messages, and returns once [`drain_into`](Self::drain_into) has handed
+    /// every queued one to the link (or the link took no more): what a graceful close of the
+    /// link waits for before it closes the link itself, so nothing accepted is left behind.
+    pub(crate) async fn finish(&self) {
+        self.lock().closed = true;
+        self.ready.notify(usize::MAX);
+        self.room.notify(usize::MAX);
+        loop {
+            let listener = self.done.listen();
+            if self.lock().drained {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// No more messages in or out; what was queued is dropped. Wakes every waiter.

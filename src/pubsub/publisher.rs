@@ -144,7 +144,7 @@ struct State {
 #[derive(Debug)]
 struct Subscriber {
     link: Link,
-    queue: LinkQueue,
+    queue: Arc<LinkQueue>,
     filters: Mutex<HashSet<String>>,
     dropped: AtomicU64,
     /// Dropping since the last message queued (one event per run of drops).
@@ -446,7 +446,7 @@ impl LinkObserver for Observer {
         let config = &self.0.config;
         let subscriber = Arc::new(Subscriber {
             link: link.clone(),
-            queue: LinkQueue::new(config.queue_messages, config.queue_bytes),
+            queue: Arc::new(LinkQueue::new(config.queue_messages, config.queue_bytes)),
             filters: Mutex::new(HashSet::new()),
             dropped: AtomicU64::new(0),
             dropping: AtomicBool::new(false),
@@ -455,11 +455,10 @@ impl LinkObserver for Observer {
         let Some(endpoint) = lock(&self.0.endpoint).upgrade() else {
             return;
         };
-        // Empties the queue into the link, in order; ends when the queue closes (the link
-        // left or was disconnected) or the link can take no more.
-        endpoint.spawn(Box::pin(async move {
-            subscriber.queue.drain_into(subscriber.link.peer()).await;
-        }));
+        // Emptied into the link, in order, until the queue closes (the link left or was
+        // disconnected) or the link can take no more; a graceful close of the endpoint
+        // hands over what is queued first.
+        link.feed_from(&endpoint, subscriber.queue.clone());
     }
 
     fn left(&self, link: LinkId) {

@@ -489,8 +489,7 @@ impl LinkObserver for Observer {
         let Some(endpoint) = lock(&self.0.endpoint).upgrade() else {
             return;
         };
-        let peer = link.peer().clone();
-        endpoint.spawn(Box::pin(async move { out.drain_into(&peer).await }));
+        link.feed_from(&endpoint, out);
     }
 
     fn left(&self, link: LinkId) {
