@@ -1068,3 +1068,46 @@ async fn peer_supplied_names_and_lists_are_escaped_and_capped_in_refusals() {
     })
     .await;
 }
+
+/// Messages fed as owned `Any`s, whose large values the session hands to the connection as
+/// they are, and typed ones, arrive intact and in order whatever their sizes.
+#[async_std::test]
+async fn large_owned_values_and_small_messages_arrive_intact() {
+    bounded("test", async {
+        let config = SessionConfig::new();
+        let (addr, accepted) = server(config.clone()).await;
+        let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
+        let mut server = accepted.await.unwrap();
+        fn message(i: u64) -> HelloWorld {
+            let len = [16 << 10, 3, (1 << 20) + 5, 200, (64 << 10) - 1][i as usize % 5];
+            hello(
+                &char::from(b'a' + (i % 26) as u8).to_string().repeat(len),
+                i,
+            )
+        }
+        let sender = async_std::task::spawn(async move {
+            for i in 0..60 {
+                if i % 2 == 0 {
+                    server
+                        .feed(connect::codec::pack(&message(i)))
+                        .await
+                        .unwrap();
+                } else {
+                    server.feed_message(&message(i)).await.unwrap();
+                }
+            }
+            server.flush().await.unwrap();
+            server
+        });
+        for i in 0..60 {
+            let m: HelloWorld = client.recv_message().await.unwrap().unwrap();
+            assert!(m == message(i), "message {i} differs");
+        }
+        let mut server = sender.await;
+        let (closed, end) =
+            futures::join!(client.close_with(ReasonCode::Normal, ""), server.recv());
+        closed.unwrap();
+        assert!(end.unwrap().is_none());
+    })
+    .await;
+}

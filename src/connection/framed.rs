@@ -507,6 +507,65 @@ impl Value {
     }
 }
 
+/// Frames encoded elsewhere (a session's outbox) for [`WriteState::append_encoded`]: their
+/// bytes, with large values (at least [`BY_REFERENCE_LEN`]) left where they are and placed
+/// between those bytes, so a value encoded once (a reliable stream's retransmit queue) is not
+/// copied again on its way to the socket.
+#[derive(Debug, Default)]
+pub(crate) struct EncodedFrames {
+    pub(crate) bytes: BytesMut,
+    /// Each value goes after `bytes[..offset]`; offsets never decrease, and each value comes
+    /// after its frame's head, so never at offset 0.
+    values: std::collections::VecDeque<(usize, Bytes)>,
+    values_len: usize,
+}
+
+impl EncodedFrames {
+    /// Bytes of frames held, values included.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() + self.values_len
+    }
+
+    /// No frame held (a value never comes without its head in `bytes`).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// `value` as the rest of the frame whose head `bytes` now ends with.
+    pub(crate) fn push_value(&mut self, value: Bytes) {
+        self.values_len += value.len();
+        self.values.push_back((self.bytes.len(), value));
+    }
+
+    /// Moves the frames in the first `at` bytes (values placed up to there included) into
+    /// `into`, which must be empty.
+    pub(crate) fn split_into(&mut self, at: usize, into: &mut EncodedFrames) {
+        debug_assert!(into.is_empty() && into.values.is_empty());
+        into.bytes.extend_from_slice(&self.bytes[..at]);
+        self.bytes.advance(at);
+        while let Some(&(offset, _)) = self.values.front() {
+            if offset > at {
+                break;
+            }
+            if let Some((offset, value)) = self.values.pop_front() {
+                self.values_len -= value.len();
+                into.values_len += value.len();
+                into.values.push_back((offset, value));
+            }
+        }
+        for (offset, _) in &mut self.values {
+            *offset -= at;
+        }
+    }
+
+    /// Drops every frame (keeping the allocation of `bytes`).
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.values.clear();
+        self.values_len = 0;
+    }
+}
+
 /// Sending side: encoded frames not yet written, and the codec that encodes them.
 ///
 /// Frames are encoded into one buffer, except for large values (at least [`BY_REFERENCE_LEN`]
@@ -649,24 +708,53 @@ impl WriteState {
     }
 
     /// Appends whole frames encoded elsewhere (a session's writer encodes into its own buffer;
-    /// each frame was checked against the maximum there). When nothing is buffered here,
-    /// `frames`' allocation is adopted and this writer's empty one is handed back in `frames`,
-    /// so no bytes are copied; otherwise they are appended. `frames` is empty afterwards.
-    /// `count` is how many frames they are.
-    pub(crate) fn append_encoded(&mut self, frames: &mut BytesMut, count: usize) -> Result<()> {
+    /// each frame was checked against the maximum there). When nothing is buffered here, the
+    /// allocation of `frames.bytes` is adopted and this writer's empty one is handed back in
+    /// it, so no bytes are copied; a large batch behind bytes still buffered is written from
+    /// where it is; otherwise the bytes are appended. The values between them stay where they
+    /// are. `frames` is empty afterwards. `count` is how many frames they are.
+    pub(crate) fn append_encoded(
+        &mut self,
+        frames: &mut EncodedFrames,
+        count: usize,
+    ) -> Result<()> {
         if self.closed {
             return Err(Error::Closed);
         }
         self.counter.count_many(count, frames.len());
-        if self.buf.is_empty() {
+        let base = self.buf.len();
+        if base == 0 {
             // Values still waiting go before these frames: they are placed after all of
             // `buf` that was ever written, which stays where the adopted bytes start.
-            std::mem::swap(&mut self.buf, frames);
-            frames.clear();
+            std::mem::swap(&mut self.buf, &mut frames.bytes);
+        } else if frames.values.is_empty() && frames.bytes.len() >= BY_REFERENCE_LEN {
+            // Copying it behind what is buffered would cost more than taking a fresh buffer
+            // for the next batch.
+            let bytes = frames.bytes.split().freeze();
+            let values = self.values.get_or_insert_with(Box::default);
+            let value = Value {
+                at: values.written_buf + base as u64,
+                bytes: ValueBytes::Shared(bytes),
+                done: 0,
+            };
+            values.len += value.rest().len();
+            values.queue.push_back(value);
+            return Ok(());
         } else {
-            self.buf.extend_from_slice(frames);
-            frames.clear();
+            self.buf.extend_from_slice(&frames.bytes);
         }
+        if !frames.values.is_empty() {
+            let values = self.values.get_or_insert_with(Box::default);
+            for (offset, bytes) in frames.values.drain(..) {
+                values.len += bytes.len();
+                values.queue.push_back(Value {
+                    at: values.written_buf + (base + offset) as u64,
+                    bytes: ValueBytes::Shared(bytes),
+                    done: 0,
+                });
+            }
+        }
+        frames.clear();
         self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
@@ -1170,6 +1258,67 @@ mod tests {
             assert_eq!(io.out.len(), expected.len());
             assert!(io.out == expected[..], "bytes differ");
         }
+    }
+
+    #[test]
+    fn frames_encoded_elsewhere_keep_their_values_in_place() {
+        let frames = mixed(60);
+        let mut expected = BytesMut::new();
+        for any in &frames {
+            Codec::new().encode(any, &mut expected).unwrap();
+        }
+        for (limits, high_water) in [(vec![1, 7, 4096], 1000), (vec![usize::MAX], 1 << 30)] {
+            let mut state = WriteState::new(Codec::new(), high_water);
+            let mut io = Stingy {
+                out: Vec::new(),
+                limits,
+                calls: 0,
+                pending: false,
+            };
+            let mut batch = EncodedFrames::default();
+            for (i, chunk) in frames.chunks(3).enumerate() {
+                block_on(poll_fn(|cx| state.poll_ready(Pin::new(&mut io), cx))).unwrap();
+                if i % 4 == 0 {
+                    // Straight into the writer: what is buffered when the next batch comes.
+                    for any in chunk {
+                        state.encode_owned(any.clone()).unwrap();
+                    }
+                    continue;
+                }
+                for any in chunk {
+                    // Every other batch copies its large values (a large batch of bytes only).
+                    if any.value.len() >= BY_REFERENCE_LEN && i % 2 == 1 {
+                        Codec::new()
+                            .encode_head(&any.type_url, any.value.len(), 0, &mut batch.bytes)
+                            .unwrap();
+                        batch.push_value(Bytes::from(any.value.clone()));
+                    } else {
+                        Codec::new().encode(any, &mut batch.bytes).unwrap();
+                    }
+                }
+                state.append_encoded(&mut batch, chunk.len()).unwrap();
+                assert_eq!((batch.is_empty(), batch.len()), (true, 0));
+            }
+            block_on(poll_fn(|cx| state.poll_flush(Pin::new(&mut io), cx))).unwrap();
+            assert_eq!(state.buffered_len(), 0);
+            assert!(io.out == expected[..], "bytes differ");
+        }
+    }
+
+    #[test]
+    fn a_split_batch_takes_the_values_placed_before_the_split() {
+        let mut batch = EncodedFrames::default();
+        batch.bytes.extend_from_slice(b"ab");
+        batch.push_value(Bytes::from_static(b"XY"));
+        batch.bytes.extend_from_slice(b"cd");
+        batch.push_value(Bytes::from_static(b"Z"));
+        assert_eq!(batch.len(), 7);
+        let mut first = EncodedFrames::default();
+        batch.split_into(2, &mut first);
+        assert_eq!((&first.bytes[..], first.len()), (&b"ab"[..], 4));
+        assert_eq!(first.values, [(2, Bytes::from_static(b"XY"))]);
+        assert_eq!((&batch.bytes[..], batch.len()), (&b"cd"[..], 3));
+        assert_eq!(batch.values, [(2, Bytes::from_static(b"Z"))]);
     }
 
     /// The type `type.googleapis.com/x.Y1` names.

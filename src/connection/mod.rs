@@ -19,6 +19,7 @@ use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::handle::ReuniteError;
 
 pub(crate) use frame::Frame;
+pub(crate) use framed::{EncodedFrames, BY_REFERENCE_LEN};
 pub use half::{ReadHalf, WriteHalf};
 pub use identity::PeerIdentity;
 pub(crate) use names::NameCache;

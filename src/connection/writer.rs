@@ -126,7 +126,7 @@ impl<W> ConnectionWriter<W> {
     /// Appends whole frames encoded elsewhere; see [`WriteState::append_encoded`].
     pub(crate) fn append_encoded(
         &mut self,
-        frames: &mut bytes::BytesMut,
+        frames: &mut super::framed::EncodedFrames,
         count: usize,
     ) -> Result<()> {
         self.state.append_encoded(frames, count)

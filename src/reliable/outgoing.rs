@@ -10,7 +10,6 @@
 //! fed as such is kept as given: its allocations are the application's already.
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::{Message, Name};
@@ -32,7 +31,7 @@ const MIN_CHUNK: usize = 4 * 1024;
 const MAX_CHUNK: usize = 64 * 1024;
 
 /// Writes an encoded value under its message type's URL.
-type WriteFn = fn(&mut SessionWriter, &[u8]) -> Result<()>;
+type WriteFn = fn(&mut SessionWriter, &Bytes) -> Result<()>;
 
 /// One of our messages, from `feed` until the peer's acknowledgement.
 pub(crate) enum Outgoing {
@@ -150,64 +149,10 @@ fn encode_into<M: Message>(msg: &M, buf: &mut impl BufMut) {
     msg.encode_raw(buf);
 }
 
-fn write_as<M: Name>(writer: &mut SessionWriter, value: &[u8]) -> Result<()> {
-    writer.start_send_message(&Encoded::<M> {
-        value,
-        ty: PhantomData,
-    })
-}
-
-/// An encoded value of an `M`, written as is: lets the session's typed path (which encodes
-/// the `Any` header under `M`'s type URL) write bytes encoded earlier.
-struct Encoded<'a, M> {
-    value: &'a [u8],
-    ty: PhantomData<fn() -> M>,
-}
-
-impl<M> fmt::Debug for Encoded<'_, M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encoded")
-            .field("len", &self.value.len())
-            .finish()
-    }
-}
-
-impl<M: Name> Name for Encoded<'_, M> {
-    const NAME: &'static str = M::NAME;
-    const PACKAGE: &'static str = M::PACKAGE;
-
-    fn full_name() -> String {
-        M::full_name()
-    }
-
-    fn type_url() -> String {
-        M::type_url()
-    }
-}
-
-impl<M> Message for Encoded<'_, M> {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(self.value);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> std::result::Result<(), prost::DecodeError> {
-        // Never decoded: only written.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.value.len()
-    }
-
-    fn clear(&mut self) {
-        self.value = &[];
-    }
+/// A large value goes to the connection from where it is, never copied again (on every
+/// link, retransmissions included).
+fn write_as<M: Name>(writer: &mut SessionWriter, value: &Bytes) -> Result<()> {
+    writer.start_send_value_of::<M>(value)
 }
 
 #[cfg(test)]

@@ -31,7 +31,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use crate::connection::{ReadHalf, WriteHalf};
-use bytes::BytesMut;
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_sink::Sink;
@@ -241,7 +240,7 @@ pub(super) struct Engine<T> {
     outbound: outbox::Receiver<Marker>,
     /// Frames taken from the writer's outbox, on their way into the connection writer (empty
     /// in between; it keeps its allocation for the next swap).
-    frames: BytesMut,
+    frames: crate::connection::EncodedFrames,
     /// The outbound queue is closed to new items (after a Close either way).
     outbound_closed: bool,
     /// Every outbound item has been taken (the queue ended).
@@ -342,7 +341,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
             inbound_room: 0,
             inbound_byte_limit: config.receive_buffer_len(),
             outbound,
-            frames: BytesMut::new(),
+            frames: crate::connection::EncodedFrames::default(),
             outbound_closed: false,
             outbound_done: false,
             app_done: false,

@@ -100,6 +100,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_core::Stream;
 use futures_sink::Sink;
@@ -708,6 +709,31 @@ impl SessionWriter {
         }
     }
 
+    /// Queues a frame of type `M` whose value (`M` encoded) is `value`, after
+    /// [`poll_ready_outbound`](Self::poll_ready_outbound) said there is room: a large value
+    /// goes to the connection by reference, not copied into the outbox.
+    pub(crate) fn start_send_value_of<M: Name>(&mut self, value: &Bytes) -> Result<()> {
+        let type_url = self.names.get(crate::codec::type_url::<M>);
+        let codec = &self.codec;
+        let encoded = if value.len() >= crate::connection::BY_REFERENCE_LEN {
+            self.outbound.encode_with(
+                |buf| codec.encode_head(type_url, value.len(), 0, buf).map(drop),
+                Some(value.clone()),
+            )
+        } else {
+            self.outbound.encode(|buf| {
+                if codec.encode_head(type_url, value.len(), value.len(), buf)? {
+                    buf.extend_from_slice(value);
+                }
+                Ok(())
+            })
+        };
+        match encoded {
+            Ok(encoded) => encoded.map(|queued| self.queued(queued)),
+            Err(outbox::Closed) => Err(self.shared.ended()),
+        }
+    }
+
     /// Remembers what the outbox said after a message was encoded into it: the bytes waiting,
     /// and whether it has room for one more.
     fn queued(&mut self, (waiting, room): (usize, bool)) {
@@ -861,7 +887,21 @@ impl Sink<Any> for SessionWriter {
     fn start_send(self: Pin<&mut Self>, any: Any) -> Result<()> {
         let this = self.get_mut();
         this.forget_flush();
-        this.start_send_any(&any)
+        if any.value.len() < crate::connection::BY_REFERENCE_LEN {
+            return this.start_send_any(&any);
+        }
+        // A large value is ours now: it goes to the connection as it is, not copied.
+        let codec = &this.codec;
+        let len = any.value.len();
+        let head =
+            |buf: &mut bytes::BytesMut| codec.encode_head(&any.type_url, len, 0, buf).map(drop);
+        match this
+            .outbound
+            .encode_with(head, Some(Bytes::from(any.value)))
+        {
+            Ok(encoded) => encoded.map(|queued| this.queued(queued)),
+            Err(outbox::Closed) => Err(this.shared.ended()),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {

@@ -20,7 +20,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
+
+use crate::connection::EncodedFrames;
 
 /// Encoded bytes the buffer takes before the writer waits (one message is always taken).
 pub(super) const MAX_BYTES: usize = 256 * 1024;
@@ -39,7 +41,8 @@ pub(super) struct Marker<M> {
 }
 
 struct Inner<M> {
-    bytes: BytesMut,
+    /// Encoded frames (large values by reference among them).
+    bytes: EncodedFrames,
     /// Frames in `bytes`.
     frames: usize,
     markers: VecDeque<Marker<M>>,
@@ -65,7 +68,7 @@ pub(super) enum Item<M> {
 /// An outbox holding at most `capacity` items (at least one).
 pub(super) fn outbox<M>(capacity: usize) -> (Sender<M>, Receiver<M>) {
     let inner = Arc::new(Mutex::new(Inner {
-        bytes: BytesMut::new(),
+        bytes: EncodedFrames::default(),
         frames: 0,
         markers: VecDeque::new(),
         capacity: capacity.max(1),
@@ -129,12 +132,25 @@ impl<M> Sender<M> {
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<Result<(usize, bool), E>, Closed> {
+        self.encode_with(encode, None)
+    }
+
+    /// [`encode`](Self::encode) a frame's head, and `value` as the rest of the frame, kept
+    /// where it is (for values of at least [`BY_REFERENCE_LEN`](crate::connection::BY_REFERENCE_LEN)).
+    pub(super) fn encode_with<E>(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+        value: Option<Bytes>,
+    ) -> Result<Result<(usize, bool), E>, Closed> {
         let mut inner = lock(&self.0);
         if inner.closed {
             return Err(Closed);
         }
-        if let Err(e) = encode(&mut inner.bytes) {
+        if let Err(e) = encode(&mut inner.bytes.bytes) {
             return Ok(Err(e));
+        }
+        if let Some(value) = value {
+            inner.bytes.push_value(value);
         }
         inner.frames += 1;
         let queued = (inner.bytes.len(), inner.has_room());
@@ -150,7 +166,7 @@ impl<M> Sender<M> {
         if inner.closed {
             return Err((Closed, marker));
         }
-        let (at, frames) = (inner.bytes.len(), inner.frames);
+        let (at, frames) = (inner.bytes.bytes.len(), inner.frames);
         inner.markers.push_back(Marker { at, frames, marker });
         let waker = inner.receiver_waker.take();
         drop(inner);
@@ -192,7 +208,7 @@ impl<M> Receiver<M> {
     pub(super) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
-        frames: &mut BytesMut,
+        frames: &mut EncodedFrames,
     ) -> Poll<Option<Item<M>>> {
         self.poll_take(cx, frames, true)
     }
@@ -204,7 +220,7 @@ impl<M> Receiver<M> {
     pub(super) fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
-        frames: &mut BytesMut,
+        frames: &mut EncodedFrames,
         register: bool,
     ) -> Poll<Option<Item<M>>> {
         debug_assert!(frames.is_empty());
@@ -220,8 +236,7 @@ impl<M> Receiver<M> {
                 // Only the frames before the marker: copied, which happens only when a writer
                 // feeds more while a flush or close of its own is still under way.
                 let (at, taken) = (first.at, first.frames);
-                frames.extend_from_slice(&inner.bytes[..at]);
-                inner.bytes.advance(at);
+                inner.bytes.split_into(at, frames);
                 for marker in &mut inner.markers {
                     marker.at -= at;
                     marker.frames -= taken;
@@ -284,7 +299,7 @@ impl<M> Drop for Receiver<M> {
         let mut inner = lock(&self.0);
         inner.closed = true;
         let markers = std::mem::take(&mut inner.markers);
-        inner.bytes = BytesMut::new();
+        inner.bytes = EncodedFrames::default();
         let waker = inner.sender_waker.take();
         drop(inner);
         // Dropped outside the lock: a marker may hold a channel whose waiter runs on drop.
@@ -330,7 +345,10 @@ mod tests {
         .unwrap();
     }
 
-    fn next(rx: &mut Receiver<&'static str>, frames: &mut BytesMut) -> Option<Item<&'static str>> {
+    fn next(
+        rx: &mut Receiver<&'static str>,
+        frames: &mut EncodedFrames,
+    ) -> Option<Item<&'static str>> {
         let mut cx = Context::from_waker(noop_waker_ref());
         frames.clear();
         match rx.poll_next(&mut cx, frames) {
@@ -342,7 +360,7 @@ mod tests {
     #[test]
     fn markers_stay_between_the_frames_around_them() {
         let (mut tx, mut rx) = outbox(16);
-        let mut frames = BytesMut::new();
+        let mut frames = EncodedFrames::default();
         frame(&mut tx, 1, 3);
         frame(&mut tx, 2, 2);
         tx.push_marker("flush").map_err(|_| ()).unwrap();
@@ -350,13 +368,13 @@ mod tests {
         tx.push_marker("close").map_err(|_| ()).unwrap();
         frame(&mut tx, 4, 1);
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(2))));
-        assert_eq!(&frames[..], &[1, 1, 1, 2, 2]);
+        assert_eq!(&frames.bytes[..], &[1, 1, 1, 2, 2]);
         assert!(matches!(
             next(&mut rx, &mut frames),
             Some(Item::Marker("flush"))
         ));
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(1))));
-        assert_eq!(&frames[..], &[3]);
+        assert_eq!(&frames.bytes[..], &[3]);
         assert!(matches!(
             next(&mut rx, &mut frames),
             Some(Item::Marker("close"))
@@ -366,7 +384,7 @@ mod tests {
         let mut cx = Context::from_waker(noop_waker_ref());
         assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(Closed)));
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(1))));
-        assert_eq!(&frames[..], &[4]);
+        assert_eq!(&frames.bytes[..], &[4]);
         assert!(next(&mut rx, &mut frames).is_none());
     }
 
@@ -374,7 +392,7 @@ mod tests {
     fn bounded_in_markers_and_bytes_and_one_message_always_fits() {
         let mut cx = Context::from_waker(noop_waker_ref());
         let (mut tx, mut rx) = outbox::<&'static str>(3);
-        let mut frames = BytesMut::new();
+        let mut frames = EncodedFrames::default();
         for i in 0..3 {
             frame(&mut tx, i, 1);
         }
@@ -401,7 +419,7 @@ mod tests {
         let rx_waker = Waker::from(rx_wakes.clone());
         let tx_wakes = Arc::new(Count(AtomicUsize::new(0)));
         let tx_waker = Waker::from(tx_wakes.clone());
-        let mut frames = BytesMut::new();
+        let mut frames = EncodedFrames::default();
 
         assert!(rx
             .poll_next(&mut Context::from_waker(&rx_waker), &mut frames)
@@ -415,13 +433,16 @@ mod tests {
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(2))));
         assert_eq!(tx_wakes.0.load(Ordering::SeqCst), 1);
         // The frames' allocation went to the driver; the outbox took the driver's empty one.
-        assert_eq!((frames.len(), frames[0], frames[1]), (1 + MAX_BYTES, 1, 2));
+        assert_eq!(
+            (frames.len(), frames.bytes[0], frames.bytes[1]),
+            (1 + MAX_BYTES, 1, 2)
+        );
     }
 
     #[test]
     fn ends_once_the_writer_is_gone_and_everything_is_taken() {
         let (mut tx, mut rx) = outbox::<&'static str>(4);
-        let mut frames = BytesMut::new();
+        let mut frames = EncodedFrames::default();
         frame(&mut tx, 1, 1);
         drop(tx);
         assert!(matches!(next(&mut rx, &mut frames), Some(Item::Frames(1))));
