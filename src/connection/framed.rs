@@ -30,6 +30,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// the stack a link without one starts with. Larger buffers are given back when a burst ends.
 const SMALL_LEN: usize = 2 * 1024;
 
+/// The receive buffer of a link whose reads bring only tiny frames (heartbeats, small
+/// requests one at a time): most links of a large fan-out hold one of these, not
+/// [`SMALL_LEN`].
+const TINY_LEN: usize = 256;
+
 /// Receiving side: bytes read so far and the codec that cuts them into frames.
 ///
 /// Frames are handed out as [`Bytes`] slices of the read buffer, not copies. The buffer is
@@ -369,8 +374,9 @@ impl ReadState {
 
     /// Reads into a buffer on the stack, with nothing buffered and no buffer of our own (a
     /// frame still held keeps the last one): nothing is allocated until bytes arrive. Then the
-    /// buffer is [`SMALL_LEN`] if they all fitted (a quiet link, or one message at a time), or
-    /// a whole [`READ_CHUNK`] if more are likely waiting.
+    /// buffer is [`TINY_LEN`] or [`SMALL_LEN`] if they all fitted (a quiet link, or one
+    /// message at a time: room for a few like them), or a whole [`READ_CHUNK`] if more are
+    /// likely waiting.
     fn poll_probe<R: AsyncRead + ?Sized>(
         &mut self,
         mut io: Pin<&mut R>,
@@ -387,7 +393,13 @@ impl ReadState {
             }
         };
         if n > 0 {
-            let len = if n < SMALL_LEN { SMALL_LEN } else { READ_CHUNK };
+            let len = if n <= TINY_LEN / 2 {
+                TINY_LEN
+            } else if n < SMALL_LEN {
+                SMALL_LEN
+            } else {
+                READ_CHUNK
+            };
             let mut buf = vec![0; len];
             buf[..n].copy_from_slice(&probe[..n]);
             self.buf = Arc::new(buf);
@@ -1098,13 +1110,13 @@ mod tests {
 
     #[test]
     fn small_messages_one_at_a_time_reuse_one_small_buffer() {
-        let one = wire(1, 100);
+        let one = wire(1, 200);
         let mut io = Script((0..20).flat_map(|_| [Some(one.clone()), None]).collect());
         let mut state = ReadState::new(Codec::new());
         let mut buffers = std::collections::HashSet::new();
         for _ in 0..20 {
             match poll_once(&mut state, &mut io) {
-                Poll::Ready(Some(frame)) => assert_eq!(value(&frame), vec![0; 100]),
+                Poll::Ready(Some(frame)) => assert_eq!(value(&frame), vec![0; 200]),
                 other => panic!("{other:?}"),
             }
             buffers.insert(Arc::as_ptr(&state.buf));
@@ -1112,6 +1124,19 @@ mod tests {
             assert_eq!(state.buf.len(), SMALL_LEN);
         }
         assert_eq!(buffers.len(), 1);
+
+        // Tiny ones (heartbeats) keep a tiny buffer.
+        let one = wire(1, 10);
+        let mut io = Script((0..5).flat_map(|_| [Some(one.clone()), None]).collect());
+        let mut state = ReadState::new(Codec::new());
+        for _ in 0..5 {
+            assert!(matches!(
+                poll_once(&mut state, &mut io),
+                Poll::Ready(Some(_))
+            ));
+            assert!(poll_once(&mut state, &mut io).is_pending());
+            assert_eq!(state.buf.len(), TINY_LEN);
+        }
     }
 
     #[test]

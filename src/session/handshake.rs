@@ -116,6 +116,18 @@ pub async fn connect<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The handshake's state (a few KiB) lives in a box freed when it is over: a task that
+    // opens a session and then holds it for hours does not carry that room all along.
+    Box::pin(connect_handshake(conn, config)).await
+}
+
+async fn connect_handshake<T>(
+    conn: Connection<T>,
+    config: &SessionConfig,
+) -> Result<(Session, SessionDriver<T>)>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut reader, mut writer) = conn.split();
     let info = reader.info.clone();
     reader.set_max_frame_len(config.handshake_frame_limit());
@@ -206,6 +218,17 @@ fn heartbeat(ms: u32) -> Option<Duration> {
 /// `Hello`), `UNSUPPORTED_VERSION` or `AUTHENTICATION_FAILED`. `Error::Session` with
 /// [`SessionEnd::Disconnected`] if the peer left first; the transport's error if it failed.
 pub async fn accept<T>(
+    conn: Connection<T>,
+    config: &SessionConfig,
+) -> Result<(Session, SessionDriver<T>)>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // As in `connect`: the handshake's state is boxed, and gone once it is over.
+    Box::pin(accept_handshake(conn, config)).await
+}
+
+async fn accept_handshake<T>(
     conn: Connection<T>,
     config: &SessionConfig,
 ) -> Result<(Session, SessionDriver<T>)>
