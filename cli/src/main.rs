@@ -295,10 +295,28 @@ fn main() -> ExitCode {
     match async_std::task::block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes, `: `-separated, like `{:#}`, but without a cause whose text the
+/// message before it already shows (`connect`'s errors include their source's text, so
+/// `{:#}` would print it twice).
+pub(crate) fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -613,4 +631,16 @@ async fn listen(
 /// Whether progress bars make sense (a terminal), or plain lines (piped, CI).
 pub fn on_terminal() -> bool {
     std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn a_cause_the_message_already_shows_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = anyhow::Error::new(connect::Error::Io(io)).context("cannot connect to x");
+        assert_eq!(super::chain(&e), "cannot connect to x: I/O error: refused");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::chain(&plain), "outer: inner");
+    }
 }

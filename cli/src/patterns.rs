@@ -94,7 +94,7 @@ async fn links(
             }
         };
         if let Err(e) = link::listen(&target, &options, serve).await {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::chain(&e));
             std::process::exit(1);
         }
     });
@@ -169,7 +169,7 @@ fn json_line(schema: &Schema, topic: &str, any: &Any) -> String {
         Ok(None) => format!("\"value_hex\":\"{}\"", crate::schema::hex(&any.value)),
         Err(e) => format!(
             "\"error\":{},\"value_hex\":\"{}\"",
-            string(&format!("{e:#}")),
+            string(&crate::chain(&e)),
             crate::schema::hex(&any.value)
         ),
     };

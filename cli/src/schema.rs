@@ -172,7 +172,11 @@ impl Schema {
                 "{name} ({size} bytes) unknown type, value {}; pass its .proto with --proto",
                 hex(&any.value)
             ),
-            Err(e) => format!("{name} ({size} bytes) {e:#}, value {}", hex(&any.value)),
+            Err(e) => format!(
+                "{name} ({size} bytes) {}, value {}",
+                crate::chain(&e),
+                hex(&any.value)
+            ),
         }
     }
 }
