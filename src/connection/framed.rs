@@ -742,7 +742,7 @@ impl WriteState {
         } else if frames.values.is_empty() && frames.bytes.len() >= BY_REFERENCE_LEN {
             // Copying it behind what is buffered would cost more than taking a fresh buffer
             // for the next batch.
-            let bytes = frames.bytes.split().freeze();
+            let bytes = std::mem::take(&mut frames.bytes).freeze();
             let values = self.values.get_or_insert_with(Box::default);
             let value = Value {
                 at: values.written_buf + base as u64,
@@ -780,7 +780,8 @@ impl WriteState {
         cx: &mut Context<'_>,
     ) -> Poll<Result<()>> {
         ready!(self.poll_write_buf(io.as_mut(), cx))?;
-        if self.peak > SMALL_LEN {
+        // An adopted buffer (a session's batch) may have more room than it held.
+        if self.peak > SMALL_LEN || self.buf.capacity() > SMALL_LEN {
             self.buf = BytesMut::new();
             self.peak = 0;
         }

@@ -45,6 +45,10 @@ struct Inner<M> {
     bytes: EncodedFrames,
     /// Frames in `bytes`.
     frames: usize,
+    /// Bytes of the last batch the driver took: room reserved at once for the next one when
+    /// the buffer coming back has none (the connection gives its buffer back after a burst),
+    /// instead of growing it by doubling, one allocation per step.
+    last_batch: usize,
     markers: VecDeque<Marker<M>>,
     capacity: usize,
     /// No new items are taken: the driver closed the outbox or is gone.
@@ -70,6 +74,7 @@ pub(super) fn outbox<M>(capacity: usize) -> (Sender<M>, Receiver<M>) {
     let inner = Arc::new(Mutex::new(Inner {
         bytes: EncodedFrames::default(),
         frames: 0,
+        last_batch: 0,
         markers: VecDeque::new(),
         capacity: capacity.max(1),
         closed: false,
@@ -145,6 +150,10 @@ impl<M> Sender<M> {
         let mut inner = lock(&self.0);
         if inner.closed {
             return Err(Closed);
+        }
+        if inner.bytes.bytes.capacity() == 0 && inner.last_batch > 0 {
+            let room = inner.last_batch.min(MAX_BYTES);
+            inner.bytes.bytes.reserve(room);
         }
         if let Err(e) = encode(&mut inner.bytes.bytes) {
             return Ok(Err(e));
@@ -237,6 +246,7 @@ impl<M> Receiver<M> {
                 // feeds more while a flush or close of its own is still under way.
                 let (at, taken) = (first.at, first.frames);
                 inner.bytes.split_into(at, frames);
+                inner.last_batch = frames.bytes.len();
                 for marker in &mut inner.markers {
                     marker.at -= at;
                     marker.frames -= taken;
@@ -246,6 +256,7 @@ impl<M> Receiver<M> {
             }
             None => {
                 std::mem::swap(frames, &mut inner.bytes);
+                inner.last_batch = frames.bytes.len();
                 Some(Item::Frames(std::mem::take(&mut inner.frames)))
             }
         };
