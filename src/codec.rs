@@ -27,7 +27,7 @@
 //! # Ok::<(), connect::Error>(())
 //! ```
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::ops::Range;
 
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
@@ -194,6 +194,39 @@ impl Codec {
         Ok(())
     }
 
+    /// [`encode_message_as`](Self::encode_message_as), except that the message's large
+    /// [`Bytes`] fields (at least `by_reference` long) are not copied into `dst`: each is handed
+    /// to `place` with the length `dst` has at the point where it belongs, to be written from
+    /// its own memory after `dst[..at]`. Returns the bytes so placed (the frame is that much
+    /// longer than what `dst` gained).
+    pub(crate) fn encode_message_placing(
+        &self,
+        type_url: &str,
+        msg: &impl Message,
+        dst: &mut BytesMut,
+        by_reference: usize,
+        place: impl FnMut(usize, Bytes),
+    ) -> Result<usize> {
+        let value_len = msg.encoded_len();
+        if value_len < by_reference {
+            self.encode_message_as(type_url, msg, dst)?;
+            return Ok(0);
+        }
+        // Room for the head and the small fields; a large field that is not a `Bytes` (a
+        // `Vec<u8>`) makes `dst` grow as it is copied in.
+        if self.encode_head(type_url, value_len, by_reference, dst)? {
+            let mut placing = Placing {
+                dst,
+                by_reference,
+                place,
+                placed: 0,
+            };
+            msg.encode_raw(&mut placing);
+            return Ok(placing.placed);
+        }
+        Ok(0)
+    }
+
     /// Appends a frame's length prefix and its `Any`'s bytes up to the value's own bytes: all
     /// of the frame but the value, which the caller appends (or writes) right after. Reserves
     /// `room` bytes beyond the head. Returns whether the value field is there at all (an empty
@@ -238,6 +271,75 @@ impl Codec {
             });
         }
         Ok(())
+    }
+}
+
+/// A [`BufMut`] over a frame buffer that takes large [`Bytes`] fields by reference (see
+/// [`Codec::encode_message_placing`]): prost encodes a `Bytes` field with
+/// [`BufMut::put`]`(field.clone())`, and [`Buf::copy_to_bytes`] of a `Bytes` is a slice of
+/// it, not a copy. Every other write goes to `dst`.
+struct Placing<'a, F> {
+    dst: &'a mut BytesMut,
+    by_reference: usize,
+    place: F,
+    placed: usize,
+}
+
+// SAFETY: every method forwards to `dst`'s, so `chunk_mut`, `advance_mut` and
+// `remaining_mut` keep `BytesMut`'s guarantees; `put` only adds calls to `dst`'s methods.
+// The crate's one `unsafe` (see lib.rs): a 1 MiB `feed_message` ran at 0.64-0.75x raw TCP
+// with the copy, and at 1.04x when the value went out from its own memory.
+#[allow(unsafe_code)]
+unsafe impl<F: FnMut(usize, Bytes)> BufMut for Placing<'_, F> {
+    #[inline]
+    fn remaining_mut(&self) -> usize {
+        self.dst.remaining_mut()
+    }
+
+    #[inline]
+    #[allow(unsafe_code)]
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller's guarantee for `self` is the one `dst` needs.
+        unsafe { self.dst.advance_mut(cnt) }
+    }
+
+    #[inline]
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.dst.chunk_mut()
+    }
+
+    #[inline]
+    fn put_slice(&mut self, src: &[u8]) {
+        self.dst.put_slice(src)
+    }
+
+    #[inline]
+    fn put_u8(&mut self, n: u8) {
+        self.dst.put_u8(n)
+    }
+
+    #[inline]
+    fn put_bytes(&mut self, val: u8, cnt: usize) {
+        self.dst.put_bytes(val, cnt)
+    }
+
+    #[inline]
+    fn put<T: Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        let len = src.remaining();
+        // Only a `Bytes` is taken (a `&[u8]`, what prost puts for a `Vec<u8>` field, would be
+        // copied into a new allocation). The type is told by name because `put` does not ask
+        // for `T: 'static`; a name that matched another type would still be handled correctly
+        // (`copy_to_bytes` is right for every `Buf`), only not for free.
+        if len >= self.by_reference && std::any::type_name::<T>() == std::any::type_name::<Bytes>()
+        {
+            self.placed += len;
+            (self.place)(self.dst.len(), src.copy_to_bytes(len));
+        } else {
+            self.dst.put(src)
+        }
     }
 }
 

@@ -570,6 +570,28 @@ impl EncodedFrames {
         }
     }
 
+    /// Appends `msg` as one frame of `type_url`, its large `Bytes` fields (at least
+    /// [`BY_REFERENCE_LEN`]) kept where they are. `bytes` is left unchanged on an error.
+    pub(crate) fn encode_message_as(
+        &mut self,
+        codec: &Codec,
+        type_url: &str,
+        msg: &impl Message,
+    ) -> Result<()> {
+        let (values, values_len) = (&mut self.values, &mut self.values_len);
+        codec.encode_message_placing(
+            type_url,
+            msg,
+            &mut self.bytes,
+            BY_REFERENCE_LEN,
+            |at, value| {
+                *values_len += value.len();
+                values.push_back((at, value));
+            },
+        )?;
+        Ok(())
+    }
+
     /// Drops every frame (keeping the allocation of `bytes`).
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
@@ -713,8 +735,25 @@ impl WriteState {
         }
         let type_url = self.type_url.get(crate::codec::type_url::<M>);
         let before = self.buf.len();
-        self.codec.encode_message_as(type_url, msg, &mut self.buf)?;
-        self.counter.count(self.buf.len() - before);
+        // Large `Bytes` fields are written from where they are, as `encode_value_of` writes a
+        // large value.
+        let values = &mut self.values;
+        let placed = self.codec.encode_message_placing(
+            type_url,
+            msg,
+            &mut self.buf,
+            BY_REFERENCE_LEN,
+            |at, bytes| {
+                let values = values.get_or_insert_with(Box::default);
+                values.len += bytes.len();
+                values.queue.push_back(Value {
+                    at: values.written_buf + at as u64,
+                    bytes: ValueBytes::Shared(bytes),
+                    done: 0,
+                });
+            },
+        )?;
+        self.counter.count(self.buf.len() - before + placed);
         self.peak = self.peak.max(self.buf.len());
         Ok(())
     }
@@ -1284,6 +1323,96 @@ mod tests {
             assert_eq!(io.out.len(), expected.len());
             assert!(io.out == expected[..], "bytes differ");
         }
+    }
+
+    /// A message with large and small `Bytes` fields, a large `Vec<u8>` one and a nested one,
+    /// as prost-build generates them.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Parts {
+        #[prost(bytes = "bytes", tag = "1")]
+        head: Bytes,
+        #[prost(string, tag = "2")]
+        name: String,
+        #[prost(bytes = "bytes", repeated, tag = "3")]
+        chunks: Vec<Bytes>,
+        #[prost(bytes = "vec", tag = "4")]
+        copied: Vec<u8>,
+        #[prost(message, optional, tag = "5")]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Inner {
+        #[prost(bytes = "bytes", tag = "1")]
+        data: Bytes,
+    }
+
+    impl Name for Parts {
+        const NAME: &'static str = "Parts";
+        const PACKAGE: &'static str = "test.v1";
+    }
+
+    fn parts(i: usize) -> Parts {
+        let big = |n: usize| Bytes::from(vec![i as u8; BY_REFERENCE_LEN + n]);
+        Parts {
+            head: if i.is_multiple_of(2) {
+                big(i)
+            } else {
+                Bytes::from(vec![1; i])
+            },
+            name: "x".repeat(i),
+            chunks: (0..i % 4).map(|k| big(k * 3)).collect(),
+            copied: vec![i as u8; if i.is_multiple_of(5) { 70_000 } else { i }],
+            inner: i.is_multiple_of(3).then(|| Inner { data: big(1) }),
+        }
+    }
+
+    #[test]
+    fn large_bytes_fields_of_a_message_are_written_from_their_own_memory() {
+        let messages: Vec<Parts> = (0..30).map(parts).collect();
+        let mut expected = BytesMut::new();
+        for msg in &messages {
+            // The bytes of the message packed in an `Any` (with our type URL) and encoded.
+            Codec::new()
+                .encode(&crate::codec::pack(msg), &mut expected)
+                .unwrap();
+        }
+        for (limits, high_water) in [(vec![1, 7, 4096], 1000), (vec![usize::MAX], 1 << 30)] {
+            let mut state = WriteState::new(Codec::new(), high_water);
+            let mut io = Stingy {
+                out: Vec::new(),
+                limits,
+                calls: 0,
+                pending: false,
+            };
+            for msg in &messages {
+                block_on(poll_fn(|cx| state.poll_ready(Pin::new(&mut io), cx))).unwrap();
+                state.encode_message(msg).unwrap();
+            }
+            block_on(poll_fn(|cx| state.poll_flush(Pin::new(&mut io), cx))).unwrap();
+            assert_eq!(state.buffered_len(), 0);
+            assert_eq!(io.out.len(), expected.len());
+            assert!(io.out == expected[..], "bytes differ");
+            assert_eq!(state.counter.get(), (30, expected.len() as u64));
+        }
+
+        // Nothing of a large `Bytes` field is copied: the write buffer holds the rest.
+        let mut state = WriteState::new(Codec::new(), 1 << 30);
+        let msg = Parts {
+            head: Bytes::from(vec![7; 1 << 20]),
+            name: "n".into(),
+            ..Parts::default()
+        };
+        state.encode_message(&msg).unwrap();
+        assert!(state.buf.len() < 100, "{} bytes copied", state.buf.len());
+        assert_eq!(state.buffered_len(), wire_len(&[&crate::codec::pack(&msg)]));
+        // A frame over the limit is refused before anything is queued.
+        let mut state = WriteState::new(Codec::with_max_frame_len(1 << 19), 1 << 30);
+        assert!(matches!(
+            state.encode_message(&msg),
+            Err(Error::FrameTooLarge { .. })
+        ));
+        assert_eq!(state.buffered_len(), 0);
     }
 
     #[test]

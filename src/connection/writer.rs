@@ -20,8 +20,10 @@ use crate::error::{Error, Result};
 /// in few system calls when followed by one [`flush`](Self::flush). Short writes and `Pending`
 /// never lose bytes: what the transport did not take stays buffered for the next call. Large
 /// values are not copied where the writer can avoid it: an `Any` given by value (`feed`, `send`,
-/// the `Sink`) and [`feed_encoded`](Self::feed_encoded)'s `Bytes` keep a value of 16 KiB or more
-/// in its own memory until it is written (vectored with the frame's head). A flush
+/// the `Sink`), [`feed_encoded`](Self::feed_encoded)'s `Bytes`, and a message's
+/// [`bytes::Bytes`] fields (prost-build's `.bytes(..)` option) given to `feed_message` and
+/// `send_message` keep a value of 16 KiB or more in its own memory until it is written
+/// (vectored with the bytes before it). A flush
 /// gives a write buffer that grew beyond 2 KiB back once it is written, so a connection that has
 /// gone quiet after a burst holds no large buffer.
 /// [`close`](Self::close) flushes everything, then shuts the transport's write side down.

@@ -702,7 +702,7 @@ impl SessionWriter {
         let codec = &self.codec;
         match self
             .outbound
-            .encode(|buf| codec.encode_message_as(type_url, msg, buf))
+            .encode_frame(|frames| frames.encode_message_as(codec, type_url, msg))
         {
             Ok(encoded) => encoded.map(|queued| self.queued(queued)),
             Err(outbox::Closed) => Err(self.shared.ended()),

@@ -147,6 +147,21 @@ impl<M> Sender<M> {
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
         value: Option<Bytes>,
     ) -> Result<Result<(usize, bool), E>, Closed> {
+        self.encode_frame(|frames| {
+            encode(&mut frames.bytes)?;
+            if let Some(value) = value {
+                frames.push_value(value);
+            }
+            Ok(())
+        })
+    }
+
+    /// [`encode`](Self::encode) with the whole of what the outbox holds: bytes, and large
+    /// values placed between them.
+    pub(super) fn encode_frame<E>(
+        &mut self,
+        encode: impl FnOnce(&mut EncodedFrames) -> Result<(), E>,
+    ) -> Result<Result<(usize, bool), E>, Closed> {
         let mut inner = lock(&self.0);
         if inner.closed {
             return Err(Closed);
@@ -155,11 +170,8 @@ impl<M> Sender<M> {
             let room = inner.last_batch.min(MAX_BYTES);
             inner.bytes.bytes.reserve(room);
         }
-        if let Err(e) = encode(&mut inner.bytes.bytes) {
+        if let Err(e) = encode(&mut inner.bytes) {
             return Ok(Err(e));
-        }
-        if let Some(value) = value {
-            inner.bytes.push_value(value);
         }
         inner.frames += 1;
         let queued = (inner.bytes.len(), inner.has_room());
