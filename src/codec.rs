@@ -215,14 +215,7 @@ impl Codec {
         // Room for the head and the small fields; a large field that is not a `Bytes` (a
         // `Vec<u8>`) makes `dst` grow as it is copied in.
         if self.encode_head(type_url, value_len, by_reference, dst)? {
-            let mut placing = Placing {
-                dst,
-                by_reference,
-                place,
-                placed: 0,
-            };
-            msg.encode_raw(&mut placing);
-            return Ok(placing.placed);
+            return Ok(encode_placing(msg, dst, by_reference, place));
         }
         Ok(0)
     }
@@ -272,6 +265,25 @@ impl Codec {
         }
         Ok(())
     }
+}
+
+/// Appends `msg` (no frame head) to `dst`, except for its [`Bytes`] fields of at least
+/// `by_reference` bytes, each handed to `place` with the length `dst` has where it belongs.
+/// Returns the bytes so placed.
+pub(crate) fn encode_placing(
+    msg: &impl Message,
+    dst: &mut BytesMut,
+    by_reference: usize,
+    place: impl FnMut(usize, Bytes),
+) -> usize {
+    let mut placing = Placing {
+        dst,
+        by_reference,
+        place,
+        placed: 0,
+    };
+    msg.encode_raw(&mut placing);
+    placing.placed
 }
 
 /// A [`BufMut`] over a frame buffer that takes large [`Bytes`] fields by reference (see

@@ -847,3 +847,58 @@ async fn large_and_small_messages_survive_cuts_byte_for_byte() {
     );
     within(60, "close", writer.close()).await.unwrap();
 }
+
+/// A message whose large fields are `bytes::Bytes` (prost-build's `.bytes(..)` option): a
+/// reliable stream keeps fields of 16 KiB or more where the application had them, and
+/// writes them from there on every link.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Chunks {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    parts: Vec<bytes::Bytes>,
+    #[prost(string, tag = "3")]
+    note: String,
+}
+
+impl prost::Name for Chunks {
+    const NAME: &'static str = "Chunks";
+    const PACKAGE: &'static str = "test.v1";
+}
+
+#[async_std::test]
+async fn large_bytes_fields_survive_cuts_byte_for_byte() {
+    const MESSAGES: u64 = 90;
+    fn message(i: u64) -> Chunks {
+        let lens = [(16 << 10) + 1, 5, (64 << 10) + 3, 0, 200];
+        Chunks {
+            sequence: i,
+            parts: (0..=i % 3)
+                .map(|k| bytes::Bytes::from(vec![(i + k) as u8; lens[((i + k) % 5) as usize]]))
+                .collect(),
+            note: "n".repeat((i % 7) as usize),
+        }
+    }
+    let (upstream, _server) = server(ReliableConfig::new(), echo).await;
+    let proxy = cutting_proxy(upstream, 300_000).await;
+    let (mut reader, mut writer) = client(proxy.addr, client_config()).split();
+    let sender = task::spawn(async move {
+        for i in 0..MESSAGES {
+            writer.feed_message(&message(i)).await.unwrap();
+        }
+        writer
+    });
+    within(120, "transfer", async {
+        for i in 0..MESSAGES {
+            let echoed: Chunks = reader.recv().await.unwrap().unwrap().to_msg().unwrap();
+            assert!(echoed == message(i), "message {i} differs");
+        }
+    })
+    .await;
+    let mut writer = sender.await;
+    assert!(
+        proxy.cuts.load(Ordering::SeqCst) > 0,
+        "the proxy cut nothing"
+    );
+    within(60, "close", writer.close()).await.unwrap();
+}

@@ -16,7 +16,7 @@ use prost::{Message, Name};
 use prost_types::Any;
 
 use super::state::Queued;
-use crate::connection::NameCache;
+use crate::connection::{NameCache, BY_REFERENCE_LEN};
 use crate::error::Result;
 use crate::session::SessionWriter;
 
@@ -31,7 +31,7 @@ const MIN_CHUNK: usize = 4 * 1024;
 const MAX_CHUNK: usize = 64 * 1024;
 
 /// Writes an encoded value under its message type's URL.
-type WriteFn = fn(&mut SessionWriter, &Bytes) -> Result<()>;
+type WriteFn = fn(&mut SessionWriter, &Bytes, &[(usize, Bytes)]) -> Result<()>;
 
 /// One of our messages, from `feed` until the peer's acknowledgement.
 pub(crate) enum Outgoing {
@@ -39,8 +39,12 @@ pub(crate) enum Outgoing {
     Any(Any),
     /// Fed as a typed message.
     Encoded {
-        /// Its encoding (the `Any`'s value).
+        /// Its encoding (the `Any`'s value), but for the large `Bytes` fields in `placed`.
         value: Bytes,
+        /// The message's `Bytes` fields of at least
+        /// [`BY_REFERENCE_LEN`](crate::connection::BY_REFERENCE_LEN), kept where the
+        /// application had them (not copied), each with where it goes in `value`.
+        placed: Box<[(usize, Bytes)]>,
         /// Its type URL's length (for the byte bounds).
         type_url_len: usize,
         /// Writes `value` under the type's URL.
@@ -71,9 +75,10 @@ impl Queued for Outgoing {
             Self::Any(any) => any.queued_len(),
             Self::Encoded {
                 value,
+                placed,
                 type_url_len,
                 ..
-            } => type_url_len + value.len(),
+            } => type_url_len + value.len() + placed.iter().map(|(_, v)| v.len()).sum::<usize>(),
         }
     }
 }
@@ -83,7 +88,12 @@ impl Outgoing {
     pub(crate) fn write(&self, writer: &mut SessionWriter) -> Result<()> {
         match self {
             Self::Any(any) => writer.start_send_any(any),
-            Self::Encoded { value, write, .. } => write(writer, value),
+            Self::Encoded {
+                value,
+                placed,
+                write,
+                ..
+            } => write(writer, value, placed),
         }
     }
 }
@@ -124,22 +134,32 @@ impl Encoder {
         encode_into(msg, &mut self.buf);
         Outgoing::Encoded {
             value: self.buf.split().freeze(),
+            placed: Box::default(),
             type_url_len,
             write: write_as::<M>,
         }
     }
 }
 
-/// `msg` encoded once, in a buffer of its own (for large messages, outside the lock).
+/// `msg` encoded once, in a buffer of its own (for large messages, outside the lock), but
+/// for its large `Bytes` fields: those stay where they are (the application's payload is
+/// neither copied nor allocated again; a retransmission writes it from there too).
 pub(crate) fn encode_large<M: Message + Name>(
     msg: &M,
     type_url_len: usize,
     value_len: usize,
 ) -> Outgoing {
-    let mut buf = BytesMut::with_capacity(value_len);
-    encode_into(msg, &mut buf);
+    // Room for the small fields (kept until the peer acknowledges the message, so not more);
+    // a large field that is not a `Bytes` makes it grow.
+    let mut buf = BytesMut::with_capacity(value_len.min(1024));
+    // Most large messages carry one large field: one allocation, no shrinking.
+    let mut placed = Vec::with_capacity(1);
+    crate::codec::encode_placing(msg, &mut buf, BY_REFERENCE_LEN, |at, value| {
+        placed.push((at, value))
+    });
     Outgoing::Encoded {
         value: buf.freeze(),
+        placed: placed.into_boxed_slice(),
         type_url_len,
         write: write_as::<M>,
     }
@@ -151,8 +171,15 @@ fn encode_into<M: Message>(msg: &M, buf: &mut impl BufMut) {
 
 /// A large value goes to the connection from where it is, never copied again (on every
 /// link, retransmissions included).
-fn write_as<M: Name>(writer: &mut SessionWriter, value: &Bytes) -> Result<()> {
-    writer.start_send_value_of::<M>(value)
+fn write_as<M: Name>(
+    writer: &mut SessionWriter,
+    value: &Bytes,
+    placed: &[(usize, Bytes)],
+) -> Result<()> {
+    if placed.is_empty() {
+        return writer.start_send_value_of::<M>(value);
+    }
+    writer.start_send_placed_of::<M>(value, placed)
 }
 
 #[cfg(test)]
@@ -183,5 +210,42 @@ mod tests {
         assert_eq!(b.queued_len(), len);
         let large = encode_large(&hello, url_len, value_len);
         assert_eq!(large.queued_len(), len);
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Blob {
+        #[prost(bytes = "bytes", tag = "1")]
+        data: Bytes,
+        #[prost(uint32, tag = "2")]
+        n: u32,
+    }
+
+    impl Name for Blob {
+        const NAME: &'static str = "Blob";
+        const PACKAGE: &'static str = "test.v1";
+    }
+
+    #[test]
+    fn a_large_bytes_field_is_kept_where_it_is_and_counted() {
+        let data = Bytes::from(vec![3; 100_000]);
+        let blob = Blob {
+            data: data.clone(),
+            n: 9,
+        };
+        let url_len = TypeUrlLen::default().of::<Blob>();
+        let value_len = blob.encoded_len();
+        let large = encode_large(&blob, url_len, value_len);
+        let Outgoing::Encoded { value, placed, .. } = &large else {
+            panic!("encoded");
+        };
+        // The field's tag and length, then the field (placed), then `n`.
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].1.as_ptr(), data.as_ptr(), "not copied");
+        assert_eq!(value.len() + data.len(), value_len);
+        let mut whole = value[..placed[0].0].to_vec();
+        whole.extend_from_slice(&placed[0].1);
+        whole.extend_from_slice(&value[placed[0].0..]);
+        assert_eq!(whole, blob.encode_to_vec());
+        assert_eq!(large.queued_len(), url_len + value_len);
     }
 }

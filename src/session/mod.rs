@@ -734,6 +734,34 @@ impl SessionWriter {
         }
     }
 
+    /// Queues a frame of type `M` whose value is `value` with each of `placed` inserted at its
+    /// offset (in order), after [`poll_ready_outbound`](Self::poll_ready_outbound) said there
+    /// is room: the placed values go to the connection by reference.
+    pub(crate) fn start_send_placed_of<M: Name>(
+        &mut self,
+        value: &Bytes,
+        placed: &[(usize, Bytes)],
+    ) -> Result<()> {
+        let type_url = self.names.get(crate::codec::type_url::<M>);
+        let codec = &self.codec;
+        let value_len = value.len() + placed.iter().map(|(_, v)| v.len()).sum::<usize>();
+        let encoded = self.outbound.encode_frame(|frames| {
+            codec.encode_head(type_url, value_len, value.len(), &mut frames.bytes)?;
+            let mut from = 0;
+            for (at, bytes) in placed {
+                frames.bytes.extend_from_slice(&value[from..*at]);
+                frames.push_value(bytes.clone());
+                from = *at;
+            }
+            frames.bytes.extend_from_slice(&value[from..]);
+            Ok(())
+        });
+        match encoded {
+            Ok(encoded) => encoded.map(|queued| self.queued(queued)),
+            Err(outbox::Closed) => Err(self.shared.ended()),
+        }
+    }
+
     /// Remembers what the outbox said after a message was encoded into it: the bytes waiting,
     /// and whether it has room for one more.
     fn queued(&mut self, (waiting, room): (usize, bool)) {
