@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -41,7 +41,10 @@ const TINY_LEN: usize = 256;
 /// written into again only once every frame sliced from it has been dropped (checked with
 /// `Arc::get_mut`); while a caller still holds one, the next read goes into a fresh buffer. So a
 /// reader that drops each message before asking for the next (the usual loop) reuses one buffer
-/// for the whole burst: no allocation, no zero-filling and no page faults per frame. The
+/// for the whole burst: no allocation, no zero-filling and no page faults per frame. A buffer
+/// left to held frames comes back when the last of them is dropped and is read into again
+/// ([`Recycle`]), so a reader whose frames wait in a queue (a session's, a reliable stream's)
+/// does not make a buffer per burst either. The
 /// buffer grows to the largest frame received, which the codec's maximum bounds, and is given
 /// back when a burst ends (see `poll_fill`): an idle link holds at most [`SMALL_LEN`] bytes.
 pub(crate) struct ReadState {
@@ -66,6 +69,16 @@ pub(crate) struct ReadState {
     /// (the reader caught up with the peer) costs one allocation per frame, not one per
     /// doubling.
     longest: usize,
+    /// Where buffers left to frames that were still held come back once those are dropped
+    /// (made with the first frame handed out).
+    recycle: Option<Arc<Mutex<Recycle>>>,
+    /// The last read found nothing to read with nothing buffered, and nothing was read since.
+    idle: bool,
+    /// `Recycle::parked` is set (so a read does not lock to clear it).
+    parked: bool,
+    /// Idle alone does not make `Recycle` drop its spare: the owner calls
+    /// [`trim`](Self::trim) on a timer (a session's driver, at its heartbeat deadlines).
+    deferred_trim: bool,
     /// Frames cut so far (`connect::metrics`).
     pub(super) counter: FrameCounter,
 }
@@ -81,13 +94,72 @@ impl fmt::Debug for ReadState {
     }
 }
 
-/// Lets frames (`Bytes`) keep the read buffer alive.
-struct SharedBuf(Arc<Vec<u8>>);
+/// Lets frames (`Bytes`) keep the read buffer alive; the last one dropped after the reader
+/// moved on gives the buffer back to it ([`Recycle`]).
+struct SharedBuf {
+    buf: Option<Arc<Vec<u8>>>,
+    recycle: Arc<Mutex<Recycle>>,
+}
 
 impl AsRef<[u8]> for SharedBuf {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.buf.as_deref().map_or(&[], Vec::as_slice)
     }
+}
+
+impl Drop for SharedBuf {
+    fn drop(&mut self) {
+        // `into_inner`: of the reader and the frames letting go at once, exactly one gets it.
+        if let Some(buf) = self.buf.take().and_then(Arc::into_inner) {
+            lock(&self.recycle).give_back(buf);
+        }
+    }
+}
+
+/// A reader whose frames are held after it has moved on (a reliable stream's inbound queue
+/// holds what its application has not taken) needs a new buffer for each burst. Making one
+/// costs an allocation, zero-filling and, for large ones, a page fault per 4 KiB; instead the
+/// last buffer whose frames were all dropped waits here for the reader to take it again.
+/// At most one is kept, and none once the link is quiet: when the reader has found nothing
+/// to read and every buffer it left has come back, the spare is dropped, so an idle link
+/// holds no more than before.
+#[derive(Debug, Default)]
+struct Recycle {
+    spare: Option<Vec<u8>>,
+    /// Buffers the reader left that have not come back.
+    outstanding: usize,
+    /// The reader found nothing to read with nothing buffered, and has read nothing since.
+    parked: bool,
+    /// The reader is finished: nothing is kept.
+    closed: bool,
+}
+
+impl Recycle {
+    /// A buffer the reader left is free again.
+    fn give_back(&mut self, buf: Vec<u8>) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if self.closed || (self.parked && self.outstanding == 0) {
+            self.spare = None;
+        } else if self
+            .spare
+            .as_ref()
+            .is_none_or(|spare| spare.len() <= buf.len())
+        {
+            self.spare = Some(buf);
+        }
+    }
+
+    /// The spare, if it has room for `len` bytes.
+    fn take(&mut self, len: usize) -> Option<Vec<u8>> {
+        self.spare.take_if(|spare| spare.len() >= len)
+    }
+}
+
+fn lock(recycle: &Mutex<Recycle>) -> std::sync::MutexGuard<'_, Recycle> {
+    // Its state is valid whatever a panicking holder did (plain counters and an option).
+    recycle
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ReadState {
@@ -102,6 +174,10 @@ impl ReadState {
             shared: None,
             finished: false,
             longest: 0,
+            recycle: None,
+            idle: false,
+            parked: false,
+            deferred_trim: false,
             counter: FrameCounter::new(Direction::Received),
         }
     }
@@ -226,8 +302,75 @@ impl ReadState {
     /// `buf` as `Bytes`, made once per filled buffer and sliced for each frame.
     fn shared(&mut self) -> &Bytes {
         let buf = &self.buf;
-        self.shared
-            .get_or_insert_with(|| Bytes::from_owner(SharedBuf(buf.clone())))
+        let recycle = self.recycle.get_or_insert_with(Arc::default);
+        self.shared.get_or_insert_with(|| {
+            Bytes::from_owner(SharedBuf {
+                buf: Some(buf.clone()),
+                recycle: recycle.clone(),
+            })
+        })
+    }
+
+    /// Lets go of `buf`: frames sliced from it may still hold it, and give it back to
+    /// [`Recycle`] when the last of them is dropped.
+    fn leave_buf(&mut self) {
+        self.shared = None;
+        let buf = std::mem::take(&mut self.buf);
+        let Some(recycle) = self.recycle.as_ref().filter(|_| !buf.is_empty()) else {
+            // No frame was ever handed out (nobody else holds it), or there is no buffer.
+            return;
+        };
+        lock(recycle).outstanding += 1;
+        if let Some(buf) = Arc::into_inner(buf) {
+            lock(recycle).give_back(buf);
+        }
+    }
+
+    /// A buffer of at least `len` bytes: the spare if it is that large, else a new one.
+    fn new_buf(&mut self, len: usize) -> Vec<u8> {
+        let spare = self.recycle.as_ref().and_then(|r| lock(r).take(len));
+        spare.unwrap_or_else(|| vec![0; len])
+    }
+
+    /// The reader found nothing to read with nothing buffered (see [`Recycle`]).
+    fn park(&mut self) {
+        self.idle = true;
+        if !self.deferred_trim {
+            self.trim();
+        }
+    }
+
+    /// Bytes arrived: the reader is busy again.
+    fn unpark(&mut self) {
+        self.idle = false;
+        if std::mem::take(&mut self.parked) {
+            if let Some(recycle) = &self.recycle {
+                lock(recycle).parked = false;
+            }
+        }
+    }
+
+    /// If the reader is idle (nothing read since a read found nothing), the spare buffer is
+    /// dropped now or, if frames still hold buffers, once the last of them comes back.
+    pub(crate) fn trim(&mut self) {
+        if !self.idle || self.parked {
+            return;
+        }
+        if let Some(recycle) = &self.recycle {
+            let mut recycle = lock(recycle);
+            recycle.parked = true;
+            if recycle.outstanding == 0 {
+                recycle.spare = None;
+            }
+            self.parked = true;
+        }
+    }
+
+    /// Leaves dropping the spare buffer of an idle reader to [`trim`](Self::trim), which the
+    /// caller promises to call now and then (a reader whose frames are held while it reads
+    /// on, with pauses between bursts, then reuses its buffers across the pauses).
+    pub(crate) fn defer_trim(&mut self) {
+        self.deferred_trim = true;
     }
 
     /// Where the next frame's `Any` lies in `buf`.
@@ -280,8 +423,12 @@ impl ReadState {
 
     fn finish(&mut self) {
         self.finished = true;
-        self.shared = None;
-        self.buf = Arc::default();
+        self.leave_buf();
+        if let Some(recycle) = &self.recycle {
+            let mut recycle = lock(recycle);
+            recycle.closed = true;
+            recycle.spare = None;
+        }
         (self.start, self.end) = (0, 0);
     }
 
@@ -325,8 +472,9 @@ impl ReadState {
             };
             if Arc::get_mut(&mut self.buf).is_none() {
                 // A caller still holds a frame: leave that buffer to it.
-                let mut fresh = vec![0; grow_to(0, pending)];
+                let mut fresh = self.new_buf(grow_to(0, pending));
                 fresh[..pending].copy_from_slice(&self.buf[self.start..self.end]);
+                self.leave_buf();
                 self.buf = Arc::new(fresh);
                 (self.start, self.end) = (0, pending);
             }
@@ -358,12 +506,16 @@ impl ReadState {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Poll::Ready(Ok(n)) => {
                     self.end += n;
+                    self.unpark();
                     return Poll::Ready(Ok(n));
                 }
                 Poll::Pending => {
-                    if pending == 0 && buf.len() > SMALL_LEN {
-                        // The burst is over: give the room back until the next one.
-                        self.buf = Arc::default();
+                    if pending == 0 {
+                        if buf.len() > SMALL_LEN {
+                            // The burst is over: give the room back until the next one.
+                            self.leave_buf();
+                        }
+                        self.park();
                     }
                     return Poll::Pending;
                 }
@@ -383,15 +535,20 @@ impl ReadState {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         // Our share of a buffer whose frames are still held goes now, not at the next frame.
-        self.buf = Arc::default();
+        self.leave_buf();
         let mut probe = [0; SMALL_LEN];
         let n = loop {
-            match ready!(io.as_mut().poll_read(cx, &mut probe)) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-                Ok(n) => break n,
+            match io.as_mut().poll_read(cx, &mut probe) {
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) => break n,
+                Poll::Pending => {
+                    self.park();
+                    return Poll::Pending;
+                }
             }
         };
+        self.unpark();
         if n > 0 {
             let len = if n <= TINY_LEN / 2 {
                 TINY_LEN
@@ -400,7 +557,12 @@ impl ReadState {
             } else {
                 READ_CHUNK
             };
-            let mut buf = vec![0; len];
+            // A burst (more than a small read brings) takes the spare if there is one.
+            let mut buf = if len == READ_CHUNK {
+                self.new_buf(len)
+            } else {
+                vec![0; len]
+            };
             buf[..n].copy_from_slice(&probe[..n]);
             self.buf = Arc::new(buf);
             (self.start, self.end) = (0, n);
@@ -1118,6 +1280,77 @@ mod tests {
         }
         assert!(poll_once(&mut state, &mut io).is_pending());
         assert!(state.buf.len() <= SMALL_LEN, "{}", state.buf.len());
+    }
+
+    fn spare(state: &ReadState) -> Option<usize> {
+        let recycle = lock(state.recycle.as_ref()?);
+        recycle.spare.as_ref().map(Vec::len)
+    }
+
+    #[test]
+    fn a_buffer_left_to_held_frames_comes_back_when_they_are_dropped() {
+        const LEN: usize = 256 * 1024;
+        let chunks = (0..4).map(|_| Some(wire(1, LEN))).collect();
+        let mut io = Script(chunks);
+        let mut state = ReadState::new(Codec::new());
+        let first = match poll_once(&mut state, &mut io) {
+            Poll::Ready(Some(frame)) => frame,
+            other => panic!("{other:?}"),
+        };
+        let first_buf = state.buf.as_ptr();
+        // Held: the next frame goes into a new buffer.
+        let second = match poll_once(&mut state, &mut io) {
+            Poll::Ready(Some(frame)) => frame,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(state.buf.as_ptr(), first_buf);
+        assert_eq!(spare(&state), None);
+        drop(first);
+        assert!(spare(&state).is_some_and(|len| len >= LEN));
+        // The third frame is read into the first one's buffer, not a new one.
+        let third = match poll_once(&mut state, &mut io) {
+            Poll::Ready(Some(frame)) => frame,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(state.buf.as_ptr(), first_buf);
+        assert_eq!(value(&third), vec![0; LEN]);
+        assert_eq!(value(&second), vec![0; LEN]);
+    }
+
+    #[test]
+    fn an_idle_reader_keeps_no_spare_buffer() {
+        const LEN: usize = 256 * 1024;
+        for deferred in [false, true] {
+            let chunks = [Some(wire(1, LEN)), None, Some(wire(1, LEN)), None];
+            let mut io = Script(chunks.into());
+            let mut state = ReadState::new(Codec::new());
+            if deferred {
+                state.defer_trim();
+            }
+            let Poll::Ready(Some(first)) = poll_once(&mut state, &mut io) else {
+                panic!("a frame")
+            };
+            // Nothing more to read: the reader is idle, its buffer held by `first`.
+            assert!(poll_once(&mut state, &mut io).is_pending());
+            drop(first);
+            if deferred {
+                // Kept across the pause, for the next burst.
+                assert!(spare(&state).is_some());
+                // The owner's timer finds the reader still idle: the spare goes.
+                state.trim();
+                assert_eq!(spare(&state), None);
+                let Poll::Ready(Some(second)) = poll_once(&mut state, &mut io) else {
+                    panic!("a frame")
+                };
+                assert!(poll_once(&mut state, &mut io).is_pending());
+                // Found idle while a frame holds the buffer: it goes when that is dropped.
+                state.trim();
+                drop(second);
+                assert_eq!(spare(&state), None);
+            } else {
+                assert_eq!(spare(&state), None);
+            }
+        }
     }
 
     #[test]

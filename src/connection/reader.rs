@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 /// copying: [`recv_message`](Self::recv_message) decodes straight from the frame, so fields of
 /// type [`bytes::Bytes`] (prost-build's `.bytes(..)` option) are slices of the receive buffer
 /// rather than copies; a message whose `Bytes` fields are still held keeps its part of the
-/// buffer alive, and reading goes on in a new buffer.
+/// buffer alive, and reading goes on in a new buffer. Once such a buffer is free again it is
+/// kept (one at most) for the next burst, unless the reader has meanwhile found nothing to read.
 ///
 /// Made by [`Connection::split`](crate::Connection::split), or with [`ConnectionReader::new`]
 /// over any [`AsyncRead`].
@@ -72,6 +73,19 @@ impl<R> ConnectionReader<R> {
     /// Changes the maximum length of frames not yet received (the session layer negotiates it).
     pub(crate) fn set_max_frame_len(&mut self, max_frame_len: usize) {
         self.state.set_max_frame_len(max_frame_len);
+    }
+
+    /// Keeps a buffer whose frames come back while the link pauses, until [`trim`](Self::trim)
+    /// (a session driver's timer) finds the reader still idle: for a reader whose frames are
+    /// queued for the application while it reads on.
+    pub(crate) fn defer_trim(&mut self) {
+        self.state.defer_trim();
+    }
+
+    /// Gives back the spare receive buffer if nothing was read since the last read found
+    /// nothing (see [`defer_trim`](Self::defer_trim)).
+    pub(crate) fn trim(&mut self) {
+        self.state.trim();
     }
 
     /// Polls for the next frame, seen in place (see [`Frame`](super::Frame)).

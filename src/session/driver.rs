@@ -300,6 +300,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
         config: &SessionConfig,
     ) -> (Session, Self) {
         let now = Instant::now();
+        let mut reader = reader;
+        if info.heartbeat.is_some() {
+            // The application's reader holds frames in the inbound queue while the connection
+            // is read on: receive buffers are reused across pauses and given back once the
+            // reader is found idle at a heartbeat deadline (`poll_timer`).
+            reader.defer_trim();
+        }
         let state = SessionState::new(
             info.heartbeat,
             config.missed_heartbeats(),
@@ -793,6 +800,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
         let deadline = self.state.poll_timeout();
         if deadline.is_some_and(|at| at <= now) {
             self.state.handle_timeout(now);
+            // A heartbeat deadline: a receive buffer kept while the link was idle goes.
+            self.reader.trim();
             return true;
         }
         let watch = self.watch.map(|watch| watch.at);
