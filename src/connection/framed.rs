@@ -273,11 +273,11 @@ impl ReadState {
             let url = &self.buf[at(type_url.clone())];
             let seen =
                 (!self.view_url.0.is_empty() && self.view_url.0 == url).then_some(self.view_url.1);
-            let shared = self.shared();
-            let (type_url, value) = (shared.slice(at(type_url)), shared.slice(at(value)));
+            // One slice of the buffer for the whole frame, its fields found by position.
+            let data = self.shared().slice(range.clone());
             let frame = match seen {
-                Some(name_start) => Some(Frame::checked(type_url, name_start, value)),
-                None => Frame::new(type_url, value),
+                Some(name_start) => Some(Frame::checked(data, type_url, name_start, value)),
+                None => Frame::new(data, type_url, value),
             };
             if let Some(frame) = frame {
                 if seen.is_none() && frame.type_url_bytes().len() <= Frame::REMEMBERED_URL_LEN {

@@ -456,7 +456,7 @@ const RESPONSE: &str = "connect.rpc.v1.Response";
 const CANCEL: &str = "connect.rpc.v1.Cancel";
 
 fn decode<M: prost::Message + prost::Name + Default>(frame: &Frame) -> Result<M> {
-    M::decode(frame.value().clone()).map_err(|source| Error::Decode {
+    M::decode(frame.value_bytes()).map_err(|source| Error::Decode {
         type_name: M::full_name(),
         source,
     })

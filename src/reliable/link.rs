@@ -225,7 +225,7 @@ impl Pump {
                         progress = true;
                         if frame.type_name_bytes().starts_with(PACKAGE.as_bytes()) {
                             let name = frame.type_name();
-                            let value = frame.value().as_ref();
+                            let value = frame.value();
                             let result = if name == ACK_NAME {
                                 Ack::decode(value)
                                     .map_err(|e| format!("bad Ack: {e}"))

@@ -491,7 +491,7 @@ impl SessionReader {
                 any: Box::new(frame.into_any()),
             })));
         }
-        Poll::Ready(Some(M::decode(frame.value().clone()).map_err(|source| {
+        Poll::Ready(Some(M::decode(frame.into_value()).map_err(|source| {
             Error::Decode {
                 type_name: M::full_name(),
                 source,

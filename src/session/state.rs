@@ -148,7 +148,7 @@ impl SessionState {
     /// `handle_frame` for a frame seen in place (the driver's path: no
     /// `Any` is built for it).
     pub(crate) fn handle_view(&mut self, frame: Frame, now: Instant) -> Option<Frame> {
-        self.handle_parts(frame.type_name_bytes(), frame.value().as_ref(), now)
+        self.handle_parts(frame.type_name_bytes(), frame.value(), now)
             .then_some(frame)
     }
 
