@@ -209,7 +209,10 @@ impl Codec {
     ) -> Result<usize> {
         let value_len = msg.encoded_len();
         if value_len < by_reference {
-            self.encode_message_as(type_url, msg, dst)?;
+            // Nothing to place: what `encode_message_as` does, without a second `encoded_len`.
+            if self.encode_head(type_url, value_len, value_len, dst)? {
+                msg.encode_raw(dst);
+            }
             return Ok(0);
         }
         // Room for the head and the small fields; a large field that is not a `Bytes` (a
@@ -309,7 +312,6 @@ unsafe impl<F: FnMut(usize, Bytes)> BufMut for Placing<'_, F> {
     }
 
     #[inline]
-    #[allow(unsafe_code)]
     unsafe fn advance_mut(&mut self, cnt: usize) {
         // SAFETY: the caller's guarantee for `self` is the one `dst` needs.
         unsafe { self.dst.advance_mut(cnt) }

@@ -20,7 +20,7 @@ use connect::session::SessionConfig;
 use connect::transport::tcp::{self, TcpListener};
 use futures::FutureExt;
 use support::proxy::cutting_proxy;
-use support::spawn;
+use support::{spawn, Chunks};
 
 use support::{numbered as hello, sequence, within};
 
@@ -798,12 +798,49 @@ async fn the_last_send_before_the_peer_closes_is_confirmed() {
     assert_eq!(stream.stats().confirmed, 1);
 }
 
+/// Sends `message(0..count)` (every third one as an `Any` with `as_any`) through a proxy that
+/// cuts each connection after at most `cut_budget` bytes, checks each echo byte for byte, then
+/// closes.
+async fn survive_cuts<M>(count: u64, message: fn(u64) -> M, cut_budget: u64, as_any: bool)
+where
+    M: prost::Message + prost::Name + Default + PartialEq + 'static,
+{
+    let (upstream, _server) = server(ReliableConfig::new(), echo).await;
+    let proxy = cutting_proxy(upstream, cut_budget).await;
+    let (mut reader, mut writer) = client(proxy.addr, client_config()).split();
+    let sender = task::spawn(async move {
+        for i in 0..count {
+            if as_any && i % 3 == 0 {
+                writer
+                    .feed(connect::codec::pack(&message(i)))
+                    .await
+                    .unwrap();
+            } else {
+                writer.feed_message(&message(i)).await.unwrap();
+            }
+        }
+        writer
+    });
+    within(120, "transfer", async {
+        for i in 0..count {
+            let echoed: M = reader.recv().await.unwrap().unwrap().to_msg().unwrap();
+            assert!(echoed == message(i), "message {i} differs");
+        }
+    })
+    .await;
+    let mut writer = sender.await;
+    assert!(
+        proxy.cuts.load(Ordering::SeqCst) > 0,
+        "the proxy cut nothing"
+    );
+    within(60, "close", writer.close()).await.unwrap();
+}
+
 /// Large values (written from the retransmit queue by reference, not copied) and small ones,
 /// typed and as `Any`, arrive intact and in order through a proxy that cuts the connection:
 /// the same queued value goes out again on each new link.
 #[async_std::test]
 async fn large_and_small_messages_survive_cuts_byte_for_byte() {
-    const MESSAGES: u64 = 120;
     fn message(i: u64) -> HelloWorld {
         let len = match i % 4 {
             0 => 16 << 10,
@@ -817,58 +854,13 @@ async fn large_and_small_messages_survive_cuts_byte_for_byte() {
             sequence: i,
         }
     }
-    let (upstream, _server) = server(ReliableConfig::new(), echo).await;
-    let proxy = cutting_proxy(upstream, 400_000).await;
-    let (mut reader, mut writer) = client(proxy.addr, client_config()).split();
-    let sender = task::spawn(async move {
-        for i in 0..MESSAGES {
-            if i % 3 == 0 {
-                writer
-                    .feed(connect::codec::pack(&message(i)))
-                    .await
-                    .unwrap();
-            } else {
-                writer.feed_message(&message(i)).await.unwrap();
-            }
-        }
-        writer
-    });
-    within(120, "transfer", async {
-        for i in 0..MESSAGES {
-            let echoed: HelloWorld = reader.recv().await.unwrap().unwrap().to_msg().unwrap();
-            assert!(echoed == message(i), "message {i} differs");
-        }
-    })
-    .await;
-    let mut writer = sender.await;
-    assert!(
-        proxy.cuts.load(Ordering::SeqCst) > 0,
-        "the proxy cut nothing"
-    );
-    within(60, "close", writer.close()).await.unwrap();
+    survive_cuts(120, message, 400_000, true).await;
 }
 
-/// A message whose large fields are `bytes::Bytes` (prost-build's `.bytes(..)` option): a
-/// reliable stream keeps fields of 16 KiB or more where the application had them, and
-/// writes them from there on every link.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Chunks {
-    #[prost(uint64, tag = "1")]
-    sequence: u64,
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    parts: Vec<bytes::Bytes>,
-    #[prost(string, tag = "3")]
-    note: String,
-}
-
-impl prost::Name for Chunks {
-    const NAME: &'static str = "Chunks";
-    const PACKAGE: &'static str = "test.v1";
-}
-
+/// `Bytes` fields of 16 KiB or more stay where the application had them in the retransmit
+/// queue and are written from there on every link.
 #[async_std::test]
 async fn large_bytes_fields_survive_cuts_byte_for_byte() {
-    const MESSAGES: u64 = 90;
     fn message(i: u64) -> Chunks {
         let lens = [(16 << 10) + 1, 5, (64 << 10) + 3, 0, 200];
         Chunks {
@@ -879,26 +871,5 @@ async fn large_bytes_fields_survive_cuts_byte_for_byte() {
             note: "n".repeat((i % 7) as usize),
         }
     }
-    let (upstream, _server) = server(ReliableConfig::new(), echo).await;
-    let proxy = cutting_proxy(upstream, 300_000).await;
-    let (mut reader, mut writer) = client(proxy.addr, client_config()).split();
-    let sender = task::spawn(async move {
-        for i in 0..MESSAGES {
-            writer.feed_message(&message(i)).await.unwrap();
-        }
-        writer
-    });
-    within(120, "transfer", async {
-        for i in 0..MESSAGES {
-            let echoed: Chunks = reader.recv().await.unwrap().unwrap().to_msg().unwrap();
-            assert!(echoed == message(i), "message {i} differs");
-        }
-    })
-    .await;
-    let mut writer = sender.await;
-    assert!(
-        proxy.cuts.load(Ordering::SeqCst) > 0,
-        "the proxy cut nothing"
-    );
-    within(60, "close", writer.close()).await.unwrap();
+    survive_cuts(90, message, 300_000, false).await;
 }

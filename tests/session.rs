@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::spawn;
+use support::{spawn, Chunks};
 
 use std::future::Future;
 use std::time::Duration;
@@ -1071,23 +1071,20 @@ async fn peer_supplied_names_and_lists_are_escaped_and_capped_in_refusals() {
 
 /// Messages fed as owned `Any`s, whose large values the session hands to the connection as
 /// they are, and typed ones, arrive intact and in order whatever their sizes.
-#[async_std::test]
-async fn large_owned_values_and_small_messages_arrive_intact() {
+/// The accepting side sends `message(0..60)` (every other one as an `Any` with `as_any`), the
+/// connecting side checks each, then both close.
+async fn arrive_intact<M>(message: fn(u64) -> M, as_any: bool)
+where
+    M: prost::Message + Name + Default + PartialEq + 'static,
+{
     bounded("test", async {
         let config = SessionConfig::new();
         let (addr, accepted) = server(config.clone()).await;
         let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
         let mut server = accepted.await.unwrap();
-        fn message(i: u64) -> HelloWorld {
-            let len = [16 << 10, 3, (1 << 20) + 5, 200, (64 << 10) - 1][i as usize % 5];
-            hello(
-                &char::from(b'a' + (i % 26) as u8).to_string().repeat(len),
-                i,
-            )
-        }
         let sender = async_std::task::spawn(async move {
             for i in 0..60 {
-                if i % 2 == 0 {
+                if as_any && i % 2 == 0 {
                     server
                         .feed(connect::codec::pack(&message(i)))
                         .await
@@ -1100,7 +1097,7 @@ async fn large_owned_values_and_small_messages_arrive_intact() {
             server
         });
         for i in 0..60 {
-            let m: HelloWorld = client.recv_message().await.unwrap().unwrap();
+            let m: M = client.recv_message().await.unwrap().unwrap();
             assert!(m == message(i), "message {i} differs");
         }
         let mut server = sender.await;
@@ -1112,57 +1109,34 @@ async fn large_owned_values_and_small_messages_arrive_intact() {
     .await;
 }
 
-/// A message whose large fields are `bytes::Bytes`, as prost-build's `.bytes(..)` makes them.
-#[derive(Clone, PartialEq, prost::Message)]
-struct Chunks {
-    #[prost(uint64, tag = "1")]
-    sequence: u64,
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    parts: Vec<bytes::Bytes>,
-}
-
-impl Name for Chunks {
-    const NAME: &'static str = "Chunks";
-    const PACKAGE: &'static str = "test.v1";
+#[async_std::test]
+async fn large_owned_values_and_small_messages_arrive_intact() {
+    fn message(i: u64) -> HelloWorld {
+        let len = [16 << 10, 3, (1 << 20) + 5, 200, (64 << 10) - 1][i as usize % 5];
+        hello(
+            &char::from(b'a' + (i % 26) as u8).to_string().repeat(len),
+            i,
+        )
+    }
+    arrive_intact(message, true).await;
 }
 
 #[async_std::test]
 async fn large_bytes_fields_sent_by_reference_arrive_intact() {
-    bounded("test", async {
-        let config = SessionConfig::new();
-        let (addr, accepted) = server(config.clone()).await;
-        let mut client = tcp::connect_session(addr, &config, spawn).await.unwrap();
-        let mut server = accepted.await.unwrap();
-        // Fields of 16 KiB and more go to the connection from their own memory, smaller ones
-        // are copied into the outbox; both, side by side, in one message and across messages.
-        fn message(i: u64) -> Chunks {
-            let lens = [(16 << 10) + 1, 3, (1 << 20) + 5, 0, (64 << 10) - 1];
-            Chunks {
-                sequence: i,
-                parts: (0..=i % 4)
-                    .map(|k| {
-                        let len = lens[((i + k) % 5) as usize];
-                        bytes::Bytes::from(vec![(i * 7 + k) as u8; len])
-                    })
-                    .collect(),
-            }
+    // Fields of 16 KiB or more go to the connection from their own memory, smaller ones are
+    // copied into the outbox; both, side by side, in one message and across messages.
+    fn message(i: u64) -> Chunks {
+        let lens = [(16 << 10) + 1, 3, (1 << 20) + 5, 0, (64 << 10) - 1];
+        Chunks {
+            sequence: i,
+            parts: (0..=i % 4)
+                .map(|k| {
+                    let len = lens[((i + k) % 5) as usize];
+                    bytes::Bytes::from(vec![(i * 7 + k) as u8; len])
+                })
+                .collect(),
+            note: String::new(),
         }
-        let sender = async_std::task::spawn(async move {
-            for i in 0..50 {
-                server.feed_message(&message(i)).await.unwrap();
-            }
-            server.flush().await.unwrap();
-            server
-        });
-        for i in 0..50 {
-            let m: Chunks = client.recv_message().await.unwrap().unwrap();
-            assert!(m == message(i), "message {i} differs");
-        }
-        let mut server = sender.await;
-        let (closed, end) =
-            futures::join!(client.close_with(ReasonCode::Normal, ""), server.recv());
-        closed.unwrap();
-        assert!(end.unwrap().is_none());
-    })
-    .await;
+    }
+    arrive_intact(message, false).await;
 }

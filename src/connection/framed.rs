@@ -618,6 +618,15 @@ enum ValueBytes {
     Shared(Bytes),
 }
 
+impl ValueBytes {
+    fn len(&self) -> usize {
+        match self {
+            Self::Owned(vec) => vec.len(),
+            Self::Shared(bytes) => bytes.len(),
+        }
+    }
+}
+
 /// The large values waiting, in order, and where they go between the write buffer's bytes.
 /// Boxed, and made only when the first one is queued: most writers never see one.
 #[derive(Debug, Default)]
@@ -632,6 +641,17 @@ struct Values {
 }
 
 impl Values {
+    /// Queues `bytes` to go out after the first `at` bytes the write buffer now holds.
+    fn push(&mut self, at: usize, bytes: ValueBytes) {
+        let value = Value {
+            at: self.written_buf + at as u64,
+            bytes,
+            done: 0,
+        };
+        self.len += value.rest().len();
+        self.queue.push_back(value);
+    }
+
     /// How many bytes of `buf` go out before the next value (all of them if none is waiting).
     fn buf_before_next(&self, buf: &[u8]) -> usize {
         self.queue
@@ -865,10 +885,7 @@ impl WriteState {
             return Err(Error::Closed);
         }
         let before = self.buf.len();
-        let value_len = match &bytes {
-            ValueBytes::Owned(vec) => vec.len(),
-            ValueBytes::Shared(bytes) => bytes.len(),
-        };
+        let value_len = bytes.len();
         self.codec
             .encode_head(type_url, value_len, 0, &mut self.buf)?;
         self.queue_value(before, bytes);
@@ -878,15 +895,9 @@ impl WriteState {
     /// Queues `bytes` as the value of the frame whose head `buf` now ends with (it started at
     /// `head_start`).
     fn queue_value(&mut self, head_start: usize, bytes: ValueBytes) {
+        let value_len = bytes.len();
         let values = self.values.get_or_insert_with(Box::default);
-        let value = Value {
-            at: values.written_buf + self.buf.len() as u64,
-            bytes,
-            done: 0,
-        };
-        let value_len = value.rest().len();
-        values.queue.push_back(value);
-        values.len += value_len;
+        values.push(self.buf.len(), bytes);
         self.counter.count(self.buf.len() - head_start + value_len);
         self.peak = self.peak.max(self.buf.len());
     }
@@ -907,12 +918,7 @@ impl WriteState {
             BY_REFERENCE_LEN,
             |at, bytes| {
                 let values = values.get_or_insert_with(Box::default);
-                values.len += bytes.len();
-                values.queue.push_back(Value {
-                    at: values.written_buf + at as u64,
-                    bytes: ValueBytes::Shared(bytes),
-                    done: 0,
-                });
+                values.push(at, ValueBytes::Shared(bytes));
             },
         )?;
         self.counter.count(self.buf.len() - before + placed);
@@ -945,13 +951,7 @@ impl WriteState {
             // for the next batch.
             let bytes = std::mem::take(&mut frames.bytes).freeze();
             let values = self.values.get_or_insert_with(Box::default);
-            let value = Value {
-                at: values.written_buf + base as u64,
-                bytes: ValueBytes::Shared(bytes),
-                done: 0,
-            };
-            values.len += value.rest().len();
-            values.queue.push_back(value);
+            values.push(base, ValueBytes::Shared(bytes));
             return Ok(());
         } else {
             self.buf.extend_from_slice(&frames.bytes);
@@ -959,12 +959,7 @@ impl WriteState {
         if !frames.values.is_empty() {
             let values = self.values.get_or_insert_with(Box::default);
             for (offset, bytes) in frames.values.drain(..) {
-                values.len += bytes.len();
-                values.queue.push_back(Value {
-                    at: values.written_buf + (base + offset) as u64,
-                    bytes: ValueBytes::Shared(bytes),
-                    done: 0,
-                });
+                values.push(base + offset, ValueBytes::Shared(bytes));
             }
         }
         frames.clear();
@@ -1455,6 +1450,17 @@ mod tests {
         pending: bool,
     }
 
+    impl Stingy {
+        fn new(limits: Vec<usize>) -> Self {
+            Self {
+                out: Vec::new(),
+                limits,
+                calls: 0,
+                pending: false,
+            }
+        }
+    }
+
     impl AsyncWrite for Stingy {
         fn poll_write(
             self: Pin<&mut Self>,
@@ -1527,12 +1533,7 @@ mod tests {
             .flat_map(|l| [(l.clone(), 1000), (l, 1 << 30)])
         {
             let mut state = WriteState::new(Codec::new(), high_water);
-            let mut io = Stingy {
-                out: Vec::new(),
-                limits,
-                calls: 0,
-                pending: false,
-            };
+            let mut io = Stingy::new(limits);
             for (i, any) in frames.iter().enumerate() {
                 block_on(poll_fn(|cx| state.poll_ready(Pin::new(&mut io), cx))).unwrap();
                 if i % 2 == 0 {
@@ -1612,12 +1613,7 @@ mod tests {
         }
         for (limits, high_water) in [(vec![1, 7, 4096], 1000), (vec![usize::MAX], 1 << 30)] {
             let mut state = WriteState::new(Codec::new(), high_water);
-            let mut io = Stingy {
-                out: Vec::new(),
-                limits,
-                calls: 0,
-                pending: false,
-            };
+            let mut io = Stingy::new(limits);
             for msg in &messages {
                 block_on(poll_fn(|cx| state.poll_ready(Pin::new(&mut io), cx))).unwrap();
                 state.encode_message(msg).unwrap();
@@ -1657,12 +1653,7 @@ mod tests {
         }
         for (limits, high_water) in [(vec![1, 7, 4096], 1000), (vec![usize::MAX], 1 << 30)] {
             let mut state = WriteState::new(Codec::new(), high_water);
-            let mut io = Stingy {
-                out: Vec::new(),
-                limits,
-                calls: 0,
-                pending: false,
-            };
+            let mut io = Stingy::new(limits);
             let mut batch = EncodedFrames::default();
             for (i, chunk) in frames.chunks(3).enumerate() {
                 block_on(poll_fn(|cx| state.poll_ready(Pin::new(&mut io), cx))).unwrap();

@@ -176,10 +176,7 @@ fn write_as<M: Name>(
     value: &Bytes,
     placed: &[(usize, Bytes)],
 ) -> Result<()> {
-    if placed.is_empty() {
-        return writer.start_send_value_of::<M>(value);
-    }
-    writer.start_send_placed_of::<M>(value, placed)
+    writer.start_send_parts_of::<M>(value, placed)
 }
 
 #[cfg(test)]

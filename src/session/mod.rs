@@ -709,35 +709,12 @@ impl SessionWriter {
         }
     }
 
-    /// Queues a frame of type `M` whose value (`M` encoded) is `value`, after
-    /// [`poll_ready_outbound`](Self::poll_ready_outbound) said there is room: a large value
-    /// goes to the connection by reference, not copied into the outbox.
-    pub(crate) fn start_send_value_of<M: Name>(&mut self, value: &Bytes) -> Result<()> {
-        let type_url = self.names.get(crate::codec::type_url::<M>);
-        let codec = &self.codec;
-        let encoded = if value.len() >= crate::connection::BY_REFERENCE_LEN {
-            self.outbound.encode_with(
-                |buf| codec.encode_head(type_url, value.len(), 0, buf).map(drop),
-                Some(value.clone()),
-            )
-        } else {
-            self.outbound.encode(|buf| {
-                if codec.encode_head(type_url, value.len(), value.len(), buf)? {
-                    buf.extend_from_slice(value);
-                }
-                Ok(())
-            })
-        };
-        match encoded {
-            Ok(encoded) => encoded.map(|queued| self.queued(queued)),
-            Err(outbox::Closed) => Err(self.shared.ended()),
-        }
-    }
-
-    /// Queues a frame of type `M` whose value is `value` with each of `placed` inserted at its
-    /// offset (in order), after [`poll_ready_outbound`](Self::poll_ready_outbound) said there
-    /// is room: the placed values go to the connection by reference.
-    pub(crate) fn start_send_placed_of<M: Name>(
+    /// Queues a frame of type `M` whose value (`M` encoded) is `value` with each of `placed`
+    /// inserted at its offset (in order), after
+    /// [`poll_ready_outbound`](Self::poll_ready_outbound) said there is room. The placed
+    /// values, and a `value` of at least [`BY_REFERENCE_LEN`](crate::connection::BY_REFERENCE_LEN)
+    /// with nothing placed, go to the connection by reference, not copied into the outbox.
+    pub(crate) fn start_send_parts_of<M: Name>(
         &mut self,
         value: &Bytes,
         placed: &[(usize, Bytes)],
@@ -745,15 +722,20 @@ impl SessionWriter {
         let type_url = self.names.get(crate::codec::type_url::<M>);
         let codec = &self.codec;
         let value_len = value.len() + placed.iter().map(|(_, v)| v.len()).sum::<usize>();
+        let whole = placed.is_empty() && value.len() >= crate::connection::BY_REFERENCE_LEN;
         let encoded = self.outbound.encode_frame(|frames| {
-            codec.encode_head(type_url, value_len, value.len(), &mut frames.bytes)?;
-            let mut from = 0;
-            for (at, bytes) in placed {
-                frames.bytes.extend_from_slice(&value[from..*at]);
-                frames.push_value(bytes.clone());
-                from = *at;
+            if whole {
+                codec.encode_head(type_url, value_len, 0, &mut frames.bytes)?;
+                frames.push_value(value.clone());
+            } else if codec.encode_head(type_url, value_len, value.len(), &mut frames.bytes)? {
+                let mut from = 0;
+                for (at, bytes) in placed {
+                    frames.bytes.extend_from_slice(&value[from..*at]);
+                    frames.push_value(bytes.clone());
+                    from = *at;
+                }
+                frames.bytes.extend_from_slice(&value[from..]);
             }
-            frames.bytes.extend_from_slice(&value[from..]);
             Ok(())
         });
         match encoded {
@@ -920,13 +902,12 @@ impl Sink<Any> for SessionWriter {
         }
         // A large value is ours now: it goes to the connection as it is, not copied.
         let codec = &this.codec;
-        let len = any.value.len();
-        let head =
-            |buf: &mut bytes::BytesMut| codec.encode_head(&any.type_url, len, 0, buf).map(drop);
-        match this
-            .outbound
-            .encode_with(head, Some(Bytes::from(any.value)))
-        {
+        let Any { type_url, value } = any;
+        match this.outbound.encode_frame(|frames| {
+            codec.encode_head(&type_url, value.len(), 0, &mut frames.bytes)?;
+            frames.push_value(Bytes::from(value));
+            Ok(())
+        }) {
             Ok(encoded) => encoded.map(|queued| this.queued(queued)),
             Err(outbox::Closed) => Err(this.shared.ended()),
         }

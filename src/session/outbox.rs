@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::connection::EncodedFrames;
 
@@ -137,23 +137,7 @@ impl<M> Sender<M> {
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<Result<(usize, bool), E>, Closed> {
-        self.encode_with(encode, None)
-    }
-
-    /// [`encode`](Self::encode) a frame's head, and `value` as the rest of the frame, kept
-    /// where it is (for values of at least [`BY_REFERENCE_LEN`](crate::connection::BY_REFERENCE_LEN)).
-    pub(super) fn encode_with<E>(
-        &mut self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
-        value: Option<Bytes>,
-    ) -> Result<Result<(usize, bool), E>, Closed> {
-        self.encode_frame(|frames| {
-            encode(&mut frames.bytes)?;
-            if let Some(value) = value {
-                frames.push_value(value);
-            }
-            Ok(())
-        })
+        self.encode_frame(|frames| encode(&mut frames.bytes))
     }
 
     /// [`encode`](Self::encode) with the whole of what the outbox holds: bytes, and large

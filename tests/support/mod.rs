@@ -217,3 +217,20 @@ pub async fn within<F: std::future::Future>(secs: u64, what: &str, fut: F) -> F:
         .await
         .unwrap_or_else(|_| panic!("{what}: not done within {secs} s"))
 }
+
+/// A message whose large fields are `bytes::Bytes` (prost-build's `.bytes(..)` option): sessions
+/// and reliable streams send fields of 16 KiB or more from where the application has them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Chunks {
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub parts: Vec<bytes::Bytes>,
+    #[prost(string, tag = "3")]
+    pub note: String,
+}
+
+impl prost::Name for Chunks {
+    const NAME: &'static str = "Chunks";
+    const PACKAGE: &'static str = "test.v1";
+}
