@@ -1140,3 +1140,156 @@ async fn large_bytes_fields_sent_by_reference_arrive_intact() {
     }
     arrive_intact(message, false).await;
 }
+
+/// A TCP stream that counts the writes the socket refused without having said, since the
+/// refusal before, that it was writable again: retries that could only be refused once more.
+struct WatchedWrites {
+    io: async_net::TcpStream,
+    /// Set when the socket wakes the writer after the last refusal.
+    woken_since_refusal: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    counts: std::sync::Arc<WriteCounts>,
+}
+
+#[derive(Default)]
+struct WriteCounts {
+    refused: std::sync::atomic::AtomicUsize,
+    blind: std::sync::atomic::AtomicUsize,
+}
+
+/// Forwards a wake-up, noting it.
+struct NotedWake(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::task::Waker,
+);
+
+impl std::task::Wake for NotedWake {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.1.wake_by_ref();
+    }
+}
+
+impl WatchedWrites {
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        write: impl FnOnce(
+            std::pin::Pin<&mut async_net::TcpStream>,
+            &mut std::task::Context<'_>,
+        ) -> std::task::Poll<T>,
+    ) -> std::task::Poll<T> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let woken = std::sync::Arc::new(AtomicBool::new(false));
+        let waker = std::task::Waker::from(std::sync::Arc::new(NotedWake(
+            woken.clone(),
+            cx.waker().clone(),
+        )));
+        let poll = write(
+            std::pin::Pin::new(&mut self.io),
+            &mut std::task::Context::from_waker(&waker),
+        );
+        if poll.is_pending() {
+            self.counts.refused.fetch_add(1, Ordering::SeqCst);
+            if let Some(before) = self.woken_since_refusal.take() {
+                if !before.load(Ordering::SeqCst) {
+                    self.counts.blind.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            self.woken_since_refusal = Some(woken);
+        }
+        poll
+    }
+}
+
+impl futures::AsyncRead for WatchedWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl futures::AsyncWrite for WatchedWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.watch(cx, |io, cx| io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.watch(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.watch(cx, |io, cx| io.poll_flush(cx))
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_close(cx)
+    }
+}
+
+#[async_std::test]
+async fn a_writer_ahead_of_its_reader_waits_for_the_socket_instead_of_retrying() {
+    use std::sync::atomic::Ordering;
+    const MESSAGES: u64 = 200_000;
+    bounded("test", async {
+        let (addr, accepted) = server(SessionConfig::new()).await;
+        let counts = std::sync::Arc::new(WriteCounts::default());
+        let io = WatchedWrites {
+            io: async_net::TcpStream::connect(addr).await.unwrap(),
+            woken_since_refusal: None,
+            counts: counts.clone(),
+        };
+        let (mut client, driver) =
+            session::connect(connect::Connection::new(io), &SessionConfig::new())
+                .await
+                .unwrap();
+        async_std::task::spawn(driver);
+        let mut server = accepted.await.unwrap();
+        // The reader falls behind: a pause every few thousand messages, so the socket fills
+        // and the writer is refused, again and again, for as long as it streams.
+        let reader = async_std::task::spawn(async move {
+            for sequence in 0..MESSAGES {
+                let got: HelloWorld = server.recv_message().await.unwrap().expect("a message");
+                assert_eq!(got.sequence, sequence);
+                if sequence % 4_000 == 0 {
+                    async_std::task::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            server
+        });
+        for sequence in 0..MESSAGES {
+            client
+                .feed_message(&hello("ahead of the reader", sequence))
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let _server = reader.await;
+        let (refused, blind) = (
+            counts.refused.load(Ordering::SeqCst),
+            counts.blind.load(Ordering::SeqCst),
+        );
+        assert!(refused > 0, "the reader never held the writer up");
+        assert_eq!(
+            blind, 0,
+            "of {refused} refused writes, {blind} were tried again before the socket said it was writable"
+        );
+    })
+    .await;
+}

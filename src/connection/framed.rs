@@ -829,10 +829,15 @@ impl WriteState {
         if self.closed {
             return Poll::Ready(Err(Error::Closed));
         }
-        if self.buffered_len() >= self.high_water {
+        if self.over_high_water() {
             ready!(self.poll_write_buf(io, cx))?;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Whether [`poll_ready`](Self::poll_ready) writes before it is ready.
+    pub(crate) fn over_high_water(&self) -> bool {
+        self.buffered_len() >= self.high_water
     }
 
     pub(crate) fn encode(&mut self, any: &Any) -> Result<()> {

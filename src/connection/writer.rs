@@ -139,6 +139,11 @@ impl<W> ConnectionWriter<W> {
         self.state.buffered_len()
     }
 
+    /// Whether `poll_ready` writes before it is ready (the buffer is at its high-water mark).
+    pub(crate) fn over_high_water(&self) -> bool {
+        self.state.over_high_water()
+    }
+
     /// Frames and bytes sent so far (the received half is zero); see [`crate::metrics`].
     pub fn stats(&self) -> crate::ConnectionStats {
         let (frames_sent, bytes_sent) = self.state.counter.get();

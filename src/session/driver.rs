@@ -127,6 +127,8 @@ pub(super) struct Wakers {
     writer: Slot,
     /// The driver waits for the connection to be writable too.
     driver_writes: AtomicBool,
+    /// Times the connection became writable (the write fan-out fired).
+    writable: AtomicU64,
     /// Times the connection became readable (the read fan-out fired).
     fires: AtomicU64,
     /// `fires` when the reader's last round began.
@@ -184,6 +186,7 @@ impl Wake for WriteSide {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
+        self.0.writable.fetch_add(1, Ordering::SeqCst);
         let writer_woken = self.0.writer.wake();
         if self.0.driver_writes.swap(false, Ordering::AcqRel) || !writer_woken {
             self.0.driver.wake();
@@ -276,6 +279,10 @@ pub(super) struct Engine<T> {
     streamed_at: Option<Instant>,
     /// The driver leaves what the writer fed in the outbox until then (the writer streams).
     linger: Option<Instant>,
+    /// `Wakers::writable` when a write to the connection last found it full: until the write
+    /// fan-out fires again, writing would find it full again (see
+    /// [`writer_ready`](Engine::writer_ready)).
+    write_blocked_at: Option<u64>,
 }
 
 fn lock<T>(engine: &Mutex<Engine<T>>) -> MutexGuard<'_, Engine<T>> {
@@ -337,6 +344,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionDriver<T> {
             watch: None,
             streamed_at: None,
             linger: None,
+            write_blocked_at: None,
             reader,
             writer,
             state,
@@ -631,7 +639,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             {
                 return progress;
             }
-            match Pin::new(&mut self.writer).poll_ready(io) {
+            match self.writer_ready(io) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     self.state.fail(SessionEnd::Transport(Arc::new(e)));
@@ -723,13 +731,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
         streaming
     }
 
+    /// The connection writer's `poll_ready` with `io` (the write fan-out), without the system
+    /// call that would find the connection full again.
+    ///
+    /// When a write finds the connection full, the transport registers the write fan-out and
+    /// the write returns `Pending`; trying again before the fan-out fires only repeats that.
+    /// A writer streaming into a session whose peer reads slower than it writes did exactly
+    /// that: each time the peer made a little room, the writer's round wrote it and then tried
+    /// twice more, each try a `writev` failing with `EAGAIN` (a million a second, half the
+    /// sending thread's time).
+    fn writer_ready(&mut self, io: &mut Context<'_>) -> Poll<Result<()>> {
+        let fired = self.shared.wakers.writable.load(Ordering::SeqCst);
+        if self.write_blocked_at == Some(fired) && self.writer.over_high_water() {
+            return Poll::Pending;
+        }
+        let poll = Pin::new(&mut self.writer).poll_ready(io);
+        if poll.is_pending() {
+            self.write_blocked_at = Some(fired);
+        }
+        poll
+    }
+
+    /// The connection writer's `poll_flush`, like [`writer_ready`](Self::writer_ready).
+    fn writer_flush(&mut self, io: &mut Context<'_>) -> Poll<Result<()>> {
+        let fired = self.shared.wakers.writable.load(Ordering::SeqCst);
+        if self.write_blocked_at == Some(fired) {
+            return Poll::Pending;
+        }
+        let poll = Pin::new(&mut self.writer).poll_flush(io);
+        if poll.is_pending() {
+            self.write_blocked_at = Some(fired);
+        }
+        poll
+    }
+
     /// Sends control frames, flushes, and shuts the write side down once the close handshake
     /// is done.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
         // `cx` is the connection's write fan-out.
         let mut progress = false;
         while self.state.wants_transmit() {
-            match Pin::new(&mut self.writer).poll_ready(cx) {
+            match self.writer_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     self.state.fail(SessionEnd::Transport(Arc::new(e)));
@@ -750,7 +792,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
             }
         }
         if self.unflushed {
-            match Pin::new(&mut self.writer).poll_flush(cx) {
+            match self.writer_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.unflushed = false;
                     for done in self.flush_waiters.drain(..) {
