@@ -1293,3 +1293,38 @@ async fn a_writer_ahead_of_its_reader_waits_for_the_socket_instead_of_retrying()
     })
     .await;
 }
+
+#[async_std::test]
+async fn what_a_streaming_writer_fed_last_goes_out_without_a_flush() {
+    const MESSAGES: u64 = 50_000;
+    bounded("test", async {
+        let (addr, accepted) = server(SessionConfig::new()).await;
+        let mut client = tcp::connect_session(addr, &SessionConfig::new(), spawn)
+            .await
+            .unwrap();
+        let mut server = accepted.await.unwrap();
+        // A stream (the writer hands full batches to the connection itself and the driver
+        // lingers), whose last messages are fed and never flushed: the driver still sends them.
+        for sequence in 0..MESSAGES {
+            client
+                .feed_message(&hello("fed, never flushed", sequence))
+                .await
+                .unwrap();
+        }
+        // Up to a millisecond is promised; the heartbeat (which would also carry them out)
+        // comes after ten seconds.
+        let received = async_std::future::timeout(Duration::from_secs(3), async {
+            for sequence in 0..MESSAGES {
+                let got: HelloWorld = server.recv_message().await.unwrap().expect("a message");
+                assert_eq!(got.sequence, sequence);
+            }
+        })
+        .await;
+        assert!(
+            received.is_ok(),
+            "the last messages fed stayed in the outbox"
+        );
+        drop(client);
+    })
+    .await;
+}

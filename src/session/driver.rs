@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
@@ -99,6 +99,11 @@ impl Slot {
         }
     }
 
+    /// The waiting task's waker, left in place.
+    fn get(&self) -> Option<Waker> {
+        self.lock().clone()
+    }
+
     pub(super) fn clear(&self) {
         self.lock().take();
     }
@@ -143,6 +148,26 @@ pub(super) struct Wakers {
     /// The driver leaves reading to the application's reader and watches it on a timer: the
     /// connection becoming readable wakes only the reader.
     driver_defers: AtomicBool,
+    /// The driver found the engine locked by an application half's round and left its own
+    /// round to that half, which runs it before it lets the engine go (or wakes the driver if
+    /// the driver left just after it had looked).
+    ///
+    /// The driver used to wait for the lock. A writer streaming 1 MiB messages holds it for
+    /// each write, so the driver, woken for anything meanwhile, sat in the lock's queue: every
+    /// time the writer let the engine go it woke the driver's thread with a system call, took
+    /// the lock back before that thread got it, and the thread went back to sleep; about sixty
+    /// futex calls per driver round, and a thread taking turns with the receiver for a CPU.
+    driver_deferred: AtomicBool,
+}
+
+impl Wakers {
+    /// Wakes the driver if it left its round to an application half that has just let the
+    /// engine go.
+    fn wake_deferred_driver(&self) {
+        if self.driver_deferred.swap(false, Ordering::SeqCst) {
+            let _ = self.driver.wake();
+        }
+    }
 }
 
 /// Wakes the driver task.
@@ -647,10 +672,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
                 }
                 Poll::Pending => return progress,
             }
-            // The writer's round leaves the driver registered for the next message unless the
-            // driver lingers (its timer brings it back): registering it while it lingers would
-            // have every batch the writer empties wake it once more.
-            let register = role == Role::Driver || self.linger.is_none();
+            // A round leaves the driver registered for the next message unless the driver
+            // lingers (its timer brings it back): registering it while it lingers would have
+            // every batch the writer empties wake it once more.
+            let register = self.linger.is_none();
             let item = match self.outbound.poll_take(cx, &mut self.frames, register) {
                 Poll::Ready(item) => item,
                 Poll::Pending => return progress,
@@ -703,28 +728,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
     /// used more CPU than the writer. So while the writer streams, the driver takes what it fed
     /// only [`LINGER`] after finding it (through the timer), and is not woken by each new
     /// message meanwhile. Sporadic feeds, flushes and close markers go at once, as before.
+    ///
+    /// When a linger ends while the writer still streams, the driver takes what waits and
+    /// lingers again at once, without registering for the next message: its timer brings it
+    /// back. Registering it would have the next message wake it, to find the writer holding
+    /// the engine for its own batch (with 1 MiB messages, once per message).
     fn lingers(&mut self, now: Instant, open: bool) -> bool {
         if !open {
             self.linger = None;
             return false;
         }
+        let frames = self.outbound.frames_only();
+        // Streaming: a full batch went out from the writer's task lately, or more messages
+        // came in since the driver was woken than a sporadic sender (one waiting for each
+        // reply) ever has waiting.
+        let streaming = frames.is_some_and(|frames| frames >= STREAMING_FRAMES)
+            || self
+                .streamed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < STREAMING);
         if let Some(at) = self.linger {
             if at > now {
                 return true;
             }
-            self.linger = None;
+            // Due: what waits is taken now; while the stream goes on, the next linger starts.
+            self.linger = (streaming && frames.is_some()).then(|| now + LINGER);
             return false;
         }
-        let Some(frames) = self.outbound.frames_only().filter(|&frames| frames > 0) else {
+        if frames.is_none_or(|frames| frames == 0) {
             return false;
-        };
-        // Streaming: a full batch went out from the writer's task lately, or more messages
-        // came in since the driver was woken than a sporadic sender (one waiting for each
-        // reply) ever has waiting.
-        let streaming = frames >= STREAMING_FRAMES
-            || self
-                .streamed_at
-                .is_some_and(|at| now.saturating_duration_since(at) < STREAMING);
+        }
         if streaming {
             self.linger = Some(now + LINGER);
         }
@@ -1110,27 +1142,58 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Inline for Mutex<Engine<T>> {
     fn read(&self, cx: &mut Context<'_>) {
-        let _ = lock(self).round(Role::Reader, cx);
+        let mut engine = lock(self);
+        let _ = engine.round(Role::Reader, cx);
+        let_go(engine);
     }
 
     fn write(&self, cx: &mut Context<'_>, flush: bool) -> Option<Poll<Result<()>>> {
         let mut engine = lock(self);
+        let written = engine.write_round(cx, flush);
+        let_go(engine);
+        written
+    }
+}
+
+/// Ends an application half's turn with the engine: runs the driver's round if the driver
+/// left it to this half (`Wakers::driver_deferred`), here rather than after a wake-up of the
+/// driver's task, and unlocks.
+fn let_go<T: AsyncRead + AsyncWrite + Unpin>(mut engine: MutexGuard<'_, Engine<T>>) {
+    let wakers = engine.shared.wakers.clone();
+    if wakers.driver_deferred.swap(false, Ordering::SeqCst) {
+        // No waker: the driver has been woken since, and runs its round itself.
+        if let Some(driver) = wakers.driver.get() {
+            if engine
+                .round(Role::Driver, &mut Context::from_waker(&driver))
+                .is_ready()
+            {
+                // The driver task ends once it sees the end.
+                driver.wake();
+            }
+        }
+    }
+    drop(engine);
+    // Deferred while this turn was ending: the driver runs its round itself.
+    wakers.wake_deferred_driver();
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
+    /// [`Inline::write`] with the engine locked.
+    fn write_round(&mut self, cx: &mut Context<'_>, flush: bool) -> Option<Poll<Result<()>>> {
         // Flush and close markers, and everything after the peer's Close, go through the
         // driver: it orders them with the close handshake.
-        if engine.done.is_some()
-            || *engine.state.phase() != Phase::Open
-            || engine.outbound.has_markers()
+        if self.done.is_some() || *self.state.phase() != Phase::Open || self.outbound.has_markers()
         {
             return None;
         }
         if !flush {
             // A full batch: the writer streams (see `Engine::lingers`).
-            engine.streamed_at = Some(Instant::now());
+            self.streamed_at = Some(Instant::now());
         }
-        if engine.round(Role::Writer, cx).is_ready() {
+        if self.round(Role::Writer, cx).is_ready() {
             return None;
         }
-        if !flush || engine.flushed() {
+        if !flush || self.flushed() {
             return Some(Poll::Ready(Ok(())));
         }
         // The round did all it could: what is left waits for the connection, whose write
@@ -1150,7 +1213,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for SessionDriver<T> {
         let Some(engine) = &this.engine else {
             return Poll::Ready(SessionEnd::Disconnected);
         };
-        let result = lock(engine).round(Role::Driver, cx);
+        let wakers = &this.shared.wakers;
+        let mut engine = match engine.try_lock() {
+            Ok(engine) => engine,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // An application half is running a round: it runs the driver's round too
+                // before it lets the engine go (`Wakers::driver_deferred`).
+                wakers.driver.set(cx.waker());
+                wakers.driver_deferred.store(true, Ordering::SeqCst);
+                match engine.try_lock() {
+                    Ok(engine) => engine,
+                    Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                    Err(TryLockError::WouldBlock) => return Poll::Pending,
+                }
+            }
+        };
+        let result = engine.round(Role::Driver, cx);
+        drop(engine);
         if let Poll::Ready(end) = &result {
             this.done = Some(end.clone());
             // The handles hold the engine weakly: the connection goes now.
