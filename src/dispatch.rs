@@ -708,37 +708,57 @@ impl Dispatcher {
         // Where the messages come from does not change while serving: made once, cloned for
         // each message.
         let context = reader.context();
+        // The replies so far are flushed, and no frame came since.
+        let mut flushed = true;
         loop {
-            // Flush replies only when no further input is ready: that batches the answers to a
-            // burst of requests into one write.
-            // Polled with this task's waker (not a no-op one) so a wake-up is never lost.
-            let ready_now = poll_fn(|cx| Poll::Ready(reader.poll_next_frame(cx))).await;
-            let next = match ready_now {
-                Poll::Ready(next) => next,
-                Poll::Pending => {
+            // Every frame that is ready is handled in this one poll, as long as its handler
+            // answers at once with nothing to send: a burst of one-way messages then costs no
+            // trip through the future's state machine per message.
+            let step = poll_fn(|cx| loop {
+                let frame = match reader.poll_next_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => frame,
+                    Poll::Ready(end) => return Poll::Ready(Step::End(end.map(|e| e.map(drop)))),
+                    // Replies are flushed only when no further input is ready: that batches
+                    // the answers to a burst of requests into one write. Once they are, this
+                    // waits for the reader (its waker is registered).
+                    Poll::Pending if flushed => return Poll::Pending,
+                    Poll::Pending => return Poll::Ready(Step::Idle),
+                };
+                flushed = false;
+                let Some(handler) = self.route(&frame, &mut last_route) else {
+                    return Poll::Ready(Step::Unknown(frame));
+                };
+                match handler.start_in(frame, &context, &mut running, cx) {
+                    Poll::Ready(Ok(reply)) if replies_dropped || reply.is_empty() => {}
+                    Poll::Ready(reply) => return Poll::Ready(Step::Reply(reply)),
+                    Poll::Pending => return Poll::Ready(Step::Running),
+                }
+            })
+            .await;
+            let reply = match step {
+                Step::Idle => {
                     match writer.flush_replies().await {
                         Err(e) if writer.replies_unwanted(&e) => replies_dropped = true,
                         other => other?,
                     }
-                    poll_fn(|cx| reader.poll_next_frame(cx)).await
+                    flushed = true;
+                    continue;
+                }
+                Step::End(Some(Err(e))) => return Err(e),
+                Step::End(_) => {
+                    log::debug!("{}: peer closed", context.connection());
+                    return writer.finish().await;
+                }
+                Step::Unknown(frame) => return Err(Error::UnknownType(Box::new(frame.into_any()))),
+                Step::Reply(reply) => reply?,
+                Step::Running => {
+                    poll_fn(|cx| match running.as_mut() {
+                        Some(call) => call.as_mut().poll_reply(cx),
+                        None => Poll::Ready(Ok(Reply::none())),
+                    })
+                    .await?
                 }
             };
-            let Some(frame) = next.transpose()? else {
-                log::debug!("{}: peer closed", context.connection());
-                return writer.finish().await;
-            };
-            let Some(handler) = self.route(&frame, &mut last_route) else {
-                return Err(Error::UnknownType(Box::new(frame.into_any())));
-            };
-            let mut start = Some(frame);
-            let reply = poll_fn(|cx| match start.take() {
-                Some(frame) => handler.start_in(frame, &context, &mut running, cx),
-                None => match running.as_mut() {
-                    Some(call) => call.as_mut().poll_reply(cx),
-                    None => Poll::Ready(Ok(Reply::none())),
-                },
-            })
-            .await?;
             if replies_dropped || reply.is_empty() {
                 continue;
             }
@@ -759,6 +779,20 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Where a serve loop's poll of the reader and the handlers stopped.
+enum Step {
+    /// No frame is ready and replies may wait unflushed.
+    Idle,
+    /// The reader ended: `None` when the peer closed gracefully.
+    End(Option<Result<()>>),
+    /// A frame no handler takes.
+    Unknown(Frame),
+    /// A handler answered at once with this.
+    Reply(Result<Reply>),
+    /// A handler is still running (in the loop's slot).
+    Running,
 }
 
 /// A whole handle [`Dispatcher::serve`] can serve: [`Connection<T>`](crate::Connection),
