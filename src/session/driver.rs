@@ -21,6 +21,11 @@
 //! ([`Engine::lingers`]). Each wake-up of the driver is a hop to another thread and a round
 //! competing for the lock: per readable event or per batch, they made a session a third of
 //! the bare connection's small-message rate.
+//!
+//! The driver never waits for the lock: when an application half holds it, the driver leaves
+//! its round to that half, which runs it before letting go (`Wakers::driver_deferred`). And no
+//! one writes into a connection that has said it is full until it says it is writable again
+//! ([`Engine::writer_ready`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
