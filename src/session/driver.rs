@@ -778,24 +778,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Engine<T> {
     /// twice more, each try a `writev` failing with `EAGAIN` (a million a second, half the
     /// sending thread's time).
     fn writer_ready(&mut self, io: &mut Context<'_>) -> Poll<Result<()>> {
-        let fired = self.shared.wakers.writable.load(Ordering::SeqCst);
-        if self.write_blocked_at == Some(fired) && self.writer.over_high_water() {
-            return Poll::Pending;
-        }
-        let poll = Pin::new(&mut self.writer).poll_ready(io);
-        if poll.is_pending() {
-            self.write_blocked_at = Some(fired);
-        }
-        poll
+        // Below the mark, `poll_ready` writes nothing: no reason to skip it.
+        let writes = self.writer.over_high_water();
+        self.unless_full(writes, |writer| Pin::new(writer).poll_ready(io))
     }
 
     /// The connection writer's `poll_flush`, like [`writer_ready`](Self::writer_ready).
     fn writer_flush(&mut self, io: &mut Context<'_>) -> Poll<Result<()>> {
+        self.unless_full(true, |writer| Pin::new(writer).poll_flush(io))
+    }
+
+    /// Runs `write` unless it `writes` to a connection that found it full and has not fired
+    /// its write fan-out since; notes a `Pending` write as finding it full.
+    fn unless_full(
+        &mut self,
+        writes: bool,
+        write: impl FnOnce(&mut ConnectionWriter<WriteHalf<T>>) -> Poll<Result<()>>,
+    ) -> Poll<Result<()>> {
         let fired = self.shared.wakers.writable.load(Ordering::SeqCst);
-        if self.write_blocked_at == Some(fired) {
+        if writes && self.write_blocked_at == Some(fired) {
             return Poll::Pending;
         }
-        let poll = Pin::new(&mut self.writer).poll_flush(io);
+        let poll = write(&mut self.writer);
         if poll.is_pending() {
             self.write_blocked_at = Some(fired);
         }
