@@ -3,7 +3,8 @@
 //! refused by the receiver), link steps, frame deliveries, the applications taking messages,
 //! cuts followed by honest resumes, dishonest resumes, and server restarts. After every step
 //! each piece of state is within its bound and the events are consistent (confirmations only
-//! grow, only refused messages are reported refused); at the end, after the links drain,
+//! grow, only refused messages are reported refused, and a message is confirmed only once the
+//! peer's application has taken or refused it); at the end, after the links drain,
 //! everything sent was delivered once and in order (at least once across a restart), every
 //! message confirmed, every refusal reported, and everything retained is freed.
 
@@ -234,6 +235,7 @@ impl World {
         }
         self.check_events();
         self.check_bounds();
+        self.check_confirmed_were_taken();
     }
 
     /// The connection drops: what is on the wire is lost; a new one resumes.
@@ -295,6 +297,24 @@ impl World {
         for s in &self.sides {
             for got in &s.got {
                 assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+            }
+        }
+    }
+
+    /// A confirmation means the peer's application took the message (or refused it), which
+    /// is what `send_confirmed` promises; not that the peer's link or queue holds it. Checked
+    /// while no restart renumbered the streams.
+    fn check_confirmed_were_taken(&self) {
+        if self.restarts > 0 {
+            return;
+        }
+        for side in 0..2 {
+            let (sender, receiver) = (&self.sides[side], &self.sides[1 - side]);
+            for n in 0..sender.confirmed_below {
+                assert!(
+                    sender.sent[n as usize] || receiver.got[0].contains(&n),
+                    "message {n} confirmed before the application took it"
+                );
             }
         }
     }
