@@ -119,13 +119,15 @@ impl Drop for SharedBuf {
 /// A reader whose frames are held after it has moved on (a reliable stream's inbound queue
 /// holds what its application has not taken) needs a new buffer for each burst. Making one
 /// costs an allocation, zero-filling and, for large ones, a page fault per 4 KiB; instead the
-/// last buffer whose frames were all dropped waits here for the reader to take it again.
-/// At most one is kept, and none once the link is quiet: when the reader has found nothing
-/// to read and every buffer it left has come back, the spare is dropped, so an idle link
-/// holds no more than before.
+/// buffers whose frames were all dropped wait here for the reader to take them again. A queue
+/// of large frames holds several buffers at once (one per frame at 1 MiB), so up to
+/// [`SPARES`] are kept (never more than the held frames had at once), and none once the link
+/// is quiet: when the reader has found nothing to read and every buffer it left has come
+/// back, the spares are dropped, so an idle link holds no more than before.
 #[derive(Debug, Default)]
 struct Recycle {
-    spare: Option<Vec<u8>>,
+    /// At most [`SPARES`].
+    spares: Vec<Vec<u8>>,
     /// Buffers the reader left that have not come back.
     outstanding: usize,
     /// The reader found nothing to read with nothing buffered, and has read nothing since.
@@ -134,29 +136,40 @@ struct Recycle {
     closed: bool,
 }
 
+/// Buffers [`Recycle`] keeps for a busy reader.
+const SPARES: usize = 4;
+
 impl Recycle {
     /// A buffer the reader left is free again.
     fn give_back(&mut self, buf: Vec<u8>) {
         self.outstanding = self.outstanding.saturating_sub(1);
         if self.closed || (self.parked && self.outstanding == 0) {
-            self.spare = None;
-        } else if self
-            .spare
-            .as_ref()
-            .is_none_or(|spare| spare.len() <= buf.len())
-        {
-            self.spare = Some(buf);
+            self.spares = Vec::new();
+        } else if self.spares.len() < SPARES {
+            self.spares.push(buf);
+        } else if let Some(smallest) = self.spares.iter_mut().min_by_key(|spare| spare.len()) {
+            // Full: the larger buffer stays.
+            if smallest.len() < buf.len() {
+                *smallest = buf;
+            }
         }
     }
 
-    /// The spare, if it has room for `len` bytes.
+    /// A spare with room for `len` bytes, if there is one: the one given back last that has,
+    /// most likely still in the CPU's cache.
     fn take(&mut self, len: usize) -> Option<Vec<u8>> {
-        self.spare.take_if(|spare| spare.len() >= len)
+        let at = self.spares.iter().rposition(|spare| spare.len() >= len)?;
+        Some(self.spares.remove(at))
+    }
+
+    /// Keeps nothing.
+    fn clear(&mut self) {
+        self.spares = Vec::new();
     }
 }
 
 fn lock(recycle: &Mutex<Recycle>) -> std::sync::MutexGuard<'_, Recycle> {
-    // Its state is valid whatever a panicking holder did (plain counters and an option).
+    // Its state is valid whatever a panicking holder did (plain counters and buffers).
     recycle
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -360,7 +373,7 @@ impl ReadState {
             let mut recycle = lock(recycle);
             recycle.parked = true;
             if recycle.outstanding == 0 {
-                recycle.spare = None;
+                recycle.clear();
             }
             self.parked = true;
         }
@@ -427,7 +440,7 @@ impl ReadState {
         if let Some(recycle) = &self.recycle {
             let mut recycle = lock(recycle);
             recycle.closed = true;
-            recycle.spare = None;
+            recycle.clear();
         }
         (self.start, self.end) = (0, 0);
     }
@@ -1284,7 +1297,7 @@ mod tests {
 
     fn spare(state: &ReadState) -> Option<usize> {
         let recycle = lock(state.recycle.as_ref()?);
-        recycle.spare.as_ref().map(Vec::len)
+        recycle.spares.iter().map(Vec::len).max()
     }
 
     #[test]
@@ -1315,6 +1328,40 @@ mod tests {
         assert_eq!(state.buf.as_ptr(), first_buf);
         assert_eq!(value(&third), vec![0; LEN]);
         assert_eq!(value(&second), vec![0; LEN]);
+    }
+
+    #[test]
+    fn a_queue_of_large_frames_reuses_every_buffer_it_gives_back() {
+        // A reliable stream's inbound queue holds several 1 MiB frames, each in a buffer of
+        // its own: once the application has taken them, the next ones are read into those
+        // buffers again, not into new ones (each new one costs an allocation and a page
+        // fault per 4 KiB).
+        const LEN: usize = 1 << 20;
+        const HELD: usize = 3;
+        let chunks = (0..2 * HELD).map(|_| Some(wire(1, LEN))).collect();
+        let mut io = Script(chunks);
+        let mut state = ReadState::new(Codec::new());
+        let mut next = |state: &mut ReadState| match poll_once(state, &mut io) {
+            Poll::Ready(Some(frame)) => (frame, state.buf.as_ptr()),
+            other => panic!("{other:?}"),
+        };
+        let (held, first_bufs): (Vec<_>, Vec<_>) = (0..HELD).map(|_| next(&mut state)).unzip();
+        assert!(spare(&state).is_none(), "all held");
+        drop(held);
+        // Every buffer but the reader's current one waits to be read into again.
+        let spares = |state: &ReadState| lock(state.recycle.as_ref().expect("frames")).spares.len();
+        assert_eq!(spares(&state), HELD - 1);
+        let (again, second_bufs): (Vec<_>, Vec<_>) = (0..HELD).map(|_| next(&mut state)).unzip();
+        for buf in &second_bufs[1..] {
+            assert!(
+                first_bufs.contains(buf),
+                "a buffer given back was not reused"
+            );
+        }
+        assert_eq!(spares(&state), 0, "taken again");
+        for frame in &again {
+            assert_eq!(value(frame), vec![0; LEN]);
+        }
     }
 
     #[test]
