@@ -1,6 +1,13 @@
 //! A link: one session carrying a reliable stream, from the `Resume` exchange until the
 //! session ends or a newer link takes the stream over.
+//!
+//! The link holds the stream's lock only to hand what it read to the stream's state and to
+//! encode what the state has to send: it reads frames from its session before taking the lock
+//! and hands the encoded frames to the connection after letting it go. The application's
+//! reader and writers share that lock, and used to wait for the link's system calls (a
+//! quarter of the futex calls of a 64 B stream were blocking waits on it).
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,12 +21,18 @@ use prost::{Message, Name};
 use super::state::{queued_len, Transmit};
 use super::{GiveUp, Inner};
 use crate::codec::type_name;
+use crate::connection::Frame;
 use crate::proto::reliable::{Ack, Nack, Resume};
 use crate::proto::v1::ReasonCode;
 use crate::session::{SessionDriver, SessionReader, SessionWriter};
 
 /// Frames handled in one poll before yielding.
 const POLL_BUDGET: usize = 256;
+
+/// Frames read from the session before they are handled under the stream's lock, at most:
+/// as many as one poll handles, and their bytes (type URL and value; one frame may pass it).
+const INBOX: usize = POLL_BUDGET;
+const INBOX_BYTES: usize = 256 * 1024;
 
 /// The message package of reliable delivery's control frames.
 const PACKAGE: &str = "connect.reliable.v1.";
@@ -121,13 +134,17 @@ where
         generation,
         reader,
         writer,
-        pending_in: None,
+        inbox: VecDeque::new(),
+        inbox_bytes: 0,
+        read_end: None,
         timer: None,
         armed: None,
         close_started: false,
         write_closed: false,
         reader_ended: false,
         wrote: false,
+        write_unlocked: false,
+        ready: false,
         ack: crate::codec::pack(&Ack::default()),
     };
     let mut driver_done = false;
@@ -160,8 +177,15 @@ struct Pump {
     generation: u64,
     reader: SessionReader,
     writer: SessionWriter,
-    /// A received message waiting for room in the inbound queue.
-    pending_in: Option<crate::connection::Frame>,
+    /// Frames read from the session and not yet handled (at most [`INBOX`] and about
+    /// [`INBOX_BYTES`]): read without the stream's lock, so the application's halves do not
+    /// wait for the link's system calls, and handled under it in one go. A message waits here
+    /// for room in the inbound queue, and what follows it waits behind it.
+    inbox: VecDeque<Frame>,
+    /// Their bytes (type URL and value).
+    inbox_bytes: usize,
+    /// How the session's reading ended, once the frames read before the end are handled.
+    read_end: Option<LinkEnd>,
     /// The timer that wakes the link at the state's next deadline (`poll_timeout`): made once
     /// per link and reset, since making one allocates and resetting one wakes the timer thread.
     timer: Option<futures_timer::Delay>,
@@ -177,6 +201,12 @@ struct Pump {
     reader_ended: bool,
     /// Frames were queued for the driver since the flag was last cleared.
     wrote: bool,
+    /// The session writer may write to the connection before it takes more: done after the
+    /// stream's lock is let go.
+    write_unlocked: bool,
+    /// The session writer said it has room and nothing has been written since: the next frame
+    /// goes out without asking again (it may have said so outside the lock).
+    ready: bool,
     /// The `Any` every `Ack` is written through (its value overwritten each time).
     ack: prost_types::Any,
 }
@@ -191,8 +221,38 @@ impl Pump {
         let mut budget = POLL_BUDGET;
         let inner = self.inner.clone();
         loop {
-            // The lock is held for the whole step: a newer link (which bumps the generation
-            // under the same lock) never interleaves with it.
+            let mut progress = false;
+            // Read without the lock: the session is the link's alone, and what is read
+            // counts for the stream only once it is handled below.
+            let mut read_idle = false;
+            while self.read_end.is_none()
+                && self.inbox.len() < INBOX
+                && self.inbox_bytes < INBOX_BYTES
+                && budget > 0
+            {
+                match self.reader.poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        budget -= 1;
+                        progress = true;
+                        self.inbox_bytes += queued_len(&frame);
+                        self.inbox.push_back(frame);
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.read_end = Some(LinkEnd::Dropped(e.to_string()));
+                    }
+                    Poll::Ready(None) => {
+                        self.reader_ended = true;
+                        self.read_end = Some(LinkEnd::Closed);
+                    }
+                    Poll::Pending => {
+                        read_idle = true;
+                        break;
+                    }
+                }
+            }
+
+            // The lock is held for the rest of the step: a newer link (which bumps the
+            // generation under the same lock) never interleaves with it.
             let mut core = inner.lock();
             if core.generation != self.generation {
                 return Poll::Ready(LinkEnd::Superseded);
@@ -201,79 +261,76 @@ impl Pump {
                 return Poll::Ready(LinkEnd::Closed);
             }
             core.register_link(cx.waker());
-            let mut progress = false;
 
-            // Read while the application has room.
-            while budget > 0 {
-                if let Some(any) = self.pending_in.take() {
-                    if core.has_room(queued_len(&any)) {
-                        core.handle_message(any);
-                        progress = true;
-                    } else {
-                        self.pending_in = Some(any);
-                        break;
-                    }
-                }
-                // What we owe the peer (refusals) is backed up: read again once written.
+            // Handle what was read, in order, while the application has room.
+            while let Some(frame) = self.inbox.front() {
+                // What we owe the peer (refusals) is backed up: go on once written.
                 if core.reading_paused() {
                     break;
                 }
-                // Frames in place: control frames are decoded from the read buffer.
-                match self.reader.poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        budget -= 1;
-                        progress = true;
-                        if frame.type_name_bytes().starts_with(PACKAGE.as_bytes()) {
-                            let name = frame.type_name();
-                            let value = frame.value();
-                            let result = if name == ACK_NAME {
-                                Ack::decode(value)
-                                    .map_err(|e| format!("bad Ack: {e}"))
-                                    .and_then(|ack| core.handle_ack(ack.delivered))
-                            } else if name == NACK_NAME {
-                                Nack::decode(value)
-                                    .map_err(|e| format!("bad Nack: {e}"))
-                                    .and_then(|nack| core.handle_nack(nack))
-                            } else {
-                                Err(format!("unexpected {}", super::quoted(name)))
-                            };
-                            if let Err(why) = result {
-                                return Poll::Ready(LinkEnd::Fatal(GiveUp::ProtocolViolation {
-                                    reason: why,
-                                }));
-                            }
-                        } else {
-                            self.pending_in = Some(frame);
-                        }
+                // Control frames are decoded from the read buffer.
+                let control = frame.type_name_bytes().starts_with(PACKAGE.as_bytes());
+                if control {
+                    let name = frame.type_name();
+                    let value = frame.value();
+                    let result = if name == ACK_NAME {
+                        Ack::decode(value)
+                            .map_err(|e| format!("bad Ack: {e}"))
+                            .and_then(|ack| core.handle_ack(ack.delivered))
+                    } else if name == NACK_NAME {
+                        Nack::decode(value)
+                            .map_err(|e| format!("bad Nack: {e}"))
+                            .and_then(|nack| core.handle_nack(nack))
+                    } else {
+                        Err(format!("unexpected {}", super::quoted(name)))
+                    };
+                    if let Err(why) = result {
+                        return Poll::Ready(LinkEnd::Fatal(GiveUp::ProtocolViolation {
+                            reason: why,
+                        }));
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(LinkEnd::Dropped(e.to_string()));
-                    }
-                    Poll::Ready(None) => {
-                        self.reader_ended = true;
-                        return Poll::Ready(LinkEnd::Closed);
-                    }
-                    Poll::Pending => {
-                        // Everything the peer sent so far is read.
-                        core.handle_read_idle();
-                        break;
-                    }
+                } else if !core.has_room(queued_len(frame)) {
+                    break;
+                }
+                let Some(frame) = self.inbox.pop_front() else {
+                    break;
+                };
+                self.inbox_bytes -= queued_len(&frame);
+                if !control {
+                    core.handle_message(frame);
+                }
+                progress = true;
+            }
+            if self.inbox.is_empty() {
+                if let Some(end) = self.read_end.take() {
+                    return Poll::Ready(end);
+                }
+                if read_idle {
+                    // Everything the peer sent so far is read and handled.
+                    core.handle_read_idle();
                 }
             }
 
             // The state's clock (the acknowledgement delay).
             core.handle_timeout(Instant::now());
 
-            // Write: refusals and acknowledgements first, then messages, then the close.
+            // Write: refusals and acknowledgements first, then messages, then the close. What
+            // goes to the connection itself (a system call) is left for after the lock.
             while budget > 0 && !self.write_closed && !self.close_started {
-                match self.writer.poll_ready_outbound(cx) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) if closing(&e) => {
-                        self.write_closed = true;
+                if !self.ready {
+                    if self.writer.may_write() {
+                        self.write_unlocked = true;
                         break;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
-                    Poll::Pending => break,
+                    match self.writer.poll_ready_outbound(cx) {
+                        Poll::Ready(Ok(())) => self.ready = true,
+                        Poll::Ready(Err(e)) if closing(&e) => {
+                            self.write_closed = true;
+                            break;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
+                        Poll::Pending => break,
+                    }
                 }
                 // Encoded straight into the session's outbox: our messages from the
                 // retransmit queue where they stay, control frames without an `Any`.
@@ -294,6 +351,7 @@ impl Pump {
                     None => {
                         if core.close_requested && core.drained() && !self.close_started {
                             self.close_started = true;
+                            self.ready = false;
                             if let Err(e) = self
                                 .writer
                                 .start_close(ReasonCode::Normal, "stream closed".into())
@@ -307,6 +365,7 @@ impl Pump {
                 };
                 progress = true;
                 self.wrote = true;
+                self.ready = false;
                 if let Err(e) = sent {
                     if closing(&e) {
                         self.write_closed = true;
@@ -324,6 +383,21 @@ impl Pump {
             // `handle_timeout` acts on it.
             let deadline = core.poll_timeout();
             drop(core);
+            if std::mem::take(&mut self.write_unlocked) {
+                // The application's writers queue meanwhile instead of waiting for the lock.
+                match self.writer.poll_ready_outbound(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.ready = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) if closing(&e) => {
+                        self.write_closed = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(LinkEnd::Dropped(e.to_string())),
+                    Poll::Pending => {}
+                }
+            }
             let mut timer_fired = false;
             if let Some(deadline) = deadline {
                 if self.armed.is_none_or(|at| at > deadline) {
