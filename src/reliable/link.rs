@@ -129,24 +129,7 @@ pub(crate) async fn run<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut pump = Pump {
-        inner,
-        generation,
-        reader,
-        writer,
-        inbox: VecDeque::new(),
-        inbox_bytes: 0,
-        read_end: None,
-        timer: None,
-        armed: None,
-        close_started: false,
-        write_closed: false,
-        reader_ended: false,
-        wrote: false,
-        write_unlocked: false,
-        ready: false,
-        ack: crate::codec::pack(&Ack::default()),
-    };
+    let mut pump = Pump::new(inner, generation, reader, writer);
     let mut driver_done = false;
     let end = poll_fn(|cx| {
         // The driver first (it reads what the pump then takes), and once more if the pump
@@ -217,6 +200,32 @@ fn closing(e: &crate::Error) -> bool {
 }
 
 impl Pump {
+    fn new(
+        inner: Arc<Inner>,
+        generation: u64,
+        reader: SessionReader,
+        writer: SessionWriter,
+    ) -> Self {
+        Self {
+            inner,
+            generation,
+            reader,
+            writer,
+            inbox: VecDeque::new(),
+            inbox_bytes: 0,
+            read_end: None,
+            timer: None,
+            armed: None,
+            close_started: false,
+            write_closed: false,
+            reader_ended: false,
+            wrote: false,
+            write_unlocked: false,
+            ready: false,
+            ack: crate::codec::pack(&Ack::default()),
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<LinkEnd> {
         let mut budget = POLL_BUDGET;
         let inner = self.inner.clone();
@@ -431,6 +440,86 @@ impl Pump {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer streams while the application takes nothing: the link's inbox holds what it
+    /// read beyond the stream's receive buffer only up to its bound, and reads no further.
+    #[cfg(feature = "tcp")]
+    #[test]
+    fn the_inbox_stays_bounded_while_the_application_takes_nothing() {
+        use crate::reliable::ReliableConfig;
+        use crate::session::SessionConfig;
+        use crate::ConnectionConfig;
+
+        const FRAME: usize = 4096;
+        async_std::task::block_on(async {
+            let listener = async_net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let config = SessionConfig::new();
+            let client = async_std::task::spawn(async move {
+                let stream = async_net::TcpStream::connect(addr).await.unwrap();
+                let conn = crate::transport::tcp::wrap(stream, &ConnectionConfig::default());
+                let (session, driver) = crate::session::connect(conn, &SessionConfig::new())
+                    .await
+                    .unwrap();
+                async_std::task::spawn(driver);
+                let (_reader, mut writer) = session.split();
+                let any = prost_types::Any {
+                    type_url: "type.googleapis.com/test.Blob".into(),
+                    value: vec![7; FRAME],
+                };
+                // Far more than the receive buffer, the inbox and the sockets hold: the
+                // feeds stall once the link stops reading.
+                for _ in 0..2_000 {
+                    if writer.feed(any.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let (stream, _) = listener.accept().await.unwrap();
+            let conn = crate::transport::tcp::wrap(stream, &ConnectionConfig::default());
+            let (session, driver) = crate::session::accept(conn, &config).await.unwrap();
+            async_std::task::spawn(driver);
+            let (reader, writer) = session.split();
+            let inner = Inner::new(ReliableConfig::new().with_receive_buffer(1, 1 << 20));
+            let generation = inner.lock().attach();
+            let mut pump = Pump::new(inner.clone(), generation, reader, writer);
+            // Polled until the inbox has been full for a while (bounded: 5 s).
+            let mut most = 0;
+            let mut full_for = 0;
+            for _ in 0..500 {
+                if full_for == 20 {
+                    break;
+                }
+                poll_fn(|cx| {
+                    assert!(pump.poll(cx).is_pending(), "the link goes on");
+                    Poll::Ready(())
+                })
+                .await;
+                assert!(pump.inbox.len() <= INBOX);
+                assert!(
+                    pump.inbox_bytes < INBOX_BYTES + FRAME + 100,
+                    "{}",
+                    pump.inbox_bytes
+                );
+                most = most.max(pump.inbox_bytes);
+                if most >= INBOX_BYTES {
+                    full_for += 1;
+                }
+                async_std::task::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                most >= INBOX_BYTES,
+                "the peer filled the inbox: {most} bytes"
+            );
+            assert_eq!(
+                inner.lock().state().inbound_len().0,
+                1,
+                "the receive buffer is full"
+            );
+            drop(pump);
+            client.cancel().await;
+        });
+    }
 
     #[test]
     fn control_frame_names_are_the_messages_full_names() {
