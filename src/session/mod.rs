@@ -819,8 +819,6 @@ impl SessionWriter {
         }
     }
 
-    /// Room for one more item in the queue to the driver (for layers on top of sessions that
-    /// poll rather than await, such as [`crate::reliable`]).
     /// Whether [`poll_ready_outbound`](Self::poll_ready_outbound) may write to the connection
     /// (a full batch waits, or the outbox said it was full): a caller holding a lock others
     /// wait for calls it after letting go.
@@ -828,6 +826,8 @@ impl SessionWriter {
         self.waiting >= outbox::BATCH_BYTES || !self.room
     }
 
+    /// Room for one more item in the queue to the driver (for layers on top of sessions that
+    /// poll rather than await, such as [`crate::reliable`]).
     pub(crate) fn poll_ready_outbound(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.waiting >= outbox::BATCH_BYTES {
             // A full batch: written from this task, in one system call, rather than taken by
